@@ -1,0 +1,237 @@
+//! The hardware catalogue: GPUs, NIC presets and host buses, each number with its source.
+//!
+//! Peak rates are the vendors' datasheet figures (dense, no structured sparsity). What a
+//! training step actually reaches is `peak x efficiency`; each GPU carries a documented default
+//! efficiency that a scenario may override, and calibration may replace.
+
+use serde::Serialize;
+
+use crate::units::{BitRate, Bytes, FlopRate};
+
+/// One GPU model's datasheet figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Gpu {
+    /// Catalogue name, e.g. `"k40"`.
+    pub name: String,
+    /// Peak FP32 rate (base clock where the vendor distinguishes base and boost).
+    pub fp32: FlopRate,
+    /// Peak half-precision rate (FP16/BF16, tensor cores where present, dense); `None` if
+    /// the part has no fast half-precision path.
+    pub fp16: Option<FlopRate>,
+    /// Device memory bandwidth (stored as a bit rate; printed in bytes per second).
+    pub memory_bandwidth: BitRate,
+    /// Device memory capacity.
+    pub memory: Bytes,
+    /// Default fraction of peak that a TensorFlow-style training step reaches on this GPU.
+    pub efficiency: f64,
+    /// Where the figures come from.
+    pub source: String,
+}
+
+fn gpu(
+    name: &str,
+    fp32_t: f64,
+    fp16_t: Option<f64>,
+    mem_bw_gbs: f64,
+    mem_gib: u64,
+    efficiency: f64,
+    source: &str,
+) -> Gpu {
+    Gpu {
+        name: name.to_string(),
+        fp32: FlopRate(fp32_t * 1e12),
+        fp16: fp16_t.map(|t| FlopRate(t * 1e12)),
+        memory_bandwidth: BitRate::from_bytes_per_sec(mem_bw_gbs * 1e9),
+        memory: Bytes(mem_gib * (1 << 30)),
+        efficiency,
+        source: source.to_string(),
+    }
+}
+
+/// Default efficiency of the K40, from the anchor in topolab's default scenario: TensorFlow of
+/// 2016 trained Inception-v3 on one K40 at about 9.5 images/s at batch 32 (Google's
+/// "Inception in TensorFlow" README, models/inception: "~9.5 examples/sec" on a single
+/// Tesla K40). A training step costs about 3x the forward FLOPs (forward + backward of
+/// activations + backward of weights); Inception-v3's forward pass is 2 x 5.72 G MAC = 11.45
+/// GFLOP per 299x299 image, so 9.5 img/s x 34.3 GFLOP = 0.326 TFLOP/s = 7.6% of 4.29 TFLOP/s.
+pub const K40_EFFICIENCY: f64 = 0.076;
+
+/// Default efficiency of later GPUs in FP32 training: about 40% of peak is what cuDNN-era
+/// convolutional training reaches (MLPerf Training v0.5 submissions and NVIDIA's
+/// DeepLearningExamples ResNet-50 FP32 throughput on V100 imply 35-45% of FP32 peak).
+pub const MODERN_EFFICIENCY: f64 = 0.40;
+
+/// The built-in GPUs.
+pub fn gpus() -> Vec<Gpu> {
+    vec![
+        gpu(
+            "k40",
+            4.29,
+            None,
+            288.0,
+            12,
+            K40_EFFICIENCY,
+            "NVIDIA Tesla K40 GPU Accelerator board specification (BD-06902-001): 4.29 TFLOP/s FP32 at base clock, 288 GB/s, 12 GB",
+        ),
+        gpu(
+            "k80",
+            2.8,
+            None,
+            240.0,
+            12,
+            K40_EFFICIENCY,
+            "NVIDIA Tesla K80 datasheet: 5.6 TFLOP/s FP32 base and 480 GB/s per board of two GK210 chips; one chip = 2.8 TFLOP/s, 240 GB/s, 12 GB",
+        ),
+        gpu(
+            "p100",
+            10.6,
+            Some(21.2),
+            732.0,
+            16,
+            MODERN_EFFICIENCY,
+            "NVIDIA Tesla P100 datasheet (SXM2/NVLink): 10.6 TFLOP/s FP32, 21.2 TFLOP/s FP16, 732 GB/s, 16 GB",
+        ),
+        gpu(
+            "v100",
+            15.7,
+            Some(125.0),
+            900.0,
+            16,
+            MODERN_EFFICIENCY,
+            "NVIDIA Tesla V100 datasheet (SXM2): 15.7 TFLOP/s FP32, 125 TFLOP/s tensor, 900 GB/s, 16 GB",
+        ),
+        gpu(
+            "a100-40gb",
+            19.5,
+            Some(312.0),
+            1555.0,
+            40,
+            MODERN_EFFICIENCY,
+            "NVIDIA A100 Tensor Core GPU datasheet (SXM4 40GB): 19.5 TFLOP/s FP32, 312 TFLOP/s BF16 dense, 1555 GB/s",
+        ),
+        gpu(
+            "a100-80gb",
+            19.5,
+            Some(312.0),
+            2039.0,
+            80,
+            MODERN_EFFICIENCY,
+            "NVIDIA A100 Tensor Core GPU datasheet (SXM4 80GB): 19.5 TFLOP/s FP32, 312 TFLOP/s BF16 dense, 2039 GB/s",
+        ),
+        gpu(
+            "h100",
+            66.9,
+            Some(989.0),
+            3350.0,
+            80,
+            MODERN_EFFICIENCY,
+            "NVIDIA H100 Tensor Core GPU datasheet (SXM5): 67 TFLOP/s FP32 (66.9 in the architecture whitepaper), 989 TFLOP/s BF16 dense, 3.35 TB/s, 80 GB",
+        ),
+        gpu(
+            "h200",
+            66.9,
+            Some(989.0),
+            4800.0,
+            141,
+            MODERN_EFFICIENCY,
+            "NVIDIA H200 Tensor Core GPU datasheet (SXM): 67 TFLOP/s FP32, 989 TFLOP/s BF16 dense, 4.8 TB/s, 141 GB",
+        ),
+    ]
+}
+
+/// Looks a GPU up by catalogue name (case-insensitive).
+pub fn gpu_by_name(name: &str) -> Option<Gpu> {
+    gpus().into_iter().find(|g| g.name.eq_ignore_ascii_case(name))
+}
+
+/// A NIC preset: a line rate with its standard.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NicPreset {
+    /// Preset name, e.g. `"10GbE"`.
+    pub name: &'static str,
+    /// Line rate.
+    pub rate: BitRate,
+    /// Where the rate comes from.
+    pub source: &'static str,
+}
+
+/// The built-in NIC presets.
+pub fn nic_presets() -> Vec<NicPreset> {
+    [
+        ("1GbE", 1e9, "IEEE 802.3ab (1000BASE-T): 1 Gbit/s"),
+        ("10GbE", 10e9, "IEEE 802.3ae: 10 Gbit/s"),
+        ("25GbE", 25e9, "IEEE 802.3by: 25 Gbit/s"),
+        ("40GbE", 40e9, "IEEE 802.3ba: 40 Gbit/s"),
+        ("100GbE", 100e9, "IEEE 802.3ba/802.3bm: 100 Gbit/s"),
+        ("200GbE", 200e9, "IEEE 802.3bs: 200 Gbit/s"),
+        ("400GbE", 400e9, "IEEE 802.3bs: 400 Gbit/s"),
+    ]
+    .into_iter()
+    .map(|(name, r, source)| NicPreset { name, rate: BitRate(r), source })
+    .collect()
+}
+
+/// Looks a NIC preset up by name (case-insensitive).
+pub fn nic_by_name(name: &str) -> Option<NicPreset> {
+    nic_presets().into_iter().find(|n| n.name.eq_ignore_ascii_case(name))
+}
+
+/// A host bus between GPUs of one host (used for host-local aggregation and broadcast).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostBus {
+    /// Name, e.g. `"pcie3-x16"`.
+    pub name: &'static str,
+    /// Usable bandwidth per direction.
+    pub bandwidth: BitRate,
+    /// Where the figure comes from.
+    pub source: &'static str,
+}
+
+/// The built-in host buses.
+pub fn host_buses() -> Vec<HostBus> {
+    [
+        ("pcie3-x16", 15.75e9, "PCI-SIG PCIe 3.0: 8 GT/s x 16 lanes x 128b/130b = 15.75 GB/s per direction"),
+        ("pcie4-x16", 31.5e9, "PCI-SIG PCIe 4.0: 16 GT/s x 16 lanes x 128b/130b = 31.5 GB/s per direction"),
+        ("pcie5-x16", 63.0e9, "PCI-SIG PCIe 5.0: 32 GT/s x 16 lanes x 128b/130b = 63 GB/s per direction"),
+        ("nvlink2", 150.0e9, "NVIDIA V100 datasheet: NVLink 2.0, 300 GB/s total = 150 GB/s per direction"),
+        ("nvlink3", 300.0e9, "NVIDIA A100 datasheet: NVLink 3.0, 600 GB/s total = 300 GB/s per direction"),
+        ("nvlink4", 450.0e9, "NVIDIA H100 datasheet: NVLink 4.0, 900 GB/s total = 450 GB/s per direction"),
+    ]
+    .into_iter()
+    .map(|(name, gbs, source)| HostBus { name, bandwidth: BitRate::from_bytes_per_sec(gbs), source })
+    .collect()
+}
+
+/// Looks a host bus up by name (case-insensitive).
+pub fn host_bus_by_name(name: &str) -> Option<HostBus> {
+    host_buses().into_iter().find(|b| b.name.eq_ignore_ascii_case(name))
+}
+
+/// Default memory bandwidth of a parameter-server host (CPU DRAM), which bounds how fast a
+/// shard applies updates: a dual-socket Xeon E5-2600 v3 host with 4 channels of DDR4-2133 per
+/// socket reaches 2 x 68 GB/s peak (Intel ARK, E5-2680 v3 "Max Memory Bandwidth 68 GB/s"); we
+/// take one socket's 68 GB/s since a PS process is rarely NUMA-spread.
+pub const DEFAULT_PS_MEMORY_BANDWIDTH_GBS: f64 = 68.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_has_the_issue_figures() {
+        let k40 = gpu_by_name("K40").unwrap();
+        assert_eq!(k40.fp32.0, 4.29e12);
+        assert_eq!(k40.memory_bandwidth.bytes_per_sec(), 288e9);
+        // K80: the board's 5.6 TFLOP/s and 480 GB/s are two chips.
+        let k80 = gpu_by_name("k80").unwrap();
+        assert_eq!(k80.fp32.0 * 2.0, 5.6e12);
+        assert_eq!(k80.memory_bandwidth.bytes_per_sec() * 2.0, 480e9);
+        assert_eq!(gpu_by_name("h200").unwrap().memory, Bytes(141 << 30));
+        assert_eq!(nic_by_name("100gbe").unwrap().rate.0, 100e9);
+        assert_eq!(nic_presets().len(), 7);
+        assert!(host_bus_by_name("pcie4-x16").is_some());
+        for g in gpus() {
+            assert!(!g.source.is_empty() && g.efficiency > 0.0 && g.efficiency <= 1.0);
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! topolab-core: the shared vocabulary of topolab.
+#![warn(missing_docs)]
+
+pub mod hardware;
+pub mod models;
+pub mod units;
