@@ -1,0 +1,1205 @@
+//! Scenarios: the user's input, parsed in two stages.
+//!
+//! 1. **Raw**: TOML into [`ScenarioFile`] with serde. Unknown fields are rejected, quantities
+//!    carry units ([`crate::units`]), omitted fields take documented defaults. Errors here are
+//!    syntax, types, units and unknown names.
+//! 2. **Validated**: [`Scenario::from_file`] checks the meaning (workers >= 1, backup workers <
+//!    workers, ...), resolves catalogue names (model, GPU, NIC, host bus) and reports *all*
+//!    problems at once, each located at the field that causes it.
+//!
+//! Every [`Diagnostic`] names `file:line:column`, the field path, the offending line with a
+//! caret and, where it can, a fix ("did you mean `workers`?").
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::diagnostic::{Diagnostic, SourceMap, SpanIndex, did_you_mean};
+use crate::hardware::{self, Gpu, HostBus};
+use crate::models::{self, Model};
+use crate::units::{BitRate, Bytes, FlopRate, Time};
+
+/// A scenario file as written, with defaults filled in (stage 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    /// Short name; defaults to the file's stem.
+    #[serde(default)]
+    pub name: String,
+    /// Free text shown in reports.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Seed of the run's single random number generator.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Samples per GPU replica per step (images or sequences).
+    pub batch: u64,
+    /// Which model to train.
+    pub model: ModelSpec,
+    /// Optimizer (decides how many bytes a parameter-server update touches).
+    #[serde(default)]
+    pub optimizer: Optimizer,
+    /// GPUs and hosts.
+    #[serde(default)]
+    pub hardware: HardwareSpec,
+    /// NICs, latency and switch fabric.
+    #[serde(default)]
+    pub network: NetworkSpec,
+    /// Parameter servers and workers, or all-reduce.
+    #[serde(default)]
+    pub topology: TopologySpec,
+    /// How long to train: a step count or a target accuracy.
+    #[serde(default)]
+    pub training: TrainingSpec,
+    /// Stragglers, jitter, failures and checkpoints.
+    #[serde(default)]
+    pub faults: FaultsSpec,
+    /// Prices.
+    #[serde(default)]
+    pub cost: CostSpec,
+    /// Axes to sweep (cartesian product); empty = a single run.
+    #[serde(default, skip_serializing_if = "SweepSpec::is_empty")]
+    pub sweep: SweepSpec,
+    /// Overrides for real replays (scale-down).
+    #[serde(default)]
+    pub runtime: RuntimeSpec,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+/// Which model to train: a built-in name or a layer-table CSV file (exactly one).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Built-in model name (`topolab models` lists them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Path to a layer-table CSV, relative to the scenario file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<PathBuf>,
+}
+
+/// Optimizer kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// Plain SGD: no slot variables.
+    #[default]
+    Sgd,
+    /// SGD with momentum: one slot per variable.
+    Momentum,
+    /// RMSProp (Inception-v3's optimizer): two slots (mean square, momentum).
+    Rmsprop,
+    /// Adam: two slots (m, v).
+    Adam,
+}
+
+impl OptimizerKind {
+    /// Slot tensors per variable (each the variable's size) that an apply reads and writes.
+    pub fn slots(self) -> u64 {
+        match self {
+            OptimizerKind::Sgd => 0,
+            OptimizerKind::Momentum => 1,
+            OptimizerKind::Rmsprop | OptimizerKind::Adam => 2,
+        }
+    }
+}
+
+/// The optimizer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Optimizer {
+    /// Kind of optimizer.
+    #[serde(default)]
+    pub kind: OptimizerKind,
+    /// Learning rate (used by real replays).
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+}
+
+fn default_lr() -> f64 {
+    0.01
+}
+
+impl Default for Optimizer {
+    fn default() -> Self {
+        Optimizer { kind: OptimizerKind::Sgd, learning_rate: default_lr() }
+    }
+}
+
+/// Numeric precision of training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// FP32 everywhere.
+    #[default]
+    Fp32,
+    /// Mixed precision: FP16/BF16 math (tensor cores), FP32 variables.
+    Fp16,
+}
+
+/// Fields of a GPU that a scenario may override, or all of them for a custom device.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuOverride {
+    /// Peak FP32 rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp32: Option<FlopRate>,
+    /// Peak FP16/BF16 rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp16: Option<FlopRate>,
+    /// Device memory bandwidth, e.g. "288 GB/s".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bandwidth: Option<BitRate>,
+    /// Device memory, e.g. "12 GiB".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Bytes>,
+    /// Where the figures come from (required for a custom device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// GPUs and hosts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HardwareSpec {
+    /// GPU catalogue name (`topolab hardware` lists them) or a custom name with `[hardware.gpu_spec]`.
+    #[serde(default = "default_gpu")]
+    pub gpu: String,
+    /// Overrides of the catalogue GPU's figures, or all figures of a custom GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_spec: Option<GpuOverride>,
+    /// Fraction of peak a training step reaches; default: the GPU's catalogue efficiency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efficiency: Option<f64>,
+    /// Training precision.
+    #[serde(default)]
+    pub precision: Precision,
+    /// GPUs per worker host (each a replica with `batch` samples).
+    #[serde(default = "one")]
+    pub gpus_per_host: u32,
+    /// Bus between a host's GPUs: pcie3-x16, pcie4-x16, pcie5-x16, nvlink2, nvlink3, nvlink4.
+    #[serde(default = "default_bus")]
+    pub host_bus: String,
+    /// Aggregate gradients of a multi-GPU host locally before pushing (TensorFlow's
+    /// `distributed_replicated`); when false every GPU pushes and pulls on its own.
+    #[serde(default = "yes")]
+    pub local_aggregation: bool,
+    /// Memory bandwidth of a parameter-server host; bounds its apply rate.
+    #[serde(default = "default_ps_mem_bw")]
+    pub ps_memory_bandwidth: BitRate,
+    /// A calibrated hardware profile (TOML) to use instead of catalogue rates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<PathBuf>,
+}
+
+fn default_gpu() -> String {
+    "k40".into()
+}
+fn default_bus() -> String {
+    "pcie3-x16".into()
+}
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_ps_mem_bw() -> BitRate {
+    BitRate::from_bytes_per_sec(hardware::DEFAULT_PS_MEMORY_BANDWIDTH_GBS * 1e9)
+}
+
+impl Default for HardwareSpec {
+    fn default() -> Self {
+        HardwareSpec {
+            gpu: default_gpu(),
+            gpu_spec: None,
+            efficiency: None,
+            precision: Precision::Fp32,
+            gpus_per_host: 1,
+            host_bus: default_bus(),
+            local_aggregation: true,
+            ps_memory_bandwidth: default_ps_mem_bw(),
+            profile: None,
+        }
+    }
+}
+
+/// Switch fabric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwitchKind {
+    /// One non-blocking switch: only NICs constrain.
+    #[default]
+    Single,
+    /// Racks of `hosts_per_rack` under top-of-rack switches whose uplinks are oversubscribed.
+    TwoTier,
+}
+
+/// NICs, latency and switch fabric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// NIC of every host: a preset (1GbE, 10GbE, 25GbE, 40GbE, 100GbE, 200GbE, 400GbE) or a rate ("10 Gbit/s").
+    #[serde(default = "default_nic")]
+    pub nic: String,
+    /// One-way latency between two hosts.
+    #[serde(default = "default_latency")]
+    pub latency: Time,
+    /// Switch fabric.
+    #[serde(default)]
+    pub switch: SwitchKind,
+    /// Hosts under one top-of-rack switch (two-tier only).
+    #[serde(default = "default_rack")]
+    pub hosts_per_rack: u32,
+    /// Oversubscription of each rack's uplink: (hosts x NIC rate) / uplink rate (two-tier only).
+    #[serde(default = "default_oversub")]
+    pub oversubscription: f64,
+    /// Fraction of the line rate that TCP payload reaches. Default 0.94: a 1500-byte MTU carries
+    /// 1448 payload bytes per 1538 bytes on the wire (Ethernet preamble, header, FCS and
+    /// inter-frame gap; IPv4 and TCP headers with timestamps) = 0.9415.
+    #[serde(default = "default_goodput")]
+    pub goodput: f64,
+    /// Fixed cost per message (RPC framing, syscalls). Default 20 us, the order of gRPC's
+    /// per-message streaming overhead in its published benchmarks; calibration replaces it.
+    #[serde(default = "default_overhead")]
+    pub message_overhead: Time,
+}
+
+fn default_nic() -> String {
+    "10GbE".into()
+}
+fn default_latency() -> Time {
+    Time(50_000)
+}
+fn default_rack() -> u32 {
+    32
+}
+fn default_oversub() -> f64 {
+    1.0
+}
+fn default_goodput() -> f64 {
+    0.94
+}
+fn default_overhead() -> Time {
+    Time(20_000)
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        NetworkSpec {
+            nic: default_nic(),
+            latency: default_latency(),
+            switch: SwitchKind::Single,
+            hosts_per_rack: default_rack(),
+            oversubscription: default_oversub(),
+            goodput: default_goodput(),
+            message_overhead: default_overhead(),
+        }
+    }
+}
+
+/// Topology kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TopologyKind {
+    /// Parameter servers and workers.
+    #[default]
+    ParameterServer,
+    /// Collective all-reduce among workers.
+    AllReduce,
+}
+
+/// How workers and parameter servers synchronise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Synchronous: each step aggregates every worker's gradients.
+    #[default]
+    Sync,
+    /// Asynchronous: each gradient is applied on arrival.
+    Async,
+    /// Synchronous with backup workers: the first `workers - backup_workers` gradients count.
+    Backup,
+    /// Stale-synchronous: a worker may run at most `staleness` steps ahead of the slowest.
+    StaleSynchronous,
+}
+
+impl Mode {
+    /// Kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Async => "async",
+            Mode::Backup => "backup",
+            Mode::StaleSynchronous => "stale-synchronous",
+        }
+    }
+}
+
+/// How variables are placed on parameter-server shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlacementKind {
+    /// Variable i goes to shard i mod ps, in creation order (TensorFlow's replica_device_setter).
+    #[default]
+    RoundRobin,
+    /// Largest variable first onto the least-loaded shard.
+    Greedy,
+    /// Variables above `partition_threshold` are split evenly across all shards; the rest greedy.
+    Partitioned,
+}
+
+impl PlacementKind {
+    /// Kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlacementKind::RoundRobin => "round-robin",
+            PlacementKind::Greedy => "greedy",
+            PlacementKind::Partitioned => "partitioned",
+        }
+    }
+}
+
+/// Where parameter servers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PsHosts {
+    /// Each shard on a host of its own.
+    #[default]
+    Dedicated,
+    /// Shard i on worker host i (sharing its NIC).
+    Colocated,
+}
+
+/// All-reduce algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllReduceAlgorithm {
+    /// Ring reduce-scatter + all-gather.
+    #[default]
+    Ring,
+    /// Intra-host reduce, inter-host ring, intra-host broadcast.
+    Hierarchical,
+    /// Binary tree reduce + broadcast.
+    Tree,
+}
+
+/// Parameter servers and workers, or all-reduce.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopologySpec {
+    /// Parameter server or all-reduce.
+    #[serde(default)]
+    pub kind: TopologyKind,
+    /// Worker hosts.
+    #[serde(default = "one")]
+    pub workers: u32,
+    /// Parameter-server shards (parameter-server topology).
+    #[serde(default = "one")]
+    pub ps: u32,
+    /// Synchronisation mode.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Backup workers whose gradients are dropped each step (mode = "backup").
+    #[serde(default)]
+    pub backup_workers: u32,
+    /// Steps a worker may run ahead (mode = "stale-synchronous").
+    #[serde(default)]
+    pub staleness: u32,
+    /// Placement of variables on shards.
+    #[serde(default)]
+    pub placement: PlacementKind,
+    /// Variables larger than this are split across shards (placement = "partitioned").
+    #[serde(default = "default_threshold")]
+    pub partition_threshold: Bytes,
+    /// Dedicated or co-located parameter servers.
+    #[serde(default)]
+    pub ps_hosts: PsHosts,
+    /// All-reduce algorithm (all-reduce topology).
+    #[serde(default)]
+    pub algorithm: AllReduceAlgorithm,
+    /// Tensor fusion buffer for all-reduce.
+    #[serde(default = "default_fusion")]
+    pub fusion_buffer: Bytes,
+}
+
+fn default_threshold() -> Bytes {
+    Bytes(16 << 20)
+}
+fn default_fusion() -> Bytes {
+    Bytes(64 << 20)
+}
+
+impl Default for TopologySpec {
+    fn default() -> Self {
+        TopologySpec {
+            kind: TopologyKind::ParameterServer,
+            workers: 1,
+            ps: 1,
+            mode: Mode::Sync,
+            backup_workers: 0,
+            staleness: 0,
+            placement: PlacementKind::RoundRobin,
+            partition_threshold: default_threshold(),
+            ps_hosts: PsHosts::Dedicated,
+            algorithm: AllReduceAlgorithm::Ring,
+            fusion_buffer: default_fusion(),
+        }
+    }
+}
+
+/// A target accuracy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Metric name, e.g. "top1".
+    pub metric: String,
+    /// Value to reach, as a fraction (0.78 = 78%).
+    pub value: f64,
+}
+
+/// How long to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpec {
+    /// Steps to simulate or replay.
+    #[serde(default = "default_steps")]
+    pub steps: u64,
+    /// Train until this accuracy (uses the convergence model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    /// Overlap gradient pushes with the rest of backprop.
+    #[serde(default = "yes")]
+    pub overlap: bool,
+    /// Steps written to the Chrome trace.
+    #[serde(default = "default_trace_steps")]
+    pub trace_steps: u32,
+}
+
+fn default_steps() -> u64 {
+    100
+}
+fn default_trace_steps() -> u32 {
+    3
+}
+
+impl Default for TrainingSpec {
+    fn default() -> Self {
+        TrainingSpec { steps: default_steps(), target: None, overlap: true, trace_steps: default_trace_steps() }
+    }
+}
+
+/// Slow workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Straggler {
+    /// How many workers are slow (the last ones by index).
+    pub count: u32,
+    /// Compute time multiplier of a slow worker (2.0 = twice as slow).
+    pub slowdown: f64,
+}
+
+/// Stragglers, jitter, failures and checkpoints.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultsSpec {
+    /// Coefficient of variation of per-step compute time (0 = deterministic).
+    #[serde(default)]
+    pub jitter: f64,
+    /// Persistently slow workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stragglers: Option<Straggler>,
+    /// Mean time between failures of one host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtbf: Option<Time>,
+    /// Interval between checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_interval: Option<Time>,
+    /// Bandwidth of checkpoint storage, shared by all shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_bandwidth: Option<BitRate>,
+}
+
+/// Prices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CostSpec {
+    /// Price of one GPU-hour. Default 0.90: AWS p2.xlarge on-demand (one K80 chip), us-east-1.
+    #[serde(default = "default_gpu_hour")]
+    pub gpu_hour: f64,
+    /// Price of one parameter-server host-hour (CPU only). Default 0.10: AWS c4.large-class host.
+    #[serde(default = "default_ps_hour")]
+    pub ps_hour: f64,
+    /// Currency of the prices.
+    #[serde(default = "default_currency")]
+    pub currency: String,
+}
+
+fn default_gpu_hour() -> f64 {
+    0.90
+}
+fn default_ps_hour() -> f64 {
+    0.10
+}
+fn default_currency() -> String {
+    "USD".into()
+}
+
+impl Default for CostSpec {
+    fn default() -> Self {
+        CostSpec { gpu_hour: default_gpu_hour(), ps_hour: default_ps_hour(), currency: default_currency() }
+    }
+}
+
+/// Axes to sweep; the cartesian product of the non-empty ones is run.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    /// Worker counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<u32>,
+    /// Parameter-server counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ps: Vec<u32>,
+    /// NICs (presets or rates).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nic: Vec<String>,
+    /// Per-replica batch sizes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch: Vec<u64>,
+    /// GPUs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu: Vec<String>,
+    /// Placements.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<PlacementKind>,
+    /// Modes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mode: Vec<Mode>,
+}
+
+impl SweepSpec {
+    /// True when no axis is set.
+    pub fn is_empty(&self) -> bool {
+        self.points() == 0
+    }
+
+    /// Number of points in the cartesian product (0 if no axis is set).
+    pub fn points(&self) -> usize {
+        let lens = [
+            self.workers.len(),
+            self.ps.len(),
+            self.nic.len(),
+            self.batch.len(),
+            self.gpu.len(),
+            self.placement.len(),
+            self.mode.len(),
+        ];
+        if lens.iter().all(|&l| l == 0) { 0 } else { lens.iter().filter(|&&l| l > 0).product() }
+    }
+}
+
+/// Compute backend of real replays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// ndarray on the CPU.
+    #[default]
+    Cpu,
+    /// cuBLAS through cudarc.
+    Cuda,
+}
+
+/// Scale-down factors of a real replay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    /// Multiplier on parameter counts (and so bytes on the wire).
+    #[serde(default = "unit_scale")]
+    pub params: f64,
+    /// Multiplier on FLOPs.
+    #[serde(default = "unit_scale")]
+    pub flops: f64,
+}
+
+fn unit_scale() -> f64 {
+    1.0
+}
+
+impl Default for Scale {
+    fn default() -> Self {
+        Scale { params: 1.0, flops: 1.0 }
+    }
+}
+
+/// Overrides for real replays.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSpec {
+    /// Scale-down of the model.
+    #[serde(default)]
+    pub scale: Scale,
+    /// Instead of `scale.flops`: choose the FLOP scale that gives this compute time per step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_step_time: Option<Time>,
+    /// Compute backend.
+    #[serde(default)]
+    pub backend: Backend,
+    /// Checkpoint every this many steps (0 = never).
+    #[serde(default)]
+    pub checkpoint_every: u64,
+}
+
+/// Why a scenario could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("cannot read scenario {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The scenario is malformed or meaningless; every problem found is listed.
+    #[error("{}", render(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn render(ds: &[Diagnostic]) -> String {
+    let mut s = String::new();
+    for d in ds {
+        s.push_str(&d.to_string());
+        s.push('\n');
+    }
+    s.push_str(&format!("{} error{} in scenario", ds.len(), if ds.len() == 1 { "" } else { "s" }));
+    s
+}
+
+impl ScenarioError {
+    /// The diagnostics, if the scenario was read but is invalid.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            ScenarioError::Invalid(d) => d,
+            ScenarioError::Io { .. } => &[],
+        }
+    }
+}
+
+/// A validated scenario with its catalogue names resolved (stage 2).
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// The scenario as written, with defaults.
+    pub spec: ScenarioFile,
+    /// Where it came from (a path, or `<built-in NAME>`).
+    pub origin: String,
+    /// The model, built.
+    pub model: Model,
+    /// The GPU with overrides applied.
+    pub gpu: Gpu,
+    /// Effective fraction of peak.
+    pub efficiency: f64,
+    /// NIC line rate.
+    pub nic: BitRate,
+    /// Host bus between GPUs of one host.
+    pub host_bus: HostBus,
+    /// Hash of the normalized scenario (hex, 16 digits).
+    pub hash: String,
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ScenarioError::Io { path: path.display().to_string(), source })?;
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Scenario::parse(&text, &path.display().to_string(), &stem, path.parent())
+    }
+
+    /// Parses and validates scenario `text`. `origin` names it in errors, `default_name` is
+    /// used when the scenario has no `name`, and `base_dir` resolves relative file references.
+    pub fn parse(text: &str, origin: &str, default_name: &str, base_dir: Option<&Path>) -> Result<Scenario, ScenarioError> {
+        let map = SourceMap::new(origin, text);
+        let index = SpanIndex::new(text);
+        let mut spec: ScenarioFile = toml::from_str(text).map_err(|e| ScenarioError::Invalid(vec![parse_diagnostic(&e, &map, &index)]))?;
+        if spec.name.is_empty() {
+            spec.name = default_name.to_string();
+        }
+        Scenario::from_file(spec, origin, base_dir)
+            .map_err(|problems| ScenarioError::Invalid(problems.into_iter().map(|p| p.locate(&map, &index)).collect()))
+    }
+
+    /// Validates an already-parsed scenario (e.g. a sweep point); problems carry field paths.
+    pub fn from_file(spec: ScenarioFile, origin: &str, base_dir: Option<&Path>) -> Result<Scenario, Vec<Problem>> {
+        let mut v = Problems::default();
+        validate(&spec, &mut v);
+
+        let model = match (&spec.model.name, &spec.model.layers) {
+            (Some(_), Some(_)) => {
+                v.push("model.layers", "give either `model.name` or `model.layers`, not both", None);
+                None
+            }
+            (None, None) => {
+                v.push(
+                    "model",
+                    "no model: set `name` to a built-in model or `layers` to a layer-table CSV",
+                    Some(format!("built-in models: {}", models::BUILTIN.join(", "))),
+                );
+                None
+            }
+            (Some(name), None) => match models::builtin(name) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    let hint = did_you_mean(name, models::BUILTIN.iter().copied())
+                        .map(|s| format!("did you mean `{s}`? "))
+                        .unwrap_or_default();
+                    v.push(
+                        "model.name",
+                        &format!("unknown model `{name}`"),
+                        Some(format!("{hint}built-in models: {}", models::BUILTIN.join(", "))),
+                    );
+                    None
+                }
+            },
+            (None, Some(file)) => {
+                let path = base_dir.map_or_else(|| file.clone(), |d| d.join(file));
+                match models::read_layer_table(&path) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        v.push("model.layers", &e.to_string(), None);
+                        None
+                    }
+                }
+            }
+        };
+
+        let gpu = resolve_gpu(&spec.hardware, &mut v);
+        let nic = resolve_nic(&spec.network.nic, "network.nic", &mut v);
+        let host_bus = match hardware::host_bus_by_name(&spec.hardware.host_bus) {
+            Some(b) => Some(b),
+            None => {
+                let names: Vec<&str> = hardware::host_buses().iter().map(|b| b.name).collect();
+                v.unknown("hardware.host_bus", "host bus", &spec.hardware.host_bus, &names);
+                None
+            }
+        };
+        for (i, g) in spec.sweep.gpu.iter().enumerate() {
+            if hardware::gpu_by_name(g).is_none() && !g.eq_ignore_ascii_case(&spec.hardware.gpu) {
+                let names: Vec<String> = hardware::gpus().into_iter().map(|g| g.name).collect();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                v.unknown(&format!("sweep.gpu[{i}]"), "GPU", g, &names);
+            }
+        }
+        for (i, n) in spec.sweep.nic.iter().enumerate() {
+            resolve_nic(n, &format!("sweep.nic[{i}]"), &mut v);
+        }
+
+        match (v.0.is_empty(), model, gpu, nic, host_bus) {
+            (true, Some(model), Some(gpu), Some(nic), Some(host_bus)) => {
+                let efficiency = spec.hardware.efficiency.unwrap_or(gpu.efficiency);
+                let hash = scenario_hash(&spec);
+                Ok(Scenario { spec, origin: origin.to_string(), model, gpu, efficiency, nic, host_bus, hash })
+            }
+            _ => Err(v.0),
+        }
+    }
+
+    /// The normalized scenario as TOML (defaults filled in).
+    pub fn normalized(&self) -> String {
+        normalized_toml(&self.spec)
+    }
+
+    /// Peak rate at the scenario's precision.
+    pub fn peak(&self) -> FlopRate {
+        match self.spec.hardware.precision {
+            Precision::Fp32 => self.gpu.fp32,
+            Precision::Fp16 => self.gpu.fp16.unwrap_or(self.gpu.fp32),
+        }
+    }
+
+    /// Rate a training step reaches: peak x efficiency.
+    pub fn effective_rate(&self) -> FlopRate {
+        FlopRate(self.peak().0 * self.efficiency)
+    }
+
+    /// A one-line description for tables.
+    pub fn label(&self) -> String {
+        let t = &self.spec.topology;
+        format!("{} x{} {} / {}w {}ps {}", self.model.name, self.spec.batch, self.gpu.name, t.workers, t.ps, t.mode.as_str())
+    }
+}
+
+/// The normalized TOML text of a scenario file.
+pub fn normalized_toml(spec: &ScenarioFile) -> String {
+    toml::to_string(spec).expect("a ScenarioFile always serializes: all its fields are TOML-representable")
+}
+
+/// Hash of the normalized scenario: equal for files that differ only in comments, layout or
+/// written-out defaults.
+pub fn scenario_hash(spec: &ScenarioFile) -> String {
+    let digest = Sha256::digest(normalized_toml(spec).as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A problem found in stage 2, before it is located in the source text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// Dotted field path.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub help: Option<String>,
+}
+
+impl Problem {
+    fn locate(self, map: &SourceMap<'_>, index: &SpanIndex) -> Diagnostic {
+        map.diagnostic(index.span_of(&self.path), &self.path, self.message, self.help)
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)?;
+        if let Some(h) = &self.help {
+            write!(f, " ({h})")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, path: &str, message: &str, help: Option<String>) {
+        self.0.push(Problem { path: path.to_string(), message: message.to_string(), help });
+    }
+    fn check(&mut self, ok: bool, path: &str, message: impl FnOnce() -> String) {
+        if !ok {
+            let m = message();
+            self.push(path, &m, None);
+        }
+    }
+    fn unknown(&mut self, path: &str, what: &str, name: &str, known: &[&str]) {
+        let hint = did_you_mean(name, known.iter().copied()).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
+        self.push(path, &format!("unknown {what} `{name}`"), Some(format!("{hint}known: {}", known.join(", "))));
+    }
+}
+
+fn resolve_gpu(h: &HardwareSpec, v: &mut Problems) -> Option<Gpu> {
+    let base = hardware::gpu_by_name(&h.gpu);
+    let o = h.gpu_spec.clone().unwrap_or_default();
+    let mut gpu = match base {
+        Some(g) => g,
+        None => {
+            if h.gpu_spec.is_none() {
+                let names: Vec<String> = hardware::gpus().into_iter().map(|g| g.name).collect();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                let hint = did_you_mean(&h.gpu, names.iter().copied()).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
+                v.push(
+                    "hardware.gpu",
+                    &format!("unknown GPU `{}`", h.gpu),
+                    Some(format!(
+                        "{hint}known: {}; or describe a custom GPU in [hardware.gpu_spec] (fp32, memory_bandwidth, memory, source)",
+                        names.join(", ")
+                    )),
+                );
+                return None;
+            }
+            let mut missing = Vec::new();
+            for (field, present) in [
+                ("fp32", o.fp32.is_some()),
+                ("memory_bandwidth", o.memory_bandwidth.is_some()),
+                ("memory", o.memory.is_some()),
+                ("source", o.source.is_some()),
+            ] {
+                if !present {
+                    missing.push(field);
+                }
+            }
+            if !missing.is_empty() {
+                v.push(
+                    "hardware.gpu_spec",
+                    &format!("custom GPU `{}` needs {}", h.gpu, missing.join(", ")),
+                    Some("a GPU outside the catalogue must give all its figures and their source".into()),
+                );
+                return None;
+            }
+            Gpu {
+                name: h.gpu.clone(),
+                fp32: FlopRate(0.0),
+                fp16: None,
+                memory_bandwidth: BitRate(0.0),
+                memory: Bytes(0),
+                efficiency: hardware::MODERN_EFFICIENCY,
+                source: String::new(),
+            }
+        }
+    };
+    if let Some(x) = o.fp32 {
+        gpu.fp32 = x;
+    }
+    if let Some(x) = o.fp16 {
+        gpu.fp16 = Some(x);
+    }
+    if let Some(x) = o.memory_bandwidth {
+        gpu.memory_bandwidth = x;
+    }
+    if let Some(x) = o.memory {
+        gpu.memory = x;
+    }
+    if let Some(x) = o.source {
+        gpu.source = x;
+    }
+    let mut ok = true;
+    for (field, value) in [("fp32", gpu.fp32.0), ("memory_bandwidth", gpu.memory_bandwidth.0), ("memory", gpu.memory.0 as f64)] {
+        if value <= 0.0 {
+            v.push(&format!("hardware.gpu_spec.{field}"), &format!("{field} must be > 0"), None);
+            ok = false;
+        }
+    }
+    ok.then_some(gpu)
+}
+
+/// A NIC written as a preset name or a rate.
+pub fn resolve_nic_name(text: &str) -> Option<BitRate> {
+    hardware::nic_by_name(text).map(|n| n.rate).or_else(|| text.parse::<BitRate>().ok().filter(|r| r.0 > 0.0))
+}
+
+fn resolve_nic(text: &str, path: &str, v: &mut Problems) -> Option<BitRate> {
+    if let Some(r) = resolve_nic_name(text) {
+        return Some(r);
+    }
+    let presets: Vec<&str> = hardware::nic_presets().iter().map(|n| n.name).collect();
+    let why = match text.parse::<BitRate>() {
+        Ok(_) => "the rate must be > 0".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let hint = did_you_mean(text, presets.iter().copied()).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
+    v.push(
+        path,
+        &format!("`{text}` is neither a NIC preset nor a rate: {why}"),
+        Some(format!("{hint}presets: {}; or a rate such as \"10 Gbit/s\"", presets.join(", "))),
+    );
+    None
+}
+
+fn validate(s: &ScenarioFile, v: &mut Problems) {
+    v.check(s.batch > 0, "batch", || "batch must be > 0 (samples per GPU replica per step)".into());
+    v.check(s.optimizer.learning_rate > 0.0, "optimizer.learning_rate", || "learning_rate must be > 0".into());
+    let h = &s.hardware;
+    if let Some(e) = h.efficiency {
+        v.check(e > 0.0 && e <= 1.0, "hardware.efficiency", || format!("efficiency is a fraction of peak in (0, 1], got {e}"));
+    }
+    v.check(h.gpus_per_host >= 1, "hardware.gpus_per_host", || "gpus_per_host must be >= 1".into());
+    v.check(h.ps_memory_bandwidth.0 > 0.0, "hardware.ps_memory_bandwidth", || "ps_memory_bandwidth must be > 0".into());
+
+    let n = &s.network;
+    v.check(n.goodput > 0.0 && n.goodput <= 1.0, "network.goodput", || format!("goodput is a fraction in (0, 1], got {}", n.goodput));
+    v.check(n.oversubscription >= 1.0, "network.oversubscription", || {
+        format!("oversubscription is >= 1 (1 = non-blocking), got {}", n.oversubscription)
+    });
+    v.check(n.hosts_per_rack >= 1, "network.hosts_per_rack", || "hosts_per_rack must be >= 1".into());
+
+    let t = &s.topology;
+    v.check(t.workers >= 1, "topology.workers", || "workers must be >= 1".into());
+    if t.kind == TopologyKind::ParameterServer {
+        v.check(t.ps >= 1, "topology.ps", || "ps must be >= 1 for the parameter-server topology".into());
+        if t.ps_hosts == PsHosts::Colocated {
+            v.check(t.ps <= t.workers, "topology.ps", || {
+                format!("co-located PS run on worker hosts: ps ({}) must be <= workers ({})", t.ps, t.workers)
+            });
+        }
+    }
+    match t.mode {
+        Mode::Backup => {
+            v.check(t.backup_workers >= 1, "topology.backup_workers", || {
+                "mode = \"backup\" needs backup_workers >= 1".into()
+            });
+            v.check(t.backup_workers < t.workers.max(1), "topology.backup_workers", || {
+                format!("backup_workers ({}) must be < workers ({})", t.backup_workers, t.workers)
+            });
+        }
+        _ => v.check(t.backup_workers == 0, "topology.backup_workers", || {
+            format!("backup_workers is only used with mode = \"backup\" (mode is \"{}\")", t.mode.as_str())
+        }),
+    }
+    if t.mode == Mode::StaleSynchronous {
+        v.check(t.staleness >= 1, "topology.staleness", || "mode = \"stale-synchronous\" needs staleness >= 1".into());
+    }
+    v.check(t.partition_threshold.0 > 0, "topology.partition_threshold", || "partition_threshold must be > 0".into());
+    v.check(t.fusion_buffer.0 > 0, "topology.fusion_buffer", || "fusion_buffer must be > 0".into());
+
+    let tr = &s.training;
+    v.check(tr.steps >= 1, "training.steps", || "steps must be >= 1".into());
+    if let Some(target) = &tr.target {
+        v.check(target.value > 0.0 && target.value < 1.0, "training.target.value", || {
+            format!("target value is a fraction in (0, 1), got {} (write 78% as 0.78)", target.value)
+        });
+        v.check(target.metric == "top1", "training.target.metric", || {
+            format!("unknown metric `{}`; supported: top1", target.metric)
+        });
+    }
+
+    let f = &s.faults;
+    v.check(f.jitter >= 0.0 && f.jitter.is_finite(), "faults.jitter", || "jitter must be >= 0".into());
+    if let Some(st) = &f.stragglers {
+        v.check(st.count <= t.workers, "faults.stragglers.count", || {
+            format!("stragglers.count ({}) exceeds workers ({})", st.count, t.workers)
+        });
+        v.check(st.slowdown >= 1.0, "faults.stragglers.slowdown", || {
+            format!("slowdown is a multiplier >= 1, got {}", st.slowdown)
+        });
+    }
+    if let Some(m) = f.mtbf {
+        v.check(m.0 > 0, "faults.mtbf", || "mtbf must be > 0".into());
+    }
+    if let Some(b) = f.checkpoint_bandwidth {
+        v.check(b.0 > 0.0, "faults.checkpoint_bandwidth", || "checkpoint_bandwidth must be > 0".into());
+    }
+
+    let c = &s.cost;
+    v.check(c.gpu_hour >= 0.0, "cost.gpu_hour", || "gpu_hour must be >= 0".into());
+    v.check(c.ps_hour >= 0.0, "cost.ps_hour", || "ps_hour must be >= 0".into());
+
+    for (i, w) in s.sweep.workers.iter().enumerate() {
+        v.check(*w >= 1, &format!("sweep.workers[{i}]"), || "workers must be >= 1".into());
+    }
+    for (i, p) in s.sweep.ps.iter().enumerate() {
+        v.check(*p >= 1, &format!("sweep.ps[{i}]"), || "ps must be >= 1".into());
+    }
+    for (i, b) in s.sweep.batch.iter().enumerate() {
+        v.check(*b >= 1, &format!("sweep.batch[{i}]"), || "batch must be > 0".into());
+    }
+
+    let r = &s.runtime;
+    for (field, x) in [("params", r.scale.params), ("flops", r.scale.flops)] {
+        v.check(x > 0.0 && x <= 1.0, &format!("runtime.scale.{field}"), || {
+            format!("scale.{field} is a scale-down factor in (0, 1], got {x}")
+        });
+    }
+}
+
+/// Turns a TOML/serde error into a located diagnostic, with "did you mean" for unknown names.
+fn parse_diagnostic(e: &toml::de::Error, map: &SourceMap<'_>, index: &SpanIndex) -> Diagnostic {
+    let span = e.span();
+    let path = span.as_ref().and_then(|s| index.path_at(s.start)).unwrap_or_default();
+    let raw = e.message().trim().to_string();
+    let (message, help) = explain_serde_message(&raw);
+    map.diagnostic(span, &path, message, help)
+}
+
+/// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" into a message and a hint.
+fn explain_serde_message(raw: &str) -> (String, Option<String>) {
+    for (prefix, what) in [("unknown field `", "field"), ("unknown variant `", "value")] {
+        if let Some(rest) = raw.strip_prefix(prefix) {
+            let Some((name, tail)) = rest.split_once('`') else { break };
+            let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+            let hint = did_you_mean(name, expected.iter().copied()).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
+            let list = if expected.is_empty() { "none".to_string() } else { expected.join(", ") };
+            return (format!("unknown {what} `{name}`"), Some(format!("{hint}valid {what}s: {list}")));
+        }
+    }
+    if let Some(f) = raw.strip_prefix("missing field `") {
+        let f = f.trim_end_matches('`');
+        return (format!("missing required field `{f}`"), Some(required_help(f)));
+    }
+    (raw.to_string(), None)
+}
+
+fn required_help(field: &str) -> String {
+    match field {
+        "batch" => "add e.g. `batch = 32` (samples per GPU replica per step) at the top of the file".into(),
+        "model" => "add a [model] table with `name = \"inception-v3\"` or `layers = \"my-model.csv\"`".into(),
+        other => format!("add `{other} = ...`"),
+    }
+}
+
+/// The JSON Schema of the scenario format (for editor completion).
+pub fn json_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(ScenarioFile);
+    serde_json::to_value(schema).expect("a JSON schema is JSON")
+}
+
+/// Names and one-line descriptions of the sweep axes, in the order the cartesian product
+/// varies them (last fastest).
+pub fn sweep_axes(s: &SweepSpec) -> BTreeMap<&'static str, usize> {
+    let mut m = BTreeMap::new();
+    for (k, n) in [
+        ("workers", s.workers.len()),
+        ("ps", s.ps.len()),
+        ("nic", s.nic.len()),
+        ("batch", s.batch.len()),
+        ("gpu", s.gpu.len()),
+        ("placement", s.placement.len()),
+        ("mode", s.mode.len()),
+    ] {
+        if n > 0 {
+            m.insert(k, n);
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(text, "t.toml", "t", None)
+    }
+
+    const MINIMAL: &str = "batch = 32\n[model]\nname = \"inception-v3\"\n";
+
+    #[test]
+    fn minimal_scenario_takes_defaults() {
+        let s = parse(MINIMAL).unwrap();
+        assert_eq!(s.spec.name, "t");
+        assert_eq!(s.gpu.name, "k40");
+        assert_eq!(s.nic.0, 10e9);
+        assert_eq!(s.spec.topology.workers, 1);
+        assert_eq!(s.model.variable_count(), 190);
+    }
+
+    #[test]
+    fn normalized_text_reparses_to_the_same_scenario_and_hash() {
+        let s = parse(MINIMAL).unwrap();
+        let again = parse(&s.normalized()).unwrap();
+        assert_eq!(again.spec, s.spec);
+        assert_eq!(again.hash, s.hash);
+    }
+
+    #[test]
+    fn unknown_field_suggests_the_closest_name() {
+        let e = parse("batch = 32\n[model]\nname = \"alexnet\"\n[topology]\nwokers = 4\n").unwrap_err();
+        let d = &e.diagnostics()[0];
+        assert_eq!((d.line, d.column), (5, 1));
+        assert_eq!(d.path, "topology.wokers");
+        assert!(d.help.as_ref().unwrap().contains("did you mean `workers`?"), "{d}");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported_at_their_fields() {
+        let e = parse("batch = 0\n[model]\nname = \"alexnet\"\n[topology]\nworkers = 0\nps = 0\n").unwrap_err();
+        let ds = e.diagnostics();
+        let paths: Vec<&str> = ds.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(paths, ["batch", "topology.workers", "topology.ps"]);
+        assert_eq!((ds[1].line, ds[1].column), (5, 11));
+    }
+
+    #[test]
+    fn bare_number_for_a_quantity_shows_an_example() {
+        let e = parse("batch = 32\n[model]\nname = \"alexnet\"\n[network]\nlatency = 50\n").unwrap_err();
+        let d = &e.diagnostics()[0];
+        assert!(d.message.contains("no unit") && d.message.contains("50 us"), "{d}");
+        assert_eq!(d.path, "network.latency");
+    }
+}
