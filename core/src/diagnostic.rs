@@ -66,7 +66,13 @@ impl<'a> SourceMap<'a> {
     }
 
     /// Builds a diagnostic at `span` (byte offsets; `None` = start of the file).
-    pub fn diagnostic(&self, span: Option<Range<usize>>, path: &str, message: String, help: Option<String>) -> Diagnostic {
+    pub fn diagnostic(
+        &self,
+        span: Option<Range<usize>>,
+        path: &str,
+        message: String,
+        help: Option<String>,
+    ) -> Diagnostic {
         let span = span.unwrap_or(0..0);
         let start = span.start.min(self.text.len());
         let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
@@ -76,7 +82,16 @@ impl<'a> SourceMap<'a> {
         let source_line = self.text[line_start..line_end].trim_end_matches('\r').to_string();
         let end = span.end.clamp(start, line_end);
         let width = self.text[start..end].chars().count().max(1);
-        Diagnostic { file: self.file.to_string(), line, column, path: path.to_string(), message, help, source_line, width }
+        Diagnostic {
+            file: self.file.to_string(),
+            line,
+            column,
+            path: path.to_string(),
+            message,
+            help,
+            source_line,
+            width,
+        }
     }
 }
 
@@ -108,6 +123,11 @@ impl SpanIndex {
             exact = false;
             p = p.rsplit_once(['.', '[']).map(|(head, _)| head)?;
         }
+    }
+
+    /// The path of the table whose value span is exactly `span` ("" for the document itself).
+    pub fn table_with_span(&self, span: &Range<usize>) -> String {
+        self.entries.iter().find(|(_, _, v)| v == span).map(|(p, _, _)| p.clone()).unwrap_or_default()
     }
 
     /// The deepest field path whose key or value contains byte `offset`.
@@ -142,18 +162,28 @@ fn walk_value(v: &Spanned<DeValue<'_>>, path: &str, out: &mut Vec<(String, Range
     }
 }
 
-/// Levenshtein distance between two short strings.
+/// Edit distance with adjacent transpositions (optimal string alignment): `btach` is one edit
+/// from `batch`, as a typist would count it.
 pub fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, &cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// The candidate closest to `word`, if it is close enough to be a likely typo.
@@ -195,5 +225,7 @@ mod tests {
     fn suggestions() {
         assert_eq!(did_you_mean("wokers", ["ps", "workers", "mode"]), Some("workers"));
         assert_eq!(did_you_mean("zzz", ["ps", "workers"]), None);
+        assert_eq!(did_you_mean("btach", ["name", "batch", "seed"]), Some("batch"));
+        assert_eq!(edit_distance("snyc", "sync"), 1);
     }
 }

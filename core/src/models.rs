@@ -198,17 +198,8 @@ pub enum ModelError {
 }
 
 /// Names of the built-in models.
-pub const BUILTIN: &[&str] = &[
-    "inception-v3",
-    "resnet-50",
-    "resnet-101",
-    "resnet-152",
-    "vgg-16",
-    "alexnet",
-    "bert-base",
-    "bert-large",
-    "gpt-2",
-];
+pub const BUILTIN: &[&str] =
+    &["inception-v3", "resnet-50", "resnet-101", "resnet-152", "vgg-16", "alexnet", "bert-base", "bert-large", "gpt-2"];
 
 /// Builds a built-in model by name.
 pub fn builtin(name: &str) -> Result<Model, ModelError> {
@@ -681,8 +672,9 @@ pub fn gpt2_xl() -> Model {
     Model {
         name: "gpt-2".into(),
         sample: format!("sequence of {s} tokens"),
-        source: "Hugging Face transformers GPT2Model gpt2-xl (Radford et al. 2019), LM head tied; published 1,542 M params"
-            .into(),
+        source:
+            "Hugging Face transformers GPT2Model gpt2-xl (Radford et al. 2019), LM head tied; published 1,542 M params"
+                .into(),
         layers: n.layers,
     }
 }
@@ -736,7 +728,10 @@ pub fn read_layer_table_from<R: std::io::Read>(input: R, origin: &str) -> Result
     let headers = r.headers().map_err(|e| row_err(1, e.to_string()))?.clone();
     let cols: Vec<&str> = headers.iter().collect();
     if cols != LAYER_TABLE_COLUMNS {
-        return Err(row_err(1, format!("header must be `{}`, found `{}`", LAYER_TABLE_COLUMNS.join(","), cols.join(","))));
+        return Err(row_err(
+            1,
+            format!("header must be `{}`, found `{}`", LAYER_TABLE_COLUMNS.join(","), cols.join(",")),
+        ));
     }
     let mut layers: Vec<Layer> = Vec::new();
     for rec in r.records() {
@@ -744,9 +739,9 @@ pub fn read_layer_table_from<R: std::io::Read>(input: R, origin: &str) -> Result
         let line = rec.position().map_or(0, |p| p.line());
         let field = |i: usize| rec.get(i).unwrap_or("").trim();
         let num = |i: usize| -> Result<u64, ModelError> {
-            field(i)
-                .parse::<u64>()
-                .map_err(|_| row_err(line, format!("column `{}`: `{}` is not a whole number", LAYER_TABLE_COLUMNS[i], field(i))))
+            field(i).parse::<u64>().map_err(|_| {
+                row_err(line, format!("column `{}`: `{}` is not a whole number", LAYER_TABLE_COLUMNS[i], field(i)))
+            })
         };
         let name = field(0).to_string();
         if name.is_empty() {
@@ -795,7 +790,12 @@ pub fn read_layer_table_from<R: std::io::Read>(input: R, origin: &str) -> Result
     if layers.is_empty() {
         return Err(row_err(1, "the layer table has no rows".into()));
     }
-    Ok(Model { name: String::new(), sample: "user-defined sample".into(), source: format!("layer table {origin}"), layers })
+    Ok(Model {
+        name: String::new(),
+        sample: "user-defined sample".into(),
+        source: format!("layer table {origin}"),
+        layers,
+    })
 }
 
 #[cfg(test)]

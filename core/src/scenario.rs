@@ -725,10 +725,16 @@ impl Scenario {
 
     /// Parses and validates scenario `text`. `origin` names it in errors, `default_name` is
     /// used when the scenario has no `name`, and `base_dir` resolves relative file references.
-    pub fn parse(text: &str, origin: &str, default_name: &str, base_dir: Option<&Path>) -> Result<Scenario, ScenarioError> {
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        default_name: &str,
+        base_dir: Option<&Path>,
+    ) -> Result<Scenario, ScenarioError> {
         let map = SourceMap::new(origin, text);
         let index = SpanIndex::new(text);
-        let mut spec: ScenarioFile = toml::from_str(text).map_err(|e| ScenarioError::Invalid(vec![parse_diagnostic(&e, &map, &index)]))?;
+        let mut spec: ScenarioFile =
+            toml::from_str(text).map_err(|e| ScenarioError::Invalid(vec![parse_diagnostic(&e, &map, &index)]))?;
         if spec.name.is_empty() {
             spec.name = default_name.to_string();
         }
@@ -832,7 +838,15 @@ impl Scenario {
     /// A one-line description for tables.
     pub fn label(&self) -> String {
         let t = &self.spec.topology;
-        format!("{} x{} {} / {}w {}ps {}", self.model.name, self.spec.batch, self.gpu.name, t.workers, t.ps, t.mode.as_str())
+        format!(
+            "{} x{} {} / {}w {}ps {}",
+            self.model.name,
+            self.spec.batch,
+            self.gpu.name,
+            t.workers,
+            t.ps,
+            t.mode.as_str()
+        )
     }
 }
 
@@ -889,7 +903,8 @@ impl Problems {
         }
     }
     fn unknown(&mut self, path: &str, what: &str, name: &str, known: &[&str]) {
-        let hint = did_you_mean(name, known.iter().copied()).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
+        let hint =
+            did_you_mean(name, known.iter().copied()).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
         self.push(path, &format!("unknown {what} `{name}`"), Some(format!("{hint}known: {}", known.join(", "))));
     }
 }
@@ -903,7 +918,9 @@ fn resolve_gpu(h: &HardwareSpec, v: &mut Problems) -> Option<Gpu> {
             if h.gpu_spec.is_none() {
                 let names: Vec<String> = hardware::gpus().into_iter().map(|g| g.name).collect();
                 let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                let hint = did_you_mean(&h.gpu, names.iter().copied()).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
+                let hint = did_you_mean(&h.gpu, names.iter().copied())
+                    .map(|s| format!("did you mean `{s}`? "))
+                    .unwrap_or_default();
                 v.push(
                     "hardware.gpu",
                     &format!("unknown GPU `{}`", h.gpu),
@@ -960,7 +977,9 @@ fn resolve_gpu(h: &HardwareSpec, v: &mut Problems) -> Option<Gpu> {
         gpu.source = x;
     }
     let mut ok = true;
-    for (field, value) in [("fp32", gpu.fp32.0), ("memory_bandwidth", gpu.memory_bandwidth.0), ("memory", gpu.memory.0 as f64)] {
+    for (field, value) in
+        [("fp32", gpu.fp32.0), ("memory_bandwidth", gpu.memory_bandwidth.0), ("memory", gpu.memory.0 as f64)]
+    {
         if value <= 0.0 {
             v.push(&format!("hardware.gpu_spec.{field}"), &format!("{field} must be > 0"), None);
             ok = false;
@@ -997,13 +1016,17 @@ fn validate(s: &ScenarioFile, v: &mut Problems) {
     v.check(s.optimizer.learning_rate > 0.0, "optimizer.learning_rate", || "learning_rate must be > 0".into());
     let h = &s.hardware;
     if let Some(e) = h.efficiency {
-        v.check(e > 0.0 && e <= 1.0, "hardware.efficiency", || format!("efficiency is a fraction of peak in (0, 1], got {e}"));
+        v.check(e > 0.0 && e <= 1.0, "hardware.efficiency", || {
+            format!("efficiency is a fraction of peak in (0, 1], got {e}")
+        });
     }
     v.check(h.gpus_per_host >= 1, "hardware.gpus_per_host", || "gpus_per_host must be >= 1".into());
     v.check(h.ps_memory_bandwidth.0 > 0.0, "hardware.ps_memory_bandwidth", || "ps_memory_bandwidth must be > 0".into());
 
     let n = &s.network;
-    v.check(n.goodput > 0.0 && n.goodput <= 1.0, "network.goodput", || format!("goodput is a fraction in (0, 1], got {}", n.goodput));
+    v.check(n.goodput > 0.0 && n.goodput <= 1.0, "network.goodput", || {
+        format!("goodput is a fraction in (0, 1], got {}", n.goodput)
+    });
     v.check(n.oversubscription >= 1.0, "network.oversubscription", || {
         format!("oversubscription is >= 1 (1 = non-blocking), got {}", n.oversubscription)
     });
@@ -1091,8 +1114,16 @@ fn validate(s: &ScenarioFile, v: &mut Problems) {
 /// Turns a TOML/serde error into a located diagnostic, with "did you mean" for unknown names.
 fn parse_diagnostic(e: &toml::de::Error, map: &SourceMap<'_>, index: &SpanIndex) -> Diagnostic {
     let span = e.span();
-    let path = span.as_ref().and_then(|s| index.path_at(s.start)).unwrap_or_default();
     let raw = e.message().trim().to_string();
+    let path = match raw.strip_prefix("missing field `") {
+        // A missing field is reported on its table: name the table and the field.
+        Some(rest) => {
+            let table = span.as_ref().map(|s| index.table_with_span(s)).unwrap_or_default();
+            let field = rest.trim_end_matches('`');
+            if table.is_empty() { field.to_string() } else { format!("{table}.{field}") }
+        }
+        None => span.as_ref().and_then(|s| index.path_at(s.start)).unwrap_or_default(),
+    };
     let (message, help) = explain_serde_message(&raw);
     map.diagnostic(span, &path, message, help)
 }
@@ -1103,7 +1134,9 @@ fn explain_serde_message(raw: &str) -> (String, Option<String>) {
         if let Some(rest) = raw.strip_prefix(prefix) {
             let Some((name, tail)) = rest.split_once('`') else { break };
             let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
-            let hint = did_you_mean(name, expected.iter().copied()).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
+            let hint = did_you_mean(name, expected.iter().copied())
+                .map(|s| format!("did you mean `{s}`? "))
+                .unwrap_or_default();
             let list = if expected.is_empty() { "none".to_string() } else { expected.join(", ") };
             return (format!("unknown {what} `{name}`"), Some(format!("{hint}valid {what}s: {list}")));
         }
@@ -1201,5 +1234,38 @@ mod tests {
         let d = &e.diagnostics()[0];
         assert!(d.message.contains("no unit") && d.message.contains("50 us"), "{d}");
         assert_eq!(d.path, "network.latency");
+    }
+}
+
+#[cfg(test)]
+mod no_panic {
+    use super::*;
+
+    const VALID: &str = "batch = 32\nseed = 3\n[model]\nname = \"alexnet\"\n[network]\nnic = \"10 Gbit/s\"\nlatency = \"50 us\"\n\
+                         [topology]\nworkers = 4\nps = 2\nmode = \"backup\"\nbackup_workers = 1\n[sweep]\nworkers = [1, 2]\n";
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 512, ..Default::default() })]
+
+        /// Arbitrary text never panics the parser; it parses or gives located diagnostics.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            if let Err(ScenarioError::Invalid(ds)) = Scenario::parse(&text, "f.toml", "f", None) {
+                proptest::prop_assert!(!ds.is_empty());
+                for d in ds {
+                    proptest::prop_assert!(d.line >= 1 && d.column >= 1);
+                }
+            }
+        }
+
+        /// A valid scenario with one byte replaced or removed never panics.
+        #[test]
+        fn mutated_scenario_never_panics(pos in 0usize..VALID.len(), byte in proptest::num::u8::ANY, delete in proptest::bool::ANY) {
+            let mut bytes = VALID.as_bytes().to_vec();
+            if delete { bytes.remove(pos); } else { bytes[pos] = byte; }
+            if let Ok(text) = String::from_utf8(bytes) {
+                let _ = Scenario::parse(&text, "f.toml", "f", None);
+            }
+        }
     }
 }

@@ -111,11 +111,7 @@ fn parse_with(
 /// trailing zeros.
 fn trimmed(value: f64, max_decimals: usize) -> String {
     let s = format!("{value:.max_decimals$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    }
+    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
 }
 
 /// Picks the largest display unit whose factor is <= `value` (or the smallest one).
@@ -199,16 +195,8 @@ macro_rules! string_serde {
     };
 }
 
-const TIME_UNITS: &[(&str, f64)] = &[
-    ("ns", 1.0),
-    ("us", 1e3),
-    ("µs", 1e3),
-    ("ms", 1e6),
-    ("s", 1e9),
-    ("min", 60e9),
-    ("h", 3600e9),
-    ("d", 86400e9),
-];
+const TIME_UNITS: &[(&str, f64)] =
+    &[("ns", 1.0), ("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("min", 60e9), ("h", 3600e9), ("d", 86400e9)];
 const TIME_DISPLAY: &[(&str, f64)] = &[("ns", 1.0), ("us", 1e3), ("ms", 1e6), ("s", 1e9)];
 
 /// A span of simulated or measured time, in integer nanoseconds.
@@ -322,7 +310,12 @@ impl Sub for Time {
         Time(self.0 - o.0)
     }
 }
-string_serde!(Time, "50 us", "A time with a unit: ns, us, ms, s, min, h, d.", r"^\s*[0-9.eE+_]+\s*(ns|us|µs|ms|s|min|h|d)\s*$");
+string_serde!(
+    Time,
+    "50 us",
+    "A time with a unit: ns, us, ms, s, min, h, d.",
+    r"^\s*[0-9.eE+_]+\s*(ns|us|µs|ms|s|min|h|d)\s*$"
+);
 
 const BYTE_UNITS: &[(&str, f64)] = &[
     ("B", 1.0),
@@ -364,12 +357,12 @@ impl fmt::Display for Bytes {
         // Exact binary multiples print in binary units ("95 MiB"); everything else decimal.
         if f.precision().is_none() && self.0 > 0 {
             for (u, factor) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-                if self.0 % factor == 0 {
+                if self.0.is_multiple_of(factor) {
                     return write!(f, "{} {u}", self.0 / factor);
                 }
             }
             for (u, factor) in [("TB", 1_000_000_000_000u64), ("GB", 1_000_000_000), ("MB", 1_000_000), ("kB", 1_000)] {
-                if self.0 >= factor && (self.0 * 1000) % factor == 0 {
+                if self.0 >= factor && self.0.checked_mul(1000).is_some_and(|x| x.is_multiple_of(factor)) {
                     return write!(f, "{}", trimmed(self.0 as f64 / factor as f64, 3) + " " + u);
                 }
             }
@@ -402,7 +395,12 @@ impl std::iter::Sum for Bytes {
         Bytes(it.map(|b| b.0).sum())
     }
 }
-string_serde!(Bytes, "95 MiB", "A size with a unit: B, kB, MB, GB, TB, KiB, MiB, GiB, TiB.", r"^\s*[0-9.eE+_]+\s*(B|[kKMGT]B|[KMGT]iB)\s*$");
+string_serde!(
+    Bytes,
+    "95 MiB",
+    "A size with a unit: B, kB, MB, GB, TB, KiB, MiB, GiB, TiB.",
+    r"^\s*[0-9.eE+_]+\s*(B|[kKMGT]B|[KMGT]iB)\s*$"
+);
 
 const BITRATE_UNITS: &[(&str, f64)] = &[
     ("bit/s", 1.0),
@@ -453,11 +451,7 @@ impl std::str::FromStr for BitRate {
 
 impl fmt::Display for BitRate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        format_scaled(
-            f,
-            self.0,
-            &[("bit/s", 1.0), ("kbit/s", 1e3), ("Mbit/s", 1e6), ("Gbit/s", 1e9), ("Tbit/s", 1e12)],
-        )
+        format_scaled(f, self.0, &[("bit/s", 1.0), ("kbit/s", 1e3), ("Mbit/s", 1e6), ("Gbit/s", 1e9), ("Tbit/s", 1e12)])
     }
 }
 string_serde!(
@@ -471,7 +465,11 @@ string_serde!(
 pub struct ByteRate(pub BitRate);
 impl fmt::Display for ByteRate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        format_scaled(f, self.0.bytes_per_sec(), &[("B/s", 1.0), ("kB/s", 1e3), ("MB/s", 1e6), ("GB/s", 1e9), ("TB/s", 1e12)])
+        format_scaled(
+            f,
+            self.0.bytes_per_sec(),
+            &[("B/s", 1.0), ("kB/s", 1e3), ("MB/s", 1e6), ("GB/s", 1e9), ("TB/s", 1e12)],
+        )
     }
 }
 
@@ -493,16 +491,15 @@ impl fmt::Display for Flops {
         format_scaled(f, self.0, FLOP_UNITS)
     }
 }
-string_serde!(Flops, "11.4 GFLOP", "A FLOP count with a unit: FLOP, kFLOP, MFLOP, GFLOP, TFLOP, PFLOP.", r"^\s*[0-9.eE+_]+\s*[kMGTP]?FLOP\s*$");
+string_serde!(
+    Flops,
+    "11.4 GFLOP",
+    "A FLOP count with a unit: FLOP, kFLOP, MFLOP, GFLOP, TFLOP, PFLOP.",
+    r"^\s*[0-9.eE+_]+\s*[kMGTP]?FLOP\s*$"
+);
 
-const FLOPRATE_UNITS: &[(&str, f64)] = &[
-    ("FLOP/s", 1.0),
-    ("kFLOP/s", 1e3),
-    ("MFLOP/s", 1e6),
-    ("GFLOP/s", 1e9),
-    ("TFLOP/s", 1e12),
-    ("PFLOP/s", 1e15),
-];
+const FLOPRATE_UNITS: &[(&str, f64)] =
+    &[("FLOP/s", 1.0), ("kFLOP/s", 1e3), ("MFLOP/s", 1e6), ("GFLOP/s", 1e9), ("TFLOP/s", 1e12), ("PFLOP/s", 1e15)];
 
 /// A compute rate, in FLOP per second.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Default)]

@@ -1,0 +1,438 @@
+//! Run records: one [`StepRecord`] per worker per step, and a [`RunSummary`] per run.
+//!
+//! Simulated and measured runs write the same columns, so reports and validation compare them
+//! directly. Every record carries the scenario hash, the seed and the topolab version that
+//! produced it; readers reject files whose columns differ from these.
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// The version of topolab writing the records.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// One worker's step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Run identifier (e.g. "sim" or "replay").
+    pub run: String,
+    /// Worker index.
+    pub worker: u32,
+    /// Step number, from 0.
+    pub step: u64,
+    /// Start of the step, ns since the run began.
+    pub start_ns: u64,
+    /// End of the step, ns since the run began.
+    pub end_ns: u64,
+    /// Time computing (forward and backward), ns.
+    pub compute_ns: u64,
+    /// Communication not hidden behind compute, ns.
+    pub comm_ns: u64,
+    /// Waiting for aggregation (barrier) or other workers, ns.
+    pub wait_ns: u64,
+    /// Bytes the worker sent.
+    pub bytes_sent: u64,
+    /// Bytes the worker received.
+    pub bytes_received: u64,
+    /// Hash of the scenario that produced it.
+    pub scenario_hash: String,
+    /// Seed of the run.
+    pub seed: u64,
+    /// topolab version.
+    pub version: String,
+}
+
+impl StepRecord {
+    /// Duration of the step, ns.
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+}
+
+/// Column names of steps.csv, in order.
+pub const STEP_COLUMNS: &[&str] = &[
+    "run",
+    "worker",
+    "step",
+    "start_ns",
+    "end_ns",
+    "compute_ns",
+    "comm_ns",
+    "wait_ns",
+    "bytes_sent",
+    "bytes_received",
+    "scenario_hash",
+    "seed",
+    "version",
+];
+
+/// Why records could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// CSV problem (with its position).
+    #[error("{origin}: {source}")]
+    Csv {
+        /// Which file or stream.
+        origin: String,
+        /// The cause.
+        source: csv::Error,
+    },
+    /// The header is not the expected one.
+    #[error("{origin}: columns are `{found}`, expected `{expected}`")]
+    Columns {
+        /// Which file or stream.
+        origin: String,
+        /// Columns found.
+        found: String,
+        /// Columns expected.
+        expected: String,
+    },
+    /// JSON problem.
+    #[error("{origin}: {source}")]
+    Json {
+        /// Which file or stream.
+        origin: String,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+/// Writes step records as CSV with [`STEP_COLUMNS`].
+pub fn write_steps_csv<W: Write>(records: &[StepRecord], out: W) -> Result<(), RecordError> {
+    let origin = || "steps.csv".to_string();
+    let mut w = csv::Writer::from_writer(out);
+    if records.is_empty() {
+        w.write_record(STEP_COLUMNS).map_err(|source| RecordError::Csv { origin: origin(), source })?;
+    }
+    for r in records {
+        w.serialize(r).map_err(|source| RecordError::Csv { origin: origin(), source })?;
+    }
+    w.flush().map_err(|e| RecordError::Csv { origin: origin(), source: e.into() })?;
+    Ok(())
+}
+
+/// Reads step records from CSV; `origin` names the source in errors.
+pub fn read_steps_csv<R: Read>(input: R, origin: &str) -> Result<Vec<StepRecord>, RecordError> {
+    let mut r = csv::Reader::from_reader(input);
+    let headers = r.headers().map_err(|source| RecordError::Csv { origin: origin.into(), source })?;
+    let found: Vec<&str> = headers.iter().collect();
+    if found != STEP_COLUMNS {
+        return Err(RecordError::Columns {
+            origin: origin.into(),
+            found: found.join(","),
+            expected: STEP_COLUMNS.join(","),
+        });
+    }
+    r.deserialize().map(|rec| rec.map_err(|source| RecordError::Csv { origin: origin.into(), source })).collect()
+}
+
+/// Step-time statistics, seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct StepTime {
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+/// Where a mean step goes, seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Breakdown {
+    /// Computing.
+    pub compute: f64,
+    /// Communication not overlapped with compute.
+    pub exposed_comm: f64,
+    /// Waiting for aggregation or other workers.
+    pub wait: f64,
+}
+
+/// Busy fractions of the main resources over the run (0..1).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Utilization {
+    /// Mean GPU busy fraction.
+    pub gpu: f64,
+    /// Busiest parameter-server NIC, inbound.
+    pub ps_nic_in_max: f64,
+    /// Busiest parameter-server NIC, outbound.
+    pub ps_nic_out_max: f64,
+    /// Busiest worker NIC, inbound.
+    pub worker_nic_in_max: f64,
+    /// Busiest worker NIC, outbound.
+    pub worker_nic_out_max: f64,
+}
+
+/// The summary of one run, simulated or measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Scenario name.
+    pub scenario: String,
+    /// Hash of the scenario.
+    pub scenario_hash: String,
+    /// Seed.
+    pub seed: u64,
+    /// topolab version.
+    pub version: String,
+    /// "sim" or "replay".
+    pub source: String,
+    /// Worker hosts.
+    pub workers: u32,
+    /// Parameter-server shards.
+    pub ps: u32,
+    /// Steps per worker.
+    pub steps: u64,
+    /// Step time statistics.
+    pub step_time_s: StepTime,
+    /// Samples per second over all replicas.
+    pub throughput_samples_per_s: f64,
+    /// Mean step breakdown.
+    pub breakdown_s: Breakdown,
+    /// Resource utilization.
+    pub utilization: Utilization,
+    /// The bottleneck, in words.
+    pub bottleneck: String,
+    /// Events processed (simulator) or messages exchanged (replay).
+    pub events: u64,
+    /// Wall-clock time of the run, seconds.
+    pub wall_s: f64,
+}
+
+/// Column names of summary.csv, in order (nested fields flattened with `.`).
+pub const SUMMARY_COLUMNS: &[&str] = &[
+    "scenario",
+    "scenario_hash",
+    "seed",
+    "version",
+    "source",
+    "workers",
+    "ps",
+    "steps",
+    "step_time_s.mean",
+    "step_time_s.p50",
+    "step_time_s.p90",
+    "step_time_s.p99",
+    "throughput_samples_per_s",
+    "breakdown_s.compute",
+    "breakdown_s.exposed_comm",
+    "breakdown_s.wait",
+    "utilization.gpu",
+    "utilization.ps_nic_in_max",
+    "utilization.ps_nic_out_max",
+    "utilization.worker_nic_in_max",
+    "utilization.worker_nic_out_max",
+    "bottleneck",
+    "events",
+    "wall_s",
+];
+
+impl RunSummary {
+    fn row(&self) -> Vec<String> {
+        let f = |x: f64| format!("{x}");
+        vec![
+            self.scenario.clone(),
+            self.scenario_hash.clone(),
+            self.seed.to_string(),
+            self.version.clone(),
+            self.source.clone(),
+            self.workers.to_string(),
+            self.ps.to_string(),
+            self.steps.to_string(),
+            f(self.step_time_s.mean),
+            f(self.step_time_s.p50),
+            f(self.step_time_s.p90),
+            f(self.step_time_s.p99),
+            f(self.throughput_samples_per_s),
+            f(self.breakdown_s.compute),
+            f(self.breakdown_s.exposed_comm),
+            f(self.breakdown_s.wait),
+            f(self.utilization.gpu),
+            f(self.utilization.ps_nic_in_max),
+            f(self.utilization.ps_nic_out_max),
+            f(self.utilization.worker_nic_in_max),
+            f(self.utilization.worker_nic_out_max),
+            self.bottleneck.clone(),
+            self.events.to_string(),
+            f(self.wall_s),
+        ]
+    }
+}
+
+/// Writes summaries as CSV, one row each.
+pub fn write_summaries_csv<W: Write>(summaries: &[RunSummary], out: W) -> Result<(), RecordError> {
+    let err = |source: csv::Error| RecordError::Csv { origin: "summary.csv".into(), source };
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record(SUMMARY_COLUMNS).map_err(err)?;
+    for s in summaries {
+        w.write_record(s.row()).map_err(err)?;
+    }
+    w.flush().map_err(|e| err(e.into()))?;
+    Ok(())
+}
+
+/// Reads summaries from CSV.
+pub fn read_summaries_csv<R: Read>(input: R, origin: &str) -> Result<Vec<RunSummary>, RecordError> {
+    let err = |source: csv::Error| RecordError::Csv { origin: origin.into(), source };
+    let mut r = csv::Reader::from_reader(input);
+    let found: Vec<String> = r.headers().map_err(err)?.iter().map(String::from).collect();
+    if found != SUMMARY_COLUMNS {
+        return Err(RecordError::Columns {
+            origin: origin.into(),
+            found: found.join(","),
+            expected: SUMMARY_COLUMNS.join(","),
+        });
+    }
+    let mut out = Vec::new();
+    for rec in r.records() {
+        let rec = rec.map_err(err)?;
+        let line = rec.position().map_or(0, |p| p.line());
+        let bad = |col: &str| RecordError::Csv {
+            origin: origin.into(),
+            source: csv::Error::from(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("line {line}: column `{col}` is not a number"),
+            )),
+        };
+        let get = |i: usize| rec.get(i).unwrap_or("");
+        let num = |i: usize| get(i).parse::<f64>().map_err(|_| bad(SUMMARY_COLUMNS[i]));
+        let int = |i: usize| get(i).parse::<u64>().map_err(|_| bad(SUMMARY_COLUMNS[i]));
+        out.push(RunSummary {
+            scenario: get(0).into(),
+            scenario_hash: get(1).into(),
+            seed: int(2)?,
+            version: get(3).into(),
+            source: get(4).into(),
+            workers: int(5)? as u32,
+            ps: int(6)? as u32,
+            steps: int(7)?,
+            step_time_s: StepTime { mean: num(8)?, p50: num(9)?, p90: num(10)?, p99: num(11)? },
+            throughput_samples_per_s: num(12)?,
+            breakdown_s: Breakdown { compute: num(13)?, exposed_comm: num(14)?, wait: num(15)? },
+            utilization: Utilization {
+                gpu: num(16)?,
+                ps_nic_in_max: num(17)?,
+                ps_nic_out_max: num(18)?,
+                worker_nic_in_max: num(19)?,
+                worker_nic_out_max: num(20)?,
+            },
+            bottleneck: get(21).into(),
+            events: int(22)?,
+            wall_s: num(23)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes a summary as pretty JSON.
+pub fn write_summary_json<W: Write>(s: &RunSummary, out: W) -> Result<(), RecordError> {
+    serde_json::to_writer_pretty(out, s).map_err(|source| RecordError::Json { origin: "summary.json".into(), source })
+}
+
+/// Reads a summary from JSON.
+pub fn read_summary_json<R: Read>(input: R, origin: &str) -> Result<RunSummary, RecordError> {
+    serde_json::from_reader(input).map_err(|source| RecordError::Json { origin: origin.into(), source })
+}
+
+/// The value at quantile `q` (0..=1) of `sorted` by nearest rank; 0 for an empty slice.
+pub fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Step-time statistics of a set of step records.
+pub fn step_time_stats(records: &[StepRecord]) -> StepTime {
+    let mut d: Vec<u64> = records.iter().map(StepRecord::duration_ns).collect();
+    d.sort_unstable();
+    if d.is_empty() {
+        return StepTime::default();
+    }
+    let s = |ns: u64| ns as f64 / 1e9;
+    StepTime {
+        mean: d.iter().map(|&x| x as f64).sum::<f64>() / d.len() as f64 / 1e9,
+        p50: s(percentile(&d, 0.50)),
+        p90: s(percentile(&d, 0.90)),
+        p99: s(percentile(&d, 0.99)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(worker: u32, step: u64, start: u64, end: u64) -> StepRecord {
+        StepRecord {
+            run: "sim".into(),
+            worker,
+            step,
+            start_ns: start,
+            end_ns: end,
+            compute_ns: 10,
+            comm_ns: 5,
+            wait_ns: 1,
+            bytes_sent: 100,
+            bytes_received: 200,
+            scenario_hash: "abc".into(),
+            seed: 7,
+            version: VERSION.into(),
+        }
+    }
+
+    #[test]
+    fn steps_round_trip_through_csv_with_the_documented_columns() {
+        let rs = vec![rec(0, 0, 0, 100), rec(1, 0, 0, 120)];
+        let mut buf = Vec::new();
+        write_steps_csv(&rs, &mut buf).unwrap();
+        let text = String::from_utf8(buf.clone()).unwrap();
+        assert_eq!(text.lines().next().unwrap(), STEP_COLUMNS.join(","));
+        assert_eq!(read_steps_csv(buf.as_slice(), "m").unwrap(), rs);
+        let e = read_steps_csv("a,b\n1,2\n".as_bytes(), "x.csv").unwrap_err().to_string();
+        assert!(e.contains("expected `run,worker"), "{e}");
+    }
+
+    #[test]
+    fn summaries_round_trip_through_csv_and_json() {
+        let s = RunSummary {
+            scenario: "s, with comma".into(),
+            scenario_hash: "h".into(),
+            seed: 1,
+            version: VERSION.into(),
+            source: "sim".into(),
+            workers: 2,
+            ps: 1,
+            steps: 10,
+            step_time_s: StepTime { mean: 0.5, p50: 0.4, p90: 0.6, p99: 0.7 },
+            throughput_samples_per_s: 128.0,
+            breakdown_s: Breakdown { compute: 0.3, exposed_comm: 0.1, wait: 0.1 },
+            utilization: Utilization {
+                gpu: 0.6,
+                ps_nic_in_max: 0.9,
+                ps_nic_out_max: 0.8,
+                worker_nic_in_max: 0.2,
+                worker_nic_out_max: 0.1,
+            },
+            bottleneck: "PS shard 0 egress".into(),
+            events: 1234,
+            wall_s: 0.01,
+        };
+        let mut buf = Vec::new();
+        write_summaries_csv(std::slice::from_ref(&s), &mut buf).unwrap();
+        assert_eq!(read_summaries_csv(buf.as_slice(), "m").unwrap(), vec![s.clone()]);
+        let mut buf = Vec::new();
+        write_summary_json(&s, &mut buf).unwrap();
+        assert_eq!(read_summary_json(buf.as_slice(), "m").unwrap(), s);
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        // 1..=100: p50 = 50, p90 = 90, p99 = 99.
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!((percentile(&v, 0.5), percentile(&v, 0.9), percentile(&v, 0.99)), (50, 90, 99));
+        let st = step_time_stats(&[rec(0, 0, 0, 1_000_000_000), rec(0, 1, 0, 3_000_000_000)]);
+        assert_eq!((st.mean, st.p50, st.p99), (2.0, 1.0, 3.0));
+    }
+}

@@ -1,0 +1,146 @@
+//! `topolab plan`: the per-step plan of ops and the bytes each host moves.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use topolab_core::plan::{Host, HostTraffic, Plan};
+use topolab_core::scenario::Scenario;
+use topolab_core::units::Flops;
+
+use super::BadInput;
+use crate::output::{Format, Table, print_json};
+
+/// Show the per-step plan: ops by kind, and bytes per host and direction.
+#[derive(clap::Args)]
+#[command(after_help = "\
+Identical hosts are grouped (e.g. `worker0..63`).
+
+Examples:
+  topolab plan scenarios/examples/inception-v3-64w-8ps.toml
+  topolab plan scenarios/examples/inception-v3-64w-8ps.toml --format json")]
+pub struct Args {
+    /// Scenario file (default: the built-in default scenario).
+    scenario: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+impl Args {
+    /// Arguments for printing the plan of `scenario` in `format`.
+    pub fn from_parts(scenario: Option<PathBuf>, format: Format) -> Self {
+        Args { scenario, format }
+    }
+}
+
+pub fn build(s: &Scenario) -> anyhow::Result<Plan> {
+    Plan::new(s).map_err(|e| BadInput(format!("error: {}: {e}", s.origin)).into())
+}
+
+/// Consecutive hosts of one kind with equal traffic, as (label, traffic of each).
+pub fn grouped(traffic: &[HostTraffic]) -> Vec<(String, usize, HostTraffic)> {
+    let mut out: Vec<(String, usize, HostTraffic)> = Vec::new();
+    let mut i = 0;
+    while i < traffic.len() {
+        let t = traffic[i];
+        let same_kind =
+            |a: Host, b: Host| matches!((a, b), (Host::Worker(_), Host::Worker(_)) | (Host::Ps(_), Host::Ps(_)));
+        let mut j = i + 1;
+        while j < traffic.len()
+            && same_kind(traffic[j].host, t.host)
+            && traffic[j].egress == t.egress
+            && traffic[j].ingress == t.ingress
+        {
+            j += 1;
+        }
+        let label = if j - i == 1 {
+            t.host.to_string()
+        } else {
+            let last = traffic[j - 1].host.to_string();
+            let digits: String = last.chars().skip_while(|c| !c.is_ascii_digit()).collect();
+            format!("{}..{digits}", t.host)
+        };
+        out.push((label, j - i, t));
+        i = j;
+    }
+    out
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let s = super::load_scenario(a.scenario.as_deref())?;
+    let plan = build(&s)?;
+    let totals = plan.op_totals();
+    let traffic = plan.host_traffic();
+    if a.format == Format::Json {
+        let ops: Vec<serde_json::Value> = totals
+            .iter()
+            .map(|(k, t)| serde_json::json!({"kind": k, "count": t.count, "flops": t.flops, "bytes": t.bytes.0}))
+            .collect();
+        let hosts: Vec<serde_json::Value> = traffic
+            .iter()
+            .map(|h| serde_json::json!({"host": h.host.to_string(), "egress_bytes": h.egress.0, "ingress_bytes": h.ingress.0}))
+            .collect();
+        print_json(&serde_json::json!({
+            "scenario": s.spec.name, "scenario_hash": s.hash, "seed": s.spec.seed,
+            "workers": plan.workers, "ps": plan.ps, "gpus_per_host": plan.gpus_per_host, "mode": plan.mode.as_str(),
+            "worker_template_ops": plan.worker.len(),
+            "shard_template_ops": plan.shards.iter().map(Vec::len).collect::<Vec<_>>(),
+            "ops_per_step": ops, "hosts": hosts,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let human = a.format == Format::Table;
+    let mut ops = Table::new(["op", "count_per_step", "flops_per_step", "bytes_per_step"]).right_align(&[1, 2, 3]);
+    for (k, t) in &totals {
+        if human {
+            ops.row([
+                k.to_string(),
+                t.count.to_string(),
+                if t.flops > 0.0 { format!("{:.4}", Flops(t.flops)) } else { "-".into() },
+                if t.bytes.0 > 0 { format!("{:.4}", t.bytes) } else { "-".into() },
+            ]);
+        } else {
+            ops.row([k.to_string(), t.count.to_string(), format!("{}", t.flops), t.bytes.0.to_string()]);
+        }
+    }
+    let mut hosts = Table::new(["hosts", "count", "egress_per_step", "ingress_per_step"]).right_align(&[1, 2, 3]);
+    for (label, n, t) in grouped(&traffic) {
+        if human {
+            hosts.row([label, n.to_string(), format!("{:.4}", t.egress), format!("{:.4}", t.ingress)]);
+        } else {
+            hosts.row([label, n.to_string(), t.egress.0.to_string(), t.ingress.0.to_string()]);
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if human {
+        writeln!(
+            out,
+            "Plan of {} (hash {}): {} workers x {} GPU, {} PS shards ({}), {} mode, {} placement",
+            s.spec.name,
+            s.hash,
+            plan.workers,
+            plan.gpus_per_host,
+            plan.ps,
+            if plan.ps_hosts == topolab_core::scenario::PsHosts::Dedicated { "dedicated" } else { "co-located" },
+            plan.mode.as_str(),
+            plan.placement.kind.as_str()
+        )?;
+        writeln!(
+            out,
+            "Templates: {} ops per worker host, {} ops over {} shards\n",
+            plan.worker.len(),
+            plan.shards.iter().map(Vec::len).sum::<usize>(),
+            plan.ps
+        )?;
+        writeln!(out, "Ops per step (all hosts):")?;
+        ops.write_text(&mut out)?;
+        writeln!(out, "\nNIC bytes per host per step:")?;
+        hosts.write_text(&mut out)?;
+    } else {
+        ops.write_csv(&mut out)?;
+        writeln!(out)?;
+        hosts.write_csv(&mut out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

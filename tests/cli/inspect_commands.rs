@@ -1,0 +1,125 @@
+//! models, placement, plan, run, schema, hardware and help.
+
+use super::*;
+
+#[test]
+fn models_csv_lists_all_nine_with_published_totals() {
+    let out = topolab(&["models", "--format", "csv"]);
+    assert_eq!(out.status.code(), Some(0));
+    let mut r = csv::Reader::from_reader(out.stdout.as_slice());
+    let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 9);
+    // (name, published params, published G MACs)
+    let published = [
+        ("inception-v3", 23.8e6, Some(5.7)),
+        ("resnet-50", 25.56e6, Some(4.09)),
+        ("resnet-101", 44.7e6, None),
+        ("resnet-152", 60.4e6, None),
+        ("vgg-16", 138.36e6, Some(15.47)),
+        ("alexnet", 61.1e6, Some(0.714)),
+        ("bert-base", 110e6, None),
+        ("bert-large", 340e6, None),
+        ("gpt-2", 1542e6, None),
+    ];
+    for (name, params, gmacs) in published {
+        let row = rows.iter().find(|r| &r[0] == name).unwrap_or_else(|| panic!("{name} listed"));
+        let p: f64 = row[1].parse().unwrap();
+        assert!((p - params).abs() / params <= 0.02, "{name}: {p} params");
+        if let Some(g) = gmacs {
+            let m: f64 = row[3].parse().unwrap();
+            assert!((m - g).abs() / g <= 0.02, "{name}: {m} G MACs");
+        }
+    }
+}
+
+#[test]
+fn layer_table_export_reads_back_as_a_user_model() {
+    let out = topolab(&["models", "inception-v3", "--layers", "--format", "csv"]);
+    assert_eq!(out.status.code(), Some(0));
+    let back = topolab_core::models::read_layer_table_from(out.stdout.as_slice(), "stdout").unwrap();
+    let builtin = topolab_core::models::builtin("inception-v3").unwrap();
+    assert_eq!(back.layers, builtin.layers);
+    assert_eq!(back.variable_count(), 190);
+}
+
+#[test]
+fn unknown_model_is_bad_input_with_the_list() {
+    let out = topolab(&["models", "resnet-51"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("built-in models: inception-v3"));
+}
+
+#[test]
+fn placement_shows_round_robin_hot_and_greedy_balanced_for_inception_on_8_ps() {
+    let f = "scenarios/examples/inception-v3-64w-8ps.toml";
+    let out = topolab(&["placement", f, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let imb = |k: &str| {
+        v["strategies"].as_array().unwrap().iter().find(|s| s["kind"] == k).unwrap()["imbalance"].as_f64().unwrap()
+    };
+    // Round-robin alternates conv weights and BN betas over 8 shards: odd shards hold only
+    // betas (kilobytes) and the even ones everything else, so max/mean is far above 2.
+    assert!(imb("round-robin") > 2.0, "round-robin {}", imb("round-robin"));
+    assert!(imb("greedy") < 1.05, "greedy {}", imb("greedy"));
+    let text = stdout(&topolab(&["placement", f]));
+    assert!(
+        text.contains("round-robin*_bytes") && text.contains("greedy_bytes") && text.contains("max/mean"),
+        "{text}"
+    );
+}
+
+#[test]
+fn plan_json_bytes_match_the_model_for_one_worker() {
+    let out = topolab(&["plan", "scenarios/examples/inception-v3-1xk40.toml", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bytes = topolab_core::models::builtin("inception-v3").unwrap().bytes().0;
+    // One worker, one dedicated PS: the worker pushes every gradient and pulls every
+    // variable once per step, so both directions carry exactly the model's bytes.
+    let w0 = &v["hosts"][0];
+    assert_eq!(w0["host"], "worker0");
+    assert_eq!(w0["egress_bytes"].as_u64().unwrap(), bytes);
+    assert_eq!(w0["ingress_bytes"].as_u64().unwrap(), bytes);
+}
+
+#[test]
+fn run_without_argument_uses_the_built_in_default() {
+    let out = topolab(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("<built-in default>") && text.contains("inception-v3") && text.contains("k40"), "{text}");
+}
+
+#[test]
+fn schema_is_json_describing_the_scenario_tables() {
+    let out = topolab(&["schema"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for field in ["batch", "model", "topology", "network", "sweep", "runtime"] {
+        assert!(v["properties"].get(field).is_some(), "schema has {field}");
+    }
+    assert!(v["required"].as_array().unwrap().iter().any(|r| r == "batch"));
+}
+
+#[test]
+fn every_subcommand_help_shows_an_example() {
+    let top = stdout(&topolab(&["--help"]));
+    assert!(top.contains("Examples:"));
+    for sub in ["run", "check", "schema", "models", "hardware", "placement", "plan", "scenarios"] {
+        let out = topolab(&[sub, "--help"]);
+        assert_eq!(out.status.code(), Some(0));
+        let text = stdout(&out);
+        assert!(text.contains("Examples:") && text.contains(&format!("topolab {sub}")), "{sub} --help:\n{text}");
+    }
+}
+
+#[test]
+fn hardware_lists_every_figure_with_a_source() {
+    let out = topolab(&["hardware", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for group in ["gpus", "nics", "host_buses"] {
+        for item in v[group].as_array().unwrap() {
+            assert!(!item["source"].as_str().unwrap().is_empty(), "{group}: {item}");
+        }
+    }
+    assert_eq!(v["gpus"].as_array().unwrap().len(), 8);
+}
