@@ -196,8 +196,10 @@ pub struct RunSummary {
     pub bottleneck: String,
     /// Events processed (simulator) or messages exchanged (replay).
     pub events: u64,
-    /// Wall-clock time of the run, seconds.
-    pub wall_s: f64,
+    /// Wall-clock time of a measured run, seconds. Simulated runs leave it out so that their
+    /// files are byte-identical from run to run (the simulator prints its own wall time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_s: Option<f64>,
 }
 
 /// Column names of summary.csv, in order (nested fields flattened with `.`).
@@ -255,7 +257,7 @@ impl RunSummary {
             f(self.utilization.worker_nic_out_max),
             self.bottleneck.clone(),
             self.events.to_string(),
-            f(self.wall_s),
+            self.wall_s.map(f).unwrap_or_default(),
         ]
     }
 }
@@ -319,7 +321,7 @@ pub fn read_summaries_csv<R: Read>(input: R, origin: &str) -> Result<Vec<RunSumm
             },
             bottleneck: get(21).into(),
             events: int(22)?,
-            wall_s: num(23)?,
+            wall_s: if get(23).is_empty() { None } else { Some(num(23)?) },
         });
     }
     Ok(out)
@@ -417,7 +419,7 @@ mod tests {
             },
             bottleneck: "PS shard 0 egress".into(),
             events: 1234,
-            wall_s: 0.01,
+            wall_s: Some(0.01),
         };
         let mut buf = Vec::new();
         write_summaries_csv(std::slice::from_ref(&s), &mut buf).unwrap();
@@ -425,6 +427,10 @@ mod tests {
         let mut buf = Vec::new();
         write_summary_json(&s, &mut buf).unwrap();
         assert_eq!(read_summary_json(buf.as_slice(), "m").unwrap(), s);
+        let sim = RunSummary { wall_s: None, ..s };
+        let mut buf = Vec::new();
+        write_summaries_csv(std::slice::from_ref(&sim), &mut buf).unwrap();
+        assert_eq!(read_summaries_csv(buf.as_slice(), "m").unwrap(), vec![sim]);
     }
 
     #[test]

@@ -27,13 +27,6 @@ pub struct Args {
     format: Format,
 }
 
-impl Args {
-    /// Arguments for printing the plan of `scenario` in `format`.
-    pub fn from_parts(scenario: Option<PathBuf>, format: Format) -> Self {
-        Args { scenario, format }
-    }
-}
-
 pub fn build(s: &Scenario) -> anyhow::Result<Plan> {
     Plan::new(s).map_err(|e| BadInput(format!("error: {}: {e}", s.origin)).into())
 }

@@ -1,72 +1,141 @@
-//! `topolab run`: the main job on a scenario (default: the built-in half-year baseline).
+//! `topolab run`: simulate a scenario (default: the built-in half-year baseline).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use topolab_core::placement::Placement;
-use topolab_core::scenario::PlacementKind;
+use topolab_sim::{SimOptions, SimRun};
 
-use crate::output::Format;
+use super::BadInput;
+use crate::output::{Format, print_json};
 
-/// Run a scenario (default: the built-in Inception-v3 on one K40).
+/// Simulate a scenario and print step time, throughput, utilization and the bottleneck.
 #[derive(clap::Args)]
 #[command(after_help = "\
-Until the simulator lands, `run` shows what the simulator will execute: the scenario, its plan
-(ops and bytes per host per step) and its parameter placement.
-
 Examples:
   topolab run                                              # built-in default scenario
   topolab run scenarios/examples/inception-v3-64w-8ps.toml
-  topolab run scenarios/examples/inception-v3-64w-8ps.toml --format json")]
+  topolab run scenarios/bench/inception-v3-64w-8ps.toml --format json
+  topolab run scenarios/examples/vgg-16-backup-partitioned.toml --out runs/vgg   # summary.json, steps.csv, trace.json
+
+The trace (trace.json) opens in https://ui.perfetto.dev or chrome://tracing.")]
 pub struct Args {
     /// Scenario file (default: the built-in default scenario; see `topolab scenarios`).
     scenario: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
+    /// Write summary.json, steps.csv and trace.json into this directory.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Steps to trace (overrides training.trace_steps).
+    #[arg(long, value_name = "N")]
+    trace_steps: Option<u32>,
+}
+
+/// Runs the simulator on a loaded scenario; bad-input errors become [`BadInput`].
+pub fn simulate(s: &topolab_core::scenario::Scenario) -> anyhow::Result<SimRun> {
+    topolab_sim::simulate(s, &SimOptions::default()).map_err(|e| {
+        if e.is_bad_input() { anyhow::Error::new(BadInput(format!("error: {e}"))) } else { anyhow::Error::new(e) }
+    })
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let s = super::load_scenario(a.scenario.as_deref())?;
-    let plan = super::plan::build(&s)?;
-    if a.format != Format::Table {
-        return super::plan::run(super::plan::Args::from_parts(a.scenario, a.format));
+    let mut s = super::load_scenario(a.scenario.as_deref())?;
+    if let Some(n) = a.trace_steps {
+        s.spec.training.trace_steps = n;
     }
+    let run = simulate(&s)?;
+    if let Some(dir) = &a.out {
+        topolab_sim::write_run_dir(&run, dir).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dir.display()))?;
+    }
+    match a.format {
+        Format::Json => {
+            let mut v = serde_json::to_value(&run.summary)?;
+            v["sim_wall_s"] = serde_json::json!(run.sim_wall_s);
+            v["detail"] = serde_json::to_value(&run.detail)?;
+            print_json(&v)?;
+        }
+        Format::Csv => {
+            topolab_core::records::write_summaries_csv(std::slice::from_ref(&run.summary), std::io::stdout().lock())?;
+        }
+        Format::Table => print_text(&s, &run)?,
+    }
+    if let Some(dir) = &a.out {
+        eprintln!("wrote {}/summary.json, steps.csv, trace.json", dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pct(x: f64, of: f64) -> String {
+    if of > 0.0 { format!("{:.0}%", x / of * 100.0) } else { "-".into() }
+}
+
+fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Result<()> {
+    let sum = &run.summary;
+    let t = &s.spec.topology;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "Scenario {} ({}), hash {}", s.spec.name, s.origin, s.hash)?;
-    if !s.spec.description.is_empty() {
-        writeln!(out, "  {}", s.spec.description)?;
-    }
+    writeln!(out, "Scenario {} ({}), hash {}, seed {}", s.spec.name, s.origin, s.hash, s.spec.seed)?;
     writeln!(
         out,
-        "  model {}: {:.2} M params in {} variables, {:.3} G MACs per {}",
+        "  {} ({:.2} M params, {} variables), batch {} per GPU; {} worker{} x {} {}, {} PS ({}), {}, {} placement; {} NICs, {} latency",
         s.model.name,
         s.model.params() as f64 / 1e6,
         s.model.variable_count(),
-        s.model.macs() as f64 / 1e9,
-        s.model.sample
-    )?;
-    writeln!(
-        out,
-        "  {} x {} GPU per host ({} peak, efficiency {} -> {:.3} effective), batch {} per GPU",
-        s.spec.topology.workers,
+        s.spec.batch,
+        t.workers,
+        if t.workers == 1 { "" } else { "s" },
+        s.spec.hardware.gpus_per_host,
         s.gpu.name,
-        s.peak(),
-        s.efficiency,
-        s.effective_rate(),
-        s.spec.batch
+        t.ps,
+        if t.ps_hosts == topolab_core::scenario::PsHosts::Dedicated { "dedicated" } else { "co-located" },
+        t.mode.as_str(),
+        t.placement.as_str(),
+        s.nic,
+        s.spec.network.latency
     )?;
-    writeln!(out, "  network {} per host, {} one-way latency", s.nic, s.spec.network.latency)?;
-    let rr = Placement::new(&s.model, plan.ps, PlacementKind::RoundRobin, s.spec.topology.partition_threshold);
+    let st = &sum.step_time_s;
+    writeln!(out)?;
+    writeln!(out, "Step time     p50 {:.4} s   p90 {:.4} s   p99 {:.4} s   mean {:.4} s", st.p50, st.p90, st.p99, st.mean)?;
+    writeln!(out, "Throughput    {:.1} samples/s", sum.throughput_samples_per_s)?;
+    let b = &sum.breakdown_s;
     writeln!(
         out,
-        "  placement {} on {} shards: max/mean {:.3} (round-robin would give {:.3})\n",
-        plan.placement.kind.as_str(),
-        plan.ps,
-        plan.placement.imbalance(),
-        rr.imbalance()
+        "Step breakdown  compute {:.4} s ({}) | exposed communication {:.4} s ({}) | waiting for aggregation {:.4} s ({})",
+        b.compute,
+        pct(b.compute, st.mean),
+        b.exposed_comm,
+        pct(b.exposed_comm, st.mean),
+        b.wait,
+        pct(b.wait, st.mean)
     )?;
-    drop(out);
-    super::plan::run(super::plan::Args::from_parts(a.scenario, Format::Table))
+    let u = &sum.utilization;
+    writeln!(
+        out,
+        "Utilization   GPU {:.0}% | busiest PS NIC in {:.0}% out {:.0}% | busiest worker NIC in {:.0}% out {:.0}%",
+        u.gpu * 100.0,
+        u.ps_nic_in_max * 100.0,
+        u.ps_nic_out_max * 100.0,
+        u.worker_nic_in_max * 100.0,
+        u.worker_nic_out_max * 100.0
+    )?;
+    writeln!(out, "Bottleneck    {}", sum.bottleneck)?;
+    if !run.detail.staleness.is_empty() {
+        let total: u64 = run.detail.staleness.iter().map(|x| x.1).sum();
+        let mean = run.detail.staleness.iter().map(|&(k, v)| k as f64 * v as f64).sum::<f64>() / total.max(1) as f64;
+        let max = run.detail.staleness.last().map_or(0, |x| x.0);
+        writeln!(out, "Staleness     mean {mean:.2} updates, max {max} (async applies: {total})")?;
+    }
+    writeln!(
+        out,
+        "\nSimulated {} steps x {} workers ({:.1} s of training) in {:.3} s wall: {} events, {} worker class{}",
+        sum.steps,
+        t.workers,
+        run.detail.makespan_s,
+        run.sim_wall_s,
+        sum.events,
+        run.detail.worker_classes,
+        if run.detail.worker_classes == 1 { "" } else { "es" }
+    )?;
+    Ok(())
 }

@@ -1,0 +1,327 @@
+//! The flow-level network: connections carrying queued messages, rates by max-min fair sharing.
+//!
+//! A **flow** is a connection (or a group of identical connections, see [`crate::maxmin`]),
+//! not a message: messages queue inside their connection, as gRPC streams share one TCP
+//! connection, and the connection stays active while it has a message. Rates change only when
+//! a connection turns active or idle; then only the connected component of flows that share a
+//! resource with it is re-solved, and only flows whose rate changed get a new completion time
+//! (their old pending completion is made stale by a version bump: lazy cancellation).
+//!
+//! The network does not own the clock: it returns [`Timer`]s that the caller schedules as
+//! events, and the caller hands them back with [`Network::complete`].
+
+use std::collections::VecDeque;
+
+use topolab_core::units::Time;
+
+use crate::maxmin::{self, Scratch, Use};
+
+/// A completion the caller must schedule: flow `flow`'s head message finishes at `at` unless
+/// the flow's version has moved on by then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timer {
+    /// Flow index.
+    pub flow: usize,
+    /// Version of the flow's rate when the timer was set.
+    pub version: u64,
+    /// Completion time.
+    pub at: Time,
+}
+
+/// A message in a connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Message<T> {
+    /// Bytes on the wire, per connection of the flow.
+    pub bytes: f64,
+    /// The caller's tag, returned on completion.
+    pub tag: T,
+}
+
+#[derive(Debug, Clone)]
+struct Flow<T> {
+    path: Vec<Use>,
+    queue: VecDeque<Message<T>>,
+    /// Bytes per ns per connection.
+    rate: f64,
+    /// Bytes of the head message left at `since`.
+    remaining: f64,
+    since: Time,
+    /// When the head message started moving.
+    head_started: Time,
+    version: u64,
+}
+
+/// Connections over capacitated resources.
+#[derive(Debug, Clone)]
+pub struct Network<T> {
+    capacity: Vec<f64>,
+    /// Active flows crossing each resource, in activation order.
+    users: Vec<Vec<usize>>,
+    flows: Vec<Flow<T>>,
+    scratch: Scratch,
+    /// Bytes carried by each resource so far (weighted by connections).
+    carried: Vec<f64>,
+    resolves: u64,
+}
+
+impl<T: Copy> Default for Network<T> {
+    fn default() -> Self {
+        Network {
+            capacity: Vec::new(),
+            users: Vec::new(),
+            flows: Vec::new(),
+            scratch: Scratch::default(),
+            carried: Vec::new(),
+            resolves: 0,
+        }
+    }
+}
+
+impl<T: Copy> Network<T> {
+    /// An empty network.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a resource of `capacity` bytes per ns; returns its index.
+    pub fn add_resource(&mut self, capacity: f64) -> usize {
+        assert!(capacity > 0.0, "a resource needs a positive capacity (validated in Scenario)");
+        self.capacity.push(capacity);
+        self.users.push(Vec::new());
+        self.carried.push(0.0);
+        self.scratch.resize(self.capacity.len());
+        self.capacity.len() - 1
+    }
+
+    /// Adds an idle flow over `path`; returns its index.
+    pub fn add_flow(&mut self, path: Vec<Use>) -> usize {
+        for u in &path {
+            assert!(u.resource < self.capacity.len(), "flow path names resource {} that does not exist", u.resource);
+        }
+        self.flows.push(Flow {
+            path,
+            queue: VecDeque::new(),
+            rate: 0.0,
+            remaining: 0.0,
+            since: Time::ZERO,
+            head_started: Time::ZERO,
+            version: 0,
+        });
+        self.flows.len() - 1
+    }
+
+    /// Capacity of resource `r`, bytes per ns.
+    pub fn capacity(&self, r: usize) -> f64 {
+        self.capacity[r]
+    }
+
+    /// Bytes carried by resource `r` so far.
+    pub fn carried(&self, r: usize) -> f64 {
+        self.carried[r]
+    }
+
+    /// Current rate of flow `f` (bytes per ns per connection; 0 when idle).
+    pub fn rate(&self, f: usize) -> f64 {
+        self.flows[f].rate
+    }
+
+    /// Number of component re-solves so far.
+    pub fn resolves(&self) -> u64 {
+        self.resolves
+    }
+
+    /// When flow `f`'s head message started moving.
+    pub fn head_started(&self, f: usize) -> Time {
+        self.flows[f].head_started
+    }
+
+    /// Queues `msg` on flow `f` at `now`; returns the timers to schedule.
+    pub fn send(&mut self, now: Time, f: usize, msg: Message<T>) -> Vec<Timer> {
+        let flow = &mut self.flows[f];
+        flow.queue.push_back(msg);
+        if flow.queue.len() > 1 {
+            return Vec::new();
+        }
+        flow.remaining = msg.bytes;
+        flow.since = now;
+        flow.head_started = now;
+        flow.rate = 0.0;
+        for u in &self.flows[f].path {
+            self.users[u.resource].push(f);
+        }
+        if self.flows[f].path.is_empty() {
+            // No resource: completes at once.
+            self.flows[f].rate = f64::INFINITY;
+            self.flows[f].version += 1;
+            return vec![Timer { flow: f, version: self.flows[f].version, at: now }];
+        }
+        let seeds: Vec<usize> = self.flows[f].path.iter().map(|u| u.resource).collect();
+        self.resolve(now, &seeds)
+    }
+
+    /// Handles a timer of flow `f`. Returns `None` for a stale timer; else the finished message
+    /// and the timers to schedule.
+    pub fn complete(&mut self, now: Time, f: usize, version: u64) -> Option<(Message<T>, Vec<Timer>)> {
+        let flow = &mut self.flows[f];
+        if flow.version != version {
+            return None;
+        }
+        let msg = flow.queue.pop_front().expect("a current timer belongs to a flow with a head message");
+        for u in &flow.path {
+            self.carried[u.resource] += msg.bytes * u.weight;
+        }
+        if let Some(next) = flow.queue.front() {
+            // Same connection, same rate: the next message starts at once.
+            flow.remaining = next.bytes;
+            flow.since = now;
+            flow.head_started = now;
+            flow.version += 1;
+            let at = now + Time(ceil_ns(flow.remaining, flow.rate));
+            return Some((msg, vec![Timer { flow: f, version: flow.version, at }]));
+        }
+        // Idle: leave the resources and re-share among the rest.
+        flow.rate = 0.0;
+        flow.version += 1;
+        let seeds: Vec<usize> = flow.path.iter().map(|u| u.resource).collect();
+        for &r in &seeds {
+            let users = &mut self.users[r];
+            let i = users.iter().position(|&x| x == f).expect("an active flow is listed on its resources");
+            users.remove(i);
+        }
+        let timers = self.resolve(now, &seeds);
+        Some((msg, timers))
+    }
+
+    /// Re-solves the component of active flows reachable from `seeds` and re-times the flows
+    /// whose rate changed.
+    fn resolve(&mut self, now: Time, seeds: &[usize]) -> Vec<Timer> {
+        self.resolves += 1;
+        let comp = self.component(seeds);
+        if comp.is_empty() {
+            return Vec::new();
+        }
+        let rates = {
+            // Solve over the flows' own paths without cloning them.
+            let all_paths: Vec<&Vec<Use>> = self.flows.iter().map(|f| &f.path).collect();
+            solve_refs(&comp, &all_paths, &self.capacity, &mut self.scratch)
+        };
+        let mut timers = Vec::new();
+        for (&f, &r) in comp.iter().zip(&rates) {
+            let flow = &mut self.flows[f];
+            if flow.rate == r {
+                continue;
+            }
+            // Progress at the old rate up to now, then continue at the new one.
+            flow.remaining = (flow.remaining - flow.rate * (now.0 - flow.since.0) as f64).max(0.0);
+            flow.since = now;
+            flow.rate = r;
+            flow.version += 1;
+            if r > 0.0 {
+                timers.push(Timer { flow: f, version: flow.version, at: now + Time(ceil_ns(flow.remaining, r)) });
+            }
+        }
+        timers
+    }
+
+    /// Active flows connected to `seeds` through shared resources, sorted by index.
+    fn component(&self, seeds: &[usize]) -> Vec<usize> {
+        let mut seen_r = vec![false; self.capacity.len()];
+        let mut seen_f = vec![false; self.flows.len()];
+        let mut stack: Vec<usize> = seeds.to_vec();
+        let mut comp = Vec::new();
+        while let Some(r) = stack.pop() {
+            if std::mem::replace(&mut seen_r[r], true) {
+                continue;
+            }
+            for &f in &self.users[r] {
+                if !std::mem::replace(&mut seen_f[f], true) {
+                    comp.push(f);
+                    stack.extend(self.flows[f].path.iter().map(|u| u.resource).filter(|&x| !seen_r[x]));
+                }
+            }
+        }
+        comp.sort_unstable();
+        comp
+    }
+
+    /// Rates of all active flows from scratch with the reference solver (tests).
+    pub fn reference_rates(&self) -> Vec<(usize, f64)> {
+        let active: Vec<usize> = (0..self.flows.len()).filter(|&f| !self.flows[f].queue.is_empty()).collect();
+        let paths: Vec<Vec<Use>> = active.iter().map(|&f| self.flows[f].path.clone()).collect();
+        active.iter().copied().zip(maxmin::reference(&paths, &self.capacity)).collect()
+    }
+}
+
+/// `solve` over borrowed paths.
+fn solve_refs(flows: &[usize], paths: &[&Vec<Use>], capacity: &[f64], scratch: &mut Scratch) -> Vec<f64> {
+    // The component is small next to all flows: copy just its paths.
+    let local: Vec<Vec<Use>> = flows.iter().map(|&f| paths[f].clone()).collect();
+    let idx: Vec<usize> = (0..flows.len()).collect();
+    maxmin::solve(&idx, &local, capacity, scratch)
+}
+
+/// `bytes / rate` rounded up to whole ns (0 for nothing left).
+fn ceil_ns(bytes: f64, rate: f64) -> u64 {
+    if bytes <= 0.0 {
+        return 0;
+    }
+    let t = (bytes / rate).ceil();
+    if t.is_finite() { t as u64 } else { u64::MAX / 4 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(r: usize) -> Vec<Use> {
+        vec![Use { resource: r, weight: 1.0 }]
+    }
+
+    /// Runs the network to quiescence; returns (tag, completion time) in completion order.
+    fn drain(net: &mut Network<u32>, mut timers: Vec<Timer>) -> Vec<(u32, Time)> {
+        let mut q = crate::engine::EventQueue::new();
+        for t in timers.drain(..) {
+            q.schedule(t.at, t);
+        }
+        let mut done = Vec::new();
+        while let Some((now, t)) = q.pop() {
+            if let Some((msg, more)) = net.complete(now, t.flow, t.version) {
+                done.push((msg.tag, now));
+                for t in more {
+                    q.schedule(t.at, t);
+                }
+            }
+        }
+        done
+    }
+
+    #[test]
+    fn two_connections_share_then_one_speeds_up() {
+        // NIC of 1 byte/ns. Flow a sends 100 B, flow b 300 B, both at t = 0.
+        // Each gets 0.5 B/ns: a finishes at 200 ns, having let b send 100 B;
+        // b then has 200 B left at 1 B/ns: finishes at 400 ns.
+        let mut net = Network::new();
+        let nic = net.add_resource(1.0);
+        let a = net.add_flow(one(nic));
+        let b = net.add_flow(one(nic));
+        let mut timers = net.send(Time(0), a, Message { bytes: 100.0, tag: 1 });
+        timers.extend(net.send(Time(0), b, Message { bytes: 300.0, tag: 2 }));
+        assert_eq!(drain(&mut net, timers), vec![(1, Time(200)), (2, Time(400))]);
+        assert_eq!(net.carried(nic), 400.0);
+    }
+
+    #[test]
+    fn messages_queue_inside_their_connection() {
+        // Three 100 B messages on one connection at 1 B/ns finish at 100, 200, 300 ns; the
+        // rate is solved once, when the connection turns active, and once when it goes idle.
+        let mut net = Network::new();
+        let nic = net.add_resource(1.0);
+        let a = net.add_flow(one(nic));
+        let mut timers = Vec::new();
+        for tag in 0..3 {
+            timers.extend(net.send(Time(0), a, Message { bytes: 100.0, tag }));
+        }
+        assert_eq!(drain(&mut net, timers), vec![(0, Time(100)), (1, Time(200)), (2, Time(300))]);
+        assert_eq!(net.resolves(), 2);
+    }
+}

@@ -1,0 +1,895 @@
+//! Parameter-server training: executes the core [`Plan`] on the engine and the network.
+//!
+//! **Worker classes.** Workers that are interchangeable (same compute speed every step, same
+//! place in the network, no shard on their host) are simulated once, as a class with a
+//! multiplicity: their connections form one flow group whose weight on shared resources is
+//! the class size. In the fluid model this is exact, not an approximation: symmetric
+//! connections get equal max-min shares, so identical workers stay in lock-step. Jitter,
+//! stragglers, co-located shards, racks and the asynchronous modes (where a shard applies the
+//! gradients of identical workers one after another) break the symmetry, and then each worker
+//! is a class of its own.
+//!
+//! **What a step is** (per class, following the Plan): pulls of every variable part are queued
+//! on the shard-to-worker connections at step start; forward layers run as soon as their
+//! variables have arrived (consecutive ready layers run as one event); backward layers run in
+//! reverse and each one's gradients are queued on the worker-to-shard connections when it
+//! ends (or all at the end, without overlap); shards aggregate, apply on a FIFO "apply server"
+//! whose speed is the PS host's memory bandwidth, and release the barrier (sync, backup) once
+//! every part is applied.
+
+use std::collections::BTreeMap;
+
+use topolab_core::plan::{Host, Op, Plan};
+use topolab_core::records::{StepRecord, VERSION};
+use topolab_core::scenario::{Mode, PsHosts, Scenario, SwitchKind};
+use topolab_core::units::Time;
+
+use crate::engine::EventQueue;
+use crate::maxmin::Use;
+use crate::network::{Message, Network, Timer};
+use crate::{SimError, SimOptions};
+
+/// What a message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tag {
+    /// Variable part `part` to class `class`.
+    Pull { class: usize, part: usize },
+    /// Gradient of `part` from class `class` for `step`.
+    Push { class: usize, part: usize, step: u64 },
+    /// Barrier token (sync, backup): shard 0 tells the class that step `step` is applied.
+    Token { class: usize, step: u64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    Net(Timer),
+    Deliver(Tag),
+    ComputeDone { class: usize },
+    BusDone { class: usize, part: usize, broadcast: bool },
+    ApplyDone { shard: usize, part: usize, step: u64, class: usize },
+    StartStep { class: usize },
+}
+
+/// A set of interchangeable workers.
+#[derive(Debug, Clone)]
+pub(crate) struct Class {
+    pub(crate) workers: Vec<u32>,
+    slowdown: f64,
+    jitter: bool,
+    egress: usize,
+    ingress: usize,
+    /// Flow index of the pull (shard -> class) and push (class -> shard) connection per shard;
+    /// `None` when the shard is on this class's host (no NIC).
+    pull_flow: Vec<Option<usize>>,
+    push_flow: Vec<Option<usize>>,
+    token_flow: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ClassState {
+    step: u64,
+    step_start: Time,
+    /// Parts not yet arrived (and broadcast) per layer.
+    missing: Vec<u32>,
+    next_forward: usize,
+    /// Next backward layer + 1 (0 = backward done).
+    next_backward: usize,
+    in_backward: bool,
+    computing: bool,
+    /// Compute of the current event, and its end.
+    compute_ns: u64,
+    jitter_factor: f64,
+    pushes_in_flight: u32,
+    applies_in_flight: u32,
+    backward_done: bool,
+    own_done_at: Option<Time>,
+    bus_free: Time,
+    finished: bool,
+    /// Version of each part as pulled this step (async staleness).
+    pulled_version: Vec<u64>,
+    /// Started steps count toward `steps`.
+    blocked_ssp: bool,
+}
+
+/// Busy intervals for the Chrome trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    /// Process (host) label.
+    pub pid: String,
+    /// Thread (lane) label.
+    pub tid: &'static str,
+    /// What ran.
+    pub name: String,
+    /// Start.
+    pub start: Time,
+    /// End.
+    pub end: Time,
+}
+
+/// Everything a simulated run produces.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// One record per worker per step, ordered by (step, worker).
+    pub steps: Vec<StepRecord>,
+    /// Makespan of the run.
+    pub makespan: Time,
+    /// Events processed.
+    pub events: u64,
+    /// Bytes carried and capacity (bytes/ns) per named resource: (label, bytes, capacity).
+    pub resources: Vec<ResourceUse>,
+    /// Total GPU-busy ns over all workers.
+    pub gpu_busy_ns: u128,
+    /// Staleness histogram of async applies: staleness -> count.
+    pub staleness: BTreeMap<u64, u64>,
+    /// Trace spans of the first steps.
+    pub trace: Vec<Span>,
+    /// Worker classes simulated.
+    pub classes: usize,
+}
+
+/// One network resource's use over the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceUse {
+    /// Which host or link.
+    pub owner: ResourceOwner,
+    /// Egress (out) or ingress (in).
+    pub outbound: bool,
+    /// Bytes carried per host of the owner.
+    pub bytes_per_host: f64,
+    /// Capacity, bytes per ns.
+    pub capacity: f64,
+}
+
+/// Who owns a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceOwner {
+    /// The NIC of each worker host of a class (first worker named).
+    Worker(u32),
+    /// The NIC of a dedicated PS host.
+    Ps(u32),
+    /// A rack's uplink.
+    Rack(u32),
+}
+
+struct Shard {
+    apply_free: Time,
+    /// Step whose gradients each part is aggregating.
+    agg_step: Vec<u64>,
+    agg_count: Vec<u32>,
+    /// Async: updates applied to each part so far.
+    version: Vec<u64>,
+}
+
+pub(crate) struct Sim<'a> {
+    s: &'a Scenario,
+    plan: &'a Plan,
+    opts: &'a SimOptions,
+    q: EventQueue<Ev>,
+    net: Network<Tag>,
+    classes: Vec<Class>,
+    state: Vec<ClassState>,
+    shards: Vec<Shard>,
+    /// Layer of each part, and parts per layer.
+    layer_parts: Vec<Vec<usize>>,
+    fwd_ns: Vec<u64>,
+    bwd_ns: Vec<u64>,
+    /// Memory-bound apply time per part.
+    apply_ns: Vec<u64>,
+    bus_bytes_per_ns: f64,
+    latency: Time,
+    overhead_bytes: f64,
+    copies: u32,
+    local_agg: bool,
+    /// Sync: applied parts of the current global step, and barriers released.
+    applied: u64,
+    barrier_step: u64,
+    barriers_released: u64,
+    records: Vec<StepRecord>,
+    gpu_busy_ns: u128,
+    staleness: BTreeMap<u64, u64>,
+    trace: Vec<Span>,
+    resources: Vec<(ResourceOwner, bool, usize)>,
+    bytes_sent_per_step: Vec<u64>,
+    bytes_recv_per_step: Vec<u64>,
+    done_classes: usize,
+    total_steps: u64,
+}
+
+fn synchronous(m: Mode) -> bool {
+    matches!(m, Mode::Sync | Mode::Backup)
+}
+
+impl<'a> Sim<'a> {
+    pub(crate) fn new(s: &'a Scenario, plan: &'a Plan, opts: &'a SimOptions) -> Result<Self, SimError> {
+        let spec = &s.spec;
+        let t = &spec.topology;
+        let net_spec = &spec.network;
+        // NIC capacity in bytes per ns after TCP/IP framing.
+        let nic = s.nic.bytes_per_sec() * net_spec.goodput / 1e9;
+        let rate = s.effective_rate();
+        let layers = s.model.layers.len();
+        let fwd_ns: Vec<u64> =
+            s.model.layers.iter().map(|l| rate.compute_time(l.forward_flops * spec.batch as f64).0).collect();
+        let bwd_ns: Vec<u64> =
+            s.model.layers.iter().map(|l| rate.compute_time(2.0 * l.forward_flops * spec.batch as f64).0).collect();
+        let mut layer_parts = vec![Vec::new(); layers];
+        for (i, p) in plan.placement.parts.iter().enumerate() {
+            layer_parts[p.layer].push(i);
+        }
+        let mem_bw = spec.hardware.ps_memory_bandwidth.bytes_per_sec() / 1e9;
+        let apply_ns: Vec<u64> = plan
+            .shards
+            .iter()
+            .flatten()
+            .filter_map(|po| match po.op {
+                Op::Apply { part, memory_bytes, .. } => Some((part, (memory_bytes.0 as f64 / mem_bw).ceil() as u64)),
+                _ => None,
+            })
+            .fold(vec![0u64; plan.placement.parts.len()], |mut v, (p, ns)| {
+                v[p] = ns;
+                v
+            });
+        let local_agg = plan.worker.iter().any(|p| matches!(p.op, Op::LocalAggregate { .. }));
+        let copies = if local_agg { 1 } else { plan.gpus_per_host };
+
+        // Worker classes: key = (slowdown bits, rack, hosted shard); unique per worker when
+        // jitter, asynchrony or co-location break symmetry.
+        let w = t.workers;
+        let stragglers = spec.faults.stragglers.as_ref();
+        let slowdown = |i: u32| match stragglers {
+            Some(st) if i >= w - st.count.min(w) => st.slowdown,
+            _ => 1.0,
+        };
+        let two_tier = net_spec.switch == SwitchKind::TwoTier;
+        let rack_of_host = |host_index: u32| if two_tier { host_index / net_spec.hosts_per_rack } else { 0 };
+        let per_worker = spec.faults.jitter > 0.0 || !synchronous(t.mode) || opts.no_classes;
+        let mut keys: BTreeMap<(u64, u32, Option<u32>, u32), Vec<u32>> = BTreeMap::new();
+        for i in 0..w {
+            let hosted = (t.ps_hosts == PsHosts::Colocated && i < t.ps).then_some(i);
+            let unique = if per_worker || hosted.is_some() { i } else { u32::MAX };
+            keys.entry((slowdown(i).to_bits(), rack_of_host(i), hosted, unique)).or_default().push(i);
+        }
+        let mut groups: Vec<Vec<u32>> = keys.into_values().collect();
+        groups.sort_by_key(|g| g[0]);
+
+        let mut net: Network<Tag> = Network::new();
+        let mut resources = Vec::new();
+        // Racks' uplinks (two-tier): up and down, each hosts_per_rack x NIC / oversubscription.
+        let hosts_total = w + if t.ps_hosts == PsHosts::Dedicated { t.ps } else { 0 };
+        let racks = if two_tier { hosts_total.div_ceil(net_spec.hosts_per_rack) } else { 0 };
+        let uplink = f64::from(net_spec.hosts_per_rack) * nic / net_spec.oversubscription;
+        let mut rack_up = Vec::new();
+        let mut rack_down = Vec::new();
+        for r in 0..racks {
+            rack_up.push(net.add_resource(uplink));
+            resources.push((ResourceOwner::Rack(r), true, rack_up[r as usize]));
+            rack_down.push(net.add_resource(uplink));
+            resources.push((ResourceOwner::Rack(r), false, rack_down[r as usize]));
+        }
+        let mut classes: Vec<Class> = Vec::new();
+        for g in &groups {
+            let e = net.add_resource(nic);
+            let i = net.add_resource(nic);
+            resources.push((ResourceOwner::Worker(g[0]), true, e));
+            resources.push((ResourceOwner::Worker(g[0]), false, i));
+            classes.push(Class {
+                workers: g.clone(),
+                slowdown: slowdown(g[0]),
+                jitter: spec.faults.jitter > 0.0,
+                egress: e,
+                ingress: i,
+                pull_flow: vec![],
+                push_flow: vec![],
+                token_flow: None,
+            });
+        }
+        // Shard hosts: dedicated NICs, or the NIC of the worker class hosting them.
+        let mut shard_nic: Vec<(usize, usize, u32, Option<usize>)> = Vec::new(); // (egress, ingress, rack, hosting class)
+        for sh in 0..t.ps {
+            match plan.shard_host(sh) {
+                Host::Ps(p) => {
+                    let e = net.add_resource(nic);
+                    let i = net.add_resource(nic);
+                    resources.push((ResourceOwner::Ps(p), true, e));
+                    resources.push((ResourceOwner::Ps(p), false, i));
+                    shard_nic.push((e, i, rack_of_host(w + p), None));
+                }
+                Host::Worker(h) => {
+                    let c = classes.iter().position(|c| c.workers == [h]).expect("a co-located shard's host is a class");
+                    shard_nic.push((classes[c].egress, classes[c].ingress, rack_of_host(h), Some(c)));
+                }
+            }
+        }
+        for (ci, class) in classes.iter_mut().enumerate() {
+            let k = class.workers.len() as f64;
+            let rack = rack_of_host(class.workers[0]);
+            for (sh, &(se, si, srack, host_class)) in shard_nic.iter().enumerate() {
+                if host_class == Some(ci) {
+                    class.pull_flow.push(None);
+                    class.push_flow.push(None);
+                    continue;
+                }
+                let cross = two_tier && srack != rack;
+                let mut pull = vec![Use { resource: se, weight: k }];
+                let mut push = vec![Use { resource: class.egress, weight: 1.0 }];
+                if cross {
+                    pull.push(Use { resource: rack_up[srack as usize], weight: k });
+                    pull.push(Use { resource: rack_down[rack as usize], weight: k });
+                    push.push(Use { resource: rack_up[rack as usize], weight: k });
+                    push.push(Use { resource: rack_down[srack as usize], weight: k });
+                }
+                pull.push(Use { resource: class.ingress, weight: 1.0 });
+                push.push(Use { resource: si, weight: k });
+                class.pull_flow.push(Some(net.add_flow(pull)));
+                class.push_flow.push(Some(net.add_flow(push)));
+                if sh == 0 {
+                    // Barrier tokens come from shard 0 on the pull direction's path.
+                    class.token_flow = class.pull_flow[0];
+                }
+            }
+        }
+
+        // Bytes each worker sends and receives per step (plan bytes that cross its NIC).
+        let mut sent = vec![0u64; w as usize];
+        let mut recv = vec![0u64; w as usize];
+        for class in &classes {
+            let mut up = 0;
+            let mut down = 0;
+            for po in &plan.worker {
+                match po.op {
+                    Op::Pull { part, bytes, copies } if class.pull_flow[plan.placement.parts[part].shard as usize].is_some() => {
+                        down += bytes.0 * u64::from(copies)
+                    }
+                    Op::Push { part, bytes, copies } if class.push_flow[plan.placement.parts[part].shard as usize].is_some() => {
+                        up += bytes.0 * u64::from(copies)
+                    }
+                    _ => {}
+                }
+            }
+            for &wi in &class.workers {
+                sent[wi as usize] = up;
+                recv[wi as usize] = down;
+            }
+        }
+
+        let state = classes
+            .iter()
+            .map(|_| ClassState {
+                pulled_version: vec![0; plan.placement.parts.len()],
+                jitter_factor: 1.0,
+                ..ClassState::default()
+            })
+            .collect();
+        let parts = plan.placement.parts.len();
+        let shards = (0..t.ps)
+            .map(|_| Shard { apply_free: Time::ZERO, agg_step: vec![0; parts], agg_count: vec![0; parts], version: vec![0; parts] })
+            .collect();
+        let bus = s.host_bus.bandwidth.bytes_per_sec() / 1e9;
+        Ok(Sim {
+            s,
+            plan,
+            opts,
+            q: EventQueue::new(),
+            net,
+            classes,
+            state,
+            shards,
+            layer_parts,
+            fwd_ns,
+            bwd_ns,
+            apply_ns,
+            bus_bytes_per_ns: bus,
+            latency: net_spec.latency,
+            overhead_bytes: net_spec.message_overhead.0 as f64 * nic,
+            copies,
+            local_agg,
+            applied: 0,
+            barrier_step: 0,
+            barriers_released: 0,
+            records: Vec::new(),
+            gpu_busy_ns: 0,
+            staleness: BTreeMap::new(),
+            trace: Vec::new(),
+            resources,
+            bytes_sent_per_step: sent,
+            bytes_recv_per_step: recv,
+            done_classes: 0,
+            total_steps: spec.training.steps,
+        })
+    }
+
+    fn schedule_timers(&mut self, timers: Vec<Timer>) {
+        for t in timers {
+            self.q.schedule(t.at, Ev::Net(t));
+        }
+    }
+
+    fn send(&mut self, flow: Option<usize>, bytes: f64, tag: Tag) {
+        let now = self.q.now();
+        match flow {
+            Some(f) => {
+                let timers = self.net.send(now, f, Message { bytes: bytes + self.overhead_bytes, tag });
+                self.schedule_timers(timers);
+            }
+            // Same host: in memory, no NIC, no latency.
+            None => self.q.schedule(now, Ev::Deliver(tag)),
+        }
+    }
+
+    fn tracing(&self, step: u64) -> bool {
+        step < u64::from(self.s.spec.training.trace_steps)
+    }
+
+    /// Runs to the end; returns the outcome.
+    pub(crate) fn run(mut self) -> Result<Outcome, SimError> {
+        for c in 0..self.classes.len() {
+            self.q.schedule(Time::ZERO, Ev::StartStep { class: c });
+        }
+        let mut last_progress = Time::ZERO;
+        while let Some((now, ev)) = self.q.pop() {
+            if self.q.popped() > self.opts.max_events {
+                return Err(SimError::TooLong { events: self.opts.max_events });
+            }
+            match ev {
+                Ev::Net(t) => {
+                    if let Some((msg, timers)) = self.net.complete(now, t.flow, t.version) {
+                        self.schedule_timers(timers);
+                        if self.opts.trace && self.trace_message(&msg.tag) {
+                            self.trace_transfer(t.flow, &msg.tag, now);
+                        }
+                        let at = now + self.latency;
+                        self.q.schedule(at, Ev::Deliver(msg.tag));
+                    }
+                }
+                Ev::Deliver(tag) => self.deliver(tag),
+                Ev::ComputeDone { class } => self.compute_done(class),
+                Ev::BusDone { class, part, broadcast } => {
+                    if broadcast {
+                        self.part_arrived(class, part);
+                    } else {
+                        let st = self.state[class].step;
+                        self.push_part(class, part, st);
+                    }
+                }
+                Ev::ApplyDone { shard, part, step, class } => self.apply_done(shard, part, step, class),
+                Ev::StartStep { class } => self.start_step(class),
+            }
+            last_progress = now;
+            if self.done_classes == self.classes.len() {
+                break;
+            }
+        }
+        if self.done_classes < self.classes.len() {
+            return Err(self.stuck(last_progress));
+        }
+        let makespan = self.records.iter().map(|r| Time(r.end_ns)).max().unwrap_or(Time::ZERO);
+        self.records.sort_by_key(|r| (r.step, r.worker));
+        let resources = self
+            .resources
+            .iter()
+            .map(|&(owner, outbound, r)| ResourceUse {
+                owner,
+                outbound,
+                bytes_per_host: self.net.carried(r),
+                capacity: self.net.capacity(r),
+            })
+            .collect();
+        Ok(Outcome {
+            steps: self.records,
+            makespan,
+            events: self.q.popped(),
+            resources,
+            gpu_busy_ns: self.gpu_busy_ns,
+            staleness: self.staleness,
+            trace: self.trace,
+            classes: self.classes.len(),
+        })
+    }
+
+    /// Says which op a stuck run waits for.
+    fn stuck(&self, at: Time) -> SimError {
+        for (ci, st) in self.state.iter().enumerate() {
+            if st.finished {
+                continue;
+            }
+            let w = self.classes[ci].workers[0];
+            let what = if !st.in_backward && st.next_forward < self.s.model.layers.len() && !st.computing {
+                let layer = &self.s.model.layers[st.next_forward];
+                format!("forward of layer `{}` waits for {} variable part(s) to arrive", layer.name, st.missing[st.next_forward])
+            } else if st.pushes_in_flight > 0 {
+                format!("{} gradient push(es) never arrived", st.pushes_in_flight)
+            } else if st.applies_in_flight > 0 {
+                format!("{} apply(ies) never finished", st.applies_in_flight)
+            } else {
+                "the barrier of the step was never released".to_string()
+            };
+            return SimError::Stuck { at, worker: w, step: st.step, what };
+        }
+        SimError::Stuck { at, worker: 0, step: 0, what: "no event left".into() }
+    }
+
+    fn jitter_factor(&self, class: usize, step: u64) -> f64 {
+        let c = &self.classes[class];
+        let mut f = c.slowdown;
+        if c.jitter {
+            // A normal deviate per (seed, worker, step): independent of event order.
+            let key = self.s.spec.seed ^ (u64::from(c.workers[0]) << 32) ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let z = crate::rng::normal(key);
+            f *= (1.0 + self.s.spec.faults.jitter * z).max(0.1);
+        }
+        f
+    }
+
+    fn start_step(&mut self, class: usize) {
+        let now = self.q.now();
+        let parts_by_layer: Vec<u32> = self.layer_parts.iter().map(|p| p.len() as u32).collect();
+        let factor = self.jitter_factor(class, self.state[class].step);
+        {
+            let st = &mut self.state[class];
+            st.step_start = now;
+            st.missing = parts_by_layer;
+            st.next_forward = 0;
+            st.next_backward = 0;
+            st.in_backward = false;
+            st.computing = false;
+            st.compute_ns = 0;
+            st.backward_done = false;
+            st.own_done_at = None;
+            st.pushes_in_flight = 0;
+            st.applies_in_flight = 0;
+            st.jitter_factor = factor;
+        }
+        // Pull every part in creation order.
+        for (i, p) in self.plan.placement.parts.iter().enumerate() {
+            let flow = self.classes[class].pull_flow[p.shard as usize];
+            let bytes = p.bytes.0 as f64 * f64::from(self.copies);
+            if self.s.spec.topology.mode == Mode::Async || self.s.spec.topology.mode == Mode::StaleSynchronous {
+                self.state[class].pulled_version[i] = self.shards[p.shard as usize].version[i];
+            }
+            self.send(flow, bytes, Tag::Pull { class, part: i });
+        }
+        self.try_forward(class);
+    }
+
+    fn deliver(&mut self, tag: Tag) {
+        match tag {
+            Tag::Pull { class, part } => {
+                if self.local_agg {
+                    let bytes = self.plan.placement.parts[part].bytes.0 as f64;
+                    let g = f64::from(self.plan.gpus_per_host - 1);
+                    self.bus_op(class, part, bytes * g, true);
+                } else {
+                    self.part_arrived(class, part);
+                }
+            }
+            Tag::Push { class, part, step } => self.push_arrived(class, part, step),
+            Tag::Token { class, step } => {
+                let st = &self.state[class];
+                if !st.finished && st.step == step && st.own_done_at.is_some() {
+                    self.end_step(class);
+                }
+            }
+        }
+    }
+
+    fn bus_op(&mut self, class: usize, part: usize, bytes: f64, broadcast: bool) {
+        let now = self.q.now();
+        let dur = Time((bytes / self.bus_bytes_per_ns).ceil() as u64);
+        let st = &mut self.state[class];
+        let start = st.bus_free.max(now);
+        st.bus_free = start + dur;
+        self.q.schedule(start + dur, Ev::BusDone { class, part, broadcast });
+    }
+
+    fn part_arrived(&mut self, class: usize, part: usize) {
+        let layer = self.plan.placement.parts[part].layer;
+        self.state[class].missing[layer] -= 1;
+        self.try_forward(class);
+    }
+
+    /// Starts the next forward chain if the GPU is idle and the next layer's variables are here.
+    fn try_forward(&mut self, class: usize) {
+        let layers = self.s.model.layers.len();
+        let st = &self.state[class];
+        if st.computing || st.in_backward || st.next_forward >= layers || st.missing[st.next_forward] > 0 {
+            return;
+        }
+        let mut end = st.next_forward;
+        let mut ns = 0u64;
+        while end < layers && st.missing[end] == 0 {
+            ns += self.fwd_ns[end];
+            end += 1;
+        }
+        let from = st.next_forward;
+        self.run_compute(class, ns, from, end, "forward");
+        self.state[class].next_forward = end;
+    }
+
+    fn run_compute(&mut self, class: usize, ns: u64, from: usize, to: usize, pass: &str) {
+        let now = self.q.now();
+        let ns = (ns as f64 * self.state[class].jitter_factor).round() as u64;
+        let st = &mut self.state[class];
+        st.computing = true;
+        st.compute_ns += ns;
+        let step = st.step;
+        self.gpu_busy_ns += u128::from(ns) * self.classes[class].workers.len() as u128;
+        if self.opts.trace && self.tracing(step) {
+            let names = &self.s.model.layers;
+            let (a, b) = if pass == "forward" { (from, to - 1) } else { (to, from - 1) };
+            let name = if a == b { format!("{pass} {}", names[a].name) } else { format!("{pass} {}..{}", names[a].name, names[b].name) };
+            self.trace.push(Span {
+                pid: format!("worker{}", self.classes[class].workers[0]),
+                tid: "gpu",
+                name,
+                start: now,
+                end: now + Time(ns),
+            });
+        }
+        self.q.schedule(now + Time(ns), Ev::ComputeDone { class });
+    }
+
+    fn compute_done(&mut self, class: usize) {
+        let layers = self.s.model.layers.len();
+        self.state[class].computing = false;
+        if !self.state[class].in_backward {
+            if self.state[class].next_forward < layers {
+                self.try_forward(class);
+                return;
+            }
+            // Forward done: start backward from the last layer.
+            self.state[class].in_backward = true;
+            self.state[class].next_backward = layers;
+            self.next_backward_chain(class);
+            return;
+        }
+        // A backward chain ended at layer `next_backward`: push its gradients.
+        let overlap = self.s.spec.training.overlap;
+        let nb = self.state[class].next_backward;
+        let finished_layers: Vec<usize> = if overlap { vec![nb] } else { (0..layers).rev().collect() };
+        let step = self.state[class].step;
+        for l in finished_layers {
+            for i in (0..self.layer_parts[l].len()).rev() {
+                let part = self.layer_parts[l][i];
+                self.state[class].pushes_in_flight += 1;
+                if self.local_agg {
+                    let bytes = self.plan.placement.parts[part].bytes.0 as f64;
+                    let g = f64::from(self.plan.gpus_per_host - 1);
+                    self.bus_op(class, part, bytes * g, false);
+                } else {
+                    self.push_part(class, part, step);
+                }
+            }
+        }
+        if nb == 0 || !overlap {
+            self.state[class].backward_done = true;
+            self.state[class].next_backward = 0;
+            self.maybe_own_done(class);
+        } else {
+            self.next_backward_chain(class);
+        }
+    }
+
+    /// Runs backward from `next_backward - 1` down to the next layer that has variables (or
+    /// to layer 0), as one compute event; without overlap, the whole backward pass.
+    fn next_backward_chain(&mut self, class: usize) {
+        let overlap = self.s.spec.training.overlap;
+        let top = self.state[class].next_backward;
+        let mut l = top;
+        let mut ns = 0;
+        loop {
+            l -= 1;
+            ns += self.bwd_ns[l];
+            if l == 0 || (overlap && !self.layer_parts[l].is_empty()) {
+                break;
+            }
+        }
+        self.state[class].next_backward = l;
+        self.run_compute(class, ns, top, l, "backward");
+    }
+
+    fn push_part(&mut self, class: usize, part: usize, step: u64) {
+        let p = self.plan.placement.parts[part];
+        let flow = self.classes[class].push_flow[p.shard as usize];
+        let bytes = p.bytes.0 as f64 * f64::from(self.copies);
+        self.send(flow, bytes, Tag::Push { class, part, step });
+    }
+
+    fn push_arrived(&mut self, class: usize, part: usize, step: u64) {
+        let shard = self.plan.placement.parts[part].shard as usize;
+        let mode = self.s.spec.topology.mode;
+        {
+            let st = &mut self.state[class];
+            if st.step == step {
+                st.pushes_in_flight -= 1;
+            }
+        }
+        if synchronous(mode) {
+            let k = self.classes[class].workers.len() as u32;
+            let inputs = self.plan.workers - if mode == Mode::Backup { self.s.spec.topology.backup_workers } else { 0 };
+            let sh = &mut self.shards[shard];
+            if sh.agg_step[part] == step {
+                sh.agg_count[part] += k;
+                if sh.agg_count[part] >= inputs {
+                    // Aggregated: later pushes of this step are dropped.
+                    sh.agg_step[part] += 1;
+                    sh.agg_count[part] = 0;
+                    self.enqueue_apply(shard, part, step, usize::MAX);
+                }
+            }
+            self.maybe_own_done(class);
+        } else {
+            // Async: apply every gradient on arrival, in arrival order.
+            self.state[class].applies_in_flight += 1;
+            let staleness = self.shards[shard].version[part] - self.state[class].pulled_version[part];
+            *self.staleness.entry(staleness).or_default() += 1;
+            self.shards[shard].version[part] += 1;
+            self.enqueue_apply(shard, part, step, class);
+        }
+    }
+
+    fn enqueue_apply(&mut self, shard: usize, part: usize, step: u64, class: usize) {
+        let now = self.q.now();
+        let dur = Time(self.apply_ns[part]);
+        let sh = &mut self.shards[shard];
+        let start = sh.apply_free.max(now);
+        sh.apply_free = start + dur;
+        if self.opts.trace && self.tracing(step) {
+            self.trace.push(Span {
+                pid: format!("ps{shard}"),
+                tid: "apply",
+                name: format!("apply part {part}"),
+                start,
+                end: start + dur,
+            });
+        }
+        self.q.schedule(start + dur, Ev::ApplyDone { shard, part, step, class });
+    }
+
+    fn apply_done(&mut self, _shard: usize, _part: usize, step: u64, class: usize) {
+        if synchronous(self.s.spec.topology.mode) {
+            self.applied += 1;
+            if self.applied == self.plan.placement.parts.len() as u64 {
+                self.applied = 0;
+                self.release_barrier(step);
+            }
+        } else {
+            let st = &mut self.state[class];
+            st.applies_in_flight -= 1;
+            self.maybe_own_done(class);
+        }
+    }
+
+    /// All parts of `step` are applied: send every class its token.
+    fn release_barrier(&mut self, step: u64) {
+        self.barrier_step = step + 1;
+        self.barriers_released += 1;
+        for c in 0..self.classes.len() {
+            let flow = self.classes[c].token_flow;
+            // A token is a few bytes: latency and message overhead dominate.
+            self.send(flow, 16.0, Tag::Token { class: c, step });
+        }
+    }
+
+    /// The class has done its own part of the step (backward done, pushes delivered, and in
+    /// async modes its applies done).
+    fn maybe_own_done(&mut self, class: usize) {
+        let now = self.q.now();
+        let st = &mut self.state[class];
+        if !st.backward_done || st.pushes_in_flight > 0 || st.applies_in_flight > 0 || st.own_done_at.is_some() {
+            return;
+        }
+        st.own_done_at = Some(now);
+        if !synchronous(self.s.spec.topology.mode) || self.barrier_step > st.step {
+            // Async, or the barrier of this step already passed (backup workers: a slow worker
+            // whose gradients were dropped).
+            self.end_step(class);
+        }
+    }
+
+    fn end_step(&mut self, class: usize) {
+        let now = self.q.now();
+        let (step, start, compute, own) = {
+            let st = &self.state[class];
+            (st.step, st.step_start, st.compute_ns, st.own_done_at.expect("a step ends after the worker's own part"))
+        };
+        let wait = now.0 - own.0;
+        let dur = now.0 - start.0;
+        let comm = dur.saturating_sub(compute).saturating_sub(wait);
+        let hash = &self.s.hash;
+        for &wi in &self.classes[class].workers {
+            self.records.push(StepRecord {
+                run: "sim".into(),
+                worker: wi,
+                step,
+                start_ns: start.0,
+                end_ns: now.0,
+                compute_ns: compute,
+                comm_ns: comm,
+                wait_ns: wait,
+                bytes_sent: self.bytes_sent_per_step[wi as usize],
+                bytes_received: self.bytes_recv_per_step[wi as usize],
+                scenario_hash: hash.clone(),
+                seed: self.s.spec.seed,
+                version: VERSION.into(),
+            });
+        }
+        let mode = self.s.spec.topology.mode;
+        let st = &mut self.state[class];
+        st.step += 1;
+        let global_done = synchronous(mode) && self.barriers_released >= self.total_steps;
+        if st.step >= self.total_steps || global_done {
+            st.finished = true;
+            self.done_classes += 1;
+            if mode == Mode::Backup && global_done {
+                // Training is over at the global step count: abandon stragglers mid-step
+                // (classes done with the last step still get their token and end normally).
+                let last = self.total_steps - 1;
+                for (c, other) in self.state.iter_mut().enumerate() {
+                    let awaiting_token = other.step == last && other.own_done_at.is_some();
+                    if c != class && !other.finished && !awaiting_token {
+                        other.finished = true;
+                        self.done_classes += 1;
+                    }
+                }
+            }
+            self.unblock_ssp();
+            return;
+        }
+        if mode == Mode::StaleSynchronous {
+            self.state[class].blocked_ssp = true;
+            self.unblock_ssp();
+        } else {
+            self.q.schedule(now, Ev::StartStep { class });
+        }
+    }
+
+    /// Stale-synchronous: a worker may start step k while k - (slowest step) <= staleness.
+    fn unblock_ssp(&mut self) {
+        if self.s.spec.topology.mode != Mode::StaleSynchronous {
+            return;
+        }
+        let slowest = self.state.iter().filter(|s| !s.finished).map(|s| s.step).min().unwrap_or(u64::MAX);
+        let bound = u64::from(self.s.spec.topology.staleness);
+        let now = self.q.now();
+        for c in 0..self.state.len() {
+            let st = &mut self.state[c];
+            if st.blocked_ssp && !st.finished && st.step <= slowest.saturating_add(bound) {
+                st.blocked_ssp = false;
+                self.q.schedule(now, Ev::StartStep { class: c });
+            }
+        }
+    }
+
+    fn trace_message(&self, tag: &Tag) -> bool {
+        match *tag {
+            Tag::Pull { class, .. } | Tag::Token { class, .. } => self.tracing(self.state[class].step),
+            Tag::Push { step, .. } => self.tracing(step),
+        }
+    }
+
+    fn trace_transfer(&mut self, flow: usize, tag: &Tag, now: Time) {
+        let start = self.net.head_started(flow);
+        let (pid, tid, name) = match *tag {
+            Tag::Pull { class, part } => (
+                format!("worker{}", self.classes[class].workers[0]),
+                "nic-in",
+                format!("pull {}", self.var_name(part)),
+            ),
+            Tag::Push { class, part, .. } => (
+                format!("worker{}", self.classes[class].workers[0]),
+                "nic-out",
+                format!("push {}", self.var_name(part)),
+            ),
+            Tag::Token { class, step } => {
+                (format!("worker{}", self.classes[class].workers[0]), "nic-in", format!("token step {step}"))
+            }
+        };
+        self.trace.push(Span { pid, tid, name, start, end: now });
+    }
+
+    fn var_name(&self, part: usize) -> String {
+        let p = self.plan.placement.parts[part];
+        let v = self.s.model.variables().nth(p.var).map(|v| v.name.clone()).unwrap_or_default();
+        if p.parts > 1 { format!("{v} [part {}/{}]", p.part + 1, p.parts) } else { v }
+    }
+}
