@@ -21,7 +21,7 @@ const EXIT_BAD_INPUT: u8 = 2;
     long_about = None,
     after_help = "\
 Examples:
-  topolab run                                   # the built-in default: Inception-v3 on one K40
+  topolab run                                   # simulate the built-in default: Inception-v3 on one K40
   topolab check scenarios/examples/*.toml       # validate scenarios (exit 2 on errors)
   topolab models                                # the model zoo: params, G MACs, variables
   topolab models inception-v3 --layers --format csv

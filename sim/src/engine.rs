@@ -53,6 +53,11 @@ impl<E> EventQueue<E> {
         self.heap.is_empty()
     }
 
+    /// Time of the earliest waiting event.
+    pub fn peek_time(&self) -> Option<Time> {
+        self.heap.peek().map(|r| Time(r.0.0))
+    }
+
     /// Schedules `event` at `at`. Scheduling in the past is a broken invariant of the model.
     pub fn schedule(&mut self, at: Time, event: E) {
         assert!(at >= self.now, "event scheduled at {at} before now {}", self.now);

@@ -205,11 +205,8 @@ fn summarize(s: &Scenario, plan: &Plan, o: &Outcome) -> RunSummary {
     let t = &s.spec.topology;
     let n = o.steps.len().max(1) as f64;
     let mean = |f: fn(&StepRecord) -> u64| o.steps.iter().map(|r| f(r) as f64).sum::<f64>() / n / 1e9;
-    let breakdown = Breakdown {
-        compute: mean(|r| r.compute_ns),
-        exposed_comm: mean(|r| r.comm_ns),
-        wait: mean(|r| r.wait_ns),
-    };
+    let breakdown =
+        Breakdown { compute: mean(|r| r.compute_ns), exposed_comm: mean(|r| r.comm_ns), wait: mean(|r| r.wait_ns) };
     let makespan = o.makespan;
     let samples = o.steps.len() as f64 * s.spec.batch as f64 * f64::from(s.spec.hardware.gpus_per_host);
     let throughput = if makespan.0 > 0 { samples / makespan.secs_f64() } else { 0.0 };
@@ -233,11 +230,7 @@ fn summarize(s: &Scenario, plan: &Plan, o: &Outcome) -> RunSummary {
     let w_in = max_busy(&|r| matches!(r.owner, ResourceOwner::Worker(_)) && !hosts_shard(r) && !r.outbound);
     let w_out = max_busy(&|r| matches!(r.owner, ResourceOwner::Worker(_)) && !hosts_shard(r) && r.outbound);
     let rack = max_busy(&|r| matches!(r.owner, ResourceOwner::Rack(_)));
-    let gpu = if makespan.0 > 0 {
-        o.gpu_busy_ns as f64 / (f64::from(t.workers) * makespan.0 as f64)
-    } else {
-        0.0
-    };
+    let gpu = if makespan.0 > 0 { o.gpu_busy_ns as f64 / (f64::from(t.workers) * makespan.0 as f64) } else { 0.0 };
     let utilization = Utilization {
         gpu,
         ps_nic_in_max: ps_in.0,
@@ -280,7 +273,11 @@ fn bottleneck(
     let step = step_mean.max(1e-12);
     let (c, e, w) = (b.compute / step * 100.0, b.exposed_comm / step * 100.0, b.wait / step * 100.0);
     if c >= 90.0 {
-        return format!("GPU compute: {c:.0}% of the step computes on the {} ({:.0}% busy overall)", s.gpu.name, gpu * 100.0);
+        return format!(
+            "GPU compute: {c:.0}% of the step computes on the {} ({:.0}% busy overall)",
+            s.gpu.name,
+            gpu * 100.0
+        );
     }
     if w > e {
         return format!(

@@ -132,10 +132,8 @@ pub fn reference(flows: &[Vec<Use>], capacity: &[f64]) -> Vec<f64> {
                 }
             }
         }
-        let inc = (0..capacity.len())
-            .filter(|&r| weight[r] > 0.0)
-            .map(|r| left[r] / weight[r])
-            .fold(f64::INFINITY, f64::min);
+        let inc =
+            (0..capacity.len()).filter(|&r| weight[r] > 0.0).map(|r| left[r] / weight[r]).fold(f64::INFINITY, f64::min);
         if !inc.is_finite() {
             break;
         }

@@ -295,7 +295,8 @@ impl<'a> Sim<'a> {
                     shard_nic.push((e, i, rack_of_host(w + p), None));
                 }
                 Host::Worker(h) => {
-                    let c = classes.iter().position(|c| c.workers == [h]).expect("a co-located shard's host is a class");
+                    let c =
+                        classes.iter().position(|c| c.workers == [h]).expect("a co-located shard's host is a class");
                     shard_nic.push((classes[c].egress, classes[c].ingress, rack_of_host(h), Some(c)));
                 }
             }
@@ -337,10 +338,14 @@ impl<'a> Sim<'a> {
             let mut down = 0;
             for po in &plan.worker {
                 match po.op {
-                    Op::Pull { part, bytes, copies } if class.pull_flow[plan.placement.parts[part].shard as usize].is_some() => {
+                    Op::Pull { part, bytes, copies }
+                        if class.pull_flow[plan.placement.parts[part].shard as usize].is_some() =>
+                    {
                         down += bytes.0 * u64::from(copies)
                     }
-                    Op::Push { part, bytes, copies } if class.push_flow[plan.placement.parts[part].shard as usize].is_some() => {
+                    Op::Push { part, bytes, copies }
+                        if class.push_flow[plan.placement.parts[part].shard as usize].is_some() =>
+                    {
                         up += bytes.0 * u64::from(copies)
                     }
                     _ => {}
@@ -362,7 +367,12 @@ impl<'a> Sim<'a> {
             .collect();
         let parts = plan.placement.parts.len();
         let shards = (0..t.ps)
-            .map(|_| Shard { apply_free: Time::ZERO, agg_step: vec![0; parts], agg_count: vec![0; parts], version: vec![0; parts] })
+            .map(|_| Shard {
+                apply_free: Time::ZERO,
+                agg_step: vec![0; parts],
+                agg_count: vec![0; parts],
+                version: vec![0; parts],
+            })
             .collect();
         let bus = s.host_bus.bandwidth.bytes_per_sec() / 1e9;
         Ok(Sim {
@@ -495,7 +505,10 @@ impl<'a> Sim<'a> {
             let w = self.classes[ci].workers[0];
             let what = if !st.in_backward && st.next_forward < self.s.model.layers.len() && !st.computing {
                 let layer = &self.s.model.layers[st.next_forward];
-                format!("forward of layer `{}` waits for {} variable part(s) to arrive", layer.name, st.missing[st.next_forward])
+                format!(
+                    "forward of layer `{}` waits for {} variable part(s) to arrive",
+                    layer.name, st.missing[st.next_forward]
+                )
             } else if st.pushes_in_flight > 0 {
                 format!("{} gradient push(es) never arrived", st.pushes_in_flight)
             } else if st.applies_in_flight > 0 {
@@ -616,7 +629,11 @@ impl<'a> Sim<'a> {
         if self.opts.trace && self.tracing(step) {
             let names = &self.s.model.layers;
             let (a, b) = if pass == "forward" { (from, to - 1) } else { (to, from - 1) };
-            let name = if a == b { format!("{pass} {}", names[a].name) } else { format!("{pass} {}..{}", names[a].name, names[b].name) };
+            let name = if a == b {
+                format!("{pass} {}", names[a].name)
+            } else {
+                format!("{pass} {}..{}", names[a].name, names[b].name)
+            };
             self.trace.push(Span {
                 pid: format!("worker{}", self.classes[class].workers[0]),
                 tid: "gpu",
@@ -870,11 +887,9 @@ impl<'a> Sim<'a> {
     fn trace_transfer(&mut self, flow: usize, tag: &Tag, now: Time) {
         let start = self.net.head_started(flow);
         let (pid, tid, name) = match *tag {
-            Tag::Pull { class, part } => (
-                format!("worker{}", self.classes[class].workers[0]),
-                "nic-in",
-                format!("pull {}", self.var_name(part)),
-            ),
+            Tag::Pull { class, part } => {
+                (format!("worker{}", self.classes[class].workers[0]), "nic-in", format!("pull {}", self.var_name(part)))
+            }
             Tag::Push { class, part, .. } => (
                 format!("worker{}", self.classes[class].workers[0]),
                 "nic-out",

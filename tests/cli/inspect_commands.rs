@@ -88,6 +88,7 @@ fn run_without_argument_uses_the_built_in_default() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("<built-in default>") && text.contains("inception-v3") && text.contains("k40"), "{text}");
+    assert!(text.contains("Step time") && text.contains("Bottleneck"), "{text}");
 }
 
 #[test]
@@ -122,4 +123,46 @@ fn hardware_lists_every_figure_with_a_source() {
         }
     }
     assert_eq!(v["gpus"].as_array().unwrap().len(), 8);
+}
+
+#[test]
+fn run_json_of_the_bench_scenario_has_the_documented_fields() {
+    let out = topolab(&["run", "scenarios/bench/inception-v3-64w-8ps.toml", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in ["mean", "p50", "p90", "p99"] {
+        assert!(v["step_time_s"][k].as_f64().unwrap() > 0.0, "step_time_s.{k}");
+    }
+    for k in ["gpu", "ps_nic_in_max", "ps_nic_out_max", "worker_nic_in_max", "worker_nic_out_max"] {
+        let u = v["utilization"][k].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&u), "utilization.{k} = {u}");
+    }
+    for k in ["compute", "exposed_comm", "wait"] {
+        assert!(v["breakdown_s"][k].is_f64(), "breakdown_s.{k}");
+    }
+    assert!(v["throughput_samples_per_s"].as_f64().unwrap() > 0.0);
+    assert!(!v["bottleneck"].as_str().unwrap().is_empty());
+    assert_eq!(v["scenario_hash"].as_str().unwrap().len(), 16);
+    assert!(v["seed"].is_u64() && v["events"].as_u64().unwrap() > 0);
+    assert!(v["sim_wall_s"].as_f64().unwrap() > 0.0);
+    // Communication is not fully hidden: the median step is longer than its compute.
+    let compute = v["detail"]["compute_per_step_s"].as_f64().unwrap();
+    assert!(v["step_time_s"]["p50"].as_f64().unwrap() > compute, "p50 must exceed the compute time {compute}");
+}
+
+#[test]
+fn run_out_writes_the_three_files_and_refuses_an_oversized_model() {
+    let dir = std::env::temp_dir().join(format!("topolab-run-out-{}", std::process::id()));
+    let out = topolab(&["run", "scenarios/examples/tiny-mlp-custom-gpu.toml", "--out", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for f in ["summary.json", "steps.csv", "trace.json"] {
+        assert!(std::fs::metadata(dir.join(f)).unwrap().len() > 0, "{f}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    let bad = std::env::temp_dir().join(format!("topolab-gpt2-{}.toml", std::process::id()));
+    std::fs::write(&bad, "batch = 64\n[model]\nname = \"gpt-2\"\n").unwrap();
+    let out = topolab(&["run", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("needs") && stderr(&out).contains("lower `batch`"), "{}", stderr(&out));
+    std::fs::remove_file(&bad).ok();
 }

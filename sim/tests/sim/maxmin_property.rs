@@ -1,0 +1,89 @@
+//! The incremental network solver against the plain reference, on random flow sets.
+
+use proptest::prelude::*;
+use topolab_core::units::Time;
+use topolab_sim::maxmin::{self, Scratch, Use};
+use topolab_sim::network::{Message, Network};
+
+/// A random instance: resource capacities, flow paths (resource, weight), and a sequence of
+/// sends (flow, bytes).
+/// (capacities, flow paths, sends as (flow, bytes)).
+type Instance = (Vec<f64>, Vec<Vec<Use>>, Vec<(usize, f64)>);
+
+fn instance() -> impl Strategy<Value = Instance> {
+    (1usize..8).prop_flat_map(|nr| {
+        let caps = proptest::collection::vec(0.01f64..10.0, nr);
+        let path = proptest::collection::btree_map(0..nr, 1u32..5, 1..=nr.min(4))
+            .prop_map(|m| m.into_iter().map(|(r, w)| Use { resource: r, weight: f64::from(w) }).collect::<Vec<_>>());
+        let flows = proptest::collection::vec(path, 1..12);
+        (caps, flows).prop_flat_map(|(caps, flows)| {
+            let nf = flows.len();
+            let sends = proptest::collection::vec((0..nf, 1.0f64..1e4), 1..40);
+            (Just(caps), Just(flows), sends)
+        })
+    })
+}
+
+fn rel_eq(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-300)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Drive the incremental network through random sends and completions; after every
+    /// change, every active flow's rate equals the reference solver's from scratch.
+    #[test]
+    fn incremental_rates_equal_the_reference(inst in instance()) {
+        let (caps, paths, sends) = inst;
+        let mut net: Network<usize> = Network::new();
+        for &c in &caps {
+            net.add_resource(c);
+        }
+        for p in &paths {
+            net.add_flow(p.clone());
+        }
+        let mut q = topolab_sim::engine::EventQueue::new();
+        let mut pending = sends.into_iter().enumerate().peekable();
+        loop {
+            let next_send = pending.peek().map(|(i, _)| Time(*i as u64 * 100));
+            let timers = match (next_send, q.peek_time()) {
+                (None, None) => break,
+                (Some(ts), te) if te.is_none_or(|te| ts <= te) => {
+                    let (i, (f, bytes)) = pending.next().unwrap();
+                    net.send(ts, f, Message { bytes, tag: i })
+                }
+                _ => {
+                    let (now, timer): (Time, topolab_sim::network::Timer) = q.pop().unwrap();
+                    match net.complete(now, timer.flow, timer.version) {
+                        Some((_, timers)) => timers,
+                        None => continue,
+                    }
+                }
+            };
+            for t in timers {
+                q.schedule(t.at, t);
+            }
+            for (f, want) in net.reference_rates() {
+                prop_assert!(rel_eq(net.rate(f), want), "flow {f}: incremental {} vs reference {want}", net.rate(f));
+            }
+        }
+    }
+
+    /// `solve` on the whole set equals the reference.
+    #[test]
+    fn solve_equals_reference(inst in instance()) {
+        let (caps, paths, _) = inst;
+        let all: Vec<usize> = (0..paths.len()).collect();
+        let fast = maxmin::solve(&all, &paths, &caps, &mut Scratch::new(caps.len()));
+        let slow = maxmin::reference(&paths, &caps);
+        for (a, b) in fast.iter().zip(&slow) {
+            prop_assert!(rel_eq(*a, *b), "{a} vs {b}");
+        }
+        // Feasible: no resource over capacity.
+        for (r, &c) in caps.iter().enumerate() {
+            let used: f64 = paths.iter().zip(&fast).map(|(p, x)| p.iter().filter(|u| u.resource == r).map(|u| u.weight * x).sum::<f64>()).sum();
+            prop_assert!(used <= c * (1.0 + 1e-9), "resource {r}: {used} > {c}");
+        }
+    }
+}

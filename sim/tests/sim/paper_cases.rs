@@ -1,0 +1,142 @@
+//! Cases worked out on paper. Common setting unless a test says otherwise: a GPU of exactly
+//! 1 TFLOP/s at efficiency 1, batch 1, NICs of 1 Gbit/s = 0.125 bytes/ns with goodput 1, no
+//! latency, no per-message overhead, PS memory at 37.5 GB/s, plain SGD (an apply touches
+//! 3 x the part's bytes), and a barrier token of 16 bytes.
+
+use super::*;
+use topolab_sim::SimOptions;
+
+fn paper(topology: &str, csv: &str, extra: &str) -> Scenario {
+    let text = format!(
+        "batch = 1\n[model]\nlayers = \"model.csv\"\n\
+         [hardware]\ngpu = \"paper-gpu\"\nefficiency = 1.0\nps_memory_bandwidth = \"37.5 GB/s\"\n\
+         [hardware.gpu_spec]\nfp32 = \"1 TFLOP/s\"\nmemory_bandwidth = \"100 GB/s\"\nmemory = \"64 GiB\"\nsource = \"test\"\n\
+         [network]\nnic = \"1 Gbit/s\"\nlatency = \"0 us\"\ngoodput = 1.0\nmessage_overhead = \"0 ns\"\n{extra}\n\
+         [topology]\n{topology}\n[training]\nsteps = 5\n"
+    );
+    scenario(&text, Some(csv))
+}
+
+const HEADER: &str = "layer,kind,macs,forward_flops,activation_bytes,variable,shape,bytes\n";
+
+/// One layer of 1e11 forward FLOP per sample with one 12.5 MB variable.
+fn one_var() -> String {
+    format!("{HEADER}l,dense,0,100000000000,4,l.w,3125000,12500000\n")
+}
+
+#[test]
+fn one_worker_one_ps_one_variable() {
+    // pull 12.5e6 B / 0.125 B/ns            = 1e8 ns
+    // forward 1e11 FLOP / 1e12 FLOP/s       = 1e8 ns
+    // backward 2 x forward                  = 2e8 ns
+    // push                                  = 1e8 ns
+    // apply 3 x 12.5e6 B / 37.5 B/ns        = 1e6 ns
+    // token 16 B / 0.125 B/ns               = 128 ns
+    // step                                  = 501_000_128 ns
+    let r = run(&paper("workers = 1\nps = 1", &one_var(), ""));
+    close(r.summary.step_time_s.p50, 0.501_000_128, 1e-8);
+    close(r.summary.breakdown_s.compute, 0.3, 1e-8);
+    close(r.summary.breakdown_s.exposed_comm, 0.2, 1e-8);
+    close(r.summary.breakdown_s.wait, 0.001_000_128, 1e-6);
+    // 1 sample per 0.501 s.
+    close(r.summary.throughput_samples_per_s, 1.0 / 0.501_000_128, 1e-8);
+}
+
+#[test]
+fn incast_of_four_workers_on_one_ps_nic() {
+    // 4 workers pull 12.5 MB each through one PS egress of 0.125 B/ns: each gets 1/4,
+    // 4 x 12.5e6 / 0.125 = 4e8 ns; compute 3e8; the pushes share the PS ingress: 4e8;
+    // one aggregated apply 1e6; 4 tokens share the PS egress: 4 x 16 / 0.125 = 512 ns.
+    // step = 4e8 + 3e8 + 4e8 + 1e6 + 512 = 1_101_000_512 ns.
+    let s = paper("workers = 4\nps = 1", &one_var(), "");
+    let r = run(&s);
+    close(r.summary.step_time_s.p50, 1.101_000_512, 1e-8);
+    assert_eq!(r.detail.worker_classes, 1);
+    // Simulating each worker on its own gives exactly the same times (symmetry is exact).
+    let each = simulate(&s, &SimOptions { no_classes: true, ..SimOptions::default() }).unwrap();
+    assert_eq!(each.detail.worker_classes, 4);
+    assert_eq!(each.steps, r.steps);
+}
+
+#[test]
+fn round_robin_makes_one_shard_the_bottleneck_and_greedy_fixes_it() {
+    // Variables a (10 MB), b (4 B), c (10 MB), d (4 B); no compute; 2 workers, 2 PS.
+    // Round-robin: shard 0 holds a and c (20 MB). Its egress serves 2 workers x 20 MB at
+    // 0.125 B/ns = 3.2e8 ns; pushes the same into its ingress: 3.2e8. Gradients go out in
+    // reverse creation order (d, c, b, a), so c's apply (3 x 10 MB / 37.5 = 0.8e6 ns) runs
+    // while a is still on the wire and only a's apply is exposed: 0.8e6. Two 16-byte tokens
+    // share shard 0's egress: 256 ns. Step = 640_800_256 ns.
+    // Greedy: a on shard 0, c on shard 1: each worker receives 2 x 10 MB at 0.125 total,
+    // 1.6e8; push 1.6e8; the applies run on both shards at once: 0.8e6. Step ~ 3.208e8.
+    let csv = format!(
+        "{HEADER}l,dense,0,0,4,l.a,2500000,10000000\nl,dense,0,0,4,l.b,1,4\nl,dense,0,0,4,l.c,2500000,10000000\nl,dense,0,0,4,l.d,1,4\n"
+    );
+    let rr = run(&paper("workers = 2\nps = 2\nplacement = \"round-robin\"", &csv, ""));
+    let greedy = run(&paper("workers = 2\nps = 2\nplacement = \"greedy\"", &csv, ""));
+    close(rr.summary.step_time_s.p50, 0.640_800_256, 1e-7);
+    close(greedy.summary.step_time_s.p50, 0.3208, 1e-4);
+    assert!(rr.summary.bottleneck.contains("PS shard 0"), "{}", rr.summary.bottleneck);
+    assert!(
+        rr.summary.bottleneck.contains("round-robin placement put 100% of the bytes on it"),
+        "{}",
+        rr.summary.bottleneck
+    );
+}
+
+#[test]
+fn full_duplex_directions_do_not_share_capacity() {
+    // Co-located PS: shard 0 (X, 12.5 MB) on worker 0, shard 1 (Y, 12.5 MB) on worker 1.
+    // Worker 0 pulls Y from worker 1 while worker 1 pulls X from worker 0: opposite
+    // directions of the same link, each at the full 0.125 B/ns: 1e8 ns (2e8 if they shared).
+    // Pushes likewise 1e8; applies 1e6 on both shards at once. Worker 0's token is local,
+    // worker 1's crosses the wire: 128 ns. Steps: 201_000_000 and 201_000_128 ns.
+    let csv = format!("{HEADER}l,dense,0,0,4,l.x,3125000,12500000\nl,dense,0,0,4,l.y,3125000,12500000\n");
+    let r = run(&paper("workers = 2\nps = 2\nps_hosts = \"colocated\"", &csv, ""));
+    let w0 = r.steps.iter().find(|s| s.worker == 0).unwrap();
+    let w1 = r.steps.iter().find(|s| s.worker == 1).unwrap();
+    assert_eq!(w0.end_ns - w0.start_ns, 201_000_000);
+    assert_eq!(w1.end_ns - w1.start_ns, 201_000_128);
+}
+
+#[test]
+fn an_oversubscribed_uplink_slows_cross_rack_traffic() {
+    // Racks of 2 hosts: workers 0-1 in rack 0, dedicated PS hosts in rack 1. One 12.5 MB
+    // variable per shard. Uplinks carry 2 x 0.125 / oversubscription B/ns.
+    // 4:1 -> 0.0625 B/ns shared by 4 connections (2 shards x 2 workers): 0.015625 each;
+    //   pull 12.5e6 / 0.015625 = 8e8 ns, push 8e8, applies 1e6 in parallel, and 2 tokens
+    //   across the uplink at 0.03125 each: 512 ns. Step = 1_601_000_512 ns.
+    // 1:1 -> 0.25 B/ns: 0.0625 each, bound equally by the worker NIC (2 x 0.0625 = 0.125);
+    //   pull 2e8, push 2e8, apply 1e6, tokens 2 x 16 / 0.125 = 256 ns: 401_000_256 ns.
+    let csv = format!("{HEADER}l,dense,0,0,4,l.x,3125000,12500000\nl,dense,0,0,4,l.y,3125000,12500000\n");
+    let net = |o: &str| format!("switch = \"two-tier\"\nhosts_per_rack = 2\noversubscription = {o}");
+    let over = run(&paper("workers = 2\nps = 2", &csv, &net("4.0")));
+    let flat = run(&paper("workers = 2\nps = 2", &csv, &net("1.0")));
+    close(over.summary.step_time_s.p50, 1.601_000_512, 1e-8);
+    close(flat.summary.step_time_s.p50, 0.401_000_256, 1e-8);
+    // Both rack links are busy half the time (pulls down, pushes up): either is named.
+    let b = &over.summary.bottleneck;
+    assert!(b.starts_with("rack ") && b.contains("busy 50%") && b.contains("4:1 oversubscription"), "{b}");
+}
+
+#[test]
+fn one_slow_worker_under_sync_async_and_backup() {
+    // 4 workers, one 3x slower; compute 3e11 FLOP = 0.3 s (0.9 s for the slow one); one
+    // 4-byte variable so the network is negligible (~100 ns).
+    // sync: every step waits for the slow worker: p50 ~ 0.9 s.
+    // backup (1 backup worker): the 3 fast workers' gradients suffice: p50 ~ 0.3 s.
+    // async: nobody waits: 3 of 4 workers step in 0.3 s (p50), the slow one in 0.9 s (p99).
+    let csv = format!("{HEADER}l,dense,0,100000000000,4,l.w,1,4\n");
+    let slow = "[faults]\nstragglers = { count = 1, slowdown = 3.0 }";
+    let sync = run(&paper("workers = 4\nps = 1\nmode = \"sync\"", &csv, slow));
+    let backup = run(&paper("workers = 4\nps = 1\nmode = \"backup\"\nbackup_workers = 1", &csv, slow));
+    let asynchronous = run(&paper("workers = 4\nps = 1\nmode = \"async\"", &csv, slow));
+    close(sync.summary.step_time_s.p50, 0.9, 1e-5);
+    close(backup.summary.step_time_s.p50, 0.3, 1e-5);
+    close(asynchronous.summary.step_time_s.p50, 0.3, 1e-5);
+    close(asynchronous.summary.step_time_s.p99, 0.9, 1e-5);
+    // Sync fast workers wait 0.6 s of every 0.9 s step for the slow one.
+    let fast = sync.steps.iter().find(|r| r.worker == 0).unwrap();
+    close(fast.wait_ns as f64, 0.6e9, 1e-5);
+    assert!(backup.summary.throughput_samples_per_s > 2.0 * sync.summary.throughput_samples_per_s);
+    assert!(sync.summary.bottleneck.contains("waiting for aggregation"), "{}", sync.summary.bottleneck);
+}

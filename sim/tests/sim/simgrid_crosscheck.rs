@@ -1,0 +1,155 @@
+//! Cross-check of the flow-level network against SimGrid (an independent simulator) with its
+//! plain max-min model: completion times must agree within 1%.
+//!
+//! Needs Debian's `python3-simgrid` (installed by .ci/run). Without it the test says it is
+//! skipped, except in CI (`CI` set), where a missing SimGrid is a failure.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use topolab_core::units::Time;
+use topolab_sim::engine::EventQueue;
+use topolab_sim::maxmin::Use;
+use topolab_sim::network::{Message, Network, Timer};
+
+use super::root;
+
+/// A transfer pattern: capacities (bytes/s) and flows (resources, bytes, start in s).
+struct Pattern {
+    name: &'static str,
+    capacity: Vec<f64>,
+    flows: Vec<(Vec<usize>, f64, f64)>,
+}
+
+/// Completion times (s) of every flow in topolab's network.
+fn topolab_times(p: &Pattern) -> Vec<f64> {
+    let mut net: Network<usize> = Network::new();
+    for c in &p.capacity {
+        net.add_resource(c / 1e9);
+    }
+    let ids: Vec<usize> = p
+        .flows
+        .iter()
+        .map(|(path, _, _)| net.add_flow(path.iter().map(|&r| Use { resource: r, weight: 1.0 }).collect()))
+        .collect();
+    #[derive(Clone, Copy)]
+    enum Ev {
+        Start(usize),
+        Done(Timer),
+    }
+    let mut q = EventQueue::new();
+    for (i, (_, _, start)) in p.flows.iter().enumerate() {
+        q.schedule(Time::from_secs_f64(*start), Ev::Start(i));
+    }
+    let mut done = vec![0.0; p.flows.len()];
+    while let Some((now, ev)) = q.pop() {
+        let timers = match ev {
+            Ev::Start(i) => net.send(now, ids[i], Message { bytes: p.flows[i].1, tag: i }),
+            Ev::Done(t) => match net.complete(now, t.flow, t.version) {
+                Some((msg, timers)) => {
+                    done[msg.tag] = now.secs_f64();
+                    timers
+                }
+                None => continue,
+            },
+        };
+        for t in timers {
+            q.schedule(t.at, Ev::Done(t));
+        }
+    }
+    done
+}
+
+fn simgrid_times(p: &Pattern) -> Vec<f64> {
+    let spec = serde_json::json!({
+        "resources": p.capacity,
+        "flows": p.flows.iter().map(|(path, bytes, start)| serde_json::json!({"path": path, "bytes": bytes, "start": start})).collect::<Vec<_>>(),
+    });
+    let mut child = Command::new(python())
+        .arg(root().join("sim/tests/simgrid/crosscheck.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child.stdin.take().unwrap().write_all(spec.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "SimGrid failed on {}: {}", p.name, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{}: {e}: {}", p.name, String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Debian's python3-simgrid is built for the system interpreter.
+fn python() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" }
+}
+
+fn simgrid_available() -> bool {
+    Command::new(python())
+        .args(["-c", "import simgrid"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+const NIC: f64 = 1.25e9; // 10 Gbit/s in bytes/s
+
+fn patterns() -> Vec<Pattern> {
+    let mut v = Vec::new();
+    // Incast: 8 senders (egress 0..8) into one receiver's ingress (8); unequal sizes so the
+    // share is recomputed as each one finishes.
+    let w = 8;
+    v.push(Pattern {
+        name: "incast",
+        capacity: vec![NIC; w + 1],
+        flows: (0..w).map(|i| (vec![i, w], 1e8 * (1.0 + i as f64 / 4.0), 0.0)).collect(),
+    });
+    // W-to-P all-to-all: 4 workers (egress 0..4, ingress 4..8) and 3 PS (egress 8..11,
+    // ingress 11..14); every worker pushes to every PS and every PS sends to every worker,
+    // with staggered starts and sizes.
+    let (wn, pn) = (4usize, 3usize);
+    let mut flows = Vec::new();
+    for wi in 0..wn {
+        for pi in 0..pn {
+            let bytes = 5e7 * (1 + (wi * pn + pi) % 5) as f64;
+            flows.push((vec![wi, 11 + pi], bytes, 0.01 * wi as f64));
+            flows.push((vec![8 + pi, 4 + wi], bytes * 0.7, 0.005 * pi as f64));
+        }
+    }
+    v.push(Pattern { name: "all-to-all", capacity: vec![NIC; 14], flows });
+    // Mixed flows over a shared uplink: rack A hosts 0-3, rack B hosts 4-7 (egress i,
+    // ingress 8 + i), uplink A->B (16) at 2 x NIC, i.e. 2:1 oversubscribed; some flows stay
+    // inside rack A, others cross.
+    let mut cap = vec![NIC; 16];
+    cap.push(2.0 * NIC);
+    let mut flows = Vec::new();
+    for src in 0..4 {
+        flows.push((vec![src, 16, 8 + 4 + src], 2e8 + 3e7 * src as f64, 0.0));
+        flows.push((vec![src, 8 + (src + 1) % 4], 1e8, 0.02 * src as f64));
+    }
+    flows.push((vec![4, 8], 1.5e8, 0.05));
+    v.push(Pattern { name: "shared-uplink", capacity: cap, flows });
+    v
+}
+
+#[test]
+fn completion_times_agree_with_simgrid_within_one_percent() {
+    if !simgrid_available() {
+        assert!(std::env::var_os("CI").is_none(), "CI must install python3-simgrid (see .ci/run)");
+        eprintln!("skipped: SimGrid cross-check needs Debian's python3-simgrid (apt-get install python3-simgrid)");
+        return;
+    }
+    for p in patterns() {
+        let ours = topolab_times(&p);
+        let theirs = simgrid_times(&p);
+        assert_eq!(ours.len(), theirs.len());
+        let mut worst = 0.0f64;
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            let err = (a - b).abs() / b;
+            worst = worst.max(err);
+            assert!(err <= 0.01, "{} flow {i}: topolab {a} s, SimGrid {b} s ({:.3}% apart)", p.name, err * 100.0);
+        }
+        eprintln!("{}: {} flows, largest difference from SimGrid {:.2e} (relative)", p.name, ours.len(), worst);
+    }
+}
