@@ -22,6 +22,7 @@ const EXIT_BAD_INPUT: u8 = 2;
     after_help = "\
 Examples:
   topolab run                                   # simulate the built-in default: Inception-v3 on one K40
+  topolab sweep scenarios/examples/inception-v3-sweep.toml --out runs/sweep
   topolab check scenarios/examples/*.toml       # validate scenarios (exit 2 on errors)
   topolab models                                # the model zoo: params, G MACs, variables
   topolab models inception-v3 --layers --format csv
@@ -37,6 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(cmd::run::Args),
+    Sweep(cmd::sweep::Args),
     Check(cmd::check::Args),
     Schema(cmd::schema::Args),
     Models(cmd::models::Args),
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(a),
+        Command::Sweep(a) => cmd::sweep::run(a),
         Command::Check(a) => cmd::check::run(a),
         Command::Schema(a) => cmd::schema::run(a),
         Command::Models(a) => cmd::models::run(a),

@@ -481,6 +481,14 @@ pub struct TrainingSpec {
     /// Steps written to the Chrome trace.
     #[serde(default = "default_trace_steps")]
     pub trace_steps: u32,
+    /// Async modes: extra examples needed per update of mean staleness (see
+    /// `topolab_core::convergence`).
+    #[serde(default = "default_staleness_penalty")]
+    pub staleness_penalty: f64,
+}
+
+fn default_staleness_penalty() -> f64 {
+    crate::convergence::DEFAULT_STALENESS_PENALTY
 }
 
 fn default_steps() -> u64 {
@@ -492,7 +500,13 @@ fn default_trace_steps() -> u32 {
 
 impl Default for TrainingSpec {
     fn default() -> Self {
-        TrainingSpec { steps: default_steps(), target: None, overlap: true, trace_steps: default_trace_steps() }
+        TrainingSpec {
+            steps: default_steps(),
+            target: None,
+            overlap: true,
+            trace_steps: default_trace_steps(),
+            staleness_penalty: default_staleness_penalty(),
+        }
     }
 }
 
@@ -583,16 +597,183 @@ pub struct SweepSpec {
     /// Modes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mode: Vec<Mode>,
+    /// Explicit configurations (e.g. paired workers and PS), each combined with the axes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub points: Vec<SweepPoint>,
+}
+
+/// One explicit configuration of a sweep: any subset of the axes.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SweepPoint {
+    /// Worker hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+    /// Parameter-server shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ps: Option<u32>,
+    /// NIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic: Option<String>,
+    /// Per-replica batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u64>,
+    /// GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
+    /// Placement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementKind>,
+    /// Mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+}
+
+impl SweepPoint {
+    /// Applies this point to `spec`.
+    fn apply(&self, spec: &mut ScenarioFile) {
+        if let Some(x) = self.workers {
+            spec.topology.workers = x;
+        }
+        if let Some(x) = self.ps {
+            spec.topology.ps = x;
+        }
+        if let Some(x) = &self.nic {
+            spec.network.nic = x.clone();
+        }
+        if let Some(x) = self.batch {
+            spec.batch = x;
+        }
+        if let Some(x) = &self.gpu {
+            spec.hardware.gpu = x.clone();
+        }
+        if let Some(x) = self.placement {
+            spec.topology.placement = x;
+        }
+        if let Some(x) = self.mode {
+            spec.topology.mode = x;
+        }
+    }
+
+    /// The axis values this point sets, as (axis, value) text.
+    pub fn values(&self) -> Vec<(&'static str, String)> {
+        let mut v = Vec::new();
+        if let Some(x) = self.workers {
+            v.push(("workers", x.to_string()));
+        }
+        if let Some(x) = self.ps {
+            v.push(("ps", x.to_string()));
+        }
+        if let Some(x) = &self.nic {
+            v.push(("nic", x.clone()));
+        }
+        if let Some(x) = self.batch {
+            v.push(("batch", x.to_string()));
+        }
+        if let Some(x) = &self.gpu {
+            v.push(("gpu", x.clone()));
+        }
+        if let Some(x) = self.placement {
+            v.push(("placement", x.as_str().to_string()));
+        }
+        if let Some(x) = self.mode {
+            v.push(("mode", x.as_str().to_string()));
+        }
+        v
+    }
 }
 
 impl SweepSpec {
+    /// Every configuration of the sweep: the cartesian product of the axes (workers varying
+    /// fastest) times the explicit points.
+    pub fn expand(&self) -> Vec<SweepPoint> {
+        let mut out = vec![SweepPoint::default()];
+        macro_rules! axis {
+            ($field:ident, $conv:expr) => {
+                if !self.$field.is_empty() {
+                    out = out
+                        .into_iter()
+                        .flat_map(|p| {
+                            self.$field.iter().map(move |x| {
+                                let mut q = p.clone();
+                                q.$field = Some($conv(x));
+                                q
+                            })
+                        })
+                        .collect();
+                }
+            };
+        }
+        axis!(gpu, |x: &String| x.clone());
+        axis!(nic, |x: &String| x.clone());
+        axis!(batch, |x: &u64| *x);
+        axis!(mode, |x: &Mode| *x);
+        axis!(placement, |x: &PlacementKind| *x);
+        axis!(ps, |x: &u32| *x);
+        axis!(workers, |x: &u32| *x);
+        if !self.points.is_empty() {
+            out = out
+                .into_iter()
+                .flat_map(|p| {
+                    self.points.iter().map(move |pt| {
+                        let mut q = p.clone();
+                        for (dst, src) in [(&mut q.workers, pt.workers), (&mut q.ps, pt.ps)] {
+                            if src.is_some() {
+                                *dst = src;
+                            }
+                        }
+                        if pt.nic.is_some() {
+                            q.nic = pt.nic.clone();
+                        }
+                        if pt.batch.is_some() {
+                            q.batch = pt.batch;
+                        }
+                        if pt.gpu.is_some() {
+                            q.gpu = pt.gpu.clone();
+                        }
+                        if pt.placement.is_some() {
+                            q.placement = pt.placement;
+                        }
+                        if pt.mode.is_some() {
+                            q.mode = pt.mode;
+                        }
+                        q
+                    })
+                })
+                .collect();
+        }
+        out
+    }
+
+    /// The scenario file of one point: `base` with the point applied, no sweep, and a name
+    /// that says which point it is.
+    pub fn point_file(base: &ScenarioFile, point: &SweepPoint) -> ScenarioFile {
+        let mut f = base.clone();
+        f.sweep = SweepSpec::default();
+        point.apply(&mut f);
+        let label: Vec<String> = point.values().iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if !label.is_empty() {
+            f.name = format!("{}[{}]", base.name, label.join(","));
+        }
+        f
+    }
     /// True when no axis is set.
     pub fn is_empty(&self) -> bool {
         self.points() == 0
     }
 
-    /// Number of points in the cartesian product (0 if no axis is set).
+    /// Number of points in the sweep (0 if no axis or point is set).
     pub fn points(&self) -> usize {
+        let axes = self.axis_points();
+        match (axes, self.points.len()) {
+            (0, n) => n,
+            (a, 0) => a,
+            (a, n) => a * n,
+        }
+    }
+
+    /// Number of points in the cartesian product of the axes alone.
+    fn axis_points(&self) -> usize {
         let lens = [
             self.workers.len(),
             self.ps.len(),
@@ -1099,6 +1280,14 @@ fn validate(s: &ScenarioFile, v: &mut Problems) {
     for (i, p) in s.sweep.ps.iter().enumerate() {
         v.check(*p >= 1, &format!("sweep.ps[{i}]"), || "ps must be >= 1".into());
     }
+    for (i, p) in s.sweep.points.iter().enumerate() {
+        if let Some(w) = p.workers {
+            v.check(w >= 1, &format!("sweep.points[{i}].workers"), || "workers must be >= 1".into());
+        }
+        if let Some(x) = p.ps {
+            v.check(x >= 1, &format!("sweep.points[{i}].ps"), || "ps must be >= 1".into());
+        }
+    }
     for (i, b) in s.sweep.batch.iter().enumerate() {
         v.check(*b >= 1, &format!("sweep.batch[{i}]"), || "batch must be > 0".into());
     }
@@ -1174,6 +1363,7 @@ pub fn sweep_axes(s: &SweepSpec) -> BTreeMap<&'static str, usize> {
         ("gpu", s.gpu.len()),
         ("placement", s.placement.len()),
         ("mode", s.mode.len()),
+        ("points", s.points.len()),
     ] {
         if n > 0 {
             m.insert(k, n);

@@ -5,25 +5,46 @@
 //! ignores the stale event when it pops (lazy cancellation). The queue knows nothing of GPUs
 //! or networks.
 
-use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use topolab_core::units::Time;
 
 /// A min-heap of events of type `E`, ordered by (time, sequence).
 pub struct EventQueue<E> {
-    heap: BinaryHeap<Reverse<(u64, u64, usize)>>,
-    /// Event payloads, by slot; freed slots are reused.
-    slots: Vec<Option<E>>,
-    free: Vec<usize>,
+    heap: BinaryHeap<Entry<E>>,
     seq: u64,
     now: Time,
     popped: u64,
 }
 
+/// A heap entry: the event and its key, `time << 64 | sequence`, so that one integer
+/// comparison orders by time and then by insertion.
+struct Entry<E> {
+    key: u128,
+    event: E,
+}
+
+impl<E> PartialEq for Entry<E> {
+    fn eq(&self, o: &Self) -> bool {
+        self.key == o.key
+    }
+}
+impl<E> Eq for Entry<E> {}
+impl<E> PartialOrd for Entry<E> {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<E> Ord for Entry<E> {
+    /// Reversed: `BinaryHeap` is a max-heap and we want the earliest first.
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        o.key.cmp(&self.key)
+    }
+}
+
 impl<E> Default for EventQueue<E> {
     fn default() -> Self {
-        EventQueue { heap: BinaryHeap::new(), slots: Vec::new(), free: Vec::new(), seq: 0, now: Time::ZERO, popped: 0 }
+        EventQueue { heap: BinaryHeap::new(), seq: 0, now: Time::ZERO, popped: 0 }
     }
 }
 
@@ -55,34 +76,22 @@ impl<E> EventQueue<E> {
 
     /// Time of the earliest waiting event.
     pub fn peek_time(&self) -> Option<Time> {
-        self.heap.peek().map(|r| Time(r.0.0))
+        self.heap.peek().map(|e| Time((e.key >> 64) as u64))
     }
 
     /// Schedules `event` at `at`. Scheduling in the past is a broken invariant of the model.
     pub fn schedule(&mut self, at: Time, event: E) {
         assert!(at >= self.now, "event scheduled at {at} before now {}", self.now);
-        let slot = match self.free.pop() {
-            Some(s) => {
-                self.slots[s] = Some(event);
-                s
-            }
-            None => {
-                self.slots.push(Some(event));
-                self.slots.len() - 1
-            }
-        };
-        self.heap.push(Reverse((at.0, self.seq, slot)));
+        self.heap.push(Entry { key: (u128::from(at.0) << 64) | u128::from(self.seq), event });
         self.seq += 1;
     }
 
     /// Pops the earliest event and advances the clock to it.
     pub fn pop(&mut self) -> Option<(Time, E)> {
-        let Reverse((t, _, slot)) = self.heap.pop()?;
-        self.now = Time(t);
+        let e = self.heap.pop()?;
+        self.now = Time((e.key >> 64) as u64);
         self.popped += 1;
-        let e = self.slots[slot].take().expect("a heap entry points at a filled slot");
-        self.free.push(slot);
-        Some((Time(t), e))
+        Some((self.now, e.event))
     }
 }
 

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod maxmin;
 pub mod network;
 pub mod rng;
+pub mod target;
 pub mod training;
 
 use std::io::Write;

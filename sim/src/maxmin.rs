@@ -21,91 +21,108 @@ pub struct Use {
     pub weight: f64,
 }
 
-/// Max-min fair rates of `flows` (indices into `paths`) given `capacity` per resource.
-/// Resources used by flows outside `flows` are assumed free of them. Returns rates in the
-/// order of `flows`. `scratch` must be as long as `capacity`; it is left zeroed.
-pub fn solve(flows: &[usize], paths: &[Vec<Use>], capacity: &[f64], scratch: &mut Scratch) -> Vec<f64> {
+/// Max-min fair rates of `flows` (flow ids, whose paths `path_of` gives) under `capacity` per
+/// resource. Resources used by flows outside `flows` are taken to be free of them. Returns
+/// rates in the order of `flows`.
+///
+/// Cost: one pass over the paths to index them, then one round per distinct fair level, each
+/// a scan of the touched resources plus the paths of the flows it freezes: O(R x levels + P)
+/// for R resources and P path entries.
+pub fn solve<'p>(flows: &[usize], path_of: impl Fn(usize) -> &'p [Use], capacity: &[f64], scratch: &mut Scratch) -> Vec<f64> {
     let n = flows.len();
     let mut rate = vec![0.0; n];
     let mut frozen = vec![false; n];
-    // Resources touched, in first-touch order (deterministic).
+    let mut remaining = n;
     let mut touched: Vec<usize> = Vec::new();
-    for &f in flows {
-        for u in &paths[f] {
-            if !scratch.seen[u.resource] {
-                scratch.seen[u.resource] = true;
-                scratch.left[u.resource] = capacity[u.resource];
-                touched.push(u.resource);
+    for (i, &f) in flows.iter().enumerate() {
+        let path = path_of(f);
+        if path.is_empty() {
+            // Unconstrained.
+            rate[i] = f64::INFINITY;
+            frozen[i] = true;
+            remaining -= 1;
+            continue;
+        }
+        for u in path {
+            let r = u.resource;
+            if !scratch.seen[r] {
+                scratch.seen[r] = true;
+                scratch.left[r] = capacity[r];
+                touched.push(r);
             }
-            scratch.weight[u.resource] += u.weight;
+            scratch.weight[r] += u.weight;
+            scratch.count[r] += 1;
+            scratch.users[r].push(i);
         }
     }
     let mut level = 0.0f64;
-    let mut remaining = n;
     while remaining > 0 {
-        // The next resource to fill: smallest level increment (left / unfrozen weight).
+        // The next resource to fill: the smallest level increment (left / unfrozen weight).
         let mut best: Option<(f64, usize)> = None;
         for &r in &touched {
-            let w = scratch.weight[r];
-            if w > 0.0 {
-                let inc = (scratch.left[r] / w).max(0.0);
+            if scratch.count[r] > 0 {
+                let inc = (scratch.left[r] / scratch.weight[r]).max(0.0);
                 if best.is_none_or(|(b, _)| inc < b) {
                     best = Some((inc, r));
                 }
             }
         }
-        let Some((inc, _)) = best else { break };
+        let Some((inc, argmin)) = best else { break };
         level += inc;
         for &r in &touched {
-            scratch.left[r] -= inc * scratch.weight[r];
-        }
-        // Freeze every unfrozen flow that crosses a full resource (within rounding).
-        let full = |r: usize, s: &Scratch| s.weight[r] > 0.0 && s.left[r] <= 1e-12 * capacity[r].max(1e-300);
-        let mut newly = Vec::new();
-        for (i, &f) in flows.iter().enumerate() {
-            if !frozen[i] && paths[f].iter().any(|u| full(u.resource, scratch)) {
-                newly.push(i);
+            if scratch.count[r] > 0 {
+                scratch.left[r] -= inc * scratch.weight[r];
             }
         }
-        if newly.is_empty() {
-            // Cannot happen: the argmin resource is full. Guard against a float corner case.
-            newly.extend((0..n).filter(|&i| !frozen[i]));
-        }
-        for i in newly {
-            frozen[i] = true;
-            rate[i] = level;
-            remaining -= 1;
-            for u in &paths[flows[i]] {
-                scratch.weight[u.resource] -= u.weight;
+        // Freeze the flows of every resource that is now full (the argmin always is).
+        for k in 0..touched.len() {
+            let r = touched[k];
+            let full = r == argmin || scratch.left[r] <= 1e-12 * capacity[r];
+            if scratch.count[r] == 0 || !full {
+                continue;
             }
-        }
-    }
-    // A flow with no resource at all is unconstrained; give it infinity.
-    for (i, &f) in flows.iter().enumerate() {
-        if paths[f].is_empty() {
-            rate[i] = f64::INFINITY;
+            for j in 0..scratch.users[r].len() {
+                let i = scratch.users[r][j];
+                if frozen[i] {
+                    continue;
+                }
+                frozen[i] = true;
+                rate[i] = level;
+                remaining -= 1;
+                for u in path_of(flows[i]) {
+                    scratch.count[u.resource] -= 1;
+                    scratch.weight[u.resource] =
+                        if scratch.count[u.resource] == 0 { 0.0 } else { scratch.weight[u.resource] - u.weight };
+                }
+            }
         }
     }
     for &r in &touched {
         scratch.seen[r] = false;
         scratch.weight[r] = 0.0;
         scratch.left[r] = 0.0;
+        scratch.count[r] = 0;
+        scratch.users[r].clear();
     }
     rate
 }
 
-/// Working arrays of [`solve`], one entry per resource.
+/// Working arrays of [`solve`], one entry per resource, reused between calls.
 #[derive(Debug, Clone, Default)]
 pub struct Scratch {
     seen: Vec<bool>,
     weight: Vec<f64>,
     left: Vec<f64>,
+    count: Vec<u32>,
+    users: Vec<Vec<usize>>,
 }
 
 impl Scratch {
     /// Scratch space for `resources` resources.
     pub fn new(resources: usize) -> Self {
-        Scratch { seen: vec![false; resources], weight: vec![0.0; resources], left: vec![0.0; resources] }
+        let mut s = Scratch::default();
+        s.resize(resources);
+        s
     }
 
     /// Grows to `resources` entries.
@@ -113,6 +130,8 @@ impl Scratch {
         self.seen.resize(resources, false);
         self.weight.resize(resources, 0.0);
         self.left.resize(resources, 0.0);
+        self.count.resize(resources, 0);
+        self.users.resize(resources, Vec::new());
     }
 }
 
@@ -177,7 +196,7 @@ mod tests {
         // 2 flows share a 10 Gbit/s NIC (1.25 bytes/ns): each gets 0.625 bytes/ns = 5 Gbit/s;
         // 100 MB then takes 1e8 / 0.625 ns = 160 ms.
         let paths = vec![vec![u(0, 1.0)], vec![u(0, 1.0)]];
-        let r = solve(&[0, 1], &paths, &[1.25], &mut Scratch::new(1));
+        let r = solve(&[0, 1], |f| &paths[f], &[1.25], &mut Scratch::new(1));
         assert_eq!(r, vec![0.625, 0.625]);
         assert_eq!(1e8 / r[0], 160e6);
     }
@@ -187,7 +206,7 @@ mod tests {
         // Resource 0 (cap 1) carries flows a and b; resource 1 (cap 3) carries b and c.
         // Level 0.5 fills resource 0 (a = b = 0.5); c then takes 3 - 0.5 = 2.5.
         let paths = vec![vec![u(0, 1.0)], vec![u(0, 1.0), u(1, 1.0)], vec![u(1, 1.0)]];
-        let r = solve(&[0, 1, 2], &paths, &[1.0, 3.0], &mut Scratch::new(2));
+        let r = solve(&[0, 1, 2], |f| &paths[f], &[1.0, 3.0], &mut Scratch::new(2));
         assert_eq!(r, vec![0.5, 0.5, 2.5]);
         assert_eq!(reference(&paths, &[1.0, 3.0]), r);
     }
@@ -197,6 +216,6 @@ mod tests {
         // A class of 4 identical hosts each sends one connection into one NIC of capacity 1:
         // weight 4 on the shared NIC, so each connection gets 0.25.
         let paths = vec![vec![u(0, 4.0), u(1, 1.0)]];
-        assert_eq!(solve(&[0], &paths, &[1.0, 1.0], &mut Scratch::new(2)), vec![0.25]);
+        assert_eq!(solve(&[0], |f| &paths[f], &[1.0, 1.0], &mut Scratch::new(2)), vec![0.25]);
     }
 }

@@ -200,11 +200,8 @@ impl<T: Copy> Network<T> {
         if comp.is_empty() {
             return Vec::new();
         }
-        let rates = {
-            // Solve over the flows' own paths without cloning them.
-            let all_paths: Vec<&Vec<Use>> = self.flows.iter().map(|f| &f.path).collect();
-            solve_refs(&comp, &all_paths, &self.capacity, &mut self.scratch)
-        };
+        let flows = &self.flows;
+        let rates = maxmin::solve(&comp, |f| flows[f].path.as_slice(), &self.capacity, &mut self.scratch);
         let mut timers = Vec::new();
         for (&f, &r) in comp.iter().zip(&rates) {
             let flow = &mut self.flows[f];
@@ -250,14 +247,6 @@ impl<T: Copy> Network<T> {
         let paths: Vec<Vec<Use>> = active.iter().map(|&f| self.flows[f].path.clone()).collect();
         active.iter().copied().zip(maxmin::reference(&paths, &self.capacity)).collect()
     }
-}
-
-/// `solve` over borrowed paths.
-fn solve_refs(flows: &[usize], paths: &[&Vec<Use>], capacity: &[f64], scratch: &mut Scratch) -> Vec<f64> {
-    // The component is small next to all flows: copy just its paths.
-    let local: Vec<Vec<Use>> = flows.iter().map(|&f| paths[f].clone()).collect();
-    let idx: Vec<usize> = (0..flows.len()).collect();
-    maxmin::solve(&idx, &local, capacity, scratch)
 }
 
 /// `bytes / rate` rounded up to whole ns (0 for nothing left).

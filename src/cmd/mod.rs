@@ -8,6 +8,7 @@ pub mod plan;
 pub mod run;
 pub mod scenarios;
 pub mod schema;
+pub mod sweep;
 
 use std::fmt;
 use std::path::Path;

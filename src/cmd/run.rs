@@ -4,9 +4,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use topolab_core::scenario::Scenario;
+use topolab_sim::target::TimeToTarget;
 use topolab_sim::{SimOptions, SimRun};
 
-use super::BadInput;
+use super::{BadInput, sweep};
 use crate::output::{Format, print_json};
 
 /// Simulate a scenario and print step time, throughput, utilization and the bottleneck.
@@ -45,7 +47,18 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(n) = a.trace_steps {
         s.spec.training.trace_steps = n;
     }
-    let run = simulate(&s)?;
+    if s.spec.sweep.points() > 0 {
+        return run_table(&s, &a);
+    }
+    let (run, ttt) = if s.spec.training.target.is_some() {
+        match topolab_sim::target::time_to_target(&s, &SimOptions::default()) {
+            Ok((run, t)) => (run, Some(t)),
+            Err(topolab_sim::target::TargetError::Sim(e)) if !e.is_bad_input() => return Err(e.into()),
+            Err(e) => return Err(BadInput(format!("error: {}: {e}", s.spec.name)).into()),
+        }
+    } else {
+        (simulate(&s)?, None)
+    };
     if let Some(dir) = &a.out {
         topolab_sim::write_run_dir(&run, dir).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dir.display()))?;
     }
@@ -54,12 +67,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             let mut v = serde_json::to_value(&run.summary)?;
             v["sim_wall_s"] = serde_json::json!(run.sim_wall_s);
             v["detail"] = serde_json::to_value(&run.detail)?;
+            if let Some(t) = &ttt {
+                v["time_to_target"] = serde_json::to_value(t)?;
+            }
             print_json(&v)?;
         }
         Format::Csv => {
             topolab_core::records::write_summaries_csv(std::slice::from_ref(&run.summary), std::io::stdout().lock())?;
         }
-        Format::Table => print_text(&s, &run)?,
+        Format::Table => {
+            print_text(&s, &run)?;
+            if let Some(t) = &ttt {
+                print_target(&s, t)?;
+            }
+        }
     }
     if let Some(dir) = &a.out {
         eprintln!("wrote {}/summary.json, steps.csv, trace.json", dir.display());
@@ -142,4 +163,104 @@ fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Res
         if run.detail.worker_classes == 1 { "" } else { "es" }
     )?;
     Ok(())
+}
+
+fn print_target(s: &Scenario, t: &TimeToTarget) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "\nTime to {}: {:.1} days ({:.0} updates of {} examples, {:.1} epochs), {:.0} GPU-hours, {:.0} {}",
+        t.target,
+        t.time_to_target_s / 86400.0,
+        t.steps,
+        t.global_batch,
+        t.epochs,
+        t.gpu_hours,
+        t.cost,
+        t.currency
+    )?;
+    for line in assumptions(std::slice::from_ref(s), t.simulated_steps) {
+        writeln!(out, "  {line}")?;
+    }
+    Ok(())
+}
+
+/// The assumptions behind time-to-accuracy predictions, in words.
+fn assumptions(scenarios: &[Scenario], simulated_steps: u64) -> Vec<String> {
+    let mut v = Vec::new();
+    let Some(s) = scenarios.first() else { return v };
+    if let Some(target) = &s.spec.training.target {
+        if let Some(p) = topolab_core::convergence::profile(&s.model.name, &target.metric) {
+            v.push(format!(
+                "convergence: examples E(B) = E_min (1 + B / B_noise), B_noise = {} (McCandlish et al. 2018); anchored on {:.0} epochs at global batch {} to {} {} ({})",
+                p.b_noise,
+                p.anchor_examples / p.epoch_examples,
+                p.anchor_batch,
+                p.anchor_accuracy,
+                p.metric,
+                p.source
+            ));
+        }
+    }
+    let mut gpus: Vec<&Scenario> = scenarios.iter().collect();
+    gpus.dedup_by(|a, b| a.gpu.name == b.gpu.name && a.efficiency == b.efficiency);
+    for g in gpus {
+        v.push(format!(
+            "{}: {} peak x efficiency {} = {:.3} per GPU ({})",
+            g.gpu.name,
+            g.peak(),
+            g.efficiency,
+            g.effective_rate(),
+            g.gpu.source
+        ));
+    }
+    v.push(format!(
+        "prices: {} {} per GPU-hour, {} {} per dedicated PS host-hour",
+        s.spec.cost.gpu_hour, s.spec.cost.currency, s.spec.cost.ps_hour, s.spec.cost.currency
+    ));
+    v.push(format!(
+        "steady state: each configuration was simulated until its mean step time was known to +-{}% at 95% confidence ({} steps here), then extrapolated",
+        topolab_sim::target::PRECISION * 100.0,
+        simulated_steps
+    ));
+    v.push("not modelled: failures and restarts, input pipelines, learning-rate warm-up".into());
+    v
+}
+
+/// A scenario with a sweep: one row per configuration.
+fn run_table(s: &Scenario, a: &Args) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let configs = sweep::configurations(s)?;
+    let rows = sweep::run_all(configs, None)?;
+    let wall = started.elapsed().as_secs_f64();
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir)?;
+        sweep::write_csv(&rows, &dir.join("sweep.csv"))?;
+        eprintln!("wrote {}", dir.join("sweep.csv").display());
+    }
+    let scenarios: Vec<Scenario> = rows.iter().map(|r| r.scenario.clone()).collect();
+    let simulated = rows.iter().filter_map(|r| r.target.as_ref()).map(|t| t.simulated_steps).max().unwrap_or(0);
+    match a.format {
+        Format::Json => print_json(&serde_json::json!({
+            "scenario": s.spec.name, "scenario_hash": s.hash, "rows": sweep::json_rows(&rows),
+            "assumptions": assumptions(&scenarios, simulated), "sim_wall_s": wall,
+        }))?,
+        Format::Csv => sweep::table(&rows, false).write_csv(std::io::stdout().lock())?,
+        Format::Table => {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{} ({}), hash {}", s.spec.name, s.origin, s.hash)?;
+            if !s.spec.description.is_empty() {
+                writeln!(out, "{}", s.spec.description)?;
+            }
+            writeln!(out)?;
+            sweep::table(&rows, true).write_text(&mut out)?;
+            sweep::print_best(&mut out, &rows)?;
+            writeln!(out, "\nAssumptions:")?;
+            for line in assumptions(&scenarios, simulated) {
+                writeln!(out, "  - {line}")?;
+            }
+            writeln!(out, "\nSimulated {} configurations in {:.3} s of wall time.", rows.len(), wall)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

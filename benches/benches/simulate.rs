@@ -1,0 +1,49 @@
+//! Whole simulations, and how their cost grows with workers, PS and steps.
+//! Targets: scenarios/bench/inception-v3-64w-8ps.toml (1000 steps) <= 2 s on one core;
+//! 1024 workers x 32 PS x 100 steps <= 20 s (and <= 2 GiB peak memory, measured on the CLI).
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use topolab_benches::{inception, repo_scenario};
+use topolab_sim::{SimOptions, simulate};
+
+fn opts() -> SimOptions {
+    SimOptions { trace: false, ..SimOptions::default() }
+}
+
+fn targets(c: &mut Criterion) {
+    let mut g = c.benchmark_group("targets");
+    g.sample_size(10);
+    let s = repo_scenario("scenarios/bench/inception-v3-64w-8ps.toml");
+    g.bench_function("inception-v3 64w 8ps 1000 steps", |b| b.iter(|| simulate(&s, &opts()).unwrap().summary.events));
+    let s = inception(1024, 32, 100, 0.0);
+    g.bench_function("inception-v3 1024w 32ps 100 steps", |b| b.iter(|| simulate(&s, &opts()).unwrap().summary.events));
+    g.finish();
+}
+
+fn growth(c: &mut Criterion) {
+    let mut g = c.benchmark_group("growth");
+    g.sample_size(10);
+    // Interchangeable workers are one class: cost should not grow with their number.
+    for w in [16u32, 64, 256, 1024] {
+        let s = inception(w, 8, 100, 0.0);
+        g.bench_with_input(BenchmarkId::new("workers (identical)", w), &s, |b, s| b.iter(|| simulate(s, &opts()).unwrap().summary.events));
+    }
+    // With jitter every worker is a class of its own: cost grows with workers (more flows,
+    // and every connection that turns active or idle re-solves the shared component).
+    for w in [8u32, 16, 32, 64] {
+        let s = inception(w, 8, 10, 0.05);
+        g.bench_with_input(BenchmarkId::new("workers (jitter, 10 steps)", w), &s, |b, s| b.iter(|| simulate(s, &opts()).unwrap().summary.events));
+    }
+    for ps in [1u32, 8, 32] {
+        let s = inception(64, ps, 100, 0.0);
+        g.bench_with_input(BenchmarkId::new("ps", ps), &s, |b, s| b.iter(|| simulate(s, &opts()).unwrap().summary.events));
+    }
+    for steps in [100u64, 1000] {
+        let s = inception(64, 8, steps, 0.0);
+        g.bench_with_input(BenchmarkId::new("steps", steps), &s, |b, s| b.iter(|| simulate(s, &opts()).unwrap().summary.events));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, targets, growth);
+criterion_main!(benches);

@@ -1,0 +1,347 @@
+//! `topolab sweep`: every configuration of a scenario's sweep, in parallel, with the best
+//! configurations and the Pareto front of time versus cost.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use topolab_core::records::RunSummary;
+use topolab_core::scenario::{PsHosts, Scenario, SweepPoint, SweepSpec};
+use topolab_sim::SimOptions;
+use topolab_sim::target::{self, TimeToTarget};
+
+use super::BadInput;
+use crate::output::{Format, Table, print_json};
+
+/// Run every configuration of a scenario's [sweep] and compare them.
+#[derive(clap::Args)]
+#[command(after_help = "\
+The [sweep] table lists axes (workers, ps, nic, batch, gpu, placement, mode) whose cartesian
+product is run, and/or explicit `points = [{ workers = 8, ps = 2 }, ...]`.
+
+Examples:
+  topolab sweep scenarios/examples/inception-v3-sweep.toml --out runs/sweep
+  topolab sweep scenarios/examples/inception-v3-sweep.toml --out runs/sweep --jobs 2
+  topolab sweep scenarios/examples/inception-v3-sweep.toml --out runs/sweep --format json")]
+pub struct Args {
+    /// Scenario file with a [sweep] table.
+    scenario: PathBuf,
+    /// Directory for sweep.csv (one row per configuration).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Configurations simulated at once (default: all cores).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Output format of the printed table.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+/// One configuration and what it gave.
+pub struct Row {
+    /// The axis values of this point.
+    pub point: SweepPoint,
+    /// The configuration.
+    pub scenario: Scenario,
+    /// The simulated summary.
+    pub summary: RunSummary,
+    /// Time to the target, if the scenario has one.
+    pub target: Option<TimeToTarget>,
+}
+
+/// The validated configurations of `base`'s sweep (just `base` without a sweep). All invalid
+/// configurations are reported at once, as bad input.
+pub fn configurations(base: &Scenario) -> anyhow::Result<Vec<(SweepPoint, Scenario)>> {
+    let points = if base.spec.sweep.points() == 0 { vec![SweepPoint::default()] } else { base.spec.sweep.expand() };
+    let dir = Path::new(&base.origin).parent().map(Path::to_path_buf);
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for p in points {
+        let file = SweepSpec::point_file(&base.spec, &p);
+        match Scenario::from_file(file.clone(), &base.origin, dir.as_deref()) {
+            Ok(s) => out.push((p, s)),
+            Err(ps) => {
+                for pr in ps {
+                    problems.push(format!("error: sweep point {}: {pr}", file.name));
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(BadInput(problems.join("\n")).into());
+    }
+    Ok(out)
+}
+
+/// Simulates every configuration on `jobs` threads (results in sweep order), with a progress
+/// bar on stderr when it is a terminal.
+pub fn run_all(configs: Vec<(SweepPoint, Scenario)>, jobs: Option<usize>) -> anyhow::Result<Vec<Row>> {
+    let bar = indicatif::ProgressBar::new(configs.len() as u64);
+    if configs.len() > 1 && std::io::stderr().is_terminal() {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} configurations {msg}")
+                .expect("a valid template"),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs.unwrap_or(0)).build()?;
+    let opts = SimOptions { trace: false, ..SimOptions::default() };
+    let results: Vec<anyhow::Result<Row>> = pool.install(|| {
+        configs
+            .into_par_iter()
+            .map(|(point, s)| {
+                let r = simulate_one(&s, &opts).map(|(summary, target)| Row { point, scenario: s, summary, target });
+                bar.inc(1);
+                r
+            })
+            .collect()
+    });
+    bar.finish_and_clear();
+    results.into_iter().collect()
+}
+
+fn simulate_one(s: &Scenario, opts: &SimOptions) -> anyhow::Result<(RunSummary, Option<TimeToTarget>)> {
+    let bad = |e: String| anyhow::Error::new(BadInput(format!("error: {}: {e}", s.spec.name)));
+    if s.spec.training.target.is_some() {
+        match target::time_to_target(s, opts) {
+            Ok((run, t)) => Ok((run.summary, Some(t))),
+            Err(target::TargetError::Sim(e)) if !e.is_bad_input() => Err(e.into()),
+            Err(e) => Err(bad(e.to_string())),
+        }
+    } else {
+        match topolab_sim::simulate(s, opts) {
+            Ok(run) => Ok((run.summary, None)),
+            Err(e) if e.is_bad_input() => Err(bad(e.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn days(s: f64) -> String {
+    if s >= 86400.0 { format!("{:.1} d", s / 86400.0) } else { format!("{:.1} h", s / 3600.0) }
+}
+
+/// The comparison table: one row per configuration.
+pub fn table(rows: &[Row], human: bool) -> Table {
+    let with_target = rows.iter().any(|r| r.target.is_some());
+    let mut header = vec!["gpu", "workers", "ps", "mode", "placement", "nic", "samples_per_s", "step_s"];
+    if with_target {
+        header.extend(["time_to_target", "speedup", "gpu_hours", "cost"]);
+    }
+    header.push("bottleneck");
+    let mut t = Table::new(header).right_align(&[1, 2, 6, 7, 8, 9, 10, 11]);
+    let base_time = rows.first().and_then(|r| r.target.as_ref()).map(|t| t.time_to_target_s);
+    for r in rows {
+        let s = &r.scenario;
+        let mut row = vec![
+            s.gpu.name.clone(),
+            s.spec.topology.workers.to_string(),
+            s.spec.topology.ps.to_string(),
+            s.spec.topology.mode.as_str().to_string(),
+            s.spec.topology.placement.as_str().to_string(),
+            s.nic.to_string(),
+            format!("{:.1}", r.summary.throughput_samples_per_s),
+            format!("{:.3}", r.summary.step_time_s.mean),
+        ];
+        if with_target {
+            match &r.target {
+                Some(tt) => {
+                    row.push(if human { days(tt.time_to_target_s) } else { format!("{:.0}", tt.time_to_target_s) });
+                    row.push(base_time.map_or("-".into(), |b| format!("{:.1}x", b / tt.time_to_target_s)));
+                    row.push(format!("{:.0}", tt.gpu_hours));
+                    row.push(if human { format!("{:.0} {}", tt.cost, tt.currency) } else { format!("{:.2}", tt.cost) });
+                }
+                None => row.extend(["-".into(), "-".into(), "-".into(), "-".into()]),
+            }
+        }
+        row.push(r.summary.bottleneck.clone());
+        t.row(row);
+    }
+    t
+}
+
+/// JSON rows (one object per configuration).
+pub fn json_rows(rows: &[Row]) -> Vec<serde_json::Value> {
+    rows.iter()
+        .map(|r| {
+            let s = &r.scenario;
+            let mut v = serde_json::json!({
+                "scenario": s.spec.name, "gpu": s.gpu.name, "workers": s.spec.topology.workers, "ps": s.spec.topology.ps,
+                "mode": s.spec.topology.mode.as_str(), "placement": s.spec.topology.placement.as_str(),
+                "nic_bits_per_s": s.nic.0, "batch": s.spec.batch,
+                "throughput_samples_per_s": r.summary.throughput_samples_per_s,
+                "step_time_s": r.summary.step_time_s, "utilization": r.summary.utilization,
+                "bottleneck": r.summary.bottleneck, "scenario_hash": s.hash,
+                "sweep_point": r.point.values().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            });
+            if let Some(t) = &r.target {
+                for (k, x) in [
+                    ("time_to_target_s", t.time_to_target_s),
+                    ("steps", t.steps),
+                    ("epochs", t.epochs),
+                    ("examples", t.examples),
+                    ("gpu_hours", t.gpu_hours),
+                    ("cost", t.cost),
+                    ("global_batch", t.global_batch),
+                ] {
+                    v[k] = serde_json::json!(x);
+                }
+                v["currency"] = serde_json::json!(t.currency);
+                v["simulated_steps"] = serde_json::json!(t.simulated_steps);
+            }
+            v
+        })
+        .collect()
+}
+
+/// Indices of the Pareto front of (time, cost), sorted by time: no other row is both faster
+/// and cheaper.
+pub fn pareto(rows: &[Row]) -> Vec<usize> {
+    let key = |r: &Row| r.target.as_ref().map(|t| (t.time_to_target_s, t.cost));
+    let mut idx: Vec<usize> = (0..rows.len()).filter(|&i| key(&rows[i]).is_some()).collect();
+    idx.sort_by(|&a, &b| key(&rows[a]).unwrap().partial_cmp(&key(&rows[b]).unwrap()).unwrap_or(std::cmp::Ordering::Equal));
+    let mut front = Vec::new();
+    let mut best_cost = f64::INFINITY;
+    for i in idx {
+        let (_, c) = key(&rows[i]).unwrap();
+        if c < best_cost {
+            best_cost = c;
+            front.push(i);
+        }
+    }
+    front
+}
+
+/// Writes sweep.csv: every axis and the summary (and target) fields, one row per point.
+pub fn write_csv(rows: &[Row], path: &Path) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    {
+        let mut w = csv::Writer::from_writer(&mut buf);
+        let mut header: Vec<&str> = vec!["workers", "ps", "nic", "batch", "gpu", "placement", "mode", "ps_hosts"];
+        header.extend(topolab_core::records::SUMMARY_COLUMNS.iter().copied().filter(|c| !["workers", "ps"].contains(c)));
+        header.extend(["time_to_target_s", "steps_to_target", "epochs", "gpu_hours", "cost", "currency", "simulated_steps"]);
+        w.write_record(&header)?;
+        for r in rows {
+            let s = &r.scenario;
+            let mut summary_csv = Vec::new();
+            topolab_core::records::write_summaries_csv(std::slice::from_ref(&r.summary), &mut summary_csv)?;
+            let mut rd = csv::Reader::from_reader(summary_csv.as_slice());
+            let rec = rd.records().next().expect("one summary row")?;
+            let mut row: Vec<String> = vec![
+                s.spec.topology.workers.to_string(),
+                s.spec.topology.ps.to_string(),
+                s.spec.network.nic.clone(),
+                s.spec.batch.to_string(),
+                s.gpu.name.clone(),
+                s.spec.topology.placement.as_str().into(),
+                s.spec.topology.mode.as_str().into(),
+                if s.spec.topology.ps_hosts == PsHosts::Dedicated { "dedicated".into() } else { "colocated".into() },
+            ];
+            for (i, c) in topolab_core::records::SUMMARY_COLUMNS.iter().enumerate() {
+                if !["workers", "ps"].contains(c) {
+                    row.push(rec.get(i).unwrap_or("").to_string());
+                }
+            }
+            match &r.target {
+                Some(t) => row.extend([
+                    format!("{}", t.time_to_target_s),
+                    format!("{}", t.steps),
+                    format!("{}", t.epochs),
+                    format!("{}", t.gpu_hours),
+                    format!("{}", t.cost),
+                    t.currency.clone(),
+                    t.simulated_steps.to_string(),
+                ]),
+                None => row.extend(std::iter::repeat_n(String::new(), 7)),
+            }
+            w.write_record(&row)?;
+        }
+        w.flush()?;
+    }
+    topolab_sim::write_atomic(path, &buf)?;
+    Ok(())
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let base = super::load_scenario(Some(&a.scenario))?;
+    if base.spec.sweep.points() == 0 {
+        return Err(BadInput(format!(
+            "error: {} has no [sweep] table; add axes such as `workers = [8, 16, 32]` under [sweep]",
+            a.scenario.display()
+        ))
+        .into());
+    }
+    let configs = configurations(&base)?;
+    std::fs::create_dir_all(&a.out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", a.out.display()))?;
+    let started = Instant::now();
+    let n = configs.len();
+    let rows = run_all(configs, a.jobs)?;
+    let wall = started.elapsed().as_secs_f64();
+    let csv_path = a.out.join("sweep.csv");
+    write_csv(&rows, &csv_path)?;
+    match a.format {
+        Format::Json => print_json(&serde_json::json!({
+            "rows": json_rows(&rows), "best_by_time": best(&rows, false), "best_by_cost": best(&rows, true),
+            "pareto": pareto(&rows), "sim_wall_s": wall, "csv": csv_path.display().to_string(),
+        }))?,
+        Format::Csv => table(&rows, false).write_csv(std::io::stdout().lock())?,
+        Format::Table => {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "Sweep of {} ({} configurations)\n", base.spec.name, n)?;
+            table(&rows, true).write_text(&mut out)?;
+            print_best(&mut out, &rows)?;
+            writeln!(out, "\nwrote {} ({} rows) in {:.2} s of simulation wall time", csv_path.display(), rows.len(), wall)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Index of the best row by time to target (or by step throughput without a target), or by cost.
+fn best(rows: &[Row], by_cost: bool) -> Option<usize> {
+    let key = |r: &Row| match (&r.target, by_cost) {
+        (Some(t), false) => t.time_to_target_s,
+        (Some(t), true) => t.cost,
+        (None, _) => -r.summary.throughput_samples_per_s,
+    };
+    (0..rows.len()).min_by(|&a, &b| key(&rows[a]).total_cmp(&key(&rows[b])))
+}
+
+fn describe(r: &Row) -> String {
+    let s = &r.scenario;
+    let mut d = format!(
+        "{} workers x {} {}, {} PS, {} {}, {} NICs",
+        s.spec.topology.workers,
+        s.spec.hardware.gpus_per_host,
+        s.gpu.name,
+        s.spec.topology.ps,
+        s.spec.topology.mode.as_str(),
+        s.spec.topology.placement.as_str(),
+        s.nic
+    );
+    match &r.target {
+        Some(t) => d.push_str(&format!(": {} to {}, {:.0} {}", days(t.time_to_target_s), t.target, t.cost, t.currency)),
+        None => d.push_str(&format!(": {:.1} samples/s", r.summary.throughput_samples_per_s)),
+    }
+    d
+}
+
+/// Prints the best configurations and the Pareto front.
+pub fn print_best(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {
+    if let Some(i) = best(rows, false) {
+        let what = if rows[i].target.is_some() { "time" } else { "throughput" };
+        writeln!(out, "\nBest by {what}: {}", describe(&rows[i]))?;
+    }
+    if rows.iter().any(|r| r.target.is_some()) {
+        if let Some(i) = best(rows, true) {
+            writeln!(out, "Best by cost: {}", describe(&rows[i]))?;
+        }
+        writeln!(out, "Pareto front (time vs cost; nothing else is both faster and cheaper):")?;
+        for i in pareto(rows) {
+            writeln!(out, "  {}", describe(&rows[i]))?;
+        }
+    }
+    Ok(())
+}
