@@ -26,21 +26,29 @@ fn growth(c: &mut Criterion) {
     // Interchangeable workers are one class: cost should not grow with their number.
     for w in [16u32, 64, 256, 1024] {
         let s = inception(w, 8, 100, 0.0);
-        g.bench_with_input(BenchmarkId::new("workers (identical)", w), &s, |b, s| b.iter(|| simulate(s, &opts()).unwrap().summary.events));
+        g.bench_with_input(BenchmarkId::new("workers (identical)", w), &s, |b, s| {
+            b.iter(|| simulate(s, &opts()).unwrap().summary.events)
+        });
     }
     // With jitter every worker is a class of its own: cost grows with workers (more flows,
     // and every connection that turns active or idle re-solves the shared component).
     for w in [8u32, 16, 32, 64] {
         let s = inception(w, 8, 10, 0.05);
-        g.bench_with_input(BenchmarkId::new("workers (jitter, 10 steps)", w), &s, |b, s| b.iter(|| simulate(s, &opts()).unwrap().summary.events));
+        g.bench_with_input(BenchmarkId::new("workers (jitter, 10 steps)", w), &s, |b, s| {
+            b.iter(|| simulate(s, &opts()).unwrap().summary.events)
+        });
     }
     for ps in [1u32, 8, 32] {
         let s = inception(64, ps, 100, 0.0);
-        g.bench_with_input(BenchmarkId::new("ps", ps), &s, |b, s| b.iter(|| simulate(s, &opts()).unwrap().summary.events));
+        g.bench_with_input(BenchmarkId::new("ps", ps), &s, |b, s| {
+            b.iter(|| simulate(s, &opts()).unwrap().summary.events)
+        });
     }
     for steps in [100u64, 1000] {
         let s = inception(64, 8, steps, 0.0);
-        g.bench_with_input(BenchmarkId::new("steps", steps), &s, |b, s| b.iter(|| simulate(s, &opts()).unwrap().summary.events));
+        g.bench_with_input(BenchmarkId::new("steps", steps), &s, |b, s| {
+            b.iter(|| simulate(s, &opts()).unwrap().summary.events)
+        });
     }
     g.finish();
 }

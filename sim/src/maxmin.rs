@@ -28,7 +28,12 @@ pub struct Use {
 /// Cost: one pass over the paths to index them, then one round per distinct fair level, each
 /// a scan of the touched resources plus the paths of the flows it freezes: O(R x levels + P)
 /// for R resources and P path entries.
-pub fn solve<'p>(flows: &[usize], path_of: impl Fn(usize) -> &'p [Use], capacity: &[f64], scratch: &mut Scratch) -> Vec<f64> {
+pub fn solve<'p>(
+    flows: &[usize],
+    path_of: impl Fn(usize) -> &'p [Use],
+    capacity: &[f64],
+    scratch: &mut Scratch,
+) -> Vec<f64> {
     let n = flows.len();
     let mut rate = vec![0.0; n];
     let mut frozen = vec![false; n];
@@ -75,8 +80,7 @@ pub fn solve<'p>(flows: &[usize], path_of: impl Fn(usize) -> &'p [Use], capacity
             }
         }
         // Freeze the flows of every resource that is now full (the argmin always is).
-        for k in 0..touched.len() {
-            let r = touched[k];
+        for &r in &touched {
             let full = r == argmin || scratch.left[r] <= 1e-12 * capacity[r];
             if scratch.count[r] == 0 || !full {
                 continue;
@@ -195,7 +199,7 @@ mod tests {
     fn two_flows_share_a_nic_equally() {
         // 2 flows share a 10 Gbit/s NIC (1.25 bytes/ns): each gets 0.625 bytes/ns = 5 Gbit/s;
         // 100 MB then takes 1e8 / 0.625 ns = 160 ms.
-        let paths = vec![vec![u(0, 1.0)], vec![u(0, 1.0)]];
+        let paths = [vec![u(0, 1.0)], vec![u(0, 1.0)]];
         let r = solve(&[0, 1], |f| &paths[f], &[1.25], &mut Scratch::new(1));
         assert_eq!(r, vec![0.625, 0.625]);
         assert_eq!(1e8 / r[0], 160e6);
@@ -215,7 +219,7 @@ mod tests {
     fn weights_count_connections_of_a_class() {
         // A class of 4 identical hosts each sends one connection into one NIC of capacity 1:
         // weight 4 on the shared NIC, so each connection gets 0.25.
-        let paths = vec![vec![u(0, 4.0), u(1, 1.0)]];
+        let paths = [vec![u(0, 4.0), u(1, 1.0)]];
         assert_eq!(solve(&[0], |f| &paths[f], &[1.0, 1.0], &mut Scratch::new(2)), vec![0.25]);
     }
 }

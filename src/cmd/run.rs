@@ -189,18 +189,18 @@ fn print_target(s: &Scenario, t: &TimeToTarget) -> anyhow::Result<()> {
 fn assumptions(scenarios: &[Scenario], simulated_steps: u64) -> Vec<String> {
     let mut v = Vec::new();
     let Some(s) = scenarios.first() else { return v };
-    if let Some(target) = &s.spec.training.target {
-        if let Some(p) = topolab_core::convergence::profile(&s.model.name, &target.metric) {
-            v.push(format!(
-                "convergence: examples E(B) = E_min (1 + B / B_noise), B_noise = {} (McCandlish et al. 2018); anchored on {:.0} epochs at global batch {} to {} {} ({})",
-                p.b_noise,
-                p.anchor_examples / p.epoch_examples,
-                p.anchor_batch,
-                p.anchor_accuracy,
-                p.metric,
-                p.source
-            ));
-        }
+    if let Some(target) = &s.spec.training.target
+        && let Some(p) = topolab_core::convergence::profile(&s.model.name, &target.metric)
+    {
+        v.push(format!(
+            "convergence: examples E(B) = E_min (1 + B / B_noise), B_noise = {} (McCandlish et al. 2018); anchored on {:.0} epochs at global batch {} to {} {} ({})",
+            p.b_noise,
+            p.anchor_examples / p.epoch_examples,
+            p.anchor_batch,
+            p.anchor_accuracy,
+            p.metric,
+            p.source
+        ));
     }
     let mut gpus: Vec<&Scenario> = scenarios.iter().collect();
     gpus.dedup_by(|a, b| a.gpu.name == b.gpu.name && a.efficiency == b.efficiency);

@@ -81,8 +81,10 @@ pub fn run_all(configs: Vec<(SweepPoint, Scenario)>, jobs: Option<usize>) -> any
     let bar = indicatif::ProgressBar::new(configs.len() as u64);
     if configs.len() > 1 && std::io::stderr().is_terminal() {
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} configurations {msg}")
-                .expect("a valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} configurations {msg}",
+            )
+            .expect("a valid template"),
         );
     } else {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -202,7 +204,9 @@ pub fn json_rows(rows: &[Row]) -> Vec<serde_json::Value> {
 pub fn pareto(rows: &[Row]) -> Vec<usize> {
     let key = |r: &Row| r.target.as_ref().map(|t| (t.time_to_target_s, t.cost));
     let mut idx: Vec<usize> = (0..rows.len()).filter(|&i| key(&rows[i]).is_some()).collect();
-    idx.sort_by(|&a, &b| key(&rows[a]).unwrap().partial_cmp(&key(&rows[b]).unwrap()).unwrap_or(std::cmp::Ordering::Equal));
+    idx.sort_by(|&a, &b| {
+        key(&rows[a]).unwrap().partial_cmp(&key(&rows[b]).unwrap()).unwrap_or(std::cmp::Ordering::Equal)
+    });
     let mut front = Vec::new();
     let mut best_cost = f64::INFINITY;
     for i in idx {
@@ -221,8 +225,17 @@ pub fn write_csv(rows: &[Row], path: &Path) -> anyhow::Result<()> {
     {
         let mut w = csv::Writer::from_writer(&mut buf);
         let mut header: Vec<&str> = vec!["workers", "ps", "nic", "batch", "gpu", "placement", "mode", "ps_hosts"];
-        header.extend(topolab_core::records::SUMMARY_COLUMNS.iter().copied().filter(|c| !["workers", "ps"].contains(c)));
-        header.extend(["time_to_target_s", "steps_to_target", "epochs", "gpu_hours", "cost", "currency", "simulated_steps"]);
+        header
+            .extend(topolab_core::records::SUMMARY_COLUMNS.iter().copied().filter(|c| !["workers", "ps"].contains(c)));
+        header.extend([
+            "time_to_target_s",
+            "steps_to_target",
+            "epochs",
+            "gpu_hours",
+            "cost",
+            "currency",
+            "simulated_steps",
+        ]);
         w.write_record(&header)?;
         for r in rows {
             let s = &r.scenario;
@@ -293,7 +306,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             writeln!(out, "Sweep of {} ({} configurations)\n", base.spec.name, n)?;
             table(&rows, true).write_text(&mut out)?;
             print_best(&mut out, &rows)?;
-            writeln!(out, "\nwrote {} ({} rows) in {:.2} s of simulation wall time", csv_path.display(), rows.len(), wall)?;
+            writeln!(
+                out,
+                "\nwrote {} ({} rows) in {:.2} s of simulation wall time",
+                csv_path.display(),
+                rows.len(),
+                wall
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -88,7 +88,7 @@ fn run_without_argument_uses_the_built_in_default() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("<built-in default>") && text.contains("inception-v3") && text.contains("k40"), "{text}");
-    assert!(text.contains("Step time") && text.contains("Bottleneck"), "{text}");
+    assert!(text.contains("time_to_target") && text.contains("bottleneck") && text.contains("Assumptions:"), "{text}");
 }
 
 #[test]
@@ -105,7 +105,7 @@ fn schema_is_json_describing_the_scenario_tables() {
 fn every_subcommand_help_shows_an_example() {
     let top = stdout(&topolab(&["--help"]));
     assert!(top.contains("Examples:"));
-    for sub in ["run", "check", "schema", "models", "hardware", "placement", "plan", "scenarios"] {
+    for sub in ["run", "sweep", "check", "schema", "models", "hardware", "placement", "plan", "scenarios"] {
         let out = topolab(&[sub, "--help"]);
         assert_eq!(out.status.code(), Some(0));
         let text = stdout(&out);
@@ -165,4 +165,75 @@ fn run_out_writes_the_three_files_and_refuses_an_oversized_model() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("needs") && stderr(&out).contains("lower `batch`"), "{}", stderr(&out));
     std::fs::remove_file(&bad).ok();
+}
+
+#[test]
+fn default_run_json_has_one_row_per_cluster_and_the_half_year_baseline() {
+    let out = topolab(&["run", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert!(rows.len() >= 4);
+    for r in rows {
+        for k in [
+            "gpu",
+            "workers",
+            "ps",
+            "throughput_samples_per_s",
+            "time_to_target_s",
+            "steps",
+            "gpu_hours",
+            "cost",
+            "bottleneck",
+        ] {
+            assert!(!r[k].is_null(), "row lacks {k}: {r}");
+        }
+    }
+    let one = rows.iter().find(|r| r["workers"] == 1).unwrap();
+    let days = one["time_to_target_s"].as_f64().unwrap() / 86400.0;
+    assert!((150.0..=185.0).contains(&days), "one K40: {days} days");
+    // More workers finish sooner.
+    let t: Vec<f64> = rows.iter().map(|r| r["time_to_target_s"].as_f64().unwrap()).collect();
+    assert!(t.windows(2).all(|w| w[1] < w[0]), "{t:?}");
+    assert!(v["sim_wall_s"].as_f64().unwrap() > 0.0);
+    assert!(!v["assumptions"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn sweep_writes_one_csv_row_per_point_and_names_the_best() {
+    let dir = std::env::temp_dir().join(format!("topolab-sweep-{}", std::process::id()));
+    let out = topolab(&[
+        "sweep",
+        "scenarios/examples/inception-v3-sweep.toml",
+        "--out",
+        dir.to_str().unwrap(),
+        "--jobs",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("Best by time:") && text.contains("Best by cost:") && text.contains("Pareto front"),
+        "{text}"
+    );
+    let mut r = csv::Reader::from_path(dir.join("sweep.csv")).unwrap();
+    let headers = r.headers().unwrap().clone();
+    for col in ["workers", "ps", "nic", "gpu", "mode", "step_time_s.p50", "time_to_target_s", "cost"] {
+        assert!(headers.iter().any(|h| h == col), "sweep.csv lacks {col}");
+    }
+    let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+    // workers [8, 16, 32, 64] x ps [1, 2, 4, 8] = 16 points.
+    assert_eq!(rows.len(), 16);
+    let pairs: std::collections::BTreeSet<(String, String)> =
+        rows.iter().map(|r| (r[0].to_string(), r[1].to_string())).collect();
+    assert_eq!(pairs.len(), 16, "every point once");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn sweep_without_a_sweep_table_is_bad_input() {
+    let out = topolab(&["sweep", "scenarios/examples/inception-v3-1xk40.toml", "--out", "/nonexistent-never-written"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("has no [sweep] table"));
+    assert!(!std::path::Path::new("/nonexistent-never-written").exists());
 }

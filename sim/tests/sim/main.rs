@@ -5,6 +5,7 @@ mod determinism;
 mod golden;
 mod maxmin_property;
 mod paper_cases;
+mod sanity;
 mod simgrid_crosscheck;
 
 use std::path::{Path, PathBuf};
