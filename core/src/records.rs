@@ -442,3 +442,244 @@ mod tests {
         assert_eq!((st.mean, st.p50, st.p99), (2.0, 1.0, 3.0));
     }
 }
+
+/// One configuration of a sweep: its axis values, its summary and, with a target, its time to
+/// accuracy. The rows of `sweep.csv`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepRecord {
+    /// Worker hosts.
+    pub workers: u32,
+    /// Parameter-server shards.
+    pub ps: u32,
+    /// NIC as written (preset or rate).
+    pub nic: String,
+    /// Per-replica batch.
+    pub batch: u64,
+    /// GPU name.
+    pub gpu: String,
+    /// Placement.
+    pub placement: String,
+    /// Mode.
+    pub mode: String,
+    /// "dedicated" or "colocated".
+    pub ps_hosts: String,
+    /// The simulated summary (its `workers` and `ps` equal the fields above).
+    pub summary: RunSummary,
+    /// Time to the target, if the scenario has one.
+    pub target: Option<TargetRecord>,
+}
+
+/// Time-to-accuracy figures of one configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetRecord {
+    /// Seconds to the target.
+    pub time_to_target_s: f64,
+    /// Updates to the target.
+    pub steps_to_target: f64,
+    /// Epochs to the target.
+    pub epochs: f64,
+    /// GPU-hours.
+    pub gpu_hours: f64,
+    /// Cost.
+    pub cost: f64,
+    /// Currency of the cost.
+    pub currency: String,
+    /// Steps simulated before extrapolating.
+    pub simulated_steps: u64,
+}
+
+const SWEEP_AXES: &[&str] = &["workers", "ps", "nic", "batch", "gpu", "placement", "mode", "ps_hosts"];
+const SWEEP_TARGET: &[&str] =
+    &["time_to_target_s", "steps_to_target", "epochs", "gpu_hours", "cost", "currency", "simulated_steps"];
+
+/// Column names of sweep.csv: the axes, the summary columns (less workers and ps), the target.
+pub fn sweep_columns() -> Vec<&'static str> {
+    let mut c: Vec<&str> = SWEEP_AXES.to_vec();
+    c.extend(SUMMARY_COLUMNS.iter().copied().filter(|c| !["workers", "ps"].contains(c)));
+    c.extend(SWEEP_TARGET);
+    c
+}
+
+/// Writes sweep.csv.
+pub fn write_sweep_csv<W: Write>(rows: &[SweepRecord], out: W) -> Result<(), RecordError> {
+    let err = |source: csv::Error| RecordError::Csv { origin: "sweep.csv".into(), source };
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record(sweep_columns()).map_err(err)?;
+    for r in rows {
+        let mut row = vec![
+            r.workers.to_string(),
+            r.ps.to_string(),
+            r.nic.clone(),
+            r.batch.to_string(),
+            r.gpu.clone(),
+            r.placement.clone(),
+            r.mode.clone(),
+            r.ps_hosts.clone(),
+        ];
+        let summary = r.summary.row();
+        for (i, c) in SUMMARY_COLUMNS.iter().enumerate() {
+            if !["workers", "ps"].contains(c) {
+                row.push(summary[i].clone());
+            }
+        }
+        match &r.target {
+            Some(t) => row.extend([
+                format!("{}", t.time_to_target_s),
+                format!("{}", t.steps_to_target),
+                format!("{}", t.epochs),
+                format!("{}", t.gpu_hours),
+                format!("{}", t.cost),
+                t.currency.clone(),
+                t.simulated_steps.to_string(),
+            ]),
+            None => row.extend(std::iter::repeat_n(String::new(), SWEEP_TARGET.len())),
+        }
+        w.write_record(&row).map_err(err)?;
+    }
+    w.flush().map_err(|e| err(e.into()))?;
+    Ok(())
+}
+
+/// Reads sweep.csv.
+pub fn read_sweep_csv<R: Read>(input: R, origin: &str) -> Result<Vec<SweepRecord>, RecordError> {
+    let err = |source: csv::Error| RecordError::Csv { origin: origin.into(), source };
+    let mut r = csv::Reader::from_reader(input);
+    let found: Vec<String> = r.headers().map_err(err)?.iter().map(String::from).collect();
+    let expected = sweep_columns();
+    if found != expected {
+        return Err(RecordError::Columns {
+            origin: origin.into(),
+            found: found.join(","),
+            expected: expected.join(","),
+        });
+    }
+    let n_axes = SWEEP_AXES.len();
+    let n_sum = SUMMARY_COLUMNS.len() - 2;
+    let mut out = Vec::new();
+    for rec in r.records() {
+        let rec = rec.map_err(err)?;
+        let line = rec.position().map_or(0, |p| p.line());
+        let get = |i: usize| rec.get(i).unwrap_or("").to_string();
+        let bad = |col: &str| RecordError::Csv {
+            origin: origin.into(),
+            source: csv::Error::from(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("line {line}: column `{col}` is malformed"),
+            )),
+        };
+        let workers: u32 = get(0).parse().map_err(|_| bad("workers"))?;
+        let ps: u32 = get(1).parse().map_err(|_| bad("ps"))?;
+        // Rebuild a summary row (with workers and ps back in place) and parse it.
+        let mut summary_row: Vec<String> = Vec::with_capacity(SUMMARY_COLUMNS.len());
+        let mut k = n_axes;
+        for c in SUMMARY_COLUMNS {
+            match *c {
+                "workers" => summary_row.push(workers.to_string()),
+                "ps" => summary_row.push(ps.to_string()),
+                _ => {
+                    summary_row.push(get(k));
+                    k += 1;
+                }
+            }
+        }
+        let mut buf = Vec::new();
+        {
+            let mut w = csv::Writer::from_writer(&mut buf);
+            w.write_record(SUMMARY_COLUMNS).map_err(err)?;
+            w.write_record(&summary_row).map_err(err)?;
+            w.flush().map_err(|e| err(e.into()))?;
+        }
+        let summary = read_summaries_csv(buf.as_slice(), origin)?.pop().ok_or_else(|| bad("summary"))?;
+        let t0 = n_axes + n_sum;
+        let target = if get(t0).is_empty() {
+            None
+        } else {
+            let num = |i: usize| get(i).parse::<f64>().map_err(|_| bad(SWEEP_TARGET[i - t0]));
+            Some(TargetRecord {
+                time_to_target_s: num(t0)?,
+                steps_to_target: num(t0 + 1)?,
+                epochs: num(t0 + 2)?,
+                gpu_hours: num(t0 + 3)?,
+                cost: num(t0 + 4)?,
+                currency: get(t0 + 5),
+                simulated_steps: get(t0 + 6).parse().map_err(|_| bad("simulated_steps"))?,
+            })
+        };
+        out.push(SweepRecord {
+            workers,
+            ps,
+            nic: get(2),
+            batch: get(3).parse().map_err(|_| bad("batch"))?,
+            gpu: get(4),
+            placement: get(5),
+            mode: get(6),
+            ps_hosts: get(7),
+            summary,
+            target,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+
+    #[test]
+    fn sweep_records_round_trip() {
+        let summary = RunSummary {
+            scenario: "s[workers=2]".into(),
+            scenario_hash: "h".into(),
+            seed: 1,
+            version: VERSION.into(),
+            source: "sim".into(),
+            workers: 2,
+            ps: 1,
+            steps: 20,
+            step_time_s: StepTime { mean: 1.5, p50: 1.5, p90: 1.5, p99: 1.5 },
+            throughput_samples_per_s: 42.0,
+            breakdown_s: Breakdown { compute: 1.0, exposed_comm: 0.4, wait: 0.1 },
+            utilization: Utilization::default(),
+            bottleneck: "GPU compute, mostly".into(),
+            events: 99,
+            wall_s: None,
+        };
+        let rows = vec![
+            SweepRecord {
+                workers: 2,
+                ps: 1,
+                nic: "10GbE".into(),
+                batch: 32,
+                gpu: "k40".into(),
+                placement: "greedy".into(),
+                mode: "sync".into(),
+                ps_hosts: "dedicated".into(),
+                summary: summary.clone(),
+                target: Some(TargetRecord {
+                    time_to_target_s: 1e6,
+                    steps_to_target: 5e4,
+                    epochs: 90.5,
+                    gpu_hours: 555.5,
+                    cost: 500.25,
+                    currency: "USD".into(),
+                    simulated_steps: 20,
+                }),
+            },
+            SweepRecord {
+                workers: 2,
+                ps: 1,
+                nic: "10 Gbit/s".into(),
+                batch: 32,
+                gpu: "k40".into(),
+                placement: "greedy".into(),
+                mode: "sync".into(),
+                ps_hosts: "dedicated".into(),
+                summary,
+                target: None,
+            },
+        ];
+        let mut buf = Vec::new();
+        write_sweep_csv(&rows, &mut buf).unwrap();
+        assert_eq!(read_sweep_csv(buf.as_slice(), "m").unwrap(), rows);
+    }
+}

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use rayon::prelude::*;
-use topolab_core::records::RunSummary;
+use topolab_core::records::{RunSummary, SweepRecord, TargetRecord};
 use topolab_core::scenario::{PsHosts, Scenario, SweepPoint, SweepSpec};
 use topolab_sim::SimOptions;
 use topolab_sim::target::{self, TimeToTarget};
@@ -219,61 +219,37 @@ pub fn pareto(rows: &[Row]) -> Vec<usize> {
     front
 }
 
-/// Writes sweep.csv: every axis and the summary (and target) fields, one row per point.
-pub fn write_csv(rows: &[Row], path: &Path) -> anyhow::Result<()> {
-    let mut buf = Vec::new();
-    {
-        let mut w = csv::Writer::from_writer(&mut buf);
-        let mut header: Vec<&str> = vec!["workers", "ps", "nic", "batch", "gpu", "placement", "mode", "ps_hosts"];
-        header
-            .extend(topolab_core::records::SUMMARY_COLUMNS.iter().copied().filter(|c| !["workers", "ps"].contains(c)));
-        header.extend([
-            "time_to_target_s",
-            "steps_to_target",
-            "epochs",
-            "gpu_hours",
-            "cost",
-            "currency",
-            "simulated_steps",
-        ]);
-        w.write_record(&header)?;
-        for r in rows {
-            let s = &r.scenario;
-            let mut summary_csv = Vec::new();
-            topolab_core::records::write_summaries_csv(std::slice::from_ref(&r.summary), &mut summary_csv)?;
-            let mut rd = csv::Reader::from_reader(summary_csv.as_slice());
-            let rec = rd.records().next().expect("one summary row")?;
-            let mut row: Vec<String> = vec![
-                s.spec.topology.workers.to_string(),
-                s.spec.topology.ps.to_string(),
-                s.spec.network.nic.clone(),
-                s.spec.batch.to_string(),
-                s.gpu.name.clone(),
-                s.spec.topology.placement.as_str().into(),
-                s.spec.topology.mode.as_str().into(),
-                if s.spec.topology.ps_hosts == PsHosts::Dedicated { "dedicated".into() } else { "colocated".into() },
-            ];
-            for (i, c) in topolab_core::records::SUMMARY_COLUMNS.iter().enumerate() {
-                if !["workers", "ps"].contains(c) {
-                    row.push(rec.get(i).unwrap_or("").to_string());
-                }
-            }
-            match &r.target {
-                Some(t) => row.extend([
-                    format!("{}", t.time_to_target_s),
-                    format!("{}", t.steps),
-                    format!("{}", t.epochs),
-                    format!("{}", t.gpu_hours),
-                    format!("{}", t.cost),
-                    t.currency.clone(),
-                    t.simulated_steps.to_string(),
-                ]),
-                None => row.extend(std::iter::repeat_n(String::new(), 7)),
-            }
-            w.write_record(&row)?;
-        }
-        w.flush()?;
+/// The sweep.csv record of a row.
+pub fn record(r: &Row) -> SweepRecord {
+    let s = &r.scenario;
+    SweepRecord {
+        workers: s.spec.topology.workers,
+        ps: s.spec.topology.ps,
+        nic: s.spec.network.nic.clone(),
+        batch: s.spec.batch,
+        gpu: s.gpu.name.clone(),
+        placement: s.spec.topology.placement.as_str().into(),
+        mode: s.spec.topology.mode.as_str().into(),
+        ps_hosts: if s.spec.topology.ps_hosts == PsHosts::Dedicated { "dedicated".into() } else { "colocated".into() },
+        summary: r.summary.clone(),
+        target: r.target.as_ref().map(|t| TargetRecord {
+            time_to_target_s: t.time_to_target_s,
+            steps_to_target: t.steps,
+            epochs: t.epochs,
+            gpu_hours: t.gpu_hours,
+            cost: t.cost,
+            currency: t.currency.clone(),
+            simulated_steps: t.simulated_steps,
+        }),
     }
+}
+
+/// Writes sweep.csv (atomically): every axis and the summary (and target) fields, one row per
+/// point.
+pub fn write_csv(rows: &[Row], path: &Path) -> anyhow::Result<()> {
+    let records: Vec<SweepRecord> = rows.iter().map(record).collect();
+    let mut buf = Vec::new();
+    topolab_core::records::write_sweep_csv(&records, &mut buf)?;
     topolab_sim::write_atomic(path, &buf)?;
     Ok(())
 }
