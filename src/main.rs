@@ -22,7 +22,7 @@ const EXIT_BAD_INPUT: u8 = 2;
     after_help = "\
 Examples:
   topolab run                                   # simulate the built-in default: Inception-v3 on one K40
-  topolab sweep scenarios/examples/inception-v3-sweep.toml --out runs/sweep
+  topolab sweep scenarios/examples/inception-v3-sweep.toml --out runs/sweep --report reports/sweep
   topolab check scenarios/examples/*.toml       # validate scenarios (exit 2 on errors)
   topolab models                                # the model zoo: params, G MACs, variables
   topolab models inception-v3 --layers --format csv
@@ -39,6 +39,7 @@ struct Cli {
 enum Command {
     Run(cmd::run::Args),
     Sweep(cmd::sweep::Args),
+    Report(cmd::report::Args),
     Check(cmd::check::Args),
     Schema(cmd::schema::Args),
     Models(cmd::models::Args),
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Sweep(a) => cmd::sweep::run(a),
+        Command::Report(a) => cmd::report::run(a),
         Command::Check(a) => cmd::check::run(a),
         Command::Schema(a) => cmd::schema::run(a),
         Command::Models(a) => cmd::models::run(a),

@@ -30,6 +30,9 @@ pub struct Args {
     /// Write summary.json, steps.csv and trace.json into this directory.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Also write a report (HTML, Markdown, charts) into this directory; needs --out.
+    #[arg(long, value_name = "DIR", requires = "out")]
+    report: Option<PathBuf>,
     /// Steps to trace (overrides training.trace_steps).
     #[arg(long, value_name = "N")]
     trace_steps: Option<u32>,
@@ -84,6 +87,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(dir) = &a.out {
         eprintln!("wrote {}/summary.json, steps.csv, trace.json", dir.display());
+    }
+    if let (Some(report), Some(dir)) = (&a.report, &a.out) {
+        super::report::make(std::slice::from_ref(dir), report)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -237,6 +243,9 @@ fn run_table(s: &Scenario, a: &Args) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir)?;
         sweep::write_csv(&rows, &dir.join("sweep.csv"))?;
         eprintln!("wrote {}", dir.join("sweep.csv").display());
+        if let Some(report) = &a.report {
+            super::report::make(std::slice::from_ref(dir), report)?;
+        }
     }
     let scenarios: Vec<Scenario> = rows.iter().map(|r| r.scenario.clone()).collect();
     let simulated = rows.iter().filter_map(|r| r.target.as_ref()).map(|t| t.simulated_steps).max().unwrap_or(0);

@@ -37,6 +37,9 @@ pub struct Args {
     /// Output format of the printed table.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
+    /// Also write a report (HTML, Markdown, charts) of the sweep into this directory.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
 }
 
 /// One configuration and what it gave.
@@ -290,6 +293,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 wall
             )?;
         }
+    }
+    if let Some(dir) = &a.report {
+        super::report::make(std::slice::from_ref(&a.out), dir)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 
 mod check_scenarios;
 mod inspect_commands;
+mod reports;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
