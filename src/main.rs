@@ -23,6 +23,7 @@ const EXIT_BAD_INPUT: u8 = 2;
 Examples:
   topolab run                                   # simulate the built-in default: Inception-v3 on one K40
   topolab sweep scenarios/examples/inception-v3-sweep.toml --out runs/sweep --report reports/sweep
+  topolab replay scenarios/examples/tiny-mlp-custom-gpu.toml --launcher local --out runs/tiny
   topolab check scenarios/examples/*.toml       # validate scenarios (exit 2 on errors)
   topolab models                                # the model zoo: params, G MACs, variables
   topolab models inception-v3 --layers --format csv
@@ -40,6 +41,9 @@ enum Command {
     Run(cmd::run::Args),
     Sweep(cmd::sweep::Args),
     Report(cmd::report::Args),
+    Replay(cmd::replay::Args),
+    #[command(hide = true)]
+    Node(cmd::replay::NodeArgs),
     Check(cmd::check::Args),
     Schema(cmd::schema::Args),
     Models(cmd::models::Args),
@@ -55,6 +59,8 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(a),
         Command::Sweep(a) => cmd::sweep::run(a),
         Command::Report(a) => cmd::report::run(a),
+        Command::Replay(a) => cmd::replay::run(a),
+        Command::Node(a) => cmd::replay::node(a),
         Command::Check(a) => cmd::check::run(a),
         Command::Schema(a) => cmd::schema::run(a),
         Command::Models(a) => cmd::models::run(a),

@@ -1,1 +1,73 @@
-//! placeholder
+//! topolab-runtime: a real parameter-server training system that replays scenarios.
+//!
+//! The pieces:
+//!
+//! - [`wire`]: length-delimited frames over TCP, raw little-endian f32 payloads, a frame cap
+//!   checked before allocating, an HMAC-SHA256 handshake with the job's token, read timeouts,
+//!   and latency emulation in the transport.
+//! - [`proxy`]: the scenario's model as real ndarray GEMMs, scaled to fit the machine, whose
+//!   loss really falls.
+//! - [`ps`] and [`worker`]: the two task roles; [`cluster`]: the spec each task reads from one
+//!   environment variable, like TF_CONFIG.
+//! - [`checkpoint`]: atomic shard checkpoints with manifests and checksums.
+//! - [`launcher`]: the coordinator that starts tasks as processes (on 127.0.0.1), watches
+//!   them, collects their traces, stops the shards and fails the job with the failing task's
+//!   status and last log lines.
+//!
+//! The runtime executes the same core Plan the simulator times: the same variable parts, the
+//! same shards, the same pulls and pushes, in the same order.
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod cluster;
+pub mod launcher;
+pub mod proxy;
+pub mod ps;
+pub mod wire;
+pub mod worker;
+
+/// Why a task failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The task could not start (bad spec, scenario, checkpoint).
+    #[error("setup: {0}")]
+    Setup(String),
+    /// I/O.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The wire.
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+    /// A peer broke the protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// One timed operation of a worker (ops.csv).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpRecord {
+    /// Worker.
+    pub worker: u32,
+    /// Step.
+    pub step: u64,
+    /// "compute-forward", "compute-backward", "pull" or "push".
+    pub op: &'static str,
+    /// Layer (compute) or part (pull, push).
+    pub index: u64,
+    /// Payload bytes (pull, push).
+    pub bytes: u64,
+    /// Start, ns since launch.
+    pub start_ns: u64,
+    /// End, ns since launch.
+    pub end_ns: u64,
+}
+
+/// Runs the task described by the cluster spec in the environment (`topolab node`).
+pub fn run_node() -> Result<(), NodeError> {
+    let spec = cluster::ClusterSpec::from_env().map_err(NodeError::Setup)?;
+    match spec.task.kind.as_str() {
+        "ps" => ps::run(&spec),
+        "worker" => worker::run(&spec),
+        other => Err(NodeError::Setup(format!("unknown task type `{other}` (ps or worker)"))),
+    }
+}

@@ -5,6 +5,7 @@ pub mod hardware;
 pub mod models;
 pub mod placement;
 pub mod plan;
+pub mod replay;
 pub mod report;
 pub mod run;
 pub mod scenarios;

@@ -2,6 +2,7 @@
 
 mod check_scenarios;
 mod inspect_commands;
+mod replay;
 mod reports;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,432 @@
+//! The coordinator: starts a job's tasks as real processes, watches them, collects their
+//! traces and stops the parameter servers when the workers are done.
+//!
+//! The `local` launcher runs every task on 127.0.0.1: each shard binds port 0 and reports the
+//! port it got on stdout (no race for free ports), then the workers start with the shards'
+//! addresses. If any task dies, the job fails with that task's exit status and the last lines
+//! of its log, and every other task is stopped (by PID; only processes this launcher started).
+//! Ctrl-C stops the job the same way.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use topolab_core::plan::Plan;
+use topolab_core::records::{self, Breakdown, RunSummary, StepRecord, Utilization};
+use topolab_core::scenario::{Mode, Scenario, ScenarioFile};
+
+use crate::checkpoint;
+use crate::cluster::{ClusterSpec, ENV, Job, Task};
+use crate::proxy::Proxy;
+use crate::wire::{Token, monotonic_ns};
+
+/// How to run a replay.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// The `topolab` executable (its `node` subcommand runs a task).
+    pub exe: PathBuf,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Continue from the last complete checkpoint.
+    pub resume: bool,
+    /// Seconds to wait for a peer before a task gives up.
+    pub timeout_s: u64,
+}
+
+/// Why a replay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The scenario cannot be replayed here (bad input).
+    #[error("cannot replay {scenario}: {reason}")]
+    Refused {
+        /// Scenario.
+        scenario: String,
+        /// Why.
+        reason: String,
+    },
+    /// A task died.
+    #[error("task {task} failed ({status}); last lines of its log ({log}):\n{tail}")]
+    TaskFailed {
+        /// Which task.
+        task: String,
+        /// Exit status in words.
+        status: String,
+        /// Its log file.
+        log: String,
+        /// Its last log lines.
+        tail: String,
+    },
+    /// Interrupted (Ctrl-C).
+    #[error("interrupted; every task was stopped")]
+    Interrupted,
+    /// I/O.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What a replay produced.
+#[derive(Debug, Clone)]
+pub struct ReplayOutcome {
+    /// Summary of the measured run.
+    pub summary: RunSummary,
+    /// Step records.
+    pub steps: Vec<StepRecord>,
+    /// The effective scenario that ran.
+    pub effective: PathBuf,
+    /// First step run (0, or the checkpoint resumed from).
+    pub start_step: u64,
+    /// Mean loss per step (over workers), in step order.
+    pub loss: Vec<(u64, f64)>,
+    /// How latency was emulated.
+    pub latency_method: String,
+}
+
+/// PIDs of a job's tasks, written to `pids.json` for `--cleanup` and for tests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Pids {
+    /// Shard PIDs.
+    pub ps: Vec<u32>,
+    /// Worker PIDs.
+    pub worker: Vec<u32>,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn io(e: impl std::fmt::Display) -> ReplayError {
+    ReplayError::Io(e.to_string())
+}
+
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+/// Writes the effective scenario (the proxy as a layer table, scale 1) next to the run.
+pub fn effective_scenario(s: &Scenario, proxy: &Proxy, out: &Path) -> Result<(PathBuf, Scenario), ReplayError> {
+    let csv = out.join("effective-model.csv");
+    let mut buf = Vec::new();
+    topolab_core::models::write_layer_table(&proxy.model(), &mut buf).map_err(io)?;
+    checkpoint::write_atomic(&csv, &buf).map_err(io)?;
+    let mut f: ScenarioFile = s.spec.clone();
+    f.name = format!("{}-effective", s.spec.name);
+    f.model = topolab_core::scenario::ModelSpec { name: None, layers: Some(PathBuf::from("effective-model.csv")) };
+    f.runtime.scale = topolab_core::scenario::Scale::default();
+    f.runtime.target_step_time = None;
+    f.sweep = Default::default();
+    let path = out.join("effective.toml");
+    let text = format!(
+        "# The scenario this replay ran: the proxy model as built (scaled), so that the simulator can\n# be run on exactly the same thing: topolab run {}\n{}",
+        path.display(),
+        topolab_core::scenario::normalized_toml(&f)
+    );
+    checkpoint::write_atomic(&path, text.as_bytes()).map_err(io)?;
+    let eff = Scenario::load(&path).map_err(|e| ReplayError::Io(e.to_string()))?;
+    Ok((path, eff))
+}
+
+/// Replays `s` with processes on 127.0.0.1.
+pub fn replay_local(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, ReplayError> {
+    let refuse = |reason: String| ReplayError::Refused { scenario: s.spec.name.clone(), reason };
+    let t = &s.spec.topology;
+    if t.mode == Mode::StaleSynchronous {
+        return Err(refuse(
+            "the runtime replays sync, backup and async modes; stale-synchronous is simulated only".into(),
+        ));
+    }
+    if s.spec.hardware.gpus_per_host > 1 {
+        return Err(refuse("the runtime replays one replica per worker host; set hardware.gpus_per_host = 1".into()));
+    }
+    Plan::new(s).map_err(|e| refuse(e.to_string()))?;
+    std::fs::create_dir_all(&opts.out).map_err(io)?;
+    let scale = &s.spec.runtime.scale;
+    let proxy = Proxy::new(s, scale.params, scale.flops);
+    let params_bytes: u64 = proxy.var_sizes().iter().map(|&n| n as u64 * 4).sum();
+    let need = u64::from(t.workers) * (proxy.worker_memory() + 3 * params_bytes) + 3 * params_bytes;
+    if let Some(avail) = mem_available()
+        && need > avail / 5 * 4
+    {
+        return Err(refuse(format!(
+            "it needs about {:.2} of memory after scaling but {:.2} is available; lower runtime.scale",
+            topolab_core::units::Bytes(need),
+            topolab_core::units::Bytes(avail)
+        )));
+    }
+    let (effective, eff) = effective_scenario(s, &proxy, &opts.out)?;
+    let ckpt = opts.out.join("checkpoints");
+    let start_step = if opts.resume {
+        checkpoint::latest_complete(&ckpt, t.ps)
+            .ok_or_else(|| refuse(format!("--resume: no complete checkpoint in {}", ckpt.display())))?
+    } else {
+        0
+    };
+    if start_step >= eff.spec.training.steps {
+        return Err(refuse(format!(
+            "the checkpoint is at step {start_step}, training ends at {}",
+            eff.spec.training.steps
+        )));
+    }
+    let logs = opts.out.join("logs");
+    let trace = opts.out.join("trace");
+    let _ = std::fs::remove_dir_all(&trace);
+    std::fs::create_dir_all(&logs).map_err(io)?;
+    let token = Token::random();
+    let latency_ns = s.spec.network.latency.0;
+    let job = Job {
+        token: token.hex(),
+        scenario: effective.clone(),
+        out: opts.out.clone(),
+        checkpoint_dir: ckpt,
+        start_step,
+        bind: "127.0.0.1:0".into(),
+        latency_ns,
+        timeout_s: opts.timeout_s,
+        epoch_ns: monotonic_ns(),
+    };
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let mut tasks = Tasks { children: Vec::new() };
+    let result = run_tasks(&mut tasks, &eff, &job, opts);
+    tasks.stop_all();
+    result?;
+    collect(&eff, &opts.out, start_step, latency_ns)
+}
+
+struct Tasks {
+    /// (name, log file, child)
+    children: Vec<(String, PathBuf, Child)>,
+}
+
+impl Tasks {
+    /// Kills every task still running (only our own children, by PID) and reaps them.
+    fn stop_all(&mut self) {
+        for (_, _, c) in &mut self.children {
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(exe: &Path, spec: &ClusterSpec, log: &Path, stdout: bool) -> Result<Child, ReplayError> {
+    let err = std::fs::File::create(log).map_err(io)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("node").env(ENV, serde_json::to_string(spec).expect("JSON")).stdin(Stdio::null()).stderr(err);
+    cmd.stdout(if stdout { Stdio::piped() } else { Stdio::null() });
+    cmd.spawn().map_err(|e| ReplayError::Io(format!("cannot start {}: {e}", exe.display())))
+}
+
+fn tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn status_words(st: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown status".into(),
+    }
+}
+
+fn run_tasks(tasks: &mut Tasks, s: &Scenario, job: &Job, opts: &ReplayOptions) -> Result<(), ReplayError> {
+    let t = &s.spec.topology;
+    let workers: Vec<String> = (0..t.workers).map(|i| format!("worker{i}")).collect();
+    let mut addrs = Vec::new();
+    let mut pids = Pids::default();
+    let spec_for = |kind: &str, index: u32, ps: Vec<String>| ClusterSpec {
+        ps,
+        worker: workers.clone(),
+        task: Task { kind: kind.into(), index },
+        job: job.clone(),
+    };
+    for i in 0..t.ps {
+        let log = opts.out.join("logs").join(format!("ps-{i}.log"));
+        let mut child = spawn(&opts.exe, &spec_for("ps", i, Vec::new()), &log, true)?;
+        pids.ps.push(child.id());
+        let stdout = child.stdout.take().expect("piped");
+        tasks.children.push((format!("ps {i}"), log.clone(), child));
+        // The shard reports the address it bound.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(opts.timeout_s)).unwrap_or_default();
+        match line.trim().strip_prefix("LISTENING ") {
+            Some(a) => addrs.push(a.to_string()),
+            None => {
+                let (name, log, c) = tasks.children.last_mut().expect("just pushed");
+                let status = c.try_wait().ok().flatten().map_or("did not report its address".into(), status_words);
+                return Err(ReplayError::TaskFailed {
+                    task: name.clone(),
+                    status,
+                    log: log.display().to_string(),
+                    tail: tail(log, 10),
+                });
+            }
+        }
+    }
+    for i in 0..t.workers {
+        let log = opts.out.join("logs").join(format!("worker-{i}.log"));
+        let child = spawn(&opts.exe, &spec_for("worker", i, addrs.clone()), &log, false)?;
+        pids.worker.push(child.id());
+        tasks.children.push((format!("worker {i}"), log, child));
+    }
+    checkpoint::write_atomic(&opts.out.join("pids.json"), serde_json::to_string(&pids).expect("JSON").as_bytes())
+        .map_err(io)?;
+    // Watch: any failure fails the job; success when every worker has exited 0.
+    let mut workers_done: Option<Instant> = None;
+    loop {
+        if INTERRUPTED.swap(false, Ordering::SeqCst) {
+            return Err(ReplayError::Interrupted);
+        }
+        let mut running_workers = 0;
+        let mut running_ps = 0;
+        for (name, log, c) in &mut tasks.children {
+            match c.try_wait().map_err(io)? {
+                Some(st) if !st.success() => {
+                    return Err(ReplayError::TaskFailed {
+                        task: name.clone(),
+                        status: status_words(st),
+                        log: log.display().to_string(),
+                        tail: tail(log, 10),
+                    });
+                }
+                Some(_) => {}
+                None if name.starts_with("worker") => running_workers += 1,
+                None => running_ps += 1,
+            }
+        }
+        if running_workers == 0 {
+            if running_ps == 0 {
+                return Ok(());
+            }
+            // Shards exit once every worker said Done; give them a moment, then stop them.
+            let since = *workers_done.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(30) {
+                return Err(ReplayError::TaskFailed {
+                    task: "ps".into(),
+                    status: "still running 30 s after the workers finished; stopped".into(),
+                    log: opts.out.join("logs").display().to_string(),
+                    tail: String::new(),
+                });
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Merges the workers' traces into steps.csv, ops.csv and loss.csv and summarizes the run.
+fn collect(s: &Scenario, out: &Path, start_step: u64, latency_ns: u64) -> Result<ReplayOutcome, ReplayError> {
+    let trace = out.join("trace");
+    let mut steps = Vec::new();
+    let mut ops = String::from("worker,step,op,index,bytes,start_ns,end_ns\n");
+    let mut loss: std::collections::BTreeMap<u64, (f64, u32)> = Default::default();
+    for i in 0..s.spec.topology.workers {
+        let p = trace.join(format!("worker-{i}.steps.csv"));
+        let f = std::fs::File::open(&p).map_err(|e| ReplayError::Io(format!("{}: {e}", p.display())))?;
+        steps.extend(records::read_steps_csv(f, &p.display().to_string()).map_err(io)?);
+        let o = std::fs::read_to_string(trace.join(format!("worker-{i}.ops.csv"))).map_err(io)?;
+        ops.extend(o.lines().skip(1).map(|l| format!("{l}\n")));
+        let l = std::fs::read_to_string(trace.join(format!("worker-{i}.loss.csv"))).map_err(io)?;
+        for line in l.lines().skip(1) {
+            let f: Vec<&str> = line.split(',').collect();
+            if let (Some(st), Some(v)) =
+                (f.get(1).and_then(|x| x.parse::<u64>().ok()), f.get(2).and_then(|x| x.parse::<f64>().ok()))
+            {
+                let e = loss.entry(st).or_default();
+                e.0 += v;
+                e.1 += 1;
+            }
+        }
+    }
+    steps.sort_by_key(|r| (r.step, r.worker));
+    let mut buf = Vec::new();
+    records::write_steps_csv(&steps, &mut buf).map_err(io)?;
+    checkpoint::write_atomic(&out.join("steps.csv"), &buf).map_err(io)?;
+    checkpoint::write_atomic(&out.join("ops.csv"), ops.as_bytes()).map_err(io)?;
+    let loss: Vec<(u64, f64)> = loss.into_iter().map(|(k, (sum, n))| (k, sum / f64::from(n))).collect();
+    let mut lt = String::from("step,mean_loss\n");
+    for (k, v) in &loss {
+        lt.push_str(&format!("{k},{v}\n"));
+    }
+    checkpoint::write_atomic(&out.join("loss.csv"), lt.as_bytes()).map_err(io)?;
+    let n = steps.len().max(1) as f64;
+    let mean = |f: fn(&StepRecord) -> u64| steps.iter().map(|r| f(r) as f64).sum::<f64>() / n / 1e9;
+    let breakdown =
+        Breakdown { compute: mean(|r| r.compute_ns), exposed_comm: mean(|r| r.comm_ns), wait: mean(|r| r.wait_ns) };
+    let t0 = steps.iter().map(|r| r.start_ns).min().unwrap_or(0);
+    let t1 = steps.iter().map(|r| r.end_ns).max().unwrap_or(0);
+    let span = (t1 - t0) as f64 / 1e9;
+    let step_time = records::step_time_stats(&steps);
+    let total = step_time.mean.max(1e-12);
+    let summary = RunSummary {
+        scenario: s.spec.name.clone(),
+        scenario_hash: s.hash.clone(),
+        seed: s.spec.seed,
+        version: records::VERSION.into(),
+        source: "replay".into(),
+        workers: s.spec.topology.workers,
+        ps: s.spec.topology.ps,
+        steps: s.spec.training.steps - start_step,
+        step_time_s: step_time,
+        throughput_samples_per_s: if span > 0.0 { steps.len() as f64 * s.spec.batch as f64 / span } else { 0.0 },
+        breakdown_s: breakdown,
+        utilization: Utilization {
+            gpu: if span > 0.0 {
+                steps.iter().map(|r| r.compute_ns as f64).sum::<f64>()
+                    / 1e9
+                    / (span * f64::from(s.spec.topology.workers))
+            } else {
+                0.0
+            },
+            ..Utilization::default()
+        },
+        bottleneck: format!(
+            "measured: compute {:.0}%, exposed communication {:.0}%, waiting for aggregation {:.0}% of the mean step",
+            breakdown.compute / total * 100.0,
+            breakdown.exposed_comm / total * 100.0,
+            breakdown.wait / total * 100.0
+        ),
+        events: ops.lines().count() as u64 - 1,
+        wall_s: Some(span),
+    };
+    let mut buf = Vec::new();
+    records::write_summary_json(&summary, &mut buf).map_err(io)?;
+    buf.push(b'\n');
+    checkpoint::write_atomic(&out.join("summary.json"), &buf).map_err(io)?;
+    let latency_method = if latency_ns == 0 { "none".into() } else { "emulated in the transport".into() };
+    Ok(ReplayOutcome { summary, steps, effective: out.join("effective.toml"), start_step, loss, latency_method })
+}
+
+/// Stops leftover tasks of a crashed run in `out` (PIDs from pids.json that still run
+/// `topolab node`). Returns how many were stopped.
+pub fn cleanup(out: &Path) -> Result<usize, ReplayError> {
+    let p = out.join("pids.json");
+    let Ok(text) = std::fs::read_to_string(&p) else { return Ok(0) };
+    let pids: Pids = serde_json::from_str(&text).map_err(io)?;
+    let mut stopped = 0;
+    for pid in pids.ps.iter().chain(&pids.worker) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let ours = args.len() >= 2 && args[1] == b"node" && args[0].ends_with(b"topolab");
+        if ours {
+            // SAFETY: kill(2) on a PID we started, checked to still be a `topolab node`.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+            stopped += 1;
+        }
+    }
+    Ok(stopped)
+}

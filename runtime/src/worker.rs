@@ -1,0 +1,332 @@
+//! The worker task: pulls variables, computes the proxy model layer by layer, pushes each
+//! layer's gradients as soon as its backward pass ends, and records what it did.
+//!
+//! I/O runs on a small tokio runtime (a reader and a writer task per shard connection) while
+//! the compute loop runs on the task's main thread, so pushes leave while the next layer's
+//! backward pass computes, as in the Plan.
+//!
+//! Step boundaries, as the simulator draws them: step k starts when the worker may begin it
+//! (the first `Ready` of step k arrives; for the first step, when it asks) and ends when step
+//! k+1 may begin (sync, backup) or when its own gradients are applied (async). Waiting is the
+//! time between the worker's own part being done (every push written; in async, acknowledged)
+//! and the end of the step.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use topolab_core::plan::Plan;
+use topolab_core::records::{self, StepRecord};
+use topolab_core::scenario::{Mode, Scenario};
+
+use crate::cluster::ClusterSpec;
+use crate::proxy::{self, Data, Proxy};
+use crate::wire::{self, BARRIER_ONLY, Frame, Kind, Token, monotonic_ns};
+use crate::{NodeError, OpRecord, ps};
+
+enum Out {
+    Frame { kind: Kind, var: u32, step: u64, payload: Vec<u8> },
+}
+
+struct Sent {
+    kind: Kind,
+    var: u32,
+    step: u64,
+    bytes: u64,
+    start: u64,
+    end: u64,
+}
+
+/// Runs a worker to the end of training.
+pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
+    let s = Scenario::load(&spec.job.scenario).map_err(|e| NodeError::Setup(e.to_string()))?;
+    let plan = Plan::new(&s).map_err(|e| NodeError::Setup(e.to_string()))?;
+    let proxy = Proxy::from_effective(&s);
+    let index = spec.task.index;
+    let token = Token::from_hex(&spec.job.token).ok_or_else(|| NodeError::Setup("bad token".into()))?;
+    let data = Data::new(&proxy, s.spec.seed, index);
+    let timeout = Duration::from_secs(spec.job.timeout_s);
+    let latency = spec.job.latency_ns;
+    let epoch = spec.job.epoch_ns;
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(NodeError::Io)?;
+    let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<(Frame, u64)>();
+    let (sent_tx, mut sent) = mpsc::unbounded_channel::<Sent>();
+    let cap = proxy.var_sizes().into_iter().max().unwrap_or(1) as u32 * 4;
+    let mut outs: Vec<mpsc::UnboundedSender<Out>> = Vec::new();
+    let mut writers = Vec::new();
+    for addr in &spec.ps {
+        let stream = rt.block_on(connect(addr, &token, index, timeout))?;
+        let (mut rd, mut wr) = stream.into_split();
+        let inbox_tx = inbox_tx.clone();
+        rt.spawn(async move {
+            while let Ok(f) = wire::read_frame(&mut rd, cap.max(64), Duration::from_secs(3600)).await {
+                f.release(latency).await;
+                if inbox_tx.send((f, monotonic_ns())).is_err() {
+                    break;
+                }
+            }
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
+        let sent_tx = sent_tx.clone();
+        writers.push(rt.spawn(async move {
+            while let Some(Out::Frame { kind, var, step, payload }) = rx.recv().await {
+                let start = monotonic_ns();
+                if wire::write_frame(&mut wr, kind, var, step, &payload).await.is_err() {
+                    break;
+                }
+                let _ = sent_tx.send(Sent { kind, var, step, bytes: payload.len() as u64, start, end: monotonic_ns() });
+            }
+            let _ = wr.shutdown().await;
+        }));
+        outs.push(tx);
+    }
+    drop(sent_tx);
+
+    let t = &s.spec.topology;
+    let synchronous = matches!(t.mode, Mode::Sync | Mode::Backup);
+    let layers = proxy.layers.len();
+    let mut parts_of_layer: Vec<Vec<usize>> = vec![Vec::new(); layers];
+    for (i, p) in plan.placement.parts.iter().enumerate() {
+        parts_of_layer[p.layer].push(i);
+    }
+    let mut vars: Vec<Vec<f32>> = proxy.var_sizes().into_iter().map(|n| vec![0.0; n]).collect();
+    let var_offset: Vec<usize> = proxy
+        .layers
+        .iter()
+        .scan(0usize, |acc, l| {
+            let o = *acc;
+            *acc += l.vars.len();
+            Some(o)
+        })
+        .collect();
+    let mut values: HashMap<(u64, usize), (Vec<f32>, u64, u64)> = HashMap::new();
+    let mut ready_at: HashMap<u64, u64> = HashMap::new();
+    let mut acks: HashMap<u64, usize> = HashMap::new();
+    let mut ops: Vec<OpRecord> = Vec::new();
+    let mut steps_out: Vec<StepRecord> = Vec::new();
+    let mut losses: Vec<(u64, f32)> = Vec::new();
+    let send =
+        |outs: &Vec<mpsc::UnboundedSender<Out>>, shard: usize, kind: Kind, var: u32, step: u64, payload: Vec<u8>| {
+            outs[shard]
+                .send(Out::Frame { kind, var, step, payload })
+                .map_err(|_| NodeError::Protocol(format!("connection to shard {shard} closed")))
+        };
+    let handle = |f: Frame,
+                  at: u64,
+                  values: &mut HashMap<(u64, usize), (Vec<f32>, u64, u64)>,
+                  ready_at: &mut HashMap<u64, u64>,
+                  acks: &mut HashMap<u64, usize>|
+     -> Result<(), NodeError> {
+        match f.kind {
+            Kind::Ready => {
+                ready_at.entry(f.step).or_insert(at);
+            }
+            Kind::Value => {
+                let v = wire::bytes_f32(&f.payload)
+                    .ok_or_else(|| NodeError::Protocol("value payload is not f32".into()))?;
+                values.insert((f.step, f.var as usize), (v, f.payload.len() as u64, at));
+            }
+            Kind::Applied => *acks.entry(f.step).or_default() += 1,
+            other => return Err(NodeError::Protocol(format!("unexpected {other:?} from a shard"))),
+        }
+        Ok(())
+    };
+    let recv = |inbox: &mut mpsc::UnboundedReceiver<(Frame, u64)>| -> Result<(Frame, u64), NodeError> {
+        inbox.blocking_recv().ok_or_else(|| NodeError::Protocol("a shard closed the connection".into()))
+    };
+
+    let start = spec.job.start_step;
+    let total = s.spec.training.steps;
+    let shards = spec.ps.len();
+    let mut pull_sent = monotonic_ns();
+    for sh in 0..shards {
+        send(&outs, sh, Kind::Pull, 0, start, Vec::new())?;
+    }
+    let mut step_start = pull_sent;
+    let wall = Instant::now();
+    for step in start..total {
+        let mut compute_ns = 0u64;
+        let mut received = 0u64;
+        let mut sent_bytes = 0u64;
+        let mut caches = Vec::with_capacity(layers);
+        let mut loss = 0.0f32;
+        // Forward, each layer as soon as its variables are here.
+        for l in 0..layers {
+            while !parts_of_layer[l].iter().all(|&p| values.contains_key(&(step, p))) {
+                let (f, at) = recv(&mut inbox)?;
+                handle(f, at, &mut values, &mut ready_at, &mut acks)?;
+            }
+            for &p in &parts_of_layer[l] {
+                let (v, bytes, at) = values.remove(&(step, p)).expect("checked above");
+                let (off, len) = ps::part_range(&plan, p);
+                vars[plan.placement.parts[p].var][off..off + len].copy_from_slice(&v[..len]);
+                received += bytes;
+                ops.push(OpRecord {
+                    worker: index,
+                    step,
+                    op: "pull",
+                    index: p as u64,
+                    bytes,
+                    start_ns: pull_sent - epoch,
+                    end_ns: at - epoch,
+                });
+            }
+            let t0 = monotonic_ns();
+            let nv = proxy.layers[l].vars.len();
+            let views: Vec<&[f32]> = vars[var_offset[l]..var_offset[l] + nv].iter().map(Vec::as_slice).collect();
+            caches.push(proxy::forward(&proxy.layers[l], &data, l, step, &views));
+            let t1 = monotonic_ns();
+            compute_ns += t1 - t0;
+            ops.push(OpRecord {
+                worker: index,
+                step,
+                op: "compute-forward",
+                index: l as u64,
+                bytes: 0,
+                start_ns: t0 - epoch,
+                end_ns: t1 - epoch,
+            });
+        }
+        // Backward in reverse; each layer's gradients leave at once.
+        let mut pushes = 0usize;
+        for l in (0..layers).rev() {
+            let t0 = monotonic_ns();
+            let nv = proxy.layers[l].vars.len();
+            let views: Vec<&[f32]> = vars[var_offset[l]..var_offset[l] + nv].iter().map(Vec::as_slice).collect();
+            let (layer_loss, grads) =
+                proxy::backward(&proxy.layers[l], &data, l, step, &views, caches.pop().expect("one cache per layer"));
+            loss += layer_loss;
+            let t1 = monotonic_ns();
+            compute_ns += t1 - t0;
+            ops.push(OpRecord {
+                worker: index,
+                step,
+                op: "compute-backward",
+                index: l as u64,
+                bytes: 0,
+                start_ns: t0 - epoch,
+                end_ns: t1 - epoch,
+            });
+            for &p in parts_of_layer[l].iter().rev() {
+                let part = plan.placement.parts[p];
+                let (off, len) = ps::part_range(&plan, p);
+                let g = &grads[part.var - var_offset[l]][off..off + len];
+                let payload = wire::f32_bytes(g);
+                sent_bytes += payload.len() as u64;
+                send(&outs, part.shard as usize, Kind::Push, p as u32, step, payload)?;
+                pushes += 1;
+            }
+        }
+        losses.push((step, loss));
+        // Own part done: every push written (sync), or applied (async).
+        let mut written = 0;
+        while written < pushes {
+            let r =
+                sent.blocking_recv().ok_or_else(|| NodeError::Protocol("a connection closed while pushing".into()))?;
+            if r.kind == Kind::Push {
+                ops.push(OpRecord {
+                    worker: index,
+                    step: r.step,
+                    op: "push",
+                    index: u64::from(r.var),
+                    bytes: r.bytes,
+                    start_ns: r.start - epoch,
+                    end_ns: r.end - epoch,
+                });
+                written += 1;
+            }
+        }
+        if !synchronous {
+            while acks.get(&step).copied().unwrap_or(0) < pushes {
+                let (f, at) = recv(&mut inbox)?;
+                handle(f, at, &mut values, &mut ready_at, &mut acks)?;
+            }
+        }
+        let own_done = monotonic_ns();
+        let next = step + 1;
+        pull_sent = monotonic_ns();
+        let barrier_only = next >= total;
+        if !barrier_only || synchronous {
+            for sh in 0..shards {
+                send(&outs, sh, Kind::Pull, if barrier_only { BARRIER_ONLY } else { 0 }, next, Vec::new())?;
+            }
+        }
+        let end = if synchronous {
+            while !ready_at.contains_key(&next) {
+                let (f, at) = recv(&mut inbox)?;
+                handle(f, at, &mut values, &mut ready_at, &mut acks)?;
+            }
+            ready_at[&next]
+        } else {
+            own_done
+        };
+        let wait = end.saturating_sub(own_done);
+        let dur = end.saturating_sub(step_start);
+        steps_out.push(StepRecord {
+            run: "replay".into(),
+            worker: index,
+            step,
+            start_ns: step_start - epoch,
+            end_ns: end - epoch,
+            compute_ns,
+            comm_ns: dur.saturating_sub(compute_ns).saturating_sub(wait),
+            wait_ns: wait,
+            bytes_sent: sent_bytes,
+            bytes_received: received,
+            scenario_hash: s.hash.clone(),
+            seed: s.spec.seed,
+            version: records::VERSION.into(),
+        });
+        step_start = end;
+    }
+    for sh in 0..shards {
+        send(&outs, sh, Kind::Done, 0, total, Vec::new())?;
+    }
+    drop(outs);
+    rt.block_on(async {
+        for w in writers {
+            let _ = w.await;
+        }
+    });
+    // Traces of this worker; the launcher merges them.
+    let dir = spec.job.out.join("trace");
+    std::fs::create_dir_all(&dir).map_err(NodeError::Io)?;
+    let mut buf = Vec::new();
+    records::write_steps_csv(&steps_out, &mut buf).map_err(|e| NodeError::Setup(e.to_string()))?;
+    std::fs::write(dir.join(format!("worker-{index}.steps.csv")), buf).map_err(NodeError::Io)?;
+    let mut f = std::fs::File::create(dir.join(format!("worker-{index}.ops.csv"))).map_err(NodeError::Io)?;
+    writeln!(f, "worker,step,op,index,bytes,start_ns,end_ns").map_err(NodeError::Io)?;
+    for o in &ops {
+        writeln!(f, "{},{},{},{},{},{},{}", o.worker, o.step, o.op, o.index, o.bytes, o.start_ns, o.end_ns)
+            .map_err(NodeError::Io)?;
+    }
+    let mut f = std::fs::File::create(dir.join(format!("worker-{index}.loss.csv"))).map_err(NodeError::Io)?;
+    writeln!(f, "worker,step,loss").map_err(NodeError::Io)?;
+    for (st, l) in &losses {
+        writeln!(f, "{index},{st},{l}").map_err(NodeError::Io)?;
+    }
+    eprintln!("worker{index}: {} steps in {:.2} s", total - start, wall.elapsed().as_secs_f64());
+    Ok(())
+}
+
+async fn connect(addr: &str, token: &Token, index: u32, timeout: Duration) -> Result<TcpStream, NodeError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match TcpStream::connect(addr).await {
+            Ok(mut s) => {
+                s.set_nodelay(true).map_err(NodeError::Io)?;
+                wire::connect(&mut s, token, index, timeout).await?;
+                return Ok(s);
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(NodeError::Setup(format!("cannot reach shard at {addr}: {e}"))),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! `topolab replay` and `topolab node`: run a scenario for real.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::ValueEnum;
+use topolab_runtime::launcher::{self, ReplayError, ReplayOptions};
+
+use super::BadInput;
+
+/// Where a replay's tasks run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Launcher {
+    /// Processes on 127.0.0.1.
+    Local,
+}
+
+/// Replay a scenario for real: parameter servers and workers as processes over TCP.
+#[derive(clap::Args)]
+#[command(after_help = "\
+The scenario's model is replayed as a proxy of real GEMMs scaled by [runtime] scale; the run
+directory gets effective.toml (the scenario as replayed, for `topolab run`), steps.csv (the
+simulator's columns), ops.csv (every compute, pull and push with its time and bytes), loss.csv,
+summary.json, logs/ and checkpoints/ (every runtime.checkpoint_every steps).
+
+Examples:
+  topolab replay scenarios/examples/tiny-mlp-custom-gpu.toml --launcher local --out runs/tiny
+  topolab replay scenarios/examples/tiny-mlp-custom-gpu.toml --launcher local --out runs/tiny --resume
+  topolab run runs/tiny/effective.toml --out runs/tiny-sim     # the simulator on what was replayed
+  topolab report runs/tiny-sim runs/tiny --out reports/tiny    # predicted vs measured
+  topolab replay --cleanup --out runs/tiny                     # stop leftovers of a crashed run")]
+pub struct Args {
+    /// Scenario file.
+    #[arg(required_unless_present = "cleanup")]
+    scenario: Option<PathBuf>,
+    /// Where the tasks run.
+    #[arg(long, value_enum, default_value = "local")]
+    launcher: Launcher,
+    /// Run directory.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Continue from the last complete checkpoint in DIR/checkpoints.
+    #[arg(long)]
+    resume: bool,
+    /// Stop the leftover tasks of a crashed run in DIR and exit.
+    #[arg(long)]
+    cleanup: bool,
+    /// Seconds a task waits for a peer before giving up.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    timeout: u64,
+    /// Also write a report of the run into this directory.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if a.cleanup {
+        let n = launcher::cleanup(&a.out)?;
+        eprintln!("stopped {n} leftover task(s) of {}", a.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = super::load_scenario(a.scenario.as_deref())?;
+    let opts =
+        ReplayOptions { exe: std::env::current_exe()?, out: a.out.clone(), resume: a.resume, timeout_s: a.timeout };
+    let outcome = match a.launcher {
+        Launcher::Local => launcher::replay_local(&s, &opts),
+    };
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e @ ReplayError::Refused { .. }) => return Err(BadInput(format!("error: {e}")).into()),
+        Err(e) => return Err(e.into()),
+    };
+    let sum = &outcome.summary;
+    println!(
+        "Replayed {} ({} workers, {} PS) from step {}: {} step records",
+        sum.scenario,
+        sum.workers,
+        sum.ps,
+        outcome.start_step,
+        outcome.steps.len()
+    );
+    println!(
+        "Step time     p50 {:.4} s   p90 {:.4} s   p99 {:.4} s   mean {:.4} s",
+        sum.step_time_s.p50, sum.step_time_s.p90, sum.step_time_s.p99, sum.step_time_s.mean
+    );
+    println!("Throughput    {:.1} samples/s", sum.throughput_samples_per_s);
+    println!("Breakdown     {}", sum.bottleneck);
+    if let (Some(first), Some(last)) = (outcome.loss.first(), outcome.loss.last()) {
+        println!("Loss          {:.5} (step {}) -> {:.5} (step {})", first.1, first.0, last.1, last.0);
+    }
+    println!("Latency       {}", outcome.latency_method);
+    println!("Effective scenario: {} (simulate it with `topolab run`)", outcome.effective.display());
+    if let Some(dir) = &a.report {
+        super::report::make(std::slice::from_ref(&a.out), dir)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run one task of a replay (started by `topolab replay`; reads TOPOLAB_CLUSTER).
+#[derive(clap::Args)]
+pub struct NodeArgs {}
+
+pub fn node(_: NodeArgs) -> anyhow::Result<ExitCode> {
+    match topolab_runtime::run_node() {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(3))
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Real replays on 127.0.0.1: traces, falling loss, failures, kill-and-resume, wrong token.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("topolab-replay-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A small sync scenario (the tiny MLP) in `dir`, with `steps` steps and checkpoints.
+fn tiny(dir: &std::path::Path, steps: u64, every: u64) -> String {
+    std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), dir.join("tiny-mlp.csv")).unwrap();
+    let text = format!(
+        "name = \"tiny\"\nbatch = 32\nseed = 5\n[model]\nlayers = \"tiny-mlp.csv\"\n[optimizer]\nlearning_rate = 0.1\n\
+         [network]\nnic = \"1 Gbit/s\"\nlatency = \"2 ms\"\n[topology]\nworkers = 2\nps = 2\nmode = \"sync\"\n\
+         [training]\nsteps = {steps}\n[runtime]\ncheckpoint_every = {every}\n"
+    );
+    let f = dir.join("tiny.toml");
+    std::fs::write(&f, text).unwrap();
+    f.to_str().unwrap().to_string()
+}
+
+fn replay(args: &[&str]) -> std::process::Output {
+    let mut all = vec!["replay"];
+    all.extend_from_slice(args);
+    topolab(&all)
+}
+
+#[test]
+fn a_local_replay_writes_the_simulator_columns_and_the_loss_falls() {
+    let d = tmp("basic");
+    let out = d.join("run");
+    let o =
+        replay(&["scenarios/examples/tiny-mlp-custom-gpu.toml", "--launcher", "local", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let steps = topolab_core::records::read_steps_csv(std::fs::File::open(out.join("steps.csv")).unwrap(), "steps.csv")
+        .unwrap();
+    // 2 workers x 50 steps, every record with the effective scenario's hash.
+    assert_eq!(steps.len(), 100);
+    assert!(steps.iter().all(|r| r.run == "replay" && r.end_ns > r.start_ns && r.compute_ns > 0));
+    // Each step moves the whole (effective) model both ways.
+    let eff = topolab_core::scenario::Scenario::load(&out.join("effective.toml")).unwrap();
+    let bytes = eff.model.bytes().0;
+    assert!(bytes > 5_000_000);
+    assert!(steps.iter().all(|r| r.bytes_sent == bytes && r.bytes_received == bytes), "{bytes}: {:?}", steps[0]);
+    let loss = std::fs::read_to_string(out.join("loss.csv")).unwrap();
+    let vals: Vec<f64> = loss.lines().skip(1).map(|l| l.split(',').nth(1).unwrap().parse().unwrap()).collect();
+    assert!(vals.last().unwrap() < &(vals[0] * 0.95), "loss must fall: {} -> {}", vals[0], vals.last().unwrap());
+    // The effective scenario simulates.
+    let sim = topolab(&["run", out.join("effective.toml").to_str().unwrap(), "--format", "json"]);
+    assert_eq!(sim.status.code(), Some(0), "{}", stderr(&sim));
+    // No task is left running.
+    let pids: topolab_runtime::launcher::Pids =
+        serde_json::from_str(&std::fs::read_to_string(out.join("pids.json")).unwrap()).unwrap();
+    for pid in pids.ps.iter().chain(&pids.worker) {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "task {pid} still running");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Runs the scenario uninterrupted, then again killing `victim` ("worker" or "ps") once the
+/// checkpoint of step 10 exists, resumes, and compares the final parameters.
+fn kill_and_resume(victim: &str) {
+    let d = tmp(&format!("kill-{victim}"));
+    let f = tiny(&d, 30, 5);
+    let clean = d.join("clean");
+    let o = replay(&[&f, "--out", clean.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let crash = d.join("crash");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_topolab"))
+        .args(["replay", &f, "--out", crash.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let manifest = crash.join("checkpoints/step-10/shard-1.json");
+    while !manifest.exists() {
+        assert!(Instant::now() < deadline, "no checkpoint at step 10");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before the kill");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pids: topolab_runtime::launcher::Pids =
+        serde_json::from_str(&std::fs::read_to_string(crash.join("pids.json")).unwrap()).unwrap();
+    let pid = if victim == "worker" { pids.worker[1] } else { pids.ps[0] };
+    // SAFETY: SIGKILL to a task of the replay this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let o = child.wait_with_output().unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let task = if victim == "worker" { "worker 1" } else { "ps 0" };
+    assert!(err.contains(&format!("task {task} failed (killed by signal 9)")), "{err}");
+    let o = replay(&[&f, "--out", crash.to_str().unwrap(), "--resume"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // Shards checkpoint independently: the kill may have caught step 10 half-written, so
+    // the run resumes from 10 or from the previous complete checkpoint, 5.
+    let text = stdout(&o);
+    assert!(text.contains("from step 10:") || text.contains("from step 5:"), "resumed from a checkpoint: {text}");
+    for shard in 0..2 {
+        let a = std::fs::read(clean.join(format!("final/shard-{shard}.bin"))).unwrap();
+        let b = std::fs::read(crash.join(format!("final/shard-{shard}.bin"))).unwrap();
+        assert!(!a.is_empty() && a == b, "shard {shard}: resumed parameters differ from the uninterrupted run");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn killing_a_worker_then_resuming_loses_nothing() {
+    kill_and_resume("worker");
+}
+
+#[test]
+fn killing_a_ps_then_resuming_loses_nothing() {
+    kill_and_resume("ps");
+}
+
+#[test]
+fn a_peer_with_the_wrong_token_is_refused_and_logged() {
+    use std::io::{BufRead, Read, Write};
+    let d = tmp("token");
+    let f = tiny(&d, 4, 0);
+    // Prepare the effective scenario the way a replay does.
+    let s = topolab_core::scenario::Scenario::load(std::path::Path::new(&f)).unwrap();
+    let proxy = topolab_runtime::proxy::Proxy::new(&s, 1.0, 1.0);
+    let (eff, _) = topolab_runtime::launcher::effective_scenario(&s, &proxy, &d).unwrap();
+    let token = topolab_runtime::wire::Token::random();
+    let spec = topolab_runtime::cluster::ClusterSpec {
+        ps: vec![],
+        worker: vec!["worker0".into(), "worker1".into()],
+        task: topolab_runtime::cluster::Task { kind: "ps".into(), index: 0 },
+        job: topolab_runtime::cluster::Job {
+            token: token.hex(),
+            scenario: eff,
+            out: d.clone(),
+            checkpoint_dir: d.join("ckpt"),
+            start_step: 0,
+            bind: "127.0.0.1:0".into(),
+            latency_ns: 0,
+            timeout_s: 5,
+            epoch_ns: 0,
+        },
+    };
+    let mut ps = Command::new(env!("CARGO_BIN_EXE_topolab"))
+        .arg("node")
+        .env(topolab_runtime::cluster::ENV, serde_json::to_string(&spec).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(ps.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("LISTENING ").unwrap().to_string();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let wrong = topolab_runtime::wire::Token::random();
+    let refused = rt.block_on(async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        topolab_runtime::wire::connect(&mut s, &wrong, 0, Duration::from_secs(2)).await
+    });
+    assert!(refused.is_err(), "a wrong token must be refused");
+    let accepted = rt.block_on(async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        topolab_runtime::wire::connect(&mut s, &token, 0, Duration::from_secs(2)).await
+    });
+    assert!(accepted.is_ok(), "the right token is accepted: {accepted:?}");
+    ps.kill().unwrap();
+    let _ = ps.wait();
+    let mut log = String::new();
+    ps.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert!(log.contains("refused a peer") && log.contains("wrong job token"), "log: {log}");
+    let _ = std::io::stdout().flush();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_scenario_that_cannot_be_replayed_is_refused_before_anything_starts() {
+    let d = tmp("refuse");
+    let f = d.join("big.toml");
+    std::fs::write(&f, "batch = 32\n[model]\nname = \"gpt-2\"\n[hardware]\ngpu = \"h100\"\n[topology]\nworkers = 8\n")
+        .unwrap();
+    let o = replay(&[f.to_str().unwrap(), "--out", d.join("run").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("lower runtime.scale"), "{}", stderr(&o));
+    assert!(!d.join("run/pids.json").exists(), "nothing started");
+    let _ = std::fs::remove_dir_all(&d);
+}
