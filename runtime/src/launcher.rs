@@ -23,9 +23,20 @@ use crate::cluster::{ClusterSpec, ENV, Job, Task};
 use crate::proxy::Proxy;
 use crate::wire::{Token, monotonic_ns};
 
+/// Where a replay's tasks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LauncherKind {
+    /// Processes on 127.0.0.1.
+    Local,
+    /// Processes in network namespaces with shaped links (root).
+    Netns,
+}
+
 /// How to run a replay.
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
+    /// Local processes or a virtual cluster.
+    pub launcher: LauncherKind,
     /// The `topolab` executable (its `node` subcommand runs a task).
     pub exe: PathBuf,
     /// Output directory.
@@ -132,8 +143,8 @@ pub fn effective_scenario(s: &Scenario, proxy: &Proxy, out: &Path) -> Result<(Pa
     Ok((path, eff))
 }
 
-/// Replays `s` with processes on 127.0.0.1.
-pub fn replay_local(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, ReplayError> {
+/// Replays `s` with the launcher of `opts`.
+pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, ReplayError> {
     let refuse = |reason: String| ReplayError::Refused { scenario: s.spec.name.clone(), reason };
     let t = &s.spec.topology;
     if t.mode == Mode::StaleSynchronous {
@@ -178,7 +189,29 @@ pub fn replay_local(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome,
     let _ = std::fs::remove_dir_all(&trace);
     std::fs::create_dir_all(&logs).map_err(io)?;
     let token = Token::random();
-    let latency_ns = s.spec.network.latency.0;
+    let mut latency_ns = s.spec.network.latency.0;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let mut cluster = None;
+    let mut latency_method = if latency_ns == 0 { "none".to_string() } else { "emulated in the transport".to_string() };
+    if opts.launcher == LauncherKind::Netns {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let id = format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        let hosts = t.workers as usize
+            + if t.ps_hosts == topolab_core::scenario::PsHosts::Dedicated { t.ps as usize } else { 0 };
+        let c = crate::netns::VirtualCluster::create(&id, hosts, s.nic, s.spec.network.latency)
+            .map_err(|e| if crate::netns::is_root() { ReplayError::Io(e) } else { refuse(e) })?;
+        if c.kernel_latency() {
+            latency_ns = 0;
+        }
+        latency_method = c.latency_method.clone();
+        checkpoint::write_atomic(
+            &opts.out.join("netns.json"),
+            serde_json::to_string(&c.hosts).expect("JSON").as_bytes(),
+        )
+        .map_err(io)?;
+        cluster = Some(c);
+    }
     let job = Job {
         token: token.hex(),
         scenario: effective.clone(),
@@ -190,13 +223,15 @@ pub fn replay_local(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome,
         timeout_s: opts.timeout_s,
         epoch_ns: monotonic_ns(),
     };
-    // SAFETY: the handler only stores to an atomic.
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     let mut tasks = Tasks { children: Vec::new() };
-    let result = run_tasks(&mut tasks, &eff, &job, opts);
+    let result = run_tasks(&mut tasks, &eff, &job, opts, cluster.as_ref());
     tasks.stop_all();
+    // Namespaces, veths and qdiscs go once every task is stopped.
+    drop(cluster);
     result?;
-    collect(&eff, &opts.out, start_step, latency_ns)
+    let mut outcome = collect(&eff, &opts.out, start_step, latency_ns)?;
+    outcome.latency_method = latency_method;
+    Ok(outcome)
 }
 
 struct Tasks {
@@ -216,9 +251,18 @@ impl Tasks {
     }
 }
 
-fn spawn(exe: &Path, spec: &ClusterSpec, log: &Path, stdout: bool) -> Result<Child, ReplayError> {
+fn spawn(
+    exe: &Path,
+    spec: &ClusterSpec,
+    log: &Path,
+    stdout: bool,
+    host: Option<(&crate::netns::VirtualCluster, usize)>,
+) -> Result<Child, ReplayError> {
     let err = std::fs::File::create(log).map_err(io)?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = match host {
+        Some((c, i)) => c.command(i, exe),
+        None => Command::new(exe),
+    };
     cmd.arg("node").env(ENV, serde_json::to_string(spec).expect("JSON")).stdin(Stdio::null()).stderr(err);
     cmd.stdout(if stdout { Stdio::piped() } else { Stdio::null() });
     cmd.spawn().map_err(|e| ReplayError::Io(format!("cannot start {}: {e}", exe.display())))
@@ -239,20 +283,32 @@ fn status_words(st: std::process::ExitStatus) -> String {
     }
 }
 
-fn run_tasks(tasks: &mut Tasks, s: &Scenario, job: &Job, opts: &ReplayOptions) -> Result<(), ReplayError> {
+fn run_tasks(
+    tasks: &mut Tasks,
+    s: &Scenario,
+    job: &Job,
+    opts: &ReplayOptions,
+    cluster: Option<&crate::netns::VirtualCluster>,
+) -> Result<(), ReplayError> {
     let t = &s.spec.topology;
     let workers: Vec<String> = (0..t.workers).map(|i| format!("worker{i}")).collect();
     let mut addrs = Vec::new();
     let mut pids = Pids::default();
-    let spec_for = |kind: &str, index: u32, ps: Vec<String>| ClusterSpec {
+    let spec_for = |kind: &str, index: u32, ps: Vec<String>, bind: String| ClusterSpec {
         ps,
         worker: workers.clone(),
         task: Task { kind: kind.into(), index },
-        job: job.clone(),
+        job: Job { bind, ..job.clone() },
     };
+    // Hosts: worker i on host i; shard j on host workers + j, or on worker j's host when co-located.
+    let ps_host = |j: u32| {
+        if t.ps_hosts == topolab_core::scenario::PsHosts::Dedicated { (t.workers + j) as usize } else { j as usize }
+    };
+    let bind = |host: usize| cluster.map_or_else(|| job.bind.clone(), |c| format!("{}:0", c.addrs[host]));
     for i in 0..t.ps {
         let log = opts.out.join("logs").join(format!("ps-{i}.log"));
-        let mut child = spawn(&opts.exe, &spec_for("ps", i, Vec::new()), &log, true)?;
+        let host = cluster.map(|c| (c, ps_host(i)));
+        let mut child = spawn(&opts.exe, &spec_for("ps", i, Vec::new(), bind(ps_host(i))), &log, true, host)?;
         pids.ps.push(child.id());
         let stdout = child.stdout.take().expect("piped");
         tasks.children.push((format!("ps {i}"), log.clone(), child));
@@ -280,7 +336,8 @@ fn run_tasks(tasks: &mut Tasks, s: &Scenario, job: &Job, opts: &ReplayOptions) -
     }
     for i in 0..t.workers {
         let log = opts.out.join("logs").join(format!("worker-{i}.log"));
-        let child = spawn(&opts.exe, &spec_for("worker", i, addrs.clone()), &log, false)?;
+        let host = cluster.map(|c| (c, i as usize));
+        let child = spawn(&opts.exe, &spec_for("worker", i, addrs.clone(), bind(i as usize)), &log, false, host)?;
         pids.worker.push(child.id());
         tasks.children.push((format!("worker {i}"), log, child));
     }
@@ -412,8 +469,15 @@ fn collect(s: &Scenario, out: &Path, start_step: u64, latency_ns: u64) -> Result
 }
 
 /// Stops leftover tasks of a crashed run in `out` (PIDs from pids.json that still run
-/// `topolab node`). Returns how many were stopped.
-pub fn cleanup(out: &Path) -> Result<usize, ReplayError> {
+/// `topolab node`) and removes network namespaces left by crashed runs. Returns how many
+/// tasks and namespaces were removed.
+pub fn cleanup(out: &Path) -> Result<(usize, Vec<String>), ReplayError> {
+    let stopped = cleanup_tasks(out)?;
+    let namespaces = if crate::netns::is_root() { crate::netns::cleanup_all() } else { Vec::new() };
+    Ok((stopped, namespaces))
+}
+
+fn cleanup_tasks(out: &Path) -> Result<usize, ReplayError> {
     let p = out.join("pids.json");
     let Ok(text) = std::fs::read_to_string(&p) else { return Ok(0) };
     let pids: Pids = serde_json::from_str(&text).map_err(io)?;

@@ -21,6 +21,7 @@
 pub mod checkpoint;
 pub mod cluster;
 pub mod launcher;
+pub mod netns;
 pub mod proxy;
 pub mod ps;
 pub mod wire;

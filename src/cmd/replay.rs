@@ -13,6 +13,8 @@ use super::BadInput;
 pub enum Launcher {
     /// Processes on 127.0.0.1.
     Local,
+    /// A network namespace per host, links shaped by tc to the scenario's NIC rate (root).
+    Netns,
 }
 
 /// Replay a scenario for real: parameter servers and workers as processes over TCP.
@@ -28,6 +30,7 @@ Examples:
   topolab replay scenarios/examples/tiny-mlp-custom-gpu.toml --launcher local --out runs/tiny --resume
   topolab run runs/tiny/effective.toml --out runs/tiny-sim     # the simulator on what was replayed
   topolab report runs/tiny-sim runs/tiny --out reports/tiny    # predicted vs measured
+  topolab replay scenarios/examples/tiny-mlp-custom-gpu.toml --launcher netns --out runs/ns   # as root
   topolab replay --cleanup --out runs/tiny                     # stop leftovers of a crashed run")]
 pub struct Args {
     /// Scenario file.
@@ -55,16 +58,27 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if a.cleanup {
-        let n = launcher::cleanup(&a.out)?;
-        eprintln!("stopped {n} leftover task(s) of {}", a.out.display());
+        let (n, namespaces) = launcher::cleanup(&a.out)?;
+        eprintln!(
+            "stopped {n} leftover task(s) of {}; removed {} network namespace(s)",
+            a.out.display(),
+            namespaces.len()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let s = super::load_scenario(a.scenario.as_deref())?;
-    let opts =
-        ReplayOptions { exe: std::env::current_exe()?, out: a.out.clone(), resume: a.resume, timeout_s: a.timeout };
-    let outcome = match a.launcher {
-        Launcher::Local => launcher::replay_local(&s, &opts),
+    let kind = match a.launcher {
+        Launcher::Local => launcher::LauncherKind::Local,
+        Launcher::Netns => launcher::LauncherKind::Netns,
     };
+    let opts = ReplayOptions {
+        launcher: kind,
+        exe: std::env::current_exe()?,
+        out: a.out.clone(),
+        resume: a.resume,
+        timeout_s: a.timeout,
+    };
+    let outcome = launcher::replay(&s, &opts);
     let outcome = match outcome {
         Ok(o) => o,
         Err(e @ ReplayError::Refused { .. }) => return Err(BadInput(format!("error: {e}")).into()),

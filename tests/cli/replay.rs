@@ -188,3 +188,46 @@ fn a_scenario_that_cannot_be_replayed_is_refused_before_anything_starts() {
     assert!(!d.join("run/pids.json").exists(), "nothing started");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+fn ip_lines(args: &[&str]) -> Vec<String> {
+    let out = Command::new("ip").args(args).output().unwrap();
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_netns_replay_of_2_ps_and_4_workers_leaves_nothing_behind() {
+    if !topolab_runtime::netns::is_root() {
+        eprintln!("skipped: the netns launcher needs root");
+        return;
+    }
+    let d = tmp("netns");
+    std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
+    let f = d.join("ns.toml");
+    std::fs::write(
+        &f,
+        "name = \"ns\"\nbatch = 16\n[model]\nlayers = \"tiny-mlp.csv\"\n[network]\nnic = \"100 Mbit/s\"\nlatency = \"100 us\"\n\
+         [topology]\nworkers = 4\nps = 2\n[training]\nsteps = 3\n",
+    )
+    .unwrap();
+    let netns_before = ip_lines(&["netns", "list"]);
+    let links_before = ip_lines(&["-o", "link"]);
+    let out = d.join("run");
+    let o = replay(&[f.to_str().unwrap(), "--launcher", "netns", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("Latency       emulated in the transport") || stdout(&o).contains("Latency       netem")
+    );
+    let steps = std::fs::read_to_string(out.join("steps.csv")).unwrap();
+    assert_eq!(steps.lines().count(), 1 + 4 * 3);
+    assert_eq!(ip_lines(&["netns", "list"]), netns_before, "a namespace was left behind");
+    assert_eq!(ip_lines(&["-o", "link"]), links_before, "a link was left behind");
+    let pids: topolab_runtime::launcher::Pids =
+        serde_json::from_str(&std::fs::read_to_string(out.join("pids.json")).unwrap()).unwrap();
+    assert_eq!((pids.ps.len(), pids.worker.len()), (2, 4));
+    for pid in pids.ps.iter().chain(&pids.worker) {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "task {pid} still running");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

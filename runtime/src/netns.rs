@@ -1,0 +1,206 @@
+//! A virtual cluster on one machine: a network namespace per host, a bridge in a namespace of
+//! its own, a veth per host, and `tc` tbf on both directions of every host's link so that each
+//! host behaves like a NIC of the scenario's rate. Needs root.
+//!
+//! Addresses come from a fixed test range (10.213.0.0/24) that exists only inside these
+//! namespaces; there is no default route, so nothing can leave them. One-way latency uses
+//! `tc netem` where the kernel has it; otherwise (as on kernels without netem) it is emulated
+//! in the transport, and [`VirtualCluster::latency_method`] says which.
+//!
+//! Everything is torn down when the cluster is dropped (normal end, error, Ctrl-C through the
+//! launcher), and [`cleanup_all`] removes what a crashed run left.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+
+use topolab_core::units::{BitRate, Time};
+
+/// Prefix of every namespace this module creates.
+pub const PREFIX: &str = "topolab-";
+
+/// True when running as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn tc(ns: &str, args: &[&str]) -> Result<(), String> {
+    let mut all = vec!["netns", "exec", ns, "tc"];
+    all.extend_from_slice(args);
+    let out = Command::new("ip").args(&all).output().map_err(|e| format!("cannot run `tc`: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("`tc {}` in {ns} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+/// Namespaces of a virtual cluster.
+#[derive(Debug)]
+pub struct VirtualCluster {
+    /// Run identifier in the namespace names.
+    pub id: String,
+    bridge: String,
+    /// Host namespaces, in host order.
+    pub hosts: Vec<String>,
+    /// Host addresses.
+    pub addrs: Vec<Ipv4Addr>,
+    /// "netem" or "emulated in the transport".
+    pub latency_method: String,
+    torn_down: bool,
+}
+
+impl VirtualCluster {
+    /// Creates `hosts` hosts whose links are shaped to `rate` in both directions, with one-way
+    /// `latency` (netem where available).
+    pub fn create(id: &str, hosts: usize, rate: BitRate, latency: Time) -> Result<VirtualCluster, String> {
+        if !is_root() {
+            return Err(
+                "the netns launcher needs root (network namespaces, veth and tc); run as root or use --launcher local"
+                    .into(),
+            );
+        }
+        let mut c = VirtualCluster {
+            id: id.into(),
+            bridge: format!("{PREFIX}{id}-br"),
+            hosts: (0..hosts).map(|i| format!("{PREFIX}{id}-h{i}")).collect(),
+            addrs: (0..hosts).map(|i| Ipv4Addr::new(10, 213, (i / 250) as u8, (i % 250 + 1) as u8)).collect(),
+            latency_method: "none".into(),
+            torn_down: false,
+        };
+        // On any error the partly built cluster is dropped, which tears it down.
+        c.build(rate, latency)?;
+        Ok(c)
+    }
+
+    fn build(&mut self, rate: BitRate, latency: Time) -> Result<(), String> {
+        ip(&["netns", "add", &self.bridge])?;
+        ip(&["-n", &self.bridge, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &self.bridge, "link", "set", "br0", "up"])?;
+        // tbf: rate in bit/s; a burst of 4 ms at the rate (at least 32 KiB) and a 50 ms queue.
+        let rate_s = format!("{}bit", rate.0.round() as u64);
+        let burst = format!("{}", ((rate.0 / 8.0 * 0.004) as u64).max(32 * 1024));
+        let mut netem = true;
+        for (i, ns) in self.hosts.clone().iter().enumerate() {
+            ip(&["netns", "add", ns])?;
+            let port = format!("p{i}");
+            ip(&["-n", &self.bridge, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+            ip(&["-n", &self.bridge, "link", "set", &port, "master", "br0", "up"])?;
+            let cidr = format!("{}/16", self.addrs[i]);
+            ip(&["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
+            ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            // Host -> switch: shape the host's egress; switch -> host: shape the bridge port.
+            if latency.0 > 0 && netem {
+                let delay = format!("{}us", latency.0 / 1000);
+                if tc(ns, &["qdisc", "add", "dev", "eth0", "root", "handle", "1:", "netem", "delay", &delay]).is_ok() {
+                    tc(
+                        ns,
+                        &[
+                            "qdisc", "add", "dev", "eth0", "parent", "1:", "handle", "2:", "tbf", "rate", &rate_s,
+                            "burst", &burst, "latency", "50ms",
+                        ],
+                    )?;
+                } else {
+                    netem = false;
+                }
+            }
+            if latency.0 == 0 || !netem {
+                tc(
+                    ns,
+                    &[
+                        "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", &rate_s, "burst", &burst, "latency",
+                        "50ms",
+                    ],
+                )?;
+            }
+            tc(
+                &self.bridge,
+                &["qdisc", "add", "dev", &port, "root", "tbf", "rate", &rate_s, "burst", &burst, "latency", "50ms"],
+            )?;
+        }
+        self.latency_method = if latency.0 == 0 {
+            "none".into()
+        } else if netem {
+            "netem".into()
+        } else {
+            "emulated in the transport (this kernel has no netem)".into()
+        };
+        Ok(())
+    }
+
+    /// True when the kernel delays packets itself (the transport must not add latency).
+    pub fn kernel_latency(&self) -> bool {
+        self.latency_method == "netem"
+    }
+
+    /// A command that runs `exe` inside host `i`'s namespace (`ip netns exec` keeps the PID).
+    pub fn command(&self, i: usize, exe: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.hosts[i]]).arg(exe);
+        c
+    }
+
+    /// Moves the calling thread into host `i`'s namespace (sockets it opens then live there).
+    pub fn enter(&self, i: usize) -> Result<(), String> {
+        let path = format!("/var/run/netns/{}", self.hosts[i]);
+        let f = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a namespace file descriptor we hold open; affects this thread only.
+        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        if r != 0 {
+            return Err(format!("setns into {}: {}", self.hosts[i], std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Deletes every namespace of the cluster (their veths and qdiscs go with them).
+    pub fn teardown(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        self.torn_down = true;
+        for ns in self.hosts.iter().chain(std::iter::once(&self.bridge)) {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+impl Drop for VirtualCluster {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Names of existing namespaces created by this module.
+pub fn leftovers() -> Vec<String> {
+    ip(&["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(PREFIX))
+        .map(String::from)
+        .collect()
+}
+
+/// Deletes namespaces left by crashed runs whose launcher process is gone. Returns their names.
+pub fn cleanup_all() -> Vec<String> {
+    let mut removed = Vec::new();
+    for ns in leftovers() {
+        // Names are topolab-<launcher pid>[-<n>]-br|-h<i>.
+        let pid: Option<u32> = ns.strip_prefix(PREFIX).and_then(|r| r.split('-').next()).and_then(|p| p.parse().ok());
+        let alive = pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
+        if !alive && ip(&["netns", "del", &ns]).is_ok() {
+            removed.push(ns);
+        }
+    }
+    removed
+}
