@@ -158,7 +158,17 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
     Plan::new(s).map_err(|e| refuse(e.to_string()))?;
     std::fs::create_dir_all(&opts.out).map_err(io)?;
     let scale = &s.spec.runtime.scale;
-    let proxy = Proxy::new(s, scale.params, scale.flops);
+    let flops_scale = match s.spec.runtime.target_step_time {
+        // Choose the FLOP scale that makes one step's compute (forward + backward = 3 x the
+        // forward FLOPs) take the target time at this machine's measured GEMM rate.
+        Some(target) => {
+            let rate = crate::proxy::gemm_rate();
+            let per_step = 3.0 * s.model.forward_flops() * s.spec.batch as f64;
+            (target.secs_f64() * rate / per_step).min(1.0)
+        }
+        None => scale.flops,
+    };
+    let proxy = Proxy::new(s, scale.params, flops_scale);
     let params_bytes: u64 = proxy.var_sizes().iter().map(|&n| n as u64 * 4).sum();
     let need = u64::from(t.workers) * (proxy.worker_memory() + 3 * params_bytes) + 3 * params_bytes;
     if let Some(avail) = mem_available()

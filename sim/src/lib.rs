@@ -45,11 +45,14 @@ pub struct SimOptions {
     pub max_events: u64,
     /// Simulate every worker on its own even when workers are interchangeable (tests).
     pub no_classes: bool,
+    /// Record every pull, push and per-layer compute of every worker and step
+    /// ([`SimRun::ops`]), for conformance checks against the Plan and the runtime.
+    pub op_log: bool,
 }
 
 impl Default for SimOptions {
     fn default() -> Self {
-        SimOptions { trace: true, max_events: 2_000_000_000, no_classes: false }
+        SimOptions { trace: true, max_events: 2_000_000_000, no_classes: false, op_log: false }
     }
 }
 
@@ -107,6 +110,23 @@ pub struct SimRun {
     pub trace: Vec<Span>,
     /// Wall-clock seconds the simulation took (printed, never written to run files).
     pub sim_wall_s: f64,
+    /// With [`SimOptions::op_log`]: every op of every worker and step.
+    pub ops: Vec<SimOp>,
+}
+
+/// One op a simulated worker performed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct SimOp {
+    /// Worker.
+    pub worker: u32,
+    /// Step.
+    pub step: u64,
+    /// "compute-forward", "compute-backward", "pull" or "push".
+    pub op: &'static str,
+    /// Layer (compute) or part (pull, push).
+    pub index: u64,
+    /// Payload bytes (pull, push).
+    pub bytes: u64,
 }
 
 /// Simulator-specific figures that go with a summary.
@@ -186,6 +206,7 @@ pub fn simulate(s: &Scenario, opts: &SimOptions) -> Result<SimRun, SimError> {
         detail,
         trace: outcome.trace,
         sim_wall_s: started.elapsed().as_secs_f64(),
+        ops: outcome.ops,
     })
 }
 

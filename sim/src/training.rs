@@ -125,6 +125,8 @@ pub struct Outcome {
     pub trace: Vec<Span>,
     /// Worker classes simulated.
     pub classes: usize,
+    /// Ops of every worker (with `op_log`).
+    pub ops: Vec<crate::SimOp>,
 }
 
 /// One network resource's use over the run.
@@ -193,6 +195,7 @@ pub(crate) struct Sim<'a> {
     bytes_recv_per_step: Vec<u64>,
     done_classes: usize,
     total_steps: u64,
+    ops: Vec<crate::SimOp>,
 }
 
 fn synchronous(m: Mode) -> bool {
@@ -405,6 +408,7 @@ impl<'a> Sim<'a> {
             bytes_recv_per_step: recv,
             done_classes: 0,
             total_steps: spec.training.steps,
+            ops: Vec::new(),
         })
     }
 
@@ -423,6 +427,17 @@ impl<'a> Sim<'a> {
             }
             // Same host: in memory, no NIC, no latency.
             None => self.q.schedule(now, Ev::Deliver(tag)),
+        }
+    }
+
+    /// Records `op` for every worker of `class` (with `op_log`).
+    fn log(&mut self, class: usize, op: &'static str, index: usize, bytes: u64) {
+        if !self.opts.op_log {
+            return;
+        }
+        let step = self.state[class].step;
+        for &w in &self.classes[class].workers {
+            self.ops.push(crate::SimOp { worker: w, step, op, index: index as u64, bytes });
         }
     }
 
@@ -493,6 +508,11 @@ impl<'a> Sim<'a> {
             staleness: self.staleness,
             trace: self.trace,
             classes: self.classes.len(),
+            ops: {
+                let mut ops = self.ops;
+                ops.sort();
+                ops
+            },
         })
     }
 
@@ -567,6 +587,8 @@ impl<'a> Sim<'a> {
     fn deliver(&mut self, tag: Tag) {
         match tag {
             Tag::Pull { class, part } => {
+                let bytes = self.plan.placement.parts[part].bytes.0 * u64::from(self.copies);
+                self.log(class, "pull", part, bytes);
                 if self.local_agg {
                     let bytes = self.plan.placement.parts[part].bytes.0 as f64;
                     let g = f64::from(self.plan.gpus_per_host - 1);
@@ -620,6 +642,15 @@ impl<'a> Sim<'a> {
 
     fn run_compute(&mut self, class: usize, ns: u64, from: usize, to: usize, pass: &str) {
         let now = self.q.now();
+        if pass == "forward" {
+            for l in from..to {
+                self.log(class, "compute-forward", l, 0);
+            }
+        } else {
+            for l in (to..from).rev() {
+                self.log(class, "compute-backward", l, 0);
+            }
+        }
         let ns = (ns as f64 * self.state[class].jitter_factor).round() as u64;
         let st = &mut self.state[class];
         st.computing = true;
@@ -706,6 +737,7 @@ impl<'a> Sim<'a> {
 
     fn push_part(&mut self, class: usize, part: usize, step: u64) {
         let p = self.plan.placement.parts[part];
+        self.log(class, "push", part, p.bytes.0 * u64::from(self.copies));
         let flow = self.classes[class].push_flow[p.shard as usize];
         let bytes = p.bytes.0 as f64 * f64::from(self.copies);
         self.send(flow, bytes, Tag::Push { class, part, step });

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `topolab` CLI: one binary, a module per area.
 
 mod check_scenarios;
+mod conformance;
 mod inspect_commands;
 mod replay;
 mod reports;
