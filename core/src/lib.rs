@@ -24,6 +24,7 @@ pub mod hardware;
 pub mod models;
 pub mod placement;
 pub mod plan;
+pub mod profile;
 pub mod records;
 pub mod scenario;
 pub mod units;

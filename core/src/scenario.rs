@@ -194,9 +194,15 @@ pub struct HardwareSpec {
     /// Memory bandwidth of a parameter-server host; bounds its apply rate.
     #[serde(default = "default_ps_mem_bw")]
     pub ps_memory_bandwidth: BitRate,
-    /// A calibrated hardware profile (TOML) to use instead of catalogue rates.
+    /// A calibrated hardware profile (TOML, from `topolab calibrate`) whose measured compute
+    /// rate, link goodput, message overhead, PS memory bandwidth and shared cores replace the
+    /// catalogue's. Relative to the scenario file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<PathBuf>,
+    /// The worker and PS processes share this many CPU cores of one machine (a replay's
+    /// machine): compute is max-min shared among them. Unset: every worker has its own device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_cores: Option<u32>,
 }
 
 fn default_gpu() -> String {
@@ -223,6 +229,7 @@ impl Default for HardwareSpec {
             efficiency: None,
             precision: Precision::Fp32,
             gpus_per_host: 1,
+            shared_cores: None,
             host_bus: default_bus(),
             local_aggregation: true,
             ps_memory_bandwidth: default_ps_mem_bw(),
@@ -893,6 +900,8 @@ pub struct Scenario {
     pub host_bus: HostBus,
     /// Hash of the normalized scenario (hex, 16 digits).
     pub hash: String,
+    /// The calibrated profile, if the scenario names one.
+    pub profile: Option<crate::profile::Profile>,
 }
 
 impl Scenario {
@@ -988,11 +997,31 @@ impl Scenario {
             resolve_nic(n, &format!("sweep.nic[{i}]"), &mut v);
         }
 
+        let profile = match &spec.hardware.profile {
+            Some(p) => {
+                let path = base_dir.map_or_else(|| p.clone(), |d| d.join(p));
+                match crate::profile::Profile::load(&path) {
+                    Ok(pr) => Some(pr),
+                    Err(e) => {
+                        v.push(
+                            "hardware.profile",
+                            &e,
+                            Some("make one with `topolab calibrate --out profile.toml`".into()),
+                        );
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        if let Some(c) = spec.hardware.shared_cores {
+            v.check(c >= 1, "hardware.shared_cores", || "shared_cores must be >= 1".into());
+        }
         match (v.0.is_empty(), model, gpu, nic, host_bus) {
             (true, Some(model), Some(gpu), Some(nic), Some(host_bus)) => {
                 let efficiency = spec.hardware.efficiency.unwrap_or(gpu.efficiency);
                 let hash = scenario_hash(&spec);
-                Ok(Scenario { spec, origin: origin.to_string(), model, gpu, efficiency, nic, host_bus, hash })
+                Ok(Scenario { spec, origin: origin.to_string(), model, gpu, efficiency, nic, host_bus, hash, profile })
             }
             _ => Err(v.0),
         }
@@ -1011,9 +1040,32 @@ impl Scenario {
         }
     }
 
-    /// Rate a training step reaches: peak x efficiency.
+    /// Rate a training step reaches: the profile's measured rate, else peak x efficiency.
     pub fn effective_rate(&self) -> FlopRate {
-        FlopRate(self.peak().0 * self.efficiency)
+        match &self.profile {
+            Some(p) => p.fitted.compute_rate,
+            None => FlopRate(self.peak().0 * self.efficiency),
+        }
+    }
+
+    /// Link goodput factor: the profile's, else the scenario's.
+    pub fn goodput(&self) -> f64 {
+        self.profile.as_ref().map_or(self.spec.network.goodput, |p| p.fitted.goodput)
+    }
+
+    /// Per-message overhead: the profile's, else the scenario's.
+    pub fn message_overhead(&self) -> Time {
+        self.profile.as_ref().map_or(self.spec.network.message_overhead, |p| p.fitted.message_overhead)
+    }
+
+    /// PS memory bandwidth: the profile's, else the scenario's.
+    pub fn ps_memory_bandwidth(&self) -> BitRate {
+        self.profile.as_ref().map_or(self.spec.hardware.ps_memory_bandwidth, |p| p.fitted.ps_memory_bandwidth)
+    }
+
+    /// Cores shared by every process of the job, if they share one machine.
+    pub fn shared_cores(&self) -> Option<u32> {
+        self.spec.hardware.shared_cores
     }
 
     /// A one-line description for tables.

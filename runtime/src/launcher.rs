@@ -132,6 +132,21 @@ pub fn effective_scenario(s: &Scenario, proxy: &Proxy, out: &Path) -> Result<(Pa
     f.runtime.scale = topolab_core::scenario::Scale::default();
     f.runtime.target_step_time = None;
     f.sweep = Default::default();
+    // The replay machine: its cores, shared by every task, each as fast as a measured GEMM.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let rate = crate::proxy::gemm_rate();
+    f.hardware.gpu = "replay-cpu".into();
+    f.hardware.gpu_spec = Some(topolab_core::scenario::GpuOverride {
+        fp32: Some(topolab_core::units::FlopRate(rate)),
+        fp16: None,
+        memory_bandwidth: Some(topolab_core::units::BitRate::from_bytes_per_sec(10e9)),
+        memory: Some(topolab_core::units::Bytes(mem_available().unwrap_or(1 << 34))),
+        source: Some(format!("measured by topolab replay: f32 GEMM 256x256x256 on one core, {cores} cores")),
+    });
+    f.hardware.efficiency = Some(1.0);
+    f.hardware.precision = topolab_core::scenario::Precision::Fp32;
+    f.hardware.gpus_per_host = 1;
+    f.hardware.shared_cores = Some(cores);
     let path = out.join("effective.toml");
     let text = format!(
         "# The scenario this replay ran: the proxy model as built (scaled), so that the simulator can\n# be run on exactly the same thing: topolab run {}\n{}",

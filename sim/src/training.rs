@@ -38,6 +38,8 @@ pub(crate) enum Tag {
     Push { class: usize, part: usize, step: u64 },
     /// Barrier token (sync, backup): shard 0 tells the class that step `step` is applied.
     Token { class: usize, step: u64 },
+    /// Compute of class `class` on shared cores (bytes are core-nanoseconds).
+    Compute { class: usize },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +65,8 @@ pub(crate) struct Class {
     pull_flow: Vec<Option<usize>>,
     push_flow: Vec<Option<usize>>,
     token_flow: Option<usize>,
+    /// With shared cores: the class's compute, a flow over its own core and the machine's.
+    compute_flow: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -208,7 +212,7 @@ impl<'a> Sim<'a> {
         let t = &spec.topology;
         let net_spec = &spec.network;
         // NIC capacity in bytes per ns after TCP/IP framing.
-        let nic = s.nic.bytes_per_sec() * net_spec.goodput / 1e9;
+        let nic = s.nic.bytes_per_sec() * s.goodput() / 1e9;
         let rate = s.effective_rate();
         let layers = s.model.layers.len();
         let fwd_ns: Vec<u64> =
@@ -219,7 +223,7 @@ impl<'a> Sim<'a> {
         for (i, p) in plan.placement.parts.iter().enumerate() {
             layer_parts[p.layer].push(i);
         }
-        let mem_bw = spec.hardware.ps_memory_bandwidth.bytes_per_sec() / 1e9;
+        let mem_bw = s.ps_memory_bandwidth().bytes_per_sec() / 1e9;
         let apply_ns: Vec<u64> = plan
             .shards
             .iter()
@@ -284,7 +288,19 @@ impl<'a> Sim<'a> {
                 pull_flow: vec![],
                 push_flow: vec![],
                 token_flow: None,
+                compute_flow: None,
             });
+        }
+        // Shared cores: one machine's cores, max-min shared by the workers' compute (each
+        // worker process runs on at most one core at a time).
+        if let Some(cores) = s.shared_cores() {
+            let machine = net.add_resource(f64::from(cores));
+            for class in &mut classes {
+                let own = net.add_resource(1.0);
+                let k = class.workers.len() as f64;
+                class.compute_flow =
+                    Some(net.add_flow(vec![Use { resource: own, weight: 1.0 }, Use { resource: machine, weight: k }]));
+            }
         }
         // Shard hosts: dedicated NICs, or the NIC of the worker class hosting them.
         let mut shard_nic: Vec<(usize, usize, u32, Option<usize>)> = Vec::new(); // (egress, ingress, rack, hosting class)
@@ -393,7 +409,7 @@ impl<'a> Sim<'a> {
             apply_ns,
             bus_bytes_per_ns: bus,
             latency: net_spec.latency,
-            overhead_bytes: net_spec.message_overhead.0 as f64 * nic,
+            overhead_bytes: s.message_overhead().0 as f64 * nic,
             copies,
             local_agg,
             applied: 0,
@@ -459,6 +475,10 @@ impl<'a> Sim<'a> {
                 Ev::Net(t) => {
                     if let Some((msg, timers)) = self.net.complete(now, t.flow, t.version) {
                         self.schedule_timers(timers);
+                        if let Tag::Compute { class } = msg.tag {
+                            self.compute_done(class);
+                            continue;
+                        }
                         if self.opts.trace && self.trace_message(&msg.tag) {
                             self.trace_transfer(t.flow, &msg.tag, now);
                         }
@@ -598,6 +618,7 @@ impl<'a> Sim<'a> {
                 }
             }
             Tag::Push { class, part, step } => self.push_arrived(class, part, step),
+            Tag::Compute { class } => self.compute_done(class),
             Tag::Token { class, step } => {
                 let st = &self.state[class];
                 if !st.finished && st.step == step && st.own_done_at.is_some() {
@@ -673,7 +694,14 @@ impl<'a> Sim<'a> {
                 end: now + Time(ns),
             });
         }
-        self.q.schedule(now + Time(ns), Ev::ComputeDone { class });
+        match self.classes[class].compute_flow {
+            Some(flow) => {
+                // Core-nanoseconds through the shared cores; done when the flow delivers them.
+                let timers = self.net.send(now, flow, Message { bytes: ns as f64, tag: Tag::Compute { class } });
+                self.schedule_timers(timers);
+            }
+            None => self.q.schedule(now + Time(ns), Ev::ComputeDone { class }),
+        }
     }
 
     fn compute_done(&mut self, class: usize) {
@@ -911,7 +939,9 @@ impl<'a> Sim<'a> {
 
     fn trace_message(&self, tag: &Tag) -> bool {
         match *tag {
-            Tag::Pull { class, .. } | Tag::Token { class, .. } => self.tracing(self.state[class].step),
+            Tag::Pull { class, .. } | Tag::Token { class, .. } | Tag::Compute { class } => {
+                self.tracing(self.state[class].step)
+            }
             Tag::Push { step, .. } => self.tracing(step),
         }
     }
@@ -929,6 +959,9 @@ impl<'a> Sim<'a> {
             ),
             Tag::Token { class, step } => {
                 (format!("worker{}", self.classes[class].workers[0]), "nic-in", format!("token step {step}"))
+            }
+            Tag::Compute { class } => {
+                (format!("worker{}", self.classes[class].workers[0]), "gpu", "compute (shared cores)".into())
             }
         };
         self.trace.push(Span { pid, tid, name, start, end: now });
