@@ -148,11 +148,11 @@ fn workers_sharing_two_cores_compute_at_half_speed() {
     let csv = format!("{HEADER}l,dense,0,100000000000,4,l.w,1,4\n");
     let alone = run(&paper("workers = 4\nps = 1", &csv, ""));
     close(alone.summary.step_time_s.p50, 0.3, 1e-5);
-    let text = ("batch = 1\n[model]\nlayers = \"model.csv\"\n\
+    let text = "batch = 1\n[model]\nlayers = \"model.csv\"\n\
          [hardware]\ngpu = \"paper-gpu\"\nefficiency = 1.0\nshared_cores = 2\n\
          [hardware.gpu_spec]\nfp32 = \"1 TFLOP/s\"\nmemory_bandwidth = \"100 GB/s\"\nmemory = \"64 GiB\"\nsource = \"test\"\n\
          [network]\nnic = \"1 Gbit/s\"\nlatency = \"0 us\"\ngoodput = 1.0\nmessage_overhead = \"0 ns\"\n\
-         [topology]\nworkers = 4\nps = 1\n[training]\nsteps = 5\n");
+         [topology]\nworkers = 4\nps = 1\n[training]\nsteps = 5\n";
     let shared = run(&scenario(text, Some(&csv)));
     close(shared.summary.step_time_s.p50, 0.6, 1e-5);
 }
