@@ -42,6 +42,8 @@ enum Command {
     Sweep(cmd::sweep::Args),
     Report(cmd::report::Args),
     Replay(cmd::replay::Args),
+    Calibrate(cmd::validate::CalibrateArgs),
+    Validate(cmd::validate::ValidateArgs),
     #[command(hide = true)]
     Node(cmd::replay::NodeArgs),
     Check(cmd::check::Args),
@@ -60,6 +62,8 @@ fn main() -> ExitCode {
         Command::Sweep(a) => cmd::sweep::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Replay(a) => cmd::replay::run(a),
+        Command::Calibrate(a) => cmd::validate::calibrate(a),
+        Command::Validate(a) => cmd::validate::validate(a),
         Command::Node(a) => cmd::replay::node(a),
         Command::Check(a) => cmd::check::run(a),
         Command::Schema(a) => cmd::schema::run(a),

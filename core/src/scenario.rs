@@ -604,6 +604,9 @@ pub struct SweepSpec {
     /// Modes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mode: Vec<Mode>,
+    /// Built-in models.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model: Vec<String>,
     /// Explicit configurations (e.g. paired workers and PS), each combined with the axes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub points: Vec<SweepPoint>,
@@ -634,6 +637,9 @@ pub struct SweepPoint {
     /// Mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    /// Built-in model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl SweepPoint {
@@ -659,6 +665,9 @@ impl SweepPoint {
         }
         if let Some(x) = self.mode {
             spec.topology.mode = x;
+        }
+        if let Some(x) = &self.model {
+            spec.model = ModelSpec { name: Some(x.clone()), layers: None };
         }
     }
 
@@ -686,6 +695,9 @@ impl SweepPoint {
         if let Some(x) = self.mode {
             v.push(("mode", x.as_str().to_string()));
         }
+        if let Some(x) = &self.model {
+            v.push(("model", x.clone()));
+        }
         v
     }
 }
@@ -711,6 +723,7 @@ impl SweepSpec {
                 }
             };
         }
+        axis!(model, |x: &String| x.clone());
         axis!(gpu, |x: &String| x.clone());
         axis!(nic, |x: &String| x.clone());
         axis!(batch, |x: &u64| *x);
@@ -743,6 +756,9 @@ impl SweepSpec {
                         }
                         if pt.mode.is_some() {
                             q.mode = pt.mode;
+                        }
+                        if pt.model.is_some() {
+                            q.model = pt.model.clone();
                         }
                         q
                     })
@@ -789,6 +805,7 @@ impl SweepSpec {
             self.gpu.len(),
             self.placement.len(),
             self.mode.len(),
+            self.model.len(),
         ];
         if lens.iter().all(|&l| l == 0) { 0 } else { lens.iter().filter(|&&l| l > 0).product() }
     }
@@ -1415,6 +1432,7 @@ pub fn sweep_axes(s: &SweepSpec) -> BTreeMap<&'static str, usize> {
         ("gpu", s.gpu.len()),
         ("placement", s.placement.len()),
         ("mode", s.mode.len()),
+        ("model", s.model.len()),
         ("points", s.points.len()),
     ] {
         if n > 0 {

@@ -1,7 +1,8 @@
 //! topolab-reports: turns run directories into reports a person reads and a program parses.
 //!
-//! [`load`] reads a run directory (`summary.json`, `steps.csv`, `trace.json` of a run, or
-//! `sweep.csv` of a sweep) into an [`Input`]; [`render`] writes, for any list of inputs:
+//! [`load`] reads a run directory (`summary.json`, `steps.csv`, `trace.json` of a run or a
+//! replay, `sweep.csv` of a sweep, `validation.csv` of a validation) into an [`Input`];
+//! [`render`] writes, for any list of inputs:
 //!
 //! - `report.md`: tables and links to the PNG charts;
 //! - `report.html`: self-contained (inline CSS, charts as inline SVG, no external URL);
@@ -25,7 +26,7 @@ use topolab_core::records::{self, RunSummary, StepRecord, SweepRecord};
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// A run directory is not one.
-    #[error("{dir}: not a run directory (expected summary.json or sweep.csv)")]
+    #[error("{dir}: not a run directory (expected summary.json, sweep.csv or validation.csv)")]
     NotARun {
         /// The directory.
         dir: String,
@@ -93,6 +94,34 @@ pub struct SweepInput {
     pub rows: Vec<SweepRecord>,
 }
 
+/// A validation: per configuration, predicted and measured figures (validation.csv).
+#[derive(Debug, Clone)]
+pub struct ValidationInput {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Column names.
+    pub header: Vec<String>,
+    /// Rows as written.
+    pub rows: Vec<Vec<String>>,
+}
+
+impl ValidationInput {
+    fn column(&self, name: &str) -> Option<usize> {
+        self.header.iter().position(|h| h == name)
+    }
+
+    /// (configuration, predicted p50 s, measured p50 s, absolute % error) per row.
+    fn points(&self) -> Vec<(String, f64, f64, f64)> {
+        let (Some(p), Some(m), Some(e)) =
+            (self.column("pred_p50_s"), self.column("meas_p50_s"), self.column("ape_p50_pct"))
+        else {
+            return Vec::new();
+        };
+        let num = |r: &Vec<String>, i: usize| r.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(f64::NAN);
+        self.rows.iter().map(|r| (r[0].clone(), num(r, p), num(r, m), num(r, e))).collect()
+    }
+}
+
 /// What a run directory holds.
 #[derive(Debug, Clone)]
 pub enum Input {
@@ -100,6 +129,8 @@ pub enum Input {
     Run(Box<RunInput>),
     /// A sweep.
     Sweep(SweepInput),
+    /// A validation.
+    Validation(ValidationInput),
 }
 
 impl Input {
@@ -108,6 +139,9 @@ impl Input {
             Input::Run(r) => r.summary.scenario.clone(),
             Input::Sweep(s) => {
                 s.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into())
+            }
+            Input::Validation(v) => {
+                v.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "validation".into())
             }
         }
     }
@@ -119,6 +153,17 @@ fn read_err(path: &Path, message: impl ToString) -> ReportError {
 
 /// Reads a run directory.
 pub fn load(dir: &Path) -> Result<Input, ReportError> {
+    let validation = dir.join("validation.csv");
+    if validation.exists() {
+        let mut r = csv::Reader::from_path(&validation).map_err(|e| read_err(&validation, e))?;
+        let header: Vec<String> = r.headers().map_err(|e| read_err(&validation, e))?.iter().map(String::from).collect();
+        let rows = r
+            .records()
+            .map(|rec| rec.map(|x| x.iter().map(String::from).collect::<Vec<_>>()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| read_err(&validation, e))?;
+        return Ok(Input::Validation(ValidationInput { dir: dir.to_path_buf(), header, rows }));
+    }
     let sweep = dir.join("sweep.csv");
     if sweep.exists() {
         let f = std::fs::File::open(&sweep).map_err(|e| read_err(&sweep, e))?;
@@ -455,6 +500,45 @@ fn sweep_section(s: &SweepInput, name: &str) -> Result<Section, ReportError> {
     Ok(sec)
 }
 
+fn validation_section(v: &ValidationInput, name: &str) -> Result<Section, ReportError> {
+    let slug = slug(name);
+    let points = v.points();
+    let mut errors: Vec<f64> = points.iter().map(|p| p.3).filter(|e| e.is_finite()).collect();
+    errors.sort_by(f64::total_cmp);
+    let median = match errors.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => errors[n / 2],
+        n => (errors[n / 2 - 1] + errors[n / 2]) / 2.0,
+    };
+    let max = errors.last().copied().unwrap_or(f64::NAN);
+    let mut sec = Section { heading: format!("Validation: {name}"), ..Section::default() };
+    sec.notes.push(format!(
+        "p50 step time, predicted by the simulator vs measured by real replays: median absolute error {median:.1}%, max {max:.1}% over {} configurations (from {}).",
+        points.len(),
+        v.dir.display()
+    ));
+    sec.tables.push(Table {
+        name: format!("{slug}-errors"),
+        title: "Error per configuration".into(),
+        header: v.header.clone(),
+        rows: v.rows.clone(),
+    });
+    let n = format!("{slug}-predicted-vs-measured");
+    sec.charts.push(
+        charts::scatter(
+            &n,
+            &ScatterChart {
+                title: "p50 step time: predicted vs measured".into(),
+                x_label: "predicted p50 step time (s)".into(),
+                y_label: "measured p50 step time (s)".into(),
+                points: points.iter().map(|p| (p.0.clone(), p.1, p.2)).collect(),
+            },
+        )
+        .map_err(chart_err(&n))?,
+    );
+    Ok(sec)
+}
+
 fn best(rows: &[SweepRecord], key: impl Fn(&SweepRecord) -> f64) -> Option<usize> {
     (0..rows.len()).min_by(|&a, &b| key(&rows[a]).total_cmp(&key(&rows[b])))
 }
@@ -550,6 +634,7 @@ pub fn render(inputs: &[Input], out: &Path) -> Result<ReportFiles, ReportError> 
         let mut sec = match input {
             Input::Run(r) => run_section(r)?,
             Input::Sweep(s) => sweep_section(s, &input.name())?,
+            Input::Validation(v) => validation_section(v, &input.name())?,
         };
         if inputs.len() > 1 {
             // Keep file names unique when two inputs share a name.

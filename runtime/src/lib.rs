@@ -18,6 +18,7 @@
 //! same shards, the same pulls and pushes, in the same order.
 #![warn(missing_docs)]
 
+pub mod calibrate;
 pub mod checkpoint;
 pub mod cluster;
 pub mod launcher;

@@ -11,6 +11,7 @@ pub mod run;
 pub mod scenarios;
 pub mod schema;
 pub mod sweep;
+pub mod validate;
 
 use std::fmt;
 use std::path::Path;

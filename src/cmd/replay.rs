@@ -123,3 +123,13 @@ pub fn node(_: NodeArgs) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+impl Launcher {
+    /// The launcher's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Launcher::Local => "local",
+            Launcher::Netns => "netns",
+        }
+    }
+}

@@ -105,7 +105,21 @@ fn schema_is_json_describing_the_scenario_tables() {
 fn every_subcommand_help_shows_an_example() {
     let top = stdout(&topolab(&["--help"]));
     assert!(top.contains("Examples:"));
-    for sub in ["run", "sweep", "check", "schema", "models", "hardware", "placement", "plan", "scenarios"] {
+    for sub in [
+        "run",
+        "sweep",
+        "report",
+        "replay",
+        "calibrate",
+        "validate",
+        "check",
+        "schema",
+        "models",
+        "hardware",
+        "placement",
+        "plan",
+        "scenarios",
+    ] {
         let out = topolab(&[sub, "--help"]);
         assert_eq!(out.status.code(), Some(0));
         let text = stdout(&out);

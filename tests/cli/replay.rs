@@ -231,3 +231,53 @@ fn a_netns_replay_of_2_ps_and_4_workers_leaves_nothing_behind() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn calibrate_writes_a_profile_and_validate_compares_each_configuration() {
+    let d = tmp("validate");
+    let profile = d.join("profile.toml");
+    let o = topolab(&["calibrate", "--launcher", "local", "--out", profile.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let p = topolab_core::profile::Profile::load(&profile).unwrap();
+    assert!(p.fitted.compute_rate.0 > 1e8 && p.fitted.cores >= 1 && !p.raw.is_empty());
+    assert!(!p.machine.date.is_empty() && !p.machine.cpu.is_empty());
+    std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
+    let f = d.join("grid.toml");
+    std::fs::write(
+        &f,
+        "name = \"mini-grid\"\nbatch = 8\n[model]\nlayers = \"tiny-mlp.csv\"\n[network]\nlatency = \"100 us\"\n\
+         [training]\nsteps = 4\n[sweep]\npoints = [{ workers = 2, ps = 1 }, { workers = 2, ps = 2, mode = \"async\" }]\n",
+    )
+    .unwrap();
+    let out = d.join("val");
+    let o = topolab(&[
+        "validate",
+        f.to_str().unwrap(),
+        "--profile",
+        profile.to_str().unwrap(),
+        "--launcher",
+        "local",
+        "--out",
+        out.to_str().unwrap(),
+        "--report",
+        d.join("report").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("p50 step time error: median") && text.contains("Hold-out protocol"), "{text}");
+    // The report has the error table with median and max on top, and the scatter.
+    let md = std::fs::read_to_string(d.join("report/report.md")).unwrap();
+    assert!(md.contains("median absolute error") && md.contains("ape_p50_pct"), "{md}");
+    let svg = std::fs::read_to_string(d.join("report/charts/val-predicted-vs-measured.svg")).unwrap();
+    assert!(svg.contains("predicted p50 step time (s)") && svg.contains("+-10%") && svg.contains("y = x"));
+    let mut r = csv::Reader::from_path(out.join("validation.csv")).unwrap();
+    assert!(r.headers().unwrap().iter().any(|h| h == "ape_p50_pct"));
+    let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        let pred: f64 = row[1].parse().unwrap();
+        let meas: f64 = row[2].parse().unwrap();
+        assert!(pred > 0.0 && meas > 0.0);
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -1,0 +1,212 @@
+//! Calibration: micro-benchmarks of this machine through the runtime's own code paths, fitted
+//! into a [`Profile`] the simulator uses.
+//!
+//! Hold-out protocol: everything here is a single-process or single-link measurement (GEMMs,
+//! one TCP stream, one apply loop, process start-up). No multi-worker or multi-PS run is used
+//! for fitting, so validation on such runs is a prediction, not a fit.
+
+use std::time::{Duration, Instant};
+
+use ndarray::Array2;
+use tokio::net::{TcpListener, TcpStream};
+use topolab_core::profile::{Fitted, Machine, Measurement, Profile};
+use topolab_core::units::{BitRate, Bytes, FlopRate, Time};
+
+use crate::launcher::LauncherKind;
+use crate::netns::{self, VirtualCluster};
+use crate::wire::{self, Kind};
+
+fn gemm(m: usize, k: usize, n: usize) -> f64 {
+    let a = Array2::<f32>::from_elem((m, k), 0.5);
+    let b = Array2::<f32>::from_elem((k, n), 0.25);
+    let _ = a.dot(&b);
+    let start = Instant::now();
+    let mut reps = 0u64;
+    while start.elapsed() < Duration::from_millis(150) {
+        std::hint::black_box(a.dot(&b));
+        reps += 1;
+    }
+    reps as f64 * 2.0 * (m * k * n) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Streams `count` frames of `size` bytes to a listener bound at `addr` (port 0: any) and
+/// returns the seconds the receiver took from the first frame to the last. With a cluster,
+/// the receiver runs in host 1 and the sender in host 0.
+fn stream(
+    addr: std::net::SocketAddr,
+    count: usize,
+    size: usize,
+    cluster: Option<&VirtualCluster>,
+) -> Result<f64, String> {
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = s.spawn(move || -> Result<f64, String> {
+            if let Some(c) = cluster {
+                c.enter(1)?;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let l = TcpListener::bind(addr).await.map_err(|e| e.to_string())?;
+                tx.send(l.local_addr().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+                let (mut conn, _) = l.accept().await.map_err(|e| e.to_string())?;
+                let first = wire::read_frame(&mut conn, size as u32, Duration::from_secs(60))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let start = Instant::now();
+                drop(first);
+                for _ in 1..count {
+                    wire::read_frame(&mut conn, size as u32, Duration::from_secs(60))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(start.elapsed().as_secs_f64())
+            })
+        });
+        let addr = rx.recv().map_err(|e| e.to_string())?;
+        let client = s.spawn(move || -> Result<(), String> {
+            if let Some(c) = cluster {
+                c.enter(0)?;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let mut conn = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                conn.set_nodelay(true).map_err(|e| e.to_string())?;
+                let data = vec![1u8; size];
+                for i in 0..count {
+                    wire::write_frame(&mut conn, Kind::Push, i as u32, 0, &data).await.map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+        });
+        client.join().map_err(|_| "client thread panicked".to_string())??;
+        server.join().map_err(|_| "server thread panicked".to_string())?
+    })
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn mem_total() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or_else(|| "unknown".into(), |kb| Bytes(kb * 1024).to_string())
+}
+
+/// UTC now as RFC 3339.
+fn now_utc() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Runs the micro-benchmarks; `exe` is the topolab binary (for the start-up cost).
+pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<Profile, String> {
+    let mut raw = Vec::new();
+    let mut m =
+        |what: &str, value: f64, unit: &str| raw.push(Measurement { what: what.into(), value, unit: unit.into() });
+    // Compute: GEMMs of three shape classes, one core.
+    let shapes = [(64, 64, 64), (256, 256, 256), (1024, 256, 128)];
+    let mut rates: Vec<f64> = shapes.iter().map(|&(a, b, c)| gemm(a, b, c)).collect();
+    for (s, r) in shapes.iter().zip(&rates) {
+        m(&format!("gemm {}x{}x{}", s.0, s.1, s.2), *r, "FLOP/s");
+    }
+    rates.sort_by(f64::total_cmp);
+    let compute_rate = rates[1];
+    // PS apply: w -= lr * g over 16 M floats touches 3 x 64 MB.
+    let n = 16 << 20;
+    let mut w = vec![1.0f32; n];
+    let g = vec![0.5f32; n];
+    let start = Instant::now();
+    let mut reps = 0;
+    while start.elapsed() < Duration::from_millis(300) {
+        for (a, b) in w.iter_mut().zip(&g) {
+            *a -= 0.01 * b;
+        }
+        std::hint::black_box(&w);
+        reps += 1;
+    }
+    let apply = reps as f64 * 12.0 * n as f64 / start.elapsed().as_secs_f64();
+    m("ps apply memory traffic", apply, "B/s");
+    // Per-message overhead: 5000 frames of 256 B streamed over loopback.
+    let count = 5000;
+    let secs = stream("127.0.0.1:0".parse().expect("an address"), count, 256, None)?;
+    let per_message = secs / count as f64;
+    m("loopback 256 B frame", per_message * 1e9, "ns");
+    // Links: loopback, or shaped virtual links.
+    let mut goodputs = Vec::new();
+    if kind == LauncherKind::Netns {
+        if !netns::is_root() {
+            return Err("calibrating the netns launcher needs root".into());
+        }
+        for rate in [100e6, 1e9] {
+            let c = VirtualCluster::create(
+                &format!("{}-cal{}", std::process::id(), rate as u64 / 1_000_000),
+                2,
+                BitRate(rate),
+                Time::ZERO,
+            )?;
+            let bytes = (rate / 8.0 * 1.5) as usize;
+            let frames = bytes / (1 << 20);
+            let addr = format!("{}:5401", c.addrs[1]).parse().map_err(|e| format!("{e}"))?;
+            let secs = stream(addr, frames, 1 << 20, Some(&c))?;
+            let g = (frames - 1) as f64 * (1 << 20) as f64 * 8.0 / secs;
+            m(&format!("goodput of a {} Mbit/s link", rate / 1e6), g, "bit/s");
+            goodputs.push(g / rate);
+        }
+    } else {
+        let frames = 64;
+        let secs = stream("127.0.0.1:0".parse().expect("an address"), frames, 4 << 20, None)?;
+        m("loopback goodput", (frames - 1) as f64 * (4 << 20) as f64 * 8.0 / secs, "bit/s");
+    }
+    let goodput = if goodputs.is_empty() { 1.0 } else { goodputs.iter().sum::<f64>() / goodputs.len() as f64 };
+    // Start-up: spawning the binary.
+    let start = Instant::now();
+    for _ in 0..5 {
+        let _ = std::process::Command::new(exe).arg("--version").output();
+    }
+    let startup = start.elapsed().as_secs_f64() / 5.0;
+    m("process start-up", startup * 1e9, "ns");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    Ok(Profile {
+        machine: Machine {
+            cpu: cpu_model(),
+            cores,
+            memory: mem_total(),
+            date: now_utc(),
+            launcher: if kind == LauncherKind::Netns { "netns".into() } else { "local".into() },
+        },
+        fitted: Fitted {
+            compute_rate: FlopRate(compute_rate),
+            cores,
+            goodput: goodput.min(1.0),
+            message_overhead: Time::from_secs_f64(per_message),
+            ps_memory_bandwidth: BitRate::from_bytes_per_sec(apply),
+            startup: Time::from_secs_f64(startup),
+        },
+        raw,
+    })
+}

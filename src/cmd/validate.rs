@@ -1,0 +1,219 @@
+//! `topolab calibrate` and `topolab validate`: the simulator checks itself against real replays.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use topolab_core::records::RunSummary;
+use topolab_core::scenario::Scenario;
+use topolab_runtime::launcher::{self, LauncherKind, ReplayError, ReplayOptions};
+use topolab_sim::SimOptions;
+
+use super::BadInput;
+use super::replay::Launcher;
+use crate::output::{Table, num};
+
+/// Measure this machine (GEMMs, links, PS apply, process start-up) into a hardware profile.
+#[derive(clap::Args)]
+#[command(after_help = "\
+Only single-process and single-link micro-benchmarks are used (the hold-out protocol of
+`topolab validate`): no multi-worker or multi-PS run is fitted.
+
+Examples:
+  topolab calibrate --launcher netns --out profile.toml     # as root: shaped 100 Mbit/s and 1 Gbit/s links
+  topolab calibrate --launcher local --out profile.toml")]
+pub struct CalibrateArgs {
+    /// Links to measure: loopback (local) or shaped virtual links (netns, root).
+    #[arg(long, value_enum, default_value = "local")]
+    launcher: Launcher,
+    /// Profile file to write (TOML).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+fn kind(l: Launcher) -> LauncherKind {
+    match l {
+        Launcher::Local => LauncherKind::Local,
+        Launcher::Netns => LauncherKind::Netns,
+    }
+}
+
+pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe()?;
+    let p =
+        topolab_runtime::calibrate::calibrate(kind(a.launcher), &exe).map_err(|e| BadInput(format!("error: {e}")))?;
+    let text = format!(
+        "# topolab hardware profile: measured by `topolab calibrate`; reference it from a scenario\n# with hardware.profile = \"{}\"\n{}",
+        a.out.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        p.to_toml()
+    );
+    topolab_sim::write_atomic(&a.out, text.as_bytes())?;
+    let f = &p.fitted;
+    println!("Wrote {} ({} cores, {})", a.out.display(), p.machine.cores, p.machine.cpu);
+    println!("  compute          {:.3} per process (one core)", f.compute_rate);
+    println!("  link goodput     {:.3} of the line rate", f.goodput);
+    println!("  message overhead {}", f.message_overhead);
+    println!("  PS apply         {:.3}", topolab_core::units::ByteRate(f.ps_memory_bandwidth));
+    println!("  start-up         {:.3}", f.startup);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Replay every configuration of a scenario's sweep and compare it with the simulator's prediction.
+#[derive(clap::Args)]
+#[command(after_help = "\
+Hold-out protocol: the profile comes from single-worker, single-PS micro-benchmarks
+(`topolab calibrate`); the configurations validated here are multi-worker and multi-PS and are
+never used for fitting.
+
+Examples:
+  topolab calibrate --launcher netns --out profile.toml
+  topolab validate scenarios/validation/grid.toml --profile profile.toml --launcher netns --out runs/validation")]
+pub struct ValidateArgs {
+    /// Scenario with a [sweep] of configurations.
+    scenario: PathBuf,
+    /// Hardware profile from `topolab calibrate`.
+    #[arg(long, value_name = "FILE")]
+    profile: PathBuf,
+    /// Where the replays run.
+    #[arg(long, value_enum, default_value = "netns")]
+    launcher: Launcher,
+    /// Directory for the comparison (validation.csv) and every run.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Also write a report (error table, predicted vs measured chart) into this directory.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
+}
+
+fn ape(pred: f64, meas: f64) -> f64 {
+    if meas.abs() > 0.0 { (pred - meas).abs() / meas.abs() * 100.0 } else { 0.0 }
+}
+
+/// Predicts a replayed configuration: the simulator on its effective scenario, with the profile.
+fn predict(effective: &Path, profile: &Path) -> anyhow::Result<RunSummary> {
+    let mut s = Scenario::load(effective).map_err(|e| BadInput(e.to_string()))?;
+    s.spec.hardware.profile = Some(std::fs::canonicalize(profile)?);
+    let s = Scenario::from_file(s.spec, &s.origin, effective.parent())
+        .map_err(|ps| BadInput(ps.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
+    Ok(topolab_sim::simulate(&s, &SimOptions { trace: false, ..SimOptions::default() })?.summary)
+}
+
+pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let base = super::load_scenario(Some(&a.scenario))?;
+    topolab_core::profile::Profile::load(&a.profile).map_err(BadInput)?;
+    let configs = super::sweep::configurations(&base)?;
+    std::fs::create_dir_all(&a.out)?;
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    for (i, (point, s)) in configs.iter().enumerate() {
+        let label: Vec<String> = point.values().iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let label = if label.is_empty() { s.spec.name.clone() } else { label.join(" ") };
+        eprintln!("[{}/{}] {label}", i + 1, configs.len());
+        let dir = a.out.join("runs").join(format!("{i:02}"));
+        let opts = ReplayOptions {
+            launcher: kind(a.launcher),
+            exe: exe.clone(),
+            out: dir.join("replay"),
+            resume: false,
+            timeout_s: 60,
+        };
+        let measured = match launcher::replay(s, &opts) {
+            Ok(o) => o.summary,
+            Err(e @ ReplayError::Refused { .. }) => return Err(BadInput(format!("error: {e}")).into()),
+            Err(e) => return Err(e.into()),
+        };
+        let predicted = predict(&dir.join("replay/effective.toml"), &a.profile)?;
+        rows.push((label, s.clone(), predicted, measured));
+    }
+    // Comparison table.
+    let mut t = Table::new([
+        "configuration",
+        "pred_p50_s",
+        "meas_p50_s",
+        "ape_p50_pct",
+        "pred_samples_per_s",
+        "meas_samples_per_s",
+        "ape_throughput_pct",
+        "pred_compute_s",
+        "meas_compute_s",
+        "pred_comm_s",
+        "meas_comm_s",
+        "pred_wait_s",
+        "meas_wait_s",
+        "largest_phase_gap",
+    ])
+    .right_align(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    let mut apes = Vec::new();
+    for (label, _, p, m) in &rows {
+        let e = ape(p.step_time_s.p50, m.step_time_s.p50);
+        apes.push(e);
+        let phases = [
+            ("compute", p.breakdown_s.compute, m.breakdown_s.compute),
+            ("exposed communication", p.breakdown_s.exposed_comm, m.breakdown_s.exposed_comm),
+            ("wait", p.breakdown_s.wait, m.breakdown_s.wait),
+        ];
+        let worst = phases.iter().max_by(|a, b| (a.1 - a.2).abs().total_cmp(&(b.1 - b.2).abs())).expect("three phases");
+        t.row([
+            label.clone(),
+            num(p.step_time_s.p50, 4),
+            num(m.step_time_s.p50, 4),
+            num(e, 1),
+            num(p.throughput_samples_per_s, 1),
+            num(m.throughput_samples_per_s, 1),
+            num(ape(p.throughput_samples_per_s, m.throughput_samples_per_s), 1),
+            num(p.breakdown_s.compute, 4),
+            num(m.breakdown_s.compute, 4),
+            num(p.breakdown_s.exposed_comm, 4),
+            num(m.breakdown_s.exposed_comm, 4),
+            num(p.breakdown_s.wait, 4),
+            num(m.breakdown_s.wait, 4),
+            format!("{} ({:+.4} s)", worst.0, worst.1 - worst.2),
+        ]);
+    }
+    let mut sorted = apes.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = if sorted.is_empty() {
+        0.0
+    } else if sorted.len() % 2 == 1 {
+        sorted[sorted.len() / 2]
+    } else {
+        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+    };
+    let max = sorted.last().copied().unwrap_or(0.0);
+    let csv_path = a.out.join("validation.csv");
+    let mut buf = Vec::new();
+    t.write_csv(&mut buf)?;
+    topolab_sim::write_atomic(&csv_path, &buf)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Validation of {} on {} configurations ({} launcher)",
+        base.spec.name,
+        rows.len(),
+        a.launcher.name()
+    )?;
+    writeln!(
+        out,
+        "Hold-out protocol: the profile ({}) comes from single-worker, single-PS micro-benchmarks; these multi-worker, multi-PS configurations were never used for fitting.\n",
+        a.profile.display()
+    )?;
+    writeln!(out, "p50 step time error: median {median:.1}%, max {max:.1}% (absolute percentage error)\n")?;
+    t.write_text(&mut out)?;
+    for ((label, _, p, m), e) in rows.iter().zip(&apes) {
+        if *e > 25.0 {
+            let phases = [
+                ("compute", p.breakdown_s.compute - m.breakdown_s.compute),
+                ("exposed communication", p.breakdown_s.exposed_comm - m.breakdown_s.exposed_comm),
+                ("waiting for aggregation", p.breakdown_s.wait - m.breakdown_s.wait),
+            ];
+            let w = phases.iter().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).expect("three phases");
+            writeln!(out, "  {label}: {e:.0}% off; {} differs most ({:+.4} s predicted minus measured)", w.0, w.1)?;
+        }
+    }
+    writeln!(out, "\nwrote {}", csv_path.display())?;
+    drop(out);
+    if let Some(dir) = &a.report {
+        super::report::make(std::slice::from_ref(&a.out), dir)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
