@@ -58,6 +58,13 @@ pub struct Fitted {
     pub ps_memory_bandwidth: BitRate,
     /// Time to start one task process.
     pub startup: Time,
+    /// Element-wise work per activation value of a layer (forward + backward), ns: what a
+    /// FLOP count of the GEMMs alone leaves out.
+    #[serde(default)]
+    pub elementwise_ns_per_value: f64,
+    /// Fixed cost of one layer's forward + backward calls.
+    #[serde(default)]
+    pub layer_overhead: Time,
 }
 
 /// One raw measurement.

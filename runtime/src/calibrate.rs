@@ -83,6 +83,50 @@ fn stream(
     })
 }
 
+/// Times forward + backward of proxy layers and fits `extra = a x values + b` (ns) to the time
+/// beyond `3 x 2 x rows x k x n / rate`; returns (a, b), both >= 0.
+fn fit_layer_costs(rate: f64) -> (f64, f64) {
+    use crate::proxy::{self, Data, Proxy, ProxyLayer};
+    use topolab_core::models::LayerKind;
+    // (rows, k, n): values = rows x n vary widely at similar or small FLOPs.
+    let shapes = [(8, 8, 8), (64, 16, 16), (512, 16, 16), (4096, 8, 8), (256, 128, 128), (1024, 32, 64)];
+    let mut xs = Vec::new();
+    let mut ys = Vec::new();
+    for &(rows, k, n) in &shapes {
+        let layer = ProxyLayer {
+            name: "probe".into(),
+            kind: LayerKind::Dense,
+            k,
+            n,
+            rows,
+            vars: vec![("w".into(), vec![k as u64, n as u64]), ("b".into(), vec![n as u64])],
+        };
+        let p = Proxy { layers: vec![layer], batch: 1, model_name: "probe".into() };
+        let data = Data::new(&p, 1, 0);
+        let params = p.init(1);
+        let views: Vec<&[f32]> = params.iter().map(Vec::as_slice).collect();
+        let _ = proxy::layer_step(&p.layers[0], &data, 0, 0, &views);
+        let start = Instant::now();
+        let mut reps = 0u32;
+        while start.elapsed() < Duration::from_millis(60) {
+            std::hint::black_box(proxy::layer_step(&p.layers[0], &data, 0, u64::from(reps), &views));
+            reps += 1;
+        }
+        let per = start.elapsed().as_secs_f64() * 1e9 / f64::from(reps);
+        let gemm = 3.0 * 2.0 * (rows * k * n) as f64 / rate * 1e9;
+        xs.push((rows * n) as f64);
+        ys.push((per - gemm).max(0.0));
+    }
+    // Least squares for y = a x + b.
+    let n = xs.len() as f64;
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let a = if sxx > 0.0 { (sxy / sxx).max(0.0) } else { 0.0 };
+    let b = (my - a * mx).max(0.0);
+    (a, b)
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -136,6 +180,11 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<Profile, S
     }
     rates.sort_by(f64::total_cmp);
     let compute_rate = rates[1];
+    // Proxy layers of three shapes, forward + backward as a worker runs them: fit the
+    // time not explained by the GEMM FLOPs as (per activation value) x values + (per call).
+    let (per_value, per_call) = fit_layer_costs(compute_rate);
+    m("layer element-wise cost", per_value, "ns/value");
+    m("layer call overhead", per_call, "ns");
     // PS apply: w -= lr * g over 16 M floats touches 3 x 64 MB.
     let n = 16 << 20;
     let mut w = vec![1.0f32; n];
@@ -206,6 +255,8 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<Profile, S
             message_overhead: Time::from_secs_f64(per_message),
             ps_memory_bandwidth: BitRate::from_bytes_per_sec(apply),
             startup: Time::from_secs_f64(startup),
+            elementwise_ns_per_value: per_value,
+            layer_overhead: Time::from_secs_f64(per_call / 1e9),
         },
         raw,
     })

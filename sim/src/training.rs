@@ -80,8 +80,10 @@ struct ClassState {
     next_backward: usize,
     in_backward: bool,
     computing: bool,
-    /// Compute of the current event, and its end.
+    /// Compute time of the step so far.
     compute_ns: u64,
+    /// When the running compute chain started.
+    compute_started: Time,
     jitter_factor: f64,
     pushes_in_flight: u32,
     applies_in_flight: u32,
@@ -215,10 +217,33 @@ impl<'a> Sim<'a> {
         let nic = s.nic.bytes_per_sec() * s.goodput() / 1e9;
         let rate = s.effective_rate();
         let layers = s.model.layers.len();
-        let fwd_ns: Vec<u64> =
-            s.model.layers.iter().map(|l| rate.compute_time(l.forward_flops * spec.batch as f64).0).collect();
-        let bwd_ns: Vec<u64> =
-            s.model.layers.iter().map(|l| rate.compute_time(2.0 * l.forward_flops * spec.batch as f64).0).collect();
+        // Per layer: FLOPs at the effective rate; with a calibrated profile, also the measured
+        // cost per activation value (element-wise work the FLOP count leaves out) and per call.
+        let (per_value, per_call) = s
+            .profile
+            .as_ref()
+            .map_or((0.0, 0.0), |p| (p.fitted.elementwise_ns_per_value, p.fitted.layer_overhead.0 as f64));
+        let extra = |l: &topolab_core::models::Layer| {
+            if l.variables.is_empty() {
+                0.0
+            } else {
+                per_value * (l.activation_bytes.0 / 4) as f64 * spec.batch as f64 + per_call
+            }
+        };
+        let fwd_ns: Vec<u64> = s
+            .model
+            .layers
+            .iter()
+            .map(|l| rate.compute_time(l.forward_flops * spec.batch as f64).0 + (extra(l) / 3.0).round() as u64)
+            .collect();
+        let bwd_ns: Vec<u64> = s
+            .model
+            .layers
+            .iter()
+            .map(|l| {
+                rate.compute_time(2.0 * l.forward_flops * spec.batch as f64).0 + (extra(l) * 2.0 / 3.0).round() as u64
+            })
+            .collect();
         let mut layer_parts = vec![Vec::new(); layers];
         for (i, p) in plan.placement.parts.iter().enumerate() {
             layer_parts[p.layer].push(i);
@@ -675,7 +700,10 @@ impl<'a> Sim<'a> {
         let ns = (ns as f64 * self.state[class].jitter_factor).round() as u64;
         let st = &mut self.state[class];
         st.computing = true;
-        st.compute_ns += ns;
+        st.compute_started = now;
+        if self.classes[class].compute_flow.is_none() {
+            st.compute_ns += ns;
+        }
         let step = st.step;
         self.gpu_busy_ns += u128::from(ns) * self.classes[class].workers.len() as u128;
         if self.opts.trace && self.tracing(step) {
@@ -707,6 +735,12 @@ impl<'a> Sim<'a> {
     fn compute_done(&mut self, class: usize) {
         let layers = self.s.model.layers.len();
         self.state[class].computing = false;
+        if self.classes[class].compute_flow.is_some() {
+            // Shared cores: the compute took as long as the cores gave it.
+            let now = self.q.now();
+            let st = &mut self.state[class];
+            st.compute_ns += now.0 - st.compute_started.0;
+        }
         if !self.state[class].in_backward {
             if self.state[class].next_forward < layers {
                 self.try_forward(class);
