@@ -507,6 +507,7 @@ fn cleanup_tasks(out: &Path) -> Result<usize, ReplayError> {
     let Ok(text) = std::fs::read_to_string(&p) else { return Ok(0) };
     let pids: Pids = serde_json::from_str(&text).map_err(io)?;
     let mut stopped = 0;
+    let mut killed = Vec::new();
     for pid in pids.ps.iter().chain(&pids.worker) {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
@@ -515,7 +516,16 @@ fn cleanup_tasks(out: &Path) -> Result<usize, ReplayError> {
             // SAFETY: kill(2) on a PID we started, checked to still be a `topolab node`.
             unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
             stopped += 1;
+            killed.push(*pid);
         }
+    }
+    // Wait until they are gone: a task inside a namespace keeps it busy.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alive = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split_whitespace().nth(2) != Some("Z"))
+    };
+    while killed.iter().any(alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
     Ok(stopped)
 }

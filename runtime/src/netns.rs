@@ -201,7 +201,15 @@ pub fn cleanup_all() -> Vec<String> {
         // Names are topolab-<launcher pid>[-<n>]-br|-h<i>.
         let pid: Option<u32> = ns.strip_prefix(PREFIX).and_then(|r| r.split('-').next()).and_then(|p| p.parse().ok());
         let alive = pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
-        if !alive && ip(&["netns", "del", &ns]).is_ok() {
+        // A namespace still held by an exiting process is busy for a moment: retry.
+        if !alive
+            && (0..50).any(|_| {
+                ip(&["netns", "del", &ns]).is_ok() || {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    false
+                }
+            })
+        {
             removed.push(ns);
         }
     }

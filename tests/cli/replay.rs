@@ -5,6 +5,14 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// Tests that create network namespaces compare `ip netns list` and `ip link` before and after:
+/// they must not overlap.
+static NETNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn netns_lock() -> std::sync::MutexGuard<'static, ()> {
+    NETNS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn tmp(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("topolab-replay-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -202,6 +210,7 @@ fn a_netns_replay_of_2_ps_and_4_workers_leaves_nothing_behind() {
         eprintln!("skipped: the netns launcher needs root");
         return;
     }
+    let _guard = netns_lock();
     let d = tmp("netns");
     std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
     let f = d.join("ns.toml");
@@ -279,5 +288,79 @@ fn calibrate_writes_a_profile_and_validate_compares_each_configuration() {
         let meas: f64 = row[2].parse().unwrap();
         assert!(pred > 0.0 && meas > 0.0);
     }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Starts a long replay of `launcher` in the background; returns it once its tasks run.
+fn start_long_replay(d: &std::path::Path, launcher: &str) -> (std::process::Child, std::path::PathBuf) {
+    let f = tiny(d, 100_000, 0);
+    let out = d.join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_topolab"))
+        .args(["replay", &f, "--launcher", launcher, "--out", out.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.join("trace").exists() && !out.join("pids.json").exists() {
+        assert!(Instant::now() < deadline, "the replay did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    (child, out)
+}
+
+fn task_pids(out: &std::path::Path) -> Vec<u32> {
+    let pids: topolab_runtime::launcher::Pids =
+        serde_json::from_str(&std::fs::read_to_string(out.join("pids.json")).unwrap()).unwrap();
+    pids.ps.into_iter().chain(pids.worker).collect()
+}
+
+fn gone(pid: u32) -> bool {
+    // A zombie (already dead, not yet reaped by its parent) counts as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+}
+
+#[test]
+fn ctrl_c_stops_every_task_and_tears_the_cluster_down() {
+    let launcher = if topolab_runtime::netns::is_root() { "netns" } else { "local" };
+    let _guard = netns_lock();
+    let d = tmp("sigint");
+    let netns_before = ip_lines(&["netns", "list"]);
+    let (child, out) = start_long_replay(&d, launcher);
+    let pids = task_pids(&out);
+    assert!(pids.iter().all(|&p| !gone(p)), "tasks run");
+    // SAFETY: SIGINT to the replay this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"), "{}", String::from_utf8_lossy(&o.stderr));
+    for p in pids {
+        assert!(gone(p), "task {p} still running after Ctrl-C");
+    }
+    assert_eq!(ip_lines(&["netns", "list"]), netns_before, "namespaces left after Ctrl-C");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn cleanup_removes_what_a_crashed_replay_left() {
+    let launcher = if topolab_runtime::netns::is_root() { "netns" } else { "local" };
+    let _guard = netns_lock();
+    let d = tmp("crashed");
+    let netns_before = ip_lines(&["netns", "list"]);
+    let (mut child, out) = start_long_replay(&d, launcher);
+    let pids = task_pids(&out);
+    // The launcher itself dies: its tasks (and namespaces) are orphaned.
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(pids.iter().any(|&p| !gone(p)), "orphaned tasks still run");
+    let o = replay(&["--cleanup", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|&p| !gone(p)) {
+        assert!(Instant::now() < deadline, "tasks survive --cleanup");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(ip_lines(&["netns", "list"]), netns_before, "namespaces left after --cleanup");
     let _ = std::fs::remove_dir_all(&d);
 }
