@@ -254,7 +254,8 @@ draw_fn!(draw_scatter, |root, c: &ScatterChart| {
     let band = RGBColor(160, 200, 255);
     chart
         .draw_series(std::iter::once(Polygon::new(
-            vec![(0.0, 0.0), (hi, hi * 1.1), (hi, hi * 0.9)],
+            // Between y = 1.1 x and y = 0.9 x, clipped to the square plot.
+            vec![(0.0, 0.0), (hi / 1.1, hi), (hi, hi), (hi, hi * 0.9)],
             band.mix(0.5).filled(),
         )))?
         .label("+-10%")

@@ -92,6 +92,9 @@ fn fit_layer_costs(rate: f64) -> (f64, f64) {
     let shapes = [(8, 8, 8), (64, 16, 16), (512, 16, 16), (4096, 8, 8), (256, 128, 128), (1024, 32, 64)];
     let mut xs = Vec::new();
     let mut ys = Vec::new();
+    // Each probe cycles through 32 layers of its shape with their own data, as a worker cycles
+    // through a model's layers: caches are as cold as in a real step.
+    const COPIES: usize = 32;
     for &(rows, k, n) in &shapes {
         let layer = ProxyLayer {
             name: "probe".into(),
@@ -99,20 +102,29 @@ fn fit_layer_costs(rate: f64) -> (f64, f64) {
             k,
             n,
             rows,
-            vars: vec![("w".into(), vec![k as u64, n as u64]), ("b".into(), vec![n as u64])],
+            vars: vec![
+                ("w".into(), vec![k as u64, n as u64]),
+                ("b".into(), vec![n as u64]),
+                ("c".into(), vec![n as u64]),
+            ],
         };
-        let p = Proxy { layers: vec![layer], batch: 1, model_name: "probe".into() };
+        let p = Proxy { layers: vec![layer; COPIES], batch: 1, model_name: "probe".into() };
         let data = Data::new(&p, 1, 0);
         let params = p.init(1);
-        let views: Vec<&[f32]> = params.iter().map(Vec::as_slice).collect();
-        let _ = proxy::layer_step(&p.layers[0], &data, 0, 0, &views);
+        let run = |step: u64| {
+            for (li, l) in p.layers.iter().enumerate() {
+                let views: Vec<&[f32]> = params[3 * li..3 * li + 3].iter().map(Vec::as_slice).collect();
+                std::hint::black_box(proxy::layer_step(l, &data, li, step, &views));
+            }
+        };
+        run(0);
         let start = Instant::now();
         let mut reps = 0u32;
-        while start.elapsed() < Duration::from_millis(60) {
-            std::hint::black_box(proxy::layer_step(&p.layers[0], &data, 0, u64::from(reps), &views));
+        while start.elapsed() < Duration::from_millis(80) {
+            run(u64::from(reps));
             reps += 1;
         }
-        let per = start.elapsed().as_secs_f64() * 1e9 / f64::from(reps);
+        let per = start.elapsed().as_secs_f64() * 1e9 / f64::from(reps) / COPIES as f64;
         let gemm = 3.0 * 2.0 * (rows * k * n) as f64 / rate * 1e9;
         xs.push((rows * n) as f64);
         ys.push((per - gemm).max(0.0));
