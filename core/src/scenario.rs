@@ -10,7 +10,6 @@
 //! Every [`Diagnostic`] names `file:line:column`, the field path, the offending line with a
 //! caret and, where it can, a fix ("did you mean `workers`?").
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -643,6 +642,23 @@ pub struct SweepPoint {
 }
 
 impl SweepPoint {
+    /// Sets every value `other` sets.
+    fn overlay(&mut self, other: &SweepPoint) {
+        fn set<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
+            if src.is_some() {
+                dst.clone_from(src);
+            }
+        }
+        set(&mut self.workers, &other.workers);
+        set(&mut self.ps, &other.ps);
+        set(&mut self.nic, &other.nic);
+        set(&mut self.batch, &other.batch);
+        set(&mut self.gpu, &other.gpu);
+        set(&mut self.placement, &other.placement);
+        set(&mut self.mode, &other.mode);
+        set(&mut self.model, &other.model);
+    }
+
     /// Applies this point to `spec`.
     fn apply(&self, spec: &mut ScenarioFile) {
         if let Some(x) = self.workers {
@@ -703,8 +719,9 @@ impl SweepPoint {
 }
 
 impl SweepSpec {
-    /// Every configuration of the sweep: the cartesian product of the axes (workers varying
-    /// fastest) times the explicit points.
+    /// Every configuration of the sweep: the cartesian product of the axes times the explicit
+    /// points (the points vary fastest, then workers, ps, placement, mode, batch, nic, gpu,
+    /// model).
     pub fn expand(&self) -> Vec<SweepPoint> {
         let mut out = vec![SweepPoint::default()];
         macro_rules! axis {
@@ -737,29 +754,7 @@ impl SweepSpec {
                 .flat_map(|p| {
                     self.points.iter().map(move |pt| {
                         let mut q = p.clone();
-                        for (dst, src) in [(&mut q.workers, pt.workers), (&mut q.ps, pt.ps)] {
-                            if src.is_some() {
-                                *dst = src;
-                            }
-                        }
-                        if pt.nic.is_some() {
-                            q.nic = pt.nic.clone();
-                        }
-                        if pt.batch.is_some() {
-                            q.batch = pt.batch;
-                        }
-                        if pt.gpu.is_some() {
-                            q.gpu = pt.gpu.clone();
-                        }
-                        if pt.placement.is_some() {
-                            q.placement = pt.placement;
-                        }
-                        if pt.mode.is_some() {
-                            q.mode = pt.mode;
-                        }
-                        if pt.model.is_some() {
-                            q.model = pt.model.clone();
-                        }
+                        q.overlay(pt);
                         q
                     })
                 })
@@ -1420,28 +1415,6 @@ pub fn json_schema() -> serde_json::Value {
     serde_json::to_value(schema).expect("a JSON schema is JSON")
 }
 
-/// Names and one-line descriptions of the sweep axes, in the order the cartesian product
-/// varies them (last fastest).
-pub fn sweep_axes(s: &SweepSpec) -> BTreeMap<&'static str, usize> {
-    let mut m = BTreeMap::new();
-    for (k, n) in [
-        ("workers", s.workers.len()),
-        ("ps", s.ps.len()),
-        ("nic", s.nic.len()),
-        ("batch", s.batch.len()),
-        ("gpu", s.gpu.len()),
-        ("placement", s.placement.len()),
-        ("mode", s.mode.len()),
-        ("model", s.model.len()),
-        ("points", s.points.len()),
-    ] {
-        if n > 0 {
-            m.insert(k, n);
-        }
-    }
-    m
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1486,6 +1459,24 @@ mod tests {
         let paths: Vec<&str> = ds.iter().map(|d| d.path.as_str()).collect();
         assert_eq!(paths, ["batch", "topology.workers", "topology.ps"]);
         assert_eq!((ds[1].line, ds[1].column), (5, 11));
+    }
+
+    #[test]
+    fn a_sweep_is_the_product_of_its_axes_and_points() {
+        let s = parse(&format!(
+            "{MINIMAL}[sweep]\nworkers = [1, 2]\nnic = [\"1GbE\", \"10GbE\"]\npoints = [{{ ps = 1 }}, {{ ps = 2, mode = \"async\" }}]\n"
+        ))
+        .unwrap();
+        let pts = s.spec.sweep.expand();
+        // 2 workers x 2 NICs x 2 points; the points vary fastest, then workers.
+        assert_eq!(pts.len(), 8);
+        assert_eq!(s.spec.sweep.points(), 8);
+        assert_eq!((pts[0].ps, pts[1].ps), (Some(1), Some(2)));
+        assert_eq!((pts[0].workers, pts[1].workers, pts[2].workers), (Some(1), Some(1), Some(2)));
+        assert!(pts.iter().filter(|p| p.mode == Some(Mode::Async)).all(|p| p.ps == Some(2)));
+        let f = SweepSpec::point_file(&s.spec, &pts[7]);
+        assert_eq!((f.topology.workers, f.topology.ps, f.network.nic.as_str()), (2, 2, "10GbE"));
+        assert!(f.name.contains("workers=2") && f.sweep.points() == 0);
     }
 
     #[test]
