@@ -18,6 +18,7 @@
 //! Data flows `scenario -> (model, hardware) -> placement -> plan -> run records`.
 #![warn(missing_docs)]
 
+pub mod atomic;
 pub mod convergence;
 pub mod diagnostic;
 pub mod hardware;

@@ -85,6 +85,19 @@ fn padded(lo: f64, hi: f64) -> std::ops::Range<f64> {
     (lo - pad)..(hi + pad)
 }
 
+/// Draws the series legend of `$chart` at `$pos`, the same way on every chart.
+macro_rules! legend {
+    ($chart:expr, $pos:ident) => {
+        $chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::$pos)
+            .label_font(("sans-serif", 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?
+    };
+}
+
 macro_rules! draw_fn {
     ($name:ident, |$root:ident, $data:ident : $ty:ty| $body:block) => {
         fn $name<DB: DrawingBackend>($root: DrawingArea<DB, Shift>, $data: $ty) -> DrawResult
@@ -138,13 +151,7 @@ draw_fn!(draw_lines, |root, c: &LineChart| {
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
         chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 4, col.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    legend!(chart, UpperLeft);
     root.present()?;
     Ok(())
 });
@@ -209,13 +216,7 @@ draw_fn!(draw_breakdown, |root, c: &BreakdownChart| {
             .label(*part)
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], col.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    legend!(chart, UpperRight);
     root.present()?;
     Ok(())
 });
@@ -268,13 +269,7 @@ draw_fn!(draw_scatter, |root, c: &ScatterChart| {
         .draw_series(c.points.iter().map(|p| Circle::new((p.1, p.2), 5, color(3).filled())))?
         .label("configurations")
         .legend(|(x, y)| Circle::new((x + 7, y), 5, color(3).filled()));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    legend!(chart, UpperLeft);
     root.present()?;
     Ok(())
 });
@@ -337,13 +332,7 @@ draw_fn!(draw_timeline, |root, c: &TimelineChart| {
             .label(kind.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], col.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    legend!(chart, LowerRight);
     root.present()?;
     Ok(())
 });
@@ -391,13 +380,7 @@ draw_fn!(draw_pareto, |root, c: &ParetoChart| {
         .label("Pareto front")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color(3).stroke_width(2)));
     chart.draw_series(front.iter().map(|&p| Circle::new(p, 5, color(3).filled())))?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    legend!(chart, UpperRight);
     root.present()?;
     Ok(())
 });

@@ -616,10 +616,8 @@ pub struct ReportFiles {
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    let err = |source| ReportError::Write { path: path.display().to_string(), source };
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    topolab_core::atomic::write_atomic(path, bytes)
+        .map_err(|source| ReportError::Write { path: path.display().to_string(), source })
 }
 
 /// Renders a report of `inputs` into `out`.

@@ -6,11 +6,11 @@
 //! complete when every shard's manifest exists and its data matches the checksum, so a crash
 //! in the middle of writing leaves the previous complete checkpoint as the one to resume from.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+pub use topolab_core::atomic::write_atomic;
 
 /// A shard's manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,21 +27,6 @@ pub struct Manifest {
 
 fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Writes `bytes` to `path` via a temporary file, fsync and rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 fn step_dir(dir: &Path, step: u64) -> PathBuf {

@@ -176,8 +176,7 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
                 });
             }
             let t0 = monotonic_ns();
-            let nv = proxy.layers[l].vars.len();
-            let views: Vec<&[f32]> = vars[var_offset[l]..var_offset[l] + nv].iter().map(Vec::as_slice).collect();
+            let views = layer_views(&vars, var_offset[l], proxy.layers[l].vars.len());
             caches.push(proxy::forward(&proxy.layers[l], &data, l, step, &views));
             let t1 = monotonic_ns();
             compute_ns += t1 - t0;
@@ -195,8 +194,7 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         let mut pushes = 0usize;
         for l in (0..layers).rev() {
             let t0 = monotonic_ns();
-            let nv = proxy.layers[l].vars.len();
-            let views: Vec<&[f32]> = vars[var_offset[l]..var_offset[l] + nv].iter().map(Vec::as_slice).collect();
+            let views = layer_views(&vars, var_offset[l], proxy.layers[l].vars.len());
             let (layer_loss, grads) =
                 proxy::backward(&proxy.layers[l], &data, l, step, &views, caches.pop().expect("one cache per layer"));
             loss += layer_loss;
@@ -311,6 +309,11 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
     }
     eprintln!("worker{index}: {} steps in {:.2} s", total - start, wall.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The `count` variables of a layer starting at `offset`, W first.
+fn layer_views(vars: &[Vec<f32>], offset: usize, count: usize) -> Vec<&[f32]> {
+    vars[offset..offset + count].iter().map(Vec::as_slice).collect()
 }
 
 async fn connect(addr: &str, token: &Token, index: u32, timeout: Duration) -> Result<TcpStream, NodeError> {

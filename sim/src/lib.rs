@@ -24,7 +24,6 @@ pub mod rng;
 pub mod target;
 pub mod training;
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -34,6 +33,7 @@ use topolab_core::records::{self, Breakdown, RunSummary, StepRecord, Utilization
 use topolab_core::scenario::{PsHosts, Scenario};
 use topolab_core::units::{Bytes, Time};
 
+pub use topolab_core::atomic::write_atomic;
 pub use training::{Outcome, ResourceOwner, ResourceUse, Span};
 
 /// Knobs of a simulation that are not part of the scenario.
@@ -353,17 +353,6 @@ pub fn write_run_dir(run: &SimRun, dir: &Path) -> std::io::Result<()> {
     write_atomic(&dir.join("steps.csv"), &steps)?;
     write_atomic(&dir.join("trace.json"), &chrome_trace(&run.trace))?;
     Ok(())
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
 }
 
 /// The Chrome trace event format (opens in Perfetto and chrome://tracing): one complete
