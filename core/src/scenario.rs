@@ -276,6 +276,26 @@ pub struct NetworkSpec {
     /// per-message streaming overhead in its published benchmarks; calibration replaces it.
     #[serde(default = "default_overhead")]
     pub message_overhead: Time,
+    /// TCP's unequal sharing: each connection gets `exp(unfairness x z)` times a fair share for
+    /// a busy period (z standard normal, keyed by the seed). 0 (default) is exact max-min
+    /// fairness; calibration measures it with two flows on one shaped link.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub unfairness: f64,
+    /// Window ramp-up: a connection busy `d` longer than another gets `exp(d / seniority)` times
+    /// its share. 0 (default) ignores how long a connection has been busy.
+    #[serde(default, skip_serializing_if = "is_zero_time")]
+    pub seniority: Time,
+    /// CPU time per payload byte moved (ns, sender and receiver, kernel included), charged to
+    /// `hardware.shared_cores` when the job shares one machine. 0 (default): free.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub cpu_ns_per_byte: f64,
+}
+
+fn is_zero_f64(x: &f64) -> bool {
+    *x == 0.0
+}
+fn is_zero_time(t: &Time) -> bool {
+    t.0 == 0
 }
 
 fn default_nic() -> String {
@@ -307,6 +327,9 @@ impl Default for NetworkSpec {
             oversubscription: default_oversub(),
             goodput: default_goodput(),
             message_overhead: default_overhead(),
+            unfairness: 0.0,
+            seniority: Time::ZERO,
+            cpu_ns_per_byte: 0.0,
         }
     }
 }
@@ -1060,14 +1083,42 @@ impl Scenario {
         }
     }
 
-    /// Link goodput factor: the profile's, else the scenario's.
+    /// Link goodput factor: the profile's (at this NIC rate where it measured links), else the
+    /// scenario's.
     pub fn goodput(&self) -> f64 {
-        self.profile.as_ref().map_or(self.spec.network.goodput, |p| p.fitted.goodput)
+        self.profile
+            .as_ref()
+            .map_or(self.spec.network.goodput, |p| p.fitted.goodput_at(self.nic).unwrap_or(p.fitted.goodput))
     }
 
     /// Per-message overhead: the profile's, else the scenario's.
     pub fn message_overhead(&self) -> Time {
         self.profile.as_ref().map_or(self.spec.network.message_overhead, |p| p.fitted.message_overhead)
+    }
+
+    /// User-space ns per payload byte of a message (both ends): the profile's, else 0.
+    pub fn copy_ns_per_byte(&self) -> f64 {
+        self.profile.as_ref().map_or(0.0, |p| p.fitted.copy_ns_per_byte)
+    }
+
+    /// TCP unfairness spread at this scenario's NIC rate: the profile's, else the scenario's.
+    pub fn unfairness(&self) -> f64 {
+        self.profile.as_ref().and_then(|p| p.fitted.unfairness_at(self.nic)).unwrap_or(self.spec.network.unfairness)
+    }
+
+    /// Window ramp-up time constant at this scenario's NIC rate: the profile's, else the
+    /// scenario's.
+    pub fn seniority(&self) -> Time {
+        self.profile.as_ref().and_then(|p| p.fitted.seniority_at(self.nic)).unwrap_or(self.spec.network.seniority)
+    }
+
+    /// CPU per payload byte at this scenario's NIC rate: the profile's (interpolated between
+    /// its measured link rates), else the scenario's.
+    pub fn network_cpu_ns_per_byte(&self) -> f64 {
+        self.profile
+            .as_ref()
+            .and_then(|p| p.fitted.cpu_ns_per_byte_at(self.nic))
+            .unwrap_or(self.spec.network.cpu_ns_per_byte)
     }
 
     /// PS memory bandwidth: the profile's, else the scenario's.
@@ -1276,6 +1327,12 @@ fn validate(s: &ScenarioFile, v: &mut Problems) {
         format!("oversubscription is >= 1 (1 = non-blocking), got {}", n.oversubscription)
     });
     v.check(n.hosts_per_rack >= 1, "network.hosts_per_rack", || "hosts_per_rack must be >= 1".into());
+    v.check(n.unfairness >= 0.0 && n.unfairness <= 3.0, "network.unfairness", || {
+        format!("unfairness is a log-normal spread in [0, 3], got {}", n.unfairness)
+    });
+    v.check(n.cpu_ns_per_byte >= 0.0 && n.cpu_ns_per_byte.is_finite(), "network.cpu_ns_per_byte", || {
+        format!("cpu_ns_per_byte must be >= 0, got {}", n.cpu_ns_per_byte)
+    });
 
     let t = &s.topology;
     v.check(t.workers >= 1, "topology.workers", || "workers must be >= 1".into());

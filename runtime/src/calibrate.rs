@@ -2,14 +2,16 @@
 //! into a [`Profile`] the simulator uses.
 //!
 //! Hold-out protocol: everything here is a single-process or single-link measurement (GEMMs,
-//! one TCP stream, one apply loop, process start-up). No multi-worker or multi-PS run is used
-//! for fitting, so validation on such runs is a prediction, not a fit.
+//! one TCP stream and its CPU cost, two raw TCP streams into one shaped link, one apply loop,
+//! process start-up). No multi-worker or multi-PS training run is used for fitting, so
+//! validation on such runs is a prediction, not a fit.
 
 use std::time::{Duration, Instant};
 
 use ndarray::Array2;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use topolab_core::profile::{Fitted, Machine, Measurement, Profile};
+use topolab_core::profile::{Fitted, LinkFit, Machine, Measurement, Profile};
 use topolab_core::units::{BitRate, Bytes, FlopRate, Time};
 
 use crate::launcher::LauncherKind;
@@ -83,6 +85,154 @@ fn stream(
     })
 }
 
+/// Two connections into host 1 of `c`, from hosts 0 and 2 (as two workers push into one PS),
+/// each carrying `size` bytes in 64 KiB frames; the second starts `delay` after the first. Returns when each finished at the receiver,
+/// seconds after the first started.
+fn two_flows(c: &VirtualCluster, port: u16, size: usize, delay: Duration) -> Result<(f64, f64), String> {
+    const FRAME: usize = 64 << 10;
+    let frames = size.div_ceil(FRAME);
+    let addr: std::net::SocketAddr = format!("{}:{port}", c.addrs[1]).parse().map_err(|e| format!("{e}"))?;
+    let t0 = std::sync::OnceLock::<Instant>::new();
+    let barrier = &std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t0 = &t0;
+        let server = s.spawn(move || -> Result<(f64, f64), String> {
+            c.enter(1)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let l = TcpListener::bind(addr).await.map_err(|e| e.to_string())?;
+                tx.send(()).map_err(|e| e.to_string())?;
+                let mut tasks = Vec::new();
+                for _ in 0..2 {
+                    let (mut conn, _) = l.accept().await.map_err(|e| e.to_string())?;
+                    tasks.push(tokio::spawn(async move {
+                        let mut id = 0;
+                        for _ in 0..frames {
+                            let f = wire::read_frame(&mut conn, FRAME as u32, Duration::from_secs(60))
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            id = f.var;
+                        }
+                        Ok::<(u32, Instant), String>((id, Instant::now()))
+                    }));
+                }
+                let mut done = [0.0f64; 2];
+                for t in tasks {
+                    let (id, at) = t.await.map_err(|e| e.to_string())??;
+                    let start = *t0.get().ok_or("the sender never started")?;
+                    done[id as usize & 1] = at.duration_since(start).as_secs_f64();
+                }
+                Ok((done[0], done[1]))
+            })
+        });
+        rx.recv().map_err(|e| e.to_string())?;
+        // One sender per host (hosts 0 and 2), as two workers push into one PS.
+        let clients: Vec<_> = (0..2u32)
+            .map(|id| {
+                s.spawn(move || -> Result<(), String> {
+                    c.enter(if id == 0 { 0 } else { 2 })?;
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    rt.block_on(async {
+                        let mut conn = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                        conn.set_nodelay(true).map_err(|e| e.to_string())?;
+                        let data = vec![1u8; FRAME];
+                        barrier.wait();
+                        let _ = t0.set(Instant::now());
+                        if id == 1 {
+                            tokio::time::sleep(delay).await;
+                        }
+                        for _ in 0..frames {
+                            wire::write_frame(&mut conn, Kind::Push, id, 0, &data).await.map_err(|e| e.to_string())?;
+                        }
+                        conn.shutdown().await.map_err(|e| e.to_string())
+                    })
+                })
+            })
+            .collect();
+        for cl in clients {
+            cl.join().map_err(|_| "client thread panicked".to_string())??;
+        }
+        server.join().map_err(|_| "server thread panicked".to_string())?
+    })
+}
+
+/// Two-flow probes on one shaped link: the `|ln rho|` of equal starts, the `ln rho` of a late
+/// second flow, and its lateness in s; [`calibrate`] fits `(sigma, tau)` from them as below.
+///
+/// Model (the simulator's): while both connections are busy they share the link's goodput `r`
+/// in proportion to their shares; a share is `exp(sigma z)` (z standard normal) times
+/// `exp(-age deficit / tau)`. With equal starts, the first to finish at `t1` and the second at
+/// `t2 = 2S/r` give the share ratio `rho = 1 / (2 t1 / t2 - 1)`, and `E|ln rho| = 2 sigma /
+/// sqrt(pi)`. With the second connection `d` late, the first moves `r d` alone; the ratio from
+/// whichever finishes first gives `ln rho`, whose mean is `d / tau`.
+fn probe_unfairness(c: &VirtualCluster, goodput_bps: f64) -> Result<(Vec<f64>, Vec<f64>, f64), String> {
+    const TRIALS: usize = 12;
+    let r = goodput_bps / 8.0;
+    // About 150 ms of transfer per connection alone.
+    let size = ((r * 0.15) as usize).max(256 << 10);
+    let alone = size as f64 / r;
+    let mut logs = Vec::new();
+    let mut port = 5410;
+    for _ in 0..TRIALS {
+        let (a, b) = two_flows(c, port, size, Duration::ZERO)?;
+        port += 1;
+        let (t1, t2) = (a.min(b), a.max(b));
+        let q = (2.0 * t1 / t2 - 1.0).max(1e-3);
+        logs.push((1.0 / q).max(1.0).ln());
+    }
+    let d = 0.2 * alone;
+    let mut lags = Vec::new();
+    for _ in 0..TRIALS {
+        let (a, b) = two_flows(c, port, size, Duration::from_secs_f64(d))?;
+        port += 1;
+        // Bytes the first moved alone; then rates r rho/(1+rho) and r/(1+rho).
+        let head = (r * d).min(size as f64);
+        let rho = if a <= b {
+            let left = size as f64 - head;
+            let both = (a - d).max(1e-9);
+            left / (r * both - left).max(1e-9 * r)
+        } else {
+            let both = (b - d).max(1e-9);
+            (r * both / size as f64 - 1.0).max(1e-3)
+        };
+        lags.push(rho.ln());
+    }
+    Ok((logs, lags, d))
+}
+
+/// ns per payload byte of one 4 MiB message through the runtime's user-space path: the
+/// sender's `f32_bytes` and framing, the receiver's read into a fresh buffer, `bytes_f32`, and
+/// the copy into the variable.
+fn copy_cost() -> Result<f64, String> {
+    let values = vec![0.5f32; 1 << 20];
+    let mut place = vec![0f32; values.len()];
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let once = |place: &mut Vec<f32>| -> Result<(), String> {
+        let payload = wire::f32_bytes(&values);
+        let mut buf: Vec<u8> = Vec::new();
+        rt.block_on(wire::write_frame(&mut buf, Kind::Value, 0, 0, &payload)).map_err(|e| e.to_string())?;
+        let f = rt
+            .block_on(wire::read_frame(&mut buf.as_slice(), u32::MAX, Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let v = wire::bytes_f32(&f.payload).ok_or("odd payload")?;
+        place.copy_from_slice(&v);
+        std::hint::black_box(place);
+        Ok(())
+    };
+    once(&mut place)?;
+    let start = Instant::now();
+    let mut reps = 0u32;
+    while start.elapsed() < Duration::from_millis(200) {
+        once(&mut place)?;
+        reps += 1;
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e9 / (f64::from(reps) * (4 << 20) as f64))
+}
+
 /// Times forward + backward of proxy layers and fits `extra = a x values + b` (ns) to the time
 /// beyond `3 x 2 x rows x k x n / rate`; returns (a, b), both >= 0.
 fn fit_layer_costs(rate: f64) -> (f64, f64) {
@@ -137,6 +287,20 @@ fn fit_layer_costs(rate: f64) -> (f64, f64) {
     let a = if sxx > 0.0 { (sxy / sxx).max(0.0) } else { 0.0 };
     let b = (my - a * mx).max(0.0);
     (a, b)
+}
+
+/// CPU seconds all cores have spent busy since boot (user, system, interrupts; /proc/stat).
+fn cpu_busy_s() -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|t| {
+            let l = t.lines().next()?.to_string();
+            let v: Vec<f64> = l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+            // user nice system idle iowait irq softirq steal ...
+            Some(v.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, x)| x).sum::<f64>() / ticks)
+        })
+        .unwrap_or(0.0)
 }
 
 fn cpu_model() -> String {
@@ -212,6 +376,9 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<Profile, S
     }
     let apply = reps as f64 * 12.0 * n as f64 / start.elapsed().as_secs_f64();
     m("ps apply memory traffic", apply, "B/s");
+    // User-space work per byte of a message through both ends, as the runtime does it.
+    let copy = copy_cost()?;
+    m("user-space copies per payload byte (serialize, frame, receive, decode, place)", copy, "ns/B");
     // Per-message overhead: 5000 frames of 256 B streamed over loopback.
     let count = 5000;
     let secs = stream("127.0.0.1:0".parse().expect("an address"), count, 256, None)?;
@@ -219,6 +386,7 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<Profile, S
     m("loopback 256 B frame", per_message * 1e9, "ns");
     // Links: loopback, or shaped virtual links.
     let mut goodputs = Vec::new();
+    let mut links = Vec::new();
     if kind == LauncherKind::Netns {
         if !netns::is_root() {
             return Err("calibrating the netns launcher needs root".into());
@@ -226,17 +394,48 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<Profile, S
         for rate in [100e6, 1e9] {
             let c = VirtualCluster::create(
                 &format!("{}-cal{}", std::process::id(), rate as u64 / 1_000_000),
-                2,
+                3,
                 BitRate(rate),
                 Time::ZERO,
             )?;
             let bytes = (rate / 8.0 * 1.5) as usize;
             let frames = bytes / (1 << 20);
             let addr = format!("{}:5401", c.addrs[1]).parse().map_err(|e| format!("{e}"))?;
+            let before = cpu_busy_s();
             let secs = stream(addr, frames, 1 << 20, Some(&c))?;
+            let busy = cpu_busy_s() - before;
             let g = (frames - 1) as f64 * (1 << 20) as f64 * 8.0 / secs;
+            let per_byte = busy * 1e9 / (frames as f64 * (1 << 20) as f64);
+            m(
+                &format!("CPU per byte moved over a {} Mbit/s link (both ends, kernel included)", rate / 1e6),
+                per_byte,
+                "ns/B",
+            );
+
             m(&format!("goodput of a {} Mbit/s link", rate / 1e6), g, "bit/s");
             goodputs.push(g / rate);
+            let (logs, lags, d) = probe_unfairness(&c, g)?;
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            // E|ln rho| = 2 sigma / sqrt(pi) for equal starts; a second flow d late has mean
+            // ln rho = d / tau (no seniority when it catches up instead).
+            let lag = mean(&lags);
+            links.push(LinkFit {
+                rate: BitRate(rate),
+                goodput: (g / rate).min(1.0),
+                cpu_ns_per_byte: per_byte,
+                unfairness: mean(&logs) * std::f64::consts::PI.sqrt() / 2.0,
+                seniority: if lag > 1e-3 { Time::from_secs_f64(d / lag) } else { Time::ZERO },
+            });
+            m(
+                &format!("two equal flows from two hosts, mean |ln share ratio| ({} Mbit/s)", rate / 1e6),
+                mean(&logs),
+                "",
+            );
+            m(
+                &format!("second flow {:.0} ms late, mean ln share ratio ({} Mbit/s)", d * 1e3, rate / 1e6),
+                mean(&lags),
+                "",
+            );
         }
     } else {
         let frames = 64;
@@ -269,6 +468,8 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<Profile, S
             startup: Time::from_secs_f64(startup),
             elementwise_ns_per_value: per_value,
             layer_overhead: Time::from_secs_f64(per_call / 1e9),
+            copy_ns_per_byte: copy,
+            links,
         },
         raw,
     })

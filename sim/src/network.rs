@@ -49,6 +49,18 @@ struct Flow<T> {
     /// When the head message started moving.
     head_started: Time,
     version: u64,
+    /// Share of a fair rate this connection gets in its current busy period (1 = fair).
+    share: f64,
+    /// `path` with every weight times `share`: what the solver sees.
+    scaled: Vec<Use>,
+    /// Busy periods so far (keys the share's deviate).
+    activations: u64,
+    /// Start of the current busy period.
+    active_since: Time,
+    /// The random part of `share`.
+    luck: f64,
+    /// The fixed part of `share` (priority).
+    base: f64,
 }
 
 /// Connections over capacitated resources.
@@ -62,6 +74,12 @@ pub struct Network<T> {
     /// Bytes carried by each resource so far (weighted by connections).
     carried: Vec<f64>,
     resolves: u64,
+    /// TCP unfairness: (sigma, seed) of the log-normal share each connection draws when it
+    /// turns active; `None` is exact max-min fairness.
+    unfairness: Option<(f64, u64)>,
+    /// Seniority: a connection busy `d` ns longer than another gets `exp(d / tau)` times its
+    /// share (new connections ramp up their windows); `None` ignores age.
+    seniority: Option<f64>,
 }
 
 impl<T: Copy> Default for Network<T> {
@@ -73,6 +91,8 @@ impl<T: Copy> Default for Network<T> {
             scratch: Scratch::default(),
             carried: Vec::new(),
             resolves: 0,
+            unfairness: None,
+            seniority: None,
         }
     }
 }
@@ -81,6 +101,19 @@ impl<T: Copy> Network<T> {
     /// An empty network.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Unfair sharing, as TCP connections that share a bottleneck really get: each connection
+    /// draws a share `exp(sigma * z)` (z standard normal, keyed by seed, flow and busy period)
+    /// when it turns active and keeps it until it turns idle; rates are max-min fair in units
+    /// of share. `sigma = 0` is exact max-min fairness.
+    pub fn set_unfairness(&mut self, sigma: f64, seed: u64) {
+        self.unfairness = (sigma > 0.0).then_some((sigma, seed));
+    }
+
+    /// Seniority time constant in ns (see the field); 0 turns it off.
+    pub fn set_seniority(&mut self, tau_ns: f64) {
+        self.seniority = (tau_ns > 0.0).then_some(tau_ns);
     }
 
     /// Adds a resource of `capacity` bytes per ns; returns its index.
@@ -99,6 +132,7 @@ impl<T: Copy> Network<T> {
             assert!(u.resource < self.capacity.len(), "flow path names resource {} that does not exist", u.resource);
         }
         self.flows.push(Flow {
+            scaled: path.clone(),
             path,
             queue: VecDeque::new(),
             rate: 0.0,
@@ -106,8 +140,23 @@ impl<T: Copy> Network<T> {
             since: Time::ZERO,
             head_started: Time::ZERO,
             version: 0,
+            share: 1.0,
+            activations: 0,
+            active_since: Time::ZERO,
+            luck: 1.0,
+            base: 1.0,
         });
         self.flows.len() - 1
+    }
+
+    /// Gives flow `f` `priority` times the share of a plain flow where they compete (the
+    /// kernel's network work before user processes' compute on shared cores: a large priority).
+    pub fn set_priority(&mut self, f: usize, priority: f64) {
+        assert!(priority > 0.0 && priority.is_finite(), "a priority is positive");
+        let flow = &mut self.flows[f];
+        flow.base = priority;
+        flow.share = priority * flow.luck;
+        flow.scaled = flow.path.iter().map(|u| Use { resource: u.resource, weight: u.weight * flow.share }).collect();
     }
 
     /// Capacity of resource `r`, bytes per ns.
@@ -146,6 +195,12 @@ impl<T: Copy> Network<T> {
         flow.since = now;
         flow.head_started = now;
         flow.rate = 0.0;
+        flow.activations += 1;
+        flow.active_since = now;
+        if let Some((sigma, seed)) = self.unfairness {
+            let key = seed ^ ((f as u64) << 40) ^ flow.activations.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            flow.luck = (sigma * crate::rng::normal(crate::rng::splitmix64(key))).exp();
+        }
         for u in &self.flows[f].path {
             self.users[u.resource].push(f);
         }
@@ -200,11 +255,25 @@ impl<T: Copy> Network<T> {
         if comp.is_empty() {
             return Vec::new();
         }
+        if self.unfairness.is_some() || self.seniority.is_some() {
+            let oldest = comp.iter().map(|&f| self.flows[f].active_since).min().unwrap_or(now);
+            for &f in &comp {
+                let flow = &mut self.flows[f];
+                let age = self
+                    .seniority
+                    .map_or(1.0, |tau| (-((flow.active_since.0 - oldest.0) as f64 / tau).min(20.0)).exp());
+                flow.share = flow.base * flow.luck * age;
+                for (sc, u) in flow.scaled.iter_mut().zip(&flow.path) {
+                    sc.weight = u.weight * flow.share;
+                }
+            }
+        }
         let flows = &self.flows;
-        let rates = maxmin::solve(&comp, |f| flows[f].path.as_slice(), &self.capacity, &mut self.scratch);
+        let rates = maxmin::solve(&comp, |f| flows[f].scaled.as_slice(), &self.capacity, &mut self.scratch);
         let mut timers = Vec::new();
         for (&f, &r) in comp.iter().zip(&rates) {
             let flow = &mut self.flows[f];
+            let r = r * flow.share;
             if flow.rate == r {
                 continue;
             }
@@ -244,8 +313,9 @@ impl<T: Copy> Network<T> {
     /// Rates of all active flows from scratch with the reference solver (tests).
     pub fn reference_rates(&self) -> Vec<(usize, f64)> {
         let active: Vec<usize> = (0..self.flows.len()).filter(|&f| !self.flows[f].queue.is_empty()).collect();
-        let paths: Vec<Vec<Use>> = active.iter().map(|&f| self.flows[f].path.clone()).collect();
-        active.iter().copied().zip(maxmin::reference(&paths, &self.capacity)).collect()
+        let paths: Vec<Vec<Use>> = active.iter().map(|&f| self.flows[f].scaled.clone()).collect();
+        let rates = maxmin::reference(&paths, &self.capacity);
+        active.iter().zip(rates).map(|(&f, r)| (f, r * self.flows[f].share)).collect()
     }
 }
 
@@ -312,5 +382,61 @@ mod tests {
         }
         assert_eq!(drain(&mut net, timers), vec![(0, Time(100)), (1, Time(200)), (2, Time(300))]);
         assert_eq!(net.resolves(), 2);
+    }
+
+    fn one_link(net: &mut Network<u32>, flows: usize) -> Vec<usize> {
+        let r = net.add_resource(1.0);
+        (0..flows).map(|_| net.add_flow(vec![Use { resource: r, weight: 1.0 }])).collect()
+    }
+
+    #[test]
+    fn unfair_shares_split_a_link_unequally_and_use_all_of_it() {
+        let mut net = Network::new();
+        net.set_unfairness(0.5, 11);
+        let f = one_link(&mut net, 2);
+        net.send(Time::ZERO, f[0], Message { bytes: 1e6, tag: 0 });
+        net.send(Time::ZERO, f[1], Message { bytes: 1e6, tag: 1 });
+        let (a, b) = (net.rate(f[0]), net.rate(f[1]));
+        assert!((a + b - 1.0).abs() < 1e-12, "the link stays full: {a} + {b}");
+        assert!((a - b).abs() > 1e-3, "shares differ: {a} vs {b}");
+        // Same seed, same shares.
+        let mut again = Network::new();
+        again.set_unfairness(0.5, 11);
+        let g = one_link(&mut again, 2);
+        again.send(Time::ZERO, g[0], Message { bytes: 1e6, tag: 0 });
+        again.send(Time::ZERO, g[1], Message { bytes: 1e6, tag: 1 });
+        assert_eq!((again.rate(g[0]), again.rate(g[1])), (a, b));
+    }
+
+    #[test]
+    fn seniority_favours_the_older_connection_by_exp_age_over_tau() {
+        // Flow 1 turns active 1000 ns after flow 0; tau = 1000 ns: flow 0 gets e times flow 1's
+        // rate, a = e / (1 + e) of the link.
+        let mut net = Network::new();
+        net.set_seniority(1000.0);
+        let f = one_link(&mut net, 2);
+        net.send(Time::ZERO, f[0], Message { bytes: 1e9, tag: 0 });
+        net.send(Time(1000), f[1], Message { bytes: 1e9, tag: 1 });
+        let e = std::f64::consts::E;
+        assert!((net.rate(f[0]) - e / (1.0 + e)).abs() < 1e-12, "{}", net.rate(f[0]));
+        assert!((net.rate(f[1]) - 1.0 / (1.0 + e)).abs() < 1e-12, "{}", net.rate(f[1]));
+    }
+
+    #[test]
+    fn a_priority_flow_takes_a_shared_resource_first() {
+        // A CPU of capacity 1: a network flow needing 0.5 CPU per byte/ns at up to 1 byte/ns
+        // (its NIC) has priority; a compute flow (own core, capacity 1) gets what is left.
+        let mut net: Network<u32> = Network::new();
+        let cpu = net.add_resource(1.0);
+        let nic = net.add_resource(1.0);
+        let core = net.add_resource(1.0);
+        let netf = net.add_flow(vec![Use { resource: nic, weight: 1.0 }, Use { resource: cpu, weight: 0.5 }]);
+        let comp = net.add_flow(vec![Use { resource: core, weight: 1.0 }, Use { resource: cpu, weight: 1.0 }]);
+        net.set_priority(netf, 1e4);
+        net.send(Time::ZERO, comp, Message { bytes: 1e9, tag: 0 });
+        assert_eq!(net.rate(comp), 1.0, "alone, compute has its core");
+        net.send(Time::ZERO, netf, Message { bytes: 1e9, tag: 1 });
+        assert!((net.rate(netf) - 1.0).abs() < 1e-12, "the network flow runs at its NIC's rate: {}", net.rate(netf));
+        assert!((net.rate(comp) - 0.5).abs() < 1e-9, "compute gets the CPU left: {}", net.rate(comp));
     }
 }

@@ -29,6 +29,10 @@ use crate::maxmin::Use;
 use crate::network::{Message, Network, Timer};
 use crate::{SimError, SimOptions};
 
+/// Share of a network flow against compute on shared cores: the kernel moves packets before
+/// user processes compute, so flows take their CPU first (any large factor does).
+const NETWORK_PRIORITY: f64 = 1e4;
+
 /// What a message carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Tag {
@@ -186,6 +190,9 @@ pub(crate) struct Sim<'a> {
     bus_bytes_per_ns: f64,
     latency: Time,
     overhead_bytes: f64,
+    /// Wire bytes per payload byte: user-space copies at the ends are serial with the
+    /// transfer, so a message holds its connection `copy_ns_per_byte` longer per byte.
+    copy_factor: f64,
     copies: u32,
     local_agg: bool,
     /// Sync: applied parts of the current global step, and barriers released.
@@ -274,7 +281,11 @@ impl<'a> Sim<'a> {
         };
         let two_tier = net_spec.switch == SwitchKind::TwoTier;
         let rack_of_host = |host_index: u32| if two_tier { host_index / net_spec.hosts_per_rack } else { 0 };
-        let per_worker = spec.faults.jitter > 0.0 || !synchronous(t.mode) || opts.no_classes;
+        let unfairness = s.unfairness();
+        let seniority = s.seniority();
+        // Unequal sharing tells identical workers apart: one class each.
+        let per_worker =
+            spec.faults.jitter > 0.0 || unfairness > 0.0 || seniority.0 > 0 || !synchronous(t.mode) || opts.no_classes;
         let mut keys: BTreeMap<(u64, u32, Option<u32>, u32), Vec<u32>> = BTreeMap::new();
         for i in 0..w {
             let hosted = (t.ps_hosts == PsHosts::Colocated && i < t.ps).then_some(i);
@@ -285,6 +296,8 @@ impl<'a> Sim<'a> {
         groups.sort_by_key(|g| g[0]);
 
         let mut net: Network<Tag> = Network::new();
+        net.set_unfairness(unfairness, spec.seed);
+        net.set_seniority(seniority.0 as f64);
         let mut resources = Vec::new();
         // Racks' uplinks (two-tier): up and down, each hosts_per_rack x NIC / oversubscription.
         let hosts_total = w + if t.ps_hosts == PsHosts::Dedicated { t.ps } else { 0 };
@@ -318,8 +331,11 @@ impl<'a> Sim<'a> {
         }
         // Shared cores: one machine's cores, max-min shared by the workers' compute (each
         // worker process runs on at most one core at a time).
+        let mut machine = None;
         if let Some(cores) = s.shared_cores() {
-            let machine = net.add_resource(f64::from(cores));
+            let m = net.add_resource(f64::from(cores));
+            machine = Some(m);
+            let machine = m;
             for class in &mut classes {
                 let own = net.add_resource(1.0);
                 let k = class.workers.len() as f64;
@@ -345,6 +361,7 @@ impl<'a> Sim<'a> {
                 }
             }
         }
+        let cpu_per_byte = s.network_cpu_ns_per_byte();
         for (ci, class) in classes.iter_mut().enumerate() {
             let k = class.workers.len() as f64;
             let rack = rack_of_host(class.workers[0]);
@@ -365,8 +382,20 @@ impl<'a> Sim<'a> {
                 }
                 pull.push(Use { resource: class.ingress, weight: 1.0 });
                 push.push(Use { resource: si, weight: k });
-                class.pull_flow.push(Some(net.add_flow(pull)));
-                class.push_flow.push(Some(net.add_flow(push)));
+                // Moving bytes costs CPU on a shared machine; the kernel does it first.
+                let cpu = match machine {
+                    Some(m) if cpu_per_byte > 0.0 => Some(Use { resource: m, weight: k * cpu_per_byte }),
+                    _ => None,
+                };
+                pull.extend(cpu);
+                push.extend(cpu);
+                let (pf, uf) = (net.add_flow(pull), net.add_flow(push));
+                if cpu.is_some() {
+                    net.set_priority(pf, NETWORK_PRIORITY);
+                    net.set_priority(uf, NETWORK_PRIORITY);
+                }
+                class.pull_flow.push(Some(pf));
+                class.push_flow.push(Some(uf));
                 if sh == 0 {
                     // Barrier tokens come from shard 0 on the pull direction's path.
                     class.token_flow = class.pull_flow[0];
@@ -435,6 +464,7 @@ impl<'a> Sim<'a> {
             bus_bytes_per_ns: bus,
             latency: net_spec.latency,
             overhead_bytes: s.message_overhead().0 as f64 * nic,
+            copy_factor: 1.0 + s.copy_ns_per_byte() * nic,
             copies,
             local_agg,
             applied: 0,
@@ -463,7 +493,8 @@ impl<'a> Sim<'a> {
         let now = self.q.now();
         match flow {
             Some(f) => {
-                let timers = self.net.send(now, f, Message { bytes: bytes + self.overhead_bytes, tag });
+                let timers =
+                    self.net.send(now, f, Message { bytes: bytes * self.copy_factor + self.overhead_bytes, tag });
                 self.schedule_timers(timers);
             }
             // Same host: in memory, no NIC, no latency.
@@ -488,8 +519,10 @@ impl<'a> Sim<'a> {
 
     /// Runs to the end; returns the outcome.
     pub(crate) fn run(mut self) -> Result<Outcome, SimError> {
+        let stag: u64 = std::env::var("TL_STAGGER_NS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let n = self.classes.len() as u64;
         for c in 0..self.classes.len() {
-            self.q.schedule(Time::ZERO, Ev::StartStep { class: c });
+            self.q.schedule(Time(stag * c as u64 / n), Ev::StartStep { class: c });
         }
         let mut last_progress = Time::ZERO;
         while let Some((now, ev)) = self.q.pop() {

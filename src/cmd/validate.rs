@@ -55,6 +55,15 @@ pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     println!("  message overhead {}", f.message_overhead);
     println!("  PS apply         {:.3}", topolab_core::units::ByteRate(f.ps_memory_bandwidth));
     println!("  start-up         {:.3}", f.startup);
+    for l in &f.links {
+        println!(
+            "  link {:<11} CPU {:.2} ns/B, unfairness {:.2}, seniority {}",
+            l.rate.to_string(),
+            l.cpu_ns_per_byte,
+            l.unfairness,
+            if l.seniority.0 > 0 { format!("{:.0}", l.seniority) } else { "none".into() }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -291,6 +291,35 @@ fn calibrate_writes_a_profile_and_validate_compares_each_configuration() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+#[test]
+fn netns_calibration_fits_each_link_rate() {
+    if !topolab_runtime::netns::is_root() {
+        eprintln!("skipped: calibrating shaped links needs root");
+        return;
+    }
+    let _guard = netns_lock();
+    let d = tmp("calibrate-netns");
+    let profile = d.join("profile.toml");
+    let o = topolab(&["calibrate", "--launcher", "netns", "--out", profile.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("link 100 Mbit/s"), "{}", stdout(&o));
+    let p = topolab_core::profile::Profile::load(&profile).unwrap();
+    let rates: Vec<f64> = p.fitted.links.iter().map(|l| l.rate.0).collect();
+    assert_eq!(rates, vec![100e6, 1e9]);
+    for l in &p.fitted.links {
+        // One stream reaches most of a tbf-shaped link; moving bytes costs CPU; shares are
+        // log-normal spreads (0 would mean two flows finished together every time).
+        assert!(l.goodput > 0.8 && l.goodput <= 1.0, "{l:?}");
+        assert!(l.cpu_ns_per_byte > 0.0 && l.cpu_ns_per_byte < 1e3, "{l:?}");
+        assert!(l.unfairness >= 0.0 && l.unfairness < 3.0, "{l:?}");
+    }
+    assert!(p.fitted.copy_ns_per_byte > 0.0 && p.fitted.copy_ns_per_byte < 100.0);
+    // The namespaces are gone.
+    let ns = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).to_string();
+    assert!(!ns.contains("-cal100") && !ns.contains("-cal1000"), "{ns}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// Starts a long replay of `launcher` in the background; returns it once its tasks run.
 fn start_long_replay(d: &std::path::Path, launcher: &str) -> (std::process::Child, std::path::PathBuf) {
     let f = tiny(d, 100_000, 0);

@@ -28,46 +28,72 @@ fn rel_eq(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-300)
 }
 
+/// Drives the incremental network through the sends and their completions; after every
+/// change, every active flow's rate equals the reference solver's from scratch, and no
+/// resource carries more than its capacity. `unfair`: (sigma, seniority ns).
+fn drive(inst: Instance, unfair: Option<(f64, f64)>) -> Result<(), TestCaseError> {
+    let (caps, paths, sends) = inst;
+    let mut net: Network<usize> = Network::new();
+    if let Some((sigma, tau)) = unfair {
+        net.set_unfairness(sigma, 7);
+        net.set_seniority(tau);
+    }
+    for &c in &caps {
+        net.add_resource(c);
+    }
+    for p in &paths {
+        net.add_flow(p.clone());
+    }
+    let mut q = topolab_sim::engine::EventQueue::new();
+    let mut pending = sends.into_iter().enumerate().peekable();
+    loop {
+        let next_send = pending.peek().map(|(i, _)| Time(*i as u64 * 100));
+        let timers = match (next_send, q.peek_time()) {
+            (None, None) => break,
+            (Some(ts), te) if te.is_none_or(|te| ts <= te) => {
+                let (i, (f, bytes)) = pending.next().unwrap();
+                net.send(ts, f, Message { bytes, tag: i })
+            }
+            _ => {
+                let (now, timer): (Time, topolab_sim::network::Timer) = q.pop().unwrap();
+                match net.complete(now, timer.flow, timer.version) {
+                    Some((_, timers)) => timers,
+                    None => continue,
+                }
+            }
+        };
+        for t in timers {
+            q.schedule(t.at, t);
+        }
+        let reference = net.reference_rates();
+        for &(f, want) in &reference {
+            prop_assert!(rel_eq(net.rate(f), want), "flow {f}: incremental {} vs reference {want}", net.rate(f));
+        }
+        for (r, &c) in caps.iter().enumerate() {
+            let used: f64 = reference
+                .iter()
+                .map(|&(f, x)| paths[f].iter().filter(|u| u.resource == r).map(|u| u.weight * x).sum::<f64>())
+                .sum();
+            prop_assert!(used <= c * (1.0 + 1e-9), "resource {r}: {used} > {c}");
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
-    /// Drive the incremental network through random sends and completions; after every
-    /// change, every active flow's rate equals the reference solver's from scratch.
+    /// Exact max-min fairness: the incremental solver equals the reference after every change.
     #[test]
     fn incremental_rates_equal_the_reference(inst in instance()) {
-        let (caps, paths, sends) = inst;
-        let mut net: Network<usize> = Network::new();
-        for &c in &caps {
-            net.add_resource(c);
-        }
-        for p in &paths {
-            net.add_flow(p.clone());
-        }
-        let mut q = topolab_sim::engine::EventQueue::new();
-        let mut pending = sends.into_iter().enumerate().peekable();
-        loop {
-            let next_send = pending.peek().map(|(i, _)| Time(*i as u64 * 100));
-            let timers = match (next_send, q.peek_time()) {
-                (None, None) => break,
-                (Some(ts), te) if te.is_none_or(|te| ts <= te) => {
-                    let (i, (f, bytes)) = pending.next().unwrap();
-                    net.send(ts, f, Message { bytes, tag: i })
-                }
-                _ => {
-                    let (now, timer): (Time, topolab_sim::network::Timer) = q.pop().unwrap();
-                    match net.complete(now, timer.flow, timer.version) {
-                        Some((_, timers)) => timers,
-                        None => continue,
-                    }
-                }
-            };
-            for t in timers {
-                q.schedule(t.at, t);
-            }
-            for (f, want) in net.reference_rates() {
-                prop_assert!(rel_eq(net.rate(f), want), "flow {f}: incremental {} vs reference {want}", net.rate(f));
-            }
-        }
+        drive(inst, None)?;
+    }
+
+    /// Unequal shares (log-normal luck and seniority): still equal to the reference, and
+    /// feasible.
+    #[test]
+    fn unfair_incremental_rates_equal_the_reference(inst in instance(), sigma in 0.05f64..1.5, tau in 50.0f64..5e4) {
+        drive(inst, Some((sigma, tau)))?;
     }
 
     /// `solve` on the whole set equals the reference.

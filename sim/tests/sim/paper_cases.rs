@@ -156,3 +156,25 @@ fn workers_sharing_two_cores_compute_at_half_speed() {
     let shared = run(&scenario(text, Some(&csv)));
     close(shared.summary.step_time_s.p50, 0.6, 1e-5);
 }
+
+#[test]
+fn moving_bytes_on_one_shared_core_halves_a_link_that_needs_two() {
+    // One worker and one PS share 1 core. A 125 MB variable at 1 Gbit/s (goodput 1) moves in
+    // 1 s per direction. At 16 CPU ns per byte the link would need 125e6 x 16 ns = 2 s of the
+    // one core per second: bytes move at 1 / 16 B/ns = 62.5 MB/s instead, so each direction
+    // takes 2 s and the step 2 s longer (compute, 4-byte activations, is ~0).
+    let csv = format!("{HEADER}l,dense,0,1000,4,l.w,31250000,125000000\n");
+    let step = |cpu: &str| {
+        let text = format!(
+            "batch = 1\n[model]\nlayers = \"model.csv\"\n\
+             [hardware]\ngpu = \"paper-gpu\"\nefficiency = 1.0\nshared_cores = 1\n\
+             [hardware.gpu_spec]\nfp32 = \"1 TFLOP/s\"\nmemory_bandwidth = \"100 GB/s\"\nmemory = \"64 GiB\"\nsource = \"test\"\n\
+             [network]\nnic = \"1 Gbit/s\"\nlatency = \"0 us\"\ngoodput = 1.0\nmessage_overhead = \"0 ns\"\n{cpu}\n\
+             [topology]\nworkers = 1\nps = 1\n[training]\nsteps = 3\n"
+        );
+        run(&scenario(&text, Some(&csv))).summary.step_time_s.p50
+    };
+    let free = step("");
+    let costly = step("cpu_ns_per_byte = 16.0");
+    close(costly - free, 2.0, 1e-3);
+}
