@@ -3,8 +3,9 @@
 //!
 //! A profile replaces catalogue figures with measured ones: the compute rate one process
 //! reaches (FLOP/s), the goodput factor and per-message overhead of links, the memory
-//! bandwidth a parameter server applies updates with, and the number of cores the machine's
-//! processes share. It keeps the raw measurements and the machine's description beside the
+//! bandwidth a parameter server applies updates with, the number of cores the machine's
+//! processes share, the user-space copy cost of a message, and per link rate: goodput, the CPU
+//! cost of moving bytes, and how unequally TCP shares a link. It keeps the raw measurements and the machine's description beside the
 //! fitted values.
 
 use std::path::Path;
@@ -75,6 +76,23 @@ pub struct Fitted {
     pub links: Vec<LinkFit>,
 }
 
+/// The share ratio `rho` (first flow's over second's while both were busy) that explains two
+/// flows' finish times `a`, `b` (s after the first started; the second started `d` s late),
+/// each of `size` bytes, on a link of `goodput` bytes/s: the first moves `goodput x d` alone,
+/// then they share the link as `rho : 1` until one of them is done.
+pub fn share_ratio(goodput: f64, size: f64, d: f64, a: f64, b: f64) -> f64 {
+    let r = goodput;
+    let head = (r * d).min(size);
+    if a <= b {
+        let left = size - head;
+        let both = (a - d).max(1e-9);
+        (left / (r * both - left).max(1e-9 * r)).max(1e-3)
+    } else {
+        let both = (b - d).max(1e-9);
+        (r * both / size - 1.0).max(1e-3)
+    }
+}
+
 /// What one shaped link of a given rate showed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,9 +106,11 @@ pub struct LinkFit {
     pub cpu_ns_per_byte: f64,
     /// Log-normal sigma of a connection's share, from two equal flows from two hosts.
     pub unfairness: f64,
-    /// Window ramp-up time constant, from a second flow started late (0: the late flow kept
-    /// up, no seniority).
-    pub seniority: Time,
+    /// A new connection's window ramp-up, fitted to a second flow started late: it starts
+    /// with `ramp_share` of a fair share and reaches it after `ramp` (0: no ramp).
+    pub ramp: Time,
+    /// Share a new connection starts with (1: no ramp).
+    pub ramp_share: f64,
 }
 
 impl Fitted {
@@ -127,10 +147,12 @@ impl Fitted {
         self.link_at(rate, |l| l.unfairness)
     }
 
-    /// Seniority at link rate `rate` (interpolated as a rate, 1 / tau, so that "none" is 0).
-    pub fn seniority_at(&self, rate: BitRate) -> Option<Time> {
-        self.link_at(rate, |l| if l.seniority.0 > 0 { 1.0 / l.seniority.0 as f64 } else { 0.0 })
-            .map(|inv| if inv > 0.0 { Time((1.0 / inv).round() as u64) } else { Time::ZERO })
+    /// Ramp-up at link rate `rate`: (time, starting share), the time and the log of the share
+    /// interpolated.
+    pub fn ramp_at(&self, rate: BitRate) -> Option<(Time, f64)> {
+        let t = self.link_at(rate, |l| l.ramp.0 as f64)?;
+        let deficit = self.link_at(rate, |l| -l.ramp_share.clamp(1e-6, 1.0).ln())?;
+        Some((Time(t.round() as u64), (-deficit).exp()))
     }
 }
 
@@ -185,16 +207,19 @@ mod tests {
             goodput: 0.9,
             cpu_ns_per_byte: cpu,
             unfairness: sigma,
-            seniority: Time(tau_ms * 1_000_000),
+            ramp: Time(tau_ms * 1_000_000),
+            ramp_share: if tau_ms > 0 { (-2.0f64).exp() } else { 1.0 },
         };
         let f = fitted(vec![l(1e9, 10.0, 0.2, 0), l(1e8, 2.0, 0.6, 200)]);
         // sqrt(1e8 x 1e9) is halfway in log rate.
         let mid = BitRate((1e8f64 * 1e9).sqrt());
         assert!((f.cpu_ns_per_byte_at(mid).unwrap() - 6.0).abs() < 1e-9);
         assert!((f.unfairness_at(mid).unwrap() - 0.4).abs() < 1e-9);
-        // 1 / tau halfway between 1 / 200 ms and 0: 400 ms.
-        assert_eq!(f.seniority_at(mid).unwrap(), Time(400_000_000));
-        assert_eq!(f.seniority_at(BitRate(1e9)).unwrap(), Time::ZERO);
+        // Ramp time and log share halfway: 100 ms, exp(-1).
+        let (t, share) = f.ramp_at(mid).unwrap();
+        assert_eq!(t, Time(100_000_000));
+        assert!((share - (-1.0f64).exp()).abs() < 1e-12);
+        assert_eq!(f.ramp_at(BitRate(1e9)).unwrap(), (Time::ZERO, 1.0));
         assert_eq!(f.cpu_ns_per_byte_at(BitRate(1e7)), Some(2.0));
         assert_eq!(f.cpu_ns_per_byte_at(BitRate(1e11)), Some(10.0));
         assert_eq!(fitted(vec![]).unfairness_at(mid), None);

@@ -281,10 +281,13 @@ pub struct NetworkSpec {
     /// fairness; calibration measures it with two flows on one shaped link.
     #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub unfairness: f64,
-    /// Window ramp-up: a connection busy `d` longer than another gets `exp(d / seniority)` times
-    /// its share. 0 (default) ignores how long a connection has been busy.
+    /// Window ramp-up: a connection that turns busy starts with `ramp_share` of a fair share
+    /// and reaches all of it after `ramp` (its log grows in steps). 0 (default): no ramp.
     #[serde(default, skip_serializing_if = "is_zero_time")]
-    pub seniority: Time,
+    pub ramp: Time,
+    /// Share a new connection starts with, in (0, 1] (with `ramp`). Default 1: no ramp.
+    #[serde(default = "full_share", skip_serializing_if = "is_full_share")]
+    pub ramp_share: f64,
     /// CPU time per payload byte moved (ns, sender and receiver, kernel included), charged to
     /// `hardware.shared_cores` when the job shares one machine. 0 (default): free.
     #[serde(default, skip_serializing_if = "is_zero_f64")]
@@ -296,6 +299,12 @@ fn is_zero_f64(x: &f64) -> bool {
 }
 fn is_zero_time(t: &Time) -> bool {
     t.0 == 0
+}
+fn full_share() -> f64 {
+    1.0
+}
+fn is_full_share(x: &f64) -> bool {
+    *x == 1.0
 }
 
 fn default_nic() -> String {
@@ -328,7 +337,8 @@ impl Default for NetworkSpec {
             goodput: default_goodput(),
             message_overhead: default_overhead(),
             unfairness: 0.0,
-            seniority: Time::ZERO,
+            ramp: Time::ZERO,
+            ramp_share: 1.0,
             cpu_ns_per_byte: 0.0,
         }
     }
@@ -1106,10 +1116,13 @@ impl Scenario {
         self.profile.as_ref().and_then(|p| p.fitted.unfairness_at(self.nic)).unwrap_or(self.spec.network.unfairness)
     }
 
-    /// Window ramp-up time constant at this scenario's NIC rate: the profile's, else the
+    /// Window ramp-up (time, starting share) at this scenario's NIC rate: the profile's, else the
     /// scenario's.
-    pub fn seniority(&self) -> Time {
-        self.profile.as_ref().and_then(|p| p.fitted.seniority_at(self.nic)).unwrap_or(self.spec.network.seniority)
+    pub fn ramp(&self) -> (Time, f64) {
+        self.profile
+            .as_ref()
+            .and_then(|p| p.fitted.ramp_at(self.nic))
+            .unwrap_or((self.spec.network.ramp, self.spec.network.ramp_share))
     }
 
     /// CPU per payload byte at this scenario's NIC rate: the profile's (interpolated between
@@ -1329,6 +1342,9 @@ fn validate(s: &ScenarioFile, v: &mut Problems) {
     v.check(n.hosts_per_rack >= 1, "network.hosts_per_rack", || "hosts_per_rack must be >= 1".into());
     v.check(n.unfairness >= 0.0 && n.unfairness <= 3.0, "network.unfairness", || {
         format!("unfairness is a log-normal spread in [0, 3], got {}", n.unfairness)
+    });
+    v.check(n.ramp_share > 0.0 && n.ramp_share <= 1.0, "network.ramp_share", || {
+        format!("ramp_share is a fraction of a fair share in (0, 1], got {}", n.ramp_share)
     });
     v.check(n.cpu_ns_per_byte >= 0.0 && n.cpu_ns_per_byte.is_finite(), "network.cpu_ns_per_byte", || {
         format!("cpu_ns_per_byte must be >= 0, got {}", n.cpu_ns_per_byte)

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ndarray::Array2;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use topolab_core::profile::{Fitted, LinkFit, Machine, Measurement, Profile};
+use topolab_core::profile::{Fitted, LinkFit, Machine, Measurement, Profile, share_ratio};
 use topolab_core::units::{BitRate, Bytes, FlopRate, Time};
 
 use crate::launcher::LauncherKind;
@@ -160,48 +160,56 @@ fn two_flows(c: &VirtualCluster, port: u16, size: usize, delay: Duration) -> Res
     })
 }
 
-/// Two-flow probes on one shaped link: the `|ln rho|` of equal starts, the `ln rho` of a late
-/// second flow, and its lateness in s; [`calibrate`] fits `(sigma, tau)` from them as below.
-///
-/// Model (the simulator's): while both connections are busy they share the link's goodput `r`
-/// in proportion to their shares; a share is `exp(sigma z)` (z standard normal) times
-/// `exp(-age deficit / tau)`. With equal starts, the first to finish at `t1` and the second at
-/// `t2 = 2S/r` give the share ratio `rho = 1 / (2 t1 / t2 - 1)`, and `E|ln rho| = 2 sigma /
-/// sqrt(pi)`. With the second connection `d` late, the first moves `r d` alone; the ratio from
-/// whichever finishes first gives `ln rho`, whose mean is `d / tau`.
-fn probe_unfairness(c: &VirtualCluster, goodput_bps: f64) -> Result<(Vec<f64>, Vec<f64>, f64), String> {
-    const TRIALS: usize = 12;
+/// What two flows into one shaped link showed (see [`probe_link`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkProbe {
+    /// Line rate, bit/s.
+    pub rate: f64,
+    /// One stream's payload rate, bytes per second.
+    pub goodput: f64,
+    /// Bytes each flow carried.
+    pub size: f64,
+    /// `|ln rho|` of each trial with equal starts.
+    pub equal: Vec<f64>,
+    /// (lateness s, `ln rho`) of each trial with the second flow late.
+    pub late: Vec<(f64, f64)>,
+}
+
+impl LinkProbe {
+    /// Log-normal sigma of shares: `E|ln rho| = 2 sigma / sqrt(pi)` for two equal starts.
+    pub fn unfairness(&self) -> f64 {
+        if self.equal.is_empty() {
+            return 0.0;
+        }
+        self.equal.iter().sum::<f64>() / self.equal.len() as f64 * std::f64::consts::PI.sqrt() / 2.0
+    }
+}
+
+/// Two flows into one shaped link of `c`, repeatedly: with equal starts (how unequally TCP
+/// shares), and with the second flow 0.2 and 0.5 of a lone transfer late (how much a head
+/// start is worth while the newcomer ramps up its window).
+fn probe_link(c: &VirtualCluster, rate: f64, goodput_bps: f64) -> Result<LinkProbe, String> {
+    const TRIALS: usize = 24;
     let r = goodput_bps / 8.0;
     // About 150 ms of transfer per connection alone.
     let size = ((r * 0.15) as usize).max(256 << 10);
     let alone = size as f64 / r;
-    let mut logs = Vec::new();
+    let mut probe = LinkProbe { rate, goodput: r, size: size as f64, equal: Vec::new(), late: Vec::new() };
     let mut port = 5410;
     for _ in 0..TRIALS {
         let (a, b) = two_flows(c, port, size, Duration::ZERO)?;
         port += 1;
-        let (t1, t2) = (a.min(b), a.max(b));
-        let q = (2.0 * t1 / t2 - 1.0).max(1e-3);
-        logs.push((1.0 / q).max(1.0).ln());
+        probe.equal.push(share_ratio(r, size as f64, 0.0, a, b).ln().abs());
     }
-    let d = 0.2 * alone;
-    let mut lags = Vec::new();
-    for _ in 0..TRIALS {
-        let (a, b) = two_flows(c, port, size, Duration::from_secs_f64(d))?;
-        port += 1;
-        // Bytes the first moved alone; then rates r rho/(1+rho) and r/(1+rho).
-        let head = (r * d).min(size as f64);
-        let rho = if a <= b {
-            let left = size as f64 - head;
-            let both = (a - d).max(1e-9);
-            left / (r * both - left).max(1e-9 * r)
-        } else {
-            let both = (b - d).max(1e-9);
-            (r * both / size as f64 - 1.0).max(1e-3)
-        };
-        lags.push(rho.ln());
+    for late in [0.2, 0.5] {
+        let d = late * alone;
+        for _ in 0..TRIALS {
+            let (a, b) = two_flows(c, port, size, Duration::from_secs_f64(d))?;
+            port += 1;
+            probe.late.push((d, share_ratio(r, size as f64, d, a, b).ln()));
+        }
     }
-    Ok((logs, lags, d))
+    Ok(probe)
 }
 
 /// ns per payload byte of one 4 MiB message through the runtime's user-space path: the
@@ -343,8 +351,10 @@ fn now_utc() -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-/// Runs the micro-benchmarks; `exe` is the topolab binary (for the start-up cost).
-pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<Profile, String> {
+/// Runs the micro-benchmarks; `exe` is the topolab binary (for the start-up cost). Returns the
+/// profile and the raw two-flow probes of each shaped link (empty for loopback), from which the
+/// caller fits each link's ramp-up with the simulator's network.
+pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, Vec<LinkProbe>), String> {
     let mut raw = Vec::new();
     let mut m =
         |what: &str, value: f64, unit: &str| raw.push(Measurement { what: what.into(), value, unit: unit.into() });
@@ -387,6 +397,7 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<Profile, S
     // Links: loopback, or shaped virtual links.
     let mut goodputs = Vec::new();
     let mut links = Vec::new();
+    let mut probes = Vec::new();
     if kind == LauncherKind::Netns {
         if !netns::is_root() {
             return Err("calibrating the netns launcher needs root".into());
@@ -414,28 +425,35 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<Profile, S
 
             m(&format!("goodput of a {} Mbit/s link", rate / 1e6), g, "bit/s");
             goodputs.push(g / rate);
-            let (logs, lags, d) = probe_unfairness(&c, g)?;
-            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-            // E|ln rho| = 2 sigma / sqrt(pi) for equal starts; a second flow d late has mean
-            // ln rho = d / tau (no seniority when it catches up instead).
-            let lag = mean(&lags);
+            let probe = probe_link(&c, rate, g)?;
+            let mean = |v: &mut dyn Iterator<Item = f64>| {
+                let v: Vec<f64> = v.collect();
+                v.iter().sum::<f64>() / v.len().max(1) as f64
+            };
+            m(
+                &format!("two equal flows from two hosts, mean |ln share ratio| ({} Mbit/s)", rate / 1e6),
+                mean(&mut probe.equal.iter().copied()),
+                "",
+            );
+            let mut ds: Vec<f64> = probe.late.iter().map(|l| l.0).collect();
+            ds.dedup();
+            for d in ds {
+                m(
+                    &format!("second flow {:.0} ms late, mean ln share ratio ({} Mbit/s)", d * 1e3, rate / 1e6),
+                    mean(&mut probe.late.iter().filter(|l| l.0 == d).map(|l| l.1)),
+                    "",
+                );
+            }
+            // The ramp-up is fitted by the caller, which simulates these probes.
             links.push(LinkFit {
                 rate: BitRate(rate),
                 goodput: (g / rate).min(1.0),
                 cpu_ns_per_byte: per_byte,
-                unfairness: mean(&logs) * std::f64::consts::PI.sqrt() / 2.0,
-                seniority: if lag > 1e-3 { Time::from_secs_f64(d / lag) } else { Time::ZERO },
+                unfairness: probe.unfairness(),
+                ramp: Time::ZERO,
+                ramp_share: 1.0,
             });
-            m(
-                &format!("two equal flows from two hosts, mean |ln share ratio| ({} Mbit/s)", rate / 1e6),
-                mean(&logs),
-                "",
-            );
-            m(
-                &format!("second flow {:.0} ms late, mean ln share ratio ({} Mbit/s)", d * 1e3, rate / 1e6),
-                mean(&lags),
-                "",
-            );
+            probes.push(probe);
         }
     } else {
         let frames = 64;
@@ -451,7 +469,7 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<Profile, S
     let startup = start.elapsed().as_secs_f64() / 5.0;
     m("process start-up", startup * 1e9, "ns");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    Ok(Profile {
+    let profile = Profile {
         machine: Machine {
             cpu: cpu_model(),
             cores,
@@ -472,5 +490,6 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<Profile, S
             links,
         },
         raw,
-    })
+    };
+    Ok((profile, probes))
 }

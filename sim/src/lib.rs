@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod engine;
+pub mod fit;
 pub mod maxmin;
 pub mod network;
 pub mod rng;

@@ -7,8 +7,17 @@
 //! resource with it is re-solved, and only flows whose rate changed get a new completion time
 //! (their old pending completion is made stale by a version bump: lazy cancellation).
 //!
+//! Real TCP is not exactly fair, and the simulator can say so (all off by default): a
+//! connection draws a log-normal *luck* for each busy period ([`Network::set_unfairness`]), a
+//! new connection ramps up from a fraction of its share ([`Network::set_ramp`]), and a flow can
+//! have a fixed *priority* ([`Network::set_priority`]: the kernel's packet work before user
+//! compute on shared cores). Rates are then max-min fair in units of share (weighted max-min);
+//! CPU flows marked [`Network::set_fair`] get neither luck nor ramp. Symmetric workers under
+//! exact max-min stay in lock-step forever; luck lets them drift apart as real ones do.
+//!
 //! The network does not own the clock: it returns [`Timer`]s that the caller schedules as
-//! events, and the caller hands them back with [`Network::complete`].
+//! events, and the caller hands them back with [`Network::complete`] (or, for a ramp step,
+//! [`Network::reshare`]).
 
 use std::collections::VecDeque;
 
@@ -16,17 +25,23 @@ use topolab_core::units::Time;
 
 use crate::maxmin::{self, Scratch, Use};
 
-/// A completion the caller must schedule: flow `flow`'s head message finishes at `at` unless
-/// the flow's version has moved on by then.
+/// A timer the caller must schedule and hand back at `at`: flow `flow`'s head message finishes
+/// then unless the flow's version has moved on ([`Network::complete`]), or, with `reshare`, a
+/// ramping connection's share grows ([`Network::reshare`]; `version` is then its busy period).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timer {
     /// Flow index.
     pub flow: usize,
-    /// Version of the flow's rate when the timer was set.
+    /// Version of the flow's rate when the timer was set (its busy period, for a reshare).
     pub version: u64,
-    /// Completion time.
+    /// When.
     pub at: Time,
+    /// A ramp step rather than a completion.
+    pub reshare: bool,
 }
+
+/// Steps in which a new connection's share ramps up (one re-solve each).
+const RAMP_STEPS: u64 = 4;
 
 /// A message in a connection.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,6 +76,8 @@ struct Flow<T> {
     luck: f64,
     /// The fixed part of `share` (priority).
     base: f64,
+    /// Always exactly its share: a CPU, not a TCP connection (no luck, no ramp).
+    fair: bool,
 }
 
 /// Connections over capacitated resources.
@@ -77,9 +94,10 @@ pub struct Network<T> {
     /// TCP unfairness: (sigma, seed) of the log-normal share each connection draws when it
     /// turns active; `None` is exact max-min fairness.
     unfairness: Option<(f64, u64)>,
-    /// Seniority: a connection busy `d` ns longer than another gets `exp(d / tau)` times its
-    /// share (new connections ramp up their windows); `None` ignores age.
-    seniority: Option<f64>,
+    /// Window ramp-up: (deficit, ramp ns). A connection that has been busy for `a` ns gets
+    /// `exp(-deficit x (1 - a / ramp))` of its share until `a = ramp`, in [`RAMP_STEPS`] steps;
+    /// `None`: every connection has its full share at once.
+    ramp: Option<(f64, f64)>,
 }
 
 impl<T: Copy> Default for Network<T> {
@@ -92,7 +110,7 @@ impl<T: Copy> Default for Network<T> {
             carried: Vec::new(),
             resolves: 0,
             unfairness: None,
-            seniority: None,
+            ramp: None,
         }
     }
 }
@@ -111,9 +129,21 @@ impl<T: Copy> Network<T> {
         self.unfairness = (sigma > 0.0).then_some((sigma, seed));
     }
 
-    /// Seniority time constant in ns (see the field); 0 turns it off.
-    pub fn set_seniority(&mut self, tau_ns: f64) {
-        self.seniority = (tau_ns > 0.0).then_some(tau_ns);
+    /// Window ramp-up of new connections: they start with `exp(-deficit)` of their share and
+    /// reach it all after `ramp_ns` (see the field). A zero deficit or ramp turns it off.
+    pub fn set_ramp(&mut self, deficit: f64, ramp_ns: f64) {
+        self.ramp = (deficit > 0.0 && ramp_ns >= 1.0).then_some((deficit, ramp_ns));
+    }
+
+    /// Handles a reshare timer of flow `f` for busy period `busy`: re-solves its component if
+    /// the flow is still in that busy period; returns the timers to schedule.
+    pub fn reshare(&mut self, now: Time, f: usize, busy: u64) -> Vec<Timer> {
+        let flow = &self.flows[f];
+        if flow.queue.is_empty() || flow.activations != busy {
+            return Vec::new();
+        }
+        let seeds: Vec<usize> = flow.path.iter().map(|u| u.resource).collect();
+        self.resolve(now, &seeds)
     }
 
     /// Adds a resource of `capacity` bytes per ns; returns its index.
@@ -145,6 +175,7 @@ impl<T: Copy> Network<T> {
             active_since: Time::ZERO,
             luck: 1.0,
             base: 1.0,
+            fair: false,
         });
         self.flows.len() - 1
     }
@@ -157,6 +188,12 @@ impl<T: Copy> Network<T> {
         flow.base = priority;
         flow.share = priority * flow.luck;
         flow.scaled = flow.path.iter().map(|u| Use { resource: u.resource, weight: u.weight * flow.share }).collect();
+    }
+
+    /// Marks flow `f` as always getting exactly its share: a process on a CPU, not a TCP
+    /// connection (neither unfairness nor ramp-up applies).
+    pub fn set_fair(&mut self, f: usize) {
+        self.flows[f].fair = true;
     }
 
     /// Capacity of resource `r`, bytes per ns.
@@ -197,7 +234,7 @@ impl<T: Copy> Network<T> {
         flow.rate = 0.0;
         flow.activations += 1;
         flow.active_since = now;
-        if let Some((sigma, seed)) = self.unfairness {
+        if let Some((sigma, seed)) = self.unfairness.filter(|_| !flow.fair) {
             let key = seed ^ ((f as u64) << 40) ^ flow.activations.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             flow.luck = (sigma * crate::rng::normal(crate::rng::splitmix64(key))).exp();
         }
@@ -208,10 +245,20 @@ impl<T: Copy> Network<T> {
             // No resource: completes at once.
             self.flows[f].rate = f64::INFINITY;
             self.flows[f].version += 1;
-            return vec![Timer { flow: f, version: self.flows[f].version, at: now }];
+            return vec![Timer { flow: f, version: self.flows[f].version, at: now, reshare: false }];
         }
         let seeds: Vec<usize> = self.flows[f].path.iter().map(|u| u.resource).collect();
-        self.resolve(now, &seeds)
+        let mut timers = self.resolve(now, &seeds);
+        if let Some((_, ramp)) = self.ramp.filter(|_| !self.flows[f].fair) {
+            let busy = self.flows[f].activations;
+            timers.extend((1..=RAMP_STEPS).map(|i| Timer {
+                flow: f,
+                version: busy,
+                at: now + Time((ramp * i as f64 / RAMP_STEPS as f64).round() as u64),
+                reshare: true,
+            }));
+        }
+        timers
     }
 
     /// Handles a timer of flow `f`. Returns `None` for a stale timer; else the finished message
@@ -232,7 +279,7 @@ impl<T: Copy> Network<T> {
             flow.head_started = now;
             flow.version += 1;
             let at = now + Time(ceil_ns(flow.remaining, flow.rate));
-            return Some((msg, vec![Timer { flow: f, version: flow.version, at }]));
+            return Some((msg, vec![Timer { flow: f, version: flow.version, at, reshare: false }]));
         }
         // Idle: leave the resources and re-share among the rest.
         flow.rate = 0.0;
@@ -255,14 +302,14 @@ impl<T: Copy> Network<T> {
         if comp.is_empty() {
             return Vec::new();
         }
-        if self.unfairness.is_some() || self.seniority.is_some() {
-            let oldest = comp.iter().map(|&f| self.flows[f].active_since).min().unwrap_or(now);
+        if self.unfairness.is_some() || self.ramp.is_some() {
             for &f in &comp {
                 let flow = &mut self.flows[f];
-                let age = self
-                    .seniority
-                    .map_or(1.0, |tau| (-((flow.active_since.0 - oldest.0) as f64 / tau).min(20.0)).exp());
-                flow.share = flow.base * flow.luck * age;
+                let ramped = self.ramp.filter(|_| !flow.fair).map_or(1.0, |(deficit, ramp)| {
+                    let age = (now.0 - flow.active_since.0) as f64;
+                    (-deficit * (1.0 - age / ramp).max(0.0)).exp()
+                });
+                flow.share = flow.base * flow.luck * ramped;
                 for (sc, u) in flow.scaled.iter_mut().zip(&flow.path) {
                     sc.weight = u.weight * flow.share;
                 }
@@ -283,7 +330,12 @@ impl<T: Copy> Network<T> {
             flow.rate = r;
             flow.version += 1;
             if r > 0.0 {
-                timers.push(Timer { flow: f, version: flow.version, at: now + Time(ceil_ns(flow.remaining, r)) });
+                timers.push(Timer {
+                    flow: f,
+                    version: flow.version,
+                    at: now + Time(ceil_ns(flow.remaining, r)),
+                    reshare: false,
+                });
             }
         }
         timers
@@ -409,17 +461,46 @@ mod tests {
     }
 
     #[test]
-    fn seniority_favours_the_older_connection_by_exp_age_over_tau() {
-        // Flow 1 turns active 1000 ns after flow 0; tau = 1000 ns: flow 0 gets e times flow 1's
-        // rate, a = e / (1 + e) of the link.
+    fn a_new_connection_ramps_up_to_its_share() {
+        // Deficit 1, ramp 4000 ns in 4 steps. Flow 0 starts at 0 and has ramped by 4000 ns when
+        // flow 1 starts: flow 1 has exp(-1) of a share, so flow 0 gets e / (1 + e) of the link;
+        // at the step at 6000 ns flow 1 has exp(-0.5); from 8000 ns they share equally.
         let mut net = Network::new();
-        net.set_seniority(1000.0);
+        net.set_ramp(1.0, 4000.0);
         let f = one_link(&mut net, 2);
-        net.send(Time::ZERO, f[0], Message { bytes: 1e9, tag: 0 });
-        net.send(Time(1000), f[1], Message { bytes: 1e9, tag: 1 });
+        let mut q = crate::engine::EventQueue::new();
+        for t in net.send(Time::ZERO, f[0], Message { bytes: 1e9, tag: 0 }) {
+            q.schedule(t.at, t);
+        }
+        // Play flow 0's reshare timers (they change nothing: it is alone).
+        while q.peek_time().is_some_and(|t| t <= Time(4000)) {
+            let (now, t) = q.pop().unwrap();
+            assert!(t.reshare);
+            for t in net.reshare(now, t.flow, t.version) {
+                q.schedule(t.at, t);
+            }
+        }
+        assert_eq!(net.rate(f[0]), 1.0);
+        for t in net.send(Time(4000), f[1], Message { bytes: 1e9, tag: 1 }) {
+            q.schedule(t.at, t);
+        }
         let e = std::f64::consts::E;
         assert!((net.rate(f[0]) - e / (1.0 + e)).abs() < 1e-12, "{}", net.rate(f[0]));
-        assert!((net.rate(f[1]) - 1.0 / (1.0 + e)).abs() < 1e-12, "{}", net.rate(f[1]));
+        let mut at = |until: u64, q: &mut crate::engine::EventQueue<Timer>| {
+            while q.peek_time().is_some_and(|t| t <= Time(until)) {
+                let (now, t) = q.pop().unwrap();
+                if t.reshare {
+                    for t in net.reshare(now, t.flow, t.version) {
+                        q.schedule(t.at, t);
+                    }
+                }
+            }
+            (net.rate(f[0]), net.rate(f[1]))
+        };
+        let (a, _) = at(6000, &mut q);
+        assert!((a - e.sqrt() / (1.0 + e.sqrt())).abs() < 1e-12, "{a}");
+        let (a, b) = at(8000, &mut q);
+        assert!((a - 0.5).abs() < 1e-12 && (b - 0.5).abs() < 1e-12, "{a} {b}");
     }
 
     #[test]

@@ -190,8 +190,10 @@ pub(crate) struct Sim<'a> {
     bus_bytes_per_ns: f64,
     latency: Time,
     overhead_bytes: f64,
-    /// Wire bytes per payload byte: user-space copies at the ends are serial with the
-    /// transfer, so a message holds its connection `copy_ns_per_byte` longer per byte.
+    /// Wire bytes per payload byte. The ends copy a whole message before the next one moves
+    /// (the PS encodes a pull's values, decodes and aggregates a push, under its shard lock),
+    /// so a message holds its connection `copy_ns_per_byte` longer per byte; the fluid model
+    /// charges that time as extra bytes at the NIC's rate.
     copy_factor: f64,
     copies: u32,
     local_agg: bool,
@@ -282,10 +284,11 @@ impl<'a> Sim<'a> {
         let two_tier = net_spec.switch == SwitchKind::TwoTier;
         let rack_of_host = |host_index: u32| if two_tier { host_index / net_spec.hosts_per_rack } else { 0 };
         let unfairness = s.unfairness();
-        let seniority = s.seniority();
+        let (ramp, ramp_share) = s.ramp();
+        let ramping = ramp.0 > 0 && ramp_share < 1.0;
         // Unequal sharing tells identical workers apart: one class each.
         let per_worker =
-            spec.faults.jitter > 0.0 || unfairness > 0.0 || seniority.0 > 0 || !synchronous(t.mode) || opts.no_classes;
+            spec.faults.jitter > 0.0 || unfairness > 0.0 || ramping || !synchronous(t.mode) || opts.no_classes;
         let mut keys: BTreeMap<(u64, u32, Option<u32>, u32), Vec<u32>> = BTreeMap::new();
         for i in 0..w {
             let hosted = (t.ps_hosts == PsHosts::Colocated && i < t.ps).then_some(i);
@@ -297,7 +300,9 @@ impl<'a> Sim<'a> {
 
         let mut net: Network<Tag> = Network::new();
         net.set_unfairness(unfairness, spec.seed);
-        net.set_seniority(seniority.0 as f64);
+        if ramping {
+            net.set_ramp(-ramp_share.ln(), ramp.0 as f64);
+        }
         let mut resources = Vec::new();
         // Racks' uplinks (two-tier): up and down, each hosts_per_rack x NIC / oversubscription.
         let hosts_total = w + if t.ps_hosts == PsHosts::Dedicated { t.ps } else { 0 };
@@ -339,8 +344,9 @@ impl<'a> Sim<'a> {
             for class in &mut classes {
                 let own = net.add_resource(1.0);
                 let k = class.workers.len() as f64;
-                class.compute_flow =
-                    Some(net.add_flow(vec![Use { resource: own, weight: 1.0 }, Use { resource: machine, weight: k }]));
+                let f = net.add_flow(vec![Use { resource: own, weight: 1.0 }, Use { resource: machine, weight: k }]);
+                net.set_fair(f);
+                class.compute_flow = Some(f);
             }
         }
         // Shard hosts: dedicated NICs, or the NIC of the worker class hosting them.
@@ -519,10 +525,8 @@ impl<'a> Sim<'a> {
 
     /// Runs to the end; returns the outcome.
     pub(crate) fn run(mut self) -> Result<Outcome, SimError> {
-        let stag: u64 = std::env::var("TL_STAGGER_NS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-        let n = self.classes.len() as u64;
         for c in 0..self.classes.len() {
-            self.q.schedule(Time(stag * c as u64 / n), Ev::StartStep { class: c });
+            self.q.schedule(Time::ZERO, Ev::StartStep { class: c });
         }
         let mut last_progress = Time::ZERO;
         while let Some((now, ev)) = self.q.pop() {
@@ -530,6 +534,10 @@ impl<'a> Sim<'a> {
                 return Err(SimError::TooLong { events: self.opts.max_events });
             }
             match ev {
+                Ev::Net(t) if t.reshare => {
+                    let timers = self.net.reshare(now, t.flow, t.version);
+                    self.schedule_timers(timers);
+                }
                 Ev::Net(t) => {
                     if let Some((msg, timers)) = self.net.complete(now, t.flow, t.version) {
                         self.schedule_timers(timers);

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use topolab_core::records::RunSummary;
 use topolab_core::scenario::Scenario;
+use topolab_core::units::Time;
 use topolab_runtime::launcher::{self, LauncherKind, ReplayError, ReplayOptions};
 use topolab_sim::SimOptions;
 
@@ -40,8 +41,28 @@ fn kind(l: Launcher) -> LauncherKind {
 
 pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
-    let p =
+    let (mut p, probes) =
         topolab_runtime::calibrate::calibrate(kind(a.launcher), &exe).map_err(|e| BadInput(format!("error: {e}")))?;
+    // Each link's ramp-up: the (ramp, share) whose simulated probes match the measured mean
+    // ln rho at each lateness. A ramp must beat none by more than the probes' noise: the
+    // squared standard error of each mean, summed.
+    for (link, probe) in p.fitted.links.iter_mut().zip(&probes) {
+        let mut ds: Vec<f64> = probe.late.iter().map(|l| l.0).collect();
+        ds.dedup();
+        let mut measured = Vec::new();
+        let mut noise = 0.0;
+        for d in ds {
+            let v: Vec<f64> = probe.late.iter().filter(|l| l.0 == d).map(|l| l.1).collect();
+            let n = v.len() as f64;
+            let mean = v.iter().sum::<f64>() / n;
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+            noise += var / n;
+            measured.push((d, mean));
+        }
+        let (ramp, share) = topolab_sim::fit::ramp(probe.goodput, probe.size, &measured, noise);
+        link.ramp = Time::from_secs_f64(ramp);
+        link.ramp_share = share;
+    }
     let text = format!(
         "# topolab hardware profile: measured by `topolab calibrate`; reference it from a scenario\n# with hardware.profile = \"{}\"\n{}",
         a.out.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
@@ -57,11 +78,15 @@ pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     println!("  start-up         {:.3}", f.startup);
     for l in &f.links {
         println!(
-            "  link {:<11} CPU {:.2} ns/B, unfairness {:.2}, seniority {}",
+            "  link {:<11} CPU {:.2} ns/B, unfairness {:.2}, ramp-up {}",
             l.rate.to_string(),
             l.cpu_ns_per_byte,
             l.unfairness,
-            if l.seniority.0 > 0 { format!("{:.0}", l.seniority) } else { "none".into() }
+            if l.ramp.0 > 0 && l.ramp_share < 1.0 {
+                format!("from {:.2} of a share over {:.0}", l.ramp_share, l.ramp)
+            } else {
+                "none".into()
+            }
         );
     }
     Ok(ExitCode::SUCCESS)

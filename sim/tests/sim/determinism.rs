@@ -48,3 +48,23 @@ fn output_files_are_well_formed() {
     assert_eq!(summary, r.summary);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn unfair_sharing_is_deterministic_and_changes_the_run() {
+    // Four async workers and one PS on 100 Mbit/s, with and without unfair shares and a
+    // ramp-up: the shares change every step's timing, the same way in two runs.
+    let text = |net: &str| {
+        format!(
+            "batch = 8\nseed = 5\n[model]\nname = \"alexnet\"\n[network]\nnic = \"100 Mbit/s\"\n{net}\n\
+             [topology]\nworkers = 4\nps = 1\nmode = \"async\"\n[training]\nsteps = 6\n"
+        )
+    };
+    let fair = run(&scenario(&text(""), None));
+    let unfair_text = text("unfairness = 0.4\nramp = \"50 ms\"\nramp_share = 0.3");
+    let a = run(&scenario(&unfair_text, None));
+    let b = run(&scenario(&unfair_text, None));
+    assert_eq!(a.steps, b.steps, "same seed, same run");
+    assert_ne!(a.steps, fair.steps, "unfair shares change the run");
+    let changed = a.steps.iter().zip(&fair.steps).filter(|(x, y)| x.end_ns != y.end_ns).count();
+    assert!(changed > a.steps.len() / 2, "most steps end elsewhere: {changed} of {}", a.steps.len());
+}

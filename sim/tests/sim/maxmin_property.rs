@@ -30,13 +30,13 @@ fn rel_eq(a: f64, b: f64) -> bool {
 
 /// Drives the incremental network through the sends and their completions; after every
 /// change, every active flow's rate equals the reference solver's from scratch, and no
-/// resource carries more than its capacity. `unfair`: (sigma, seniority ns).
+/// resource carries more than its capacity. `unfair`: (sigma, ramp ns); ramp deficit 1.5.
 fn drive(inst: Instance, unfair: Option<(f64, f64)>) -> Result<(), TestCaseError> {
     let (caps, paths, sends) = inst;
     let mut net: Network<usize> = Network::new();
     if let Some((sigma, tau)) = unfair {
         net.set_unfairness(sigma, 7);
-        net.set_seniority(tau);
+        net.set_ramp(1.5, tau);
     }
     for &c in &caps {
         net.add_resource(c);
@@ -56,9 +56,13 @@ fn drive(inst: Instance, unfair: Option<(f64, f64)>) -> Result<(), TestCaseError
             }
             _ => {
                 let (now, timer): (Time, topolab_sim::network::Timer) = q.pop().unwrap();
-                match net.complete(now, timer.flow, timer.version) {
-                    Some((_, timers)) => timers,
-                    None => continue,
+                if timer.reshare {
+                    net.reshare(now, timer.flow, timer.version)
+                } else {
+                    match net.complete(now, timer.flow, timer.version) {
+                        Some((_, timers)) => timers,
+                        None => continue,
+                    }
                 }
             }
         };
@@ -89,7 +93,7 @@ proptest! {
         drive(inst, None)?;
     }
 
-    /// Unequal shares (log-normal luck and seniority): still equal to the reference, and
+    /// Unequal shares (log-normal luck and ramp-up): still equal to the reference, and
     /// feasible.
     #[test]
     fn unfair_incremental_rates_equal_the_reference(inst in instance(), sigma in 0.05f64..1.5, tau in 50.0f64..5e4) {
