@@ -20,6 +20,13 @@ use crate::output::{Table, num};
 Only single-process and single-link micro-benchmarks are used (the hold-out protocol of
 `topolab validate`): no multi-worker or multi-PS run is fitted.
 
+What it measures: GEMM rate of three shapes on one core; the element-wise cost of proxy
+layers; PS apply bandwidth; the user-space copies of a message; per-message overhead; process
+start-up. With --launcher netns, per shaped link (100 Mbit/s, 1 Gbit/s): one stream's goodput
+and its CPU cost (all cores' busy time per byte), and two streams from two hosts into one,
+started together (spread of TCP's shares) and one late (window ramp-up, fitted by simulating
+the probes with the simulator's network). Takes about a minute.
+
 Examples:
   topolab calibrate --launcher netns --out profile.toml     # as root: shaped 100 Mbit/s and 1 Gbit/s links
   topolab calibrate --launcher local --out profile.toml")]
