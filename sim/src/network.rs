@@ -376,8 +376,9 @@ fn ceil_ns(bytes: f64, rate: f64) -> u64 {
     if bytes <= 0.0 {
         return 0;
     }
+    // A starved flow (rate ~0) finishes "never": far beyond any run, without overflowing.
     let t = (bytes / rate).ceil();
-    if t.is_finite() { t as u64 } else { u64::MAX / 4 }
+    if t.is_finite() { (t as u64).min(u64::MAX / 4) } else { u64::MAX / 4 }
 }
 
 #[cfg(test)]
@@ -501,6 +502,19 @@ mod tests {
         assert!((a - e.sqrt() / (1.0 + e.sqrt())).abs() < 1e-12, "{a}");
         let (a, b) = at(8000, &mut q);
         assert!((a - 0.5).abs() < 1e-12 && (b - 0.5).abs() < 1e-12, "{a} {b}");
+    }
+
+    #[test]
+    fn a_starved_flow_is_timed_far_ahead_without_overflow() {
+        // Next to a flow of priority 1e300, a plain flow gets ~1e-300 of the link: its
+        // completion lies beyond any run but is a valid time, after now.
+        let mut net: Network<u32> = Network::new();
+        let f = one_link(&mut net, 2);
+        net.set_priority(f[0], 1e300);
+        net.send(Time(5), f[0], Message { bytes: 1e9, tag: 0 });
+        let timers = net.send(Time(5), f[1], Message { bytes: 1e9, tag: 1 });
+        let starved = timers.iter().find(|t| t.flow == f[1]).expect("a timer for the starved flow");
+        assert!(starved.at > Time(5) && starved.at.0 >= u64::MAX / 4, "{starved:?}");
     }
 
     #[test]
