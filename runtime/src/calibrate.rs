@@ -86,8 +86,8 @@ fn stream(
 }
 
 /// Two connections into host 1 of `c`, from hosts 0 and 2 (as two workers push into one PS),
-/// each carrying `size` bytes in 64 KiB frames; the second starts `delay` after the first. Returns when each finished at the receiver,
-/// seconds after the first started.
+/// each carrying `size` bytes in 64 KiB frames; the second starts `delay` after the first.
+/// Returns when each finished at the receiver, seconds after the first started.
 fn two_flows(c: &VirtualCluster, port: u16, size: usize, delay: Duration) -> Result<(f64, f64), String> {
     const FRAME: usize = 64 << 10;
     let frames = size.div_ceil(FRAME);
@@ -171,11 +171,24 @@ pub struct LinkProbe {
     pub size: f64,
     /// `|ln rho|` of each trial with equal starts.
     pub equal: Vec<f64>,
-    /// (lateness s, `ln rho`) of each trial with the second flow late.
-    pub late: Vec<(f64, f64)>,
+    /// Per lateness of the second flow (s): `ln rho` of each trial.
+    pub late: Vec<(f64, Vec<f64>)>,
 }
 
 impl LinkProbe {
+    /// Per lateness (s): the mean `ln rho` and its squared standard error.
+    pub fn late_means(&self) -> Vec<(f64, f64, f64)> {
+        self.late
+            .iter()
+            .map(|(d, v)| {
+                let n = v.len().max(1) as f64;
+                let mean = v.iter().sum::<f64>() / n;
+                let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+                (*d, mean, var / n)
+            })
+            .collect()
+    }
+
     /// Log-normal sigma of shares: `E|ln rho| = 2 sigma / sqrt(pi)` for two equal starts.
     pub fn unfairness(&self) -> f64 {
         if self.equal.is_empty() {
@@ -203,11 +216,13 @@ fn probe_link(c: &VirtualCluster, rate: f64, goodput_bps: f64) -> Result<LinkPro
     }
     for late in [0.2, 0.5] {
         let d = late * alone;
+        let mut logs = Vec::new();
         for _ in 0..TRIALS {
             let (a, b) = two_flows(c, port, size, Duration::from_secs_f64(d))?;
             port += 1;
-            probe.late.push((d, share_ratio(r, size as f64, d, a, b).ln()));
+            logs.push(share_ratio(r, size as f64, d, a, b).ln());
         }
+        probe.late.push((d, logs));
     }
     Ok(probe)
 }
@@ -395,8 +410,7 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
     let per_message = secs / count as f64;
     m("loopback 256 B frame", per_message * 1e9, "ns");
     // Links: loopback, or shaped virtual links.
-    let mut goodputs = Vec::new();
-    let mut links = Vec::new();
+    let mut links: Vec<LinkFit> = Vec::new();
     let mut probes = Vec::new();
     if kind == LauncherKind::Netns {
         if !netns::is_root() {
@@ -422,25 +436,17 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
                 per_byte,
                 "ns/B",
             );
-
             m(&format!("goodput of a {} Mbit/s link", rate / 1e6), g, "bit/s");
-            goodputs.push(g / rate);
             let probe = probe_link(&c, rate, g)?;
-            let mean = |v: &mut dyn Iterator<Item = f64>| {
-                let v: Vec<f64> = v.collect();
-                v.iter().sum::<f64>() / v.len().max(1) as f64
-            };
             m(
                 &format!("two equal flows from two hosts, mean |ln share ratio| ({} Mbit/s)", rate / 1e6),
-                mean(&mut probe.equal.iter().copied()),
+                probe.equal.iter().sum::<f64>() / probe.equal.len().max(1) as f64,
                 "",
             );
-            let mut ds: Vec<f64> = probe.late.iter().map(|l| l.0).collect();
-            ds.dedup();
-            for d in ds {
+            for (d, mean, _) in probe.late_means() {
                 m(
                     &format!("second flow {:.0} ms late, mean ln share ratio ({} Mbit/s)", d * 1e3, rate / 1e6),
-                    mean(&mut probe.late.iter().filter(|l| l.0 == d).map(|l| l.1)),
+                    mean,
                     "",
                 );
             }
@@ -460,7 +466,8 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
         let secs = stream("127.0.0.1:0".parse().expect("an address"), frames, 4 << 20, None)?;
         m("loopback goodput", (frames - 1) as f64 * (4 << 20) as f64 * 8.0 / secs, "bit/s");
     }
-    let goodput = if goodputs.is_empty() { 1.0 } else { goodputs.iter().sum::<f64>() / goodputs.len() as f64 };
+    let goodput =
+        if links.is_empty() { 1.0 } else { links.iter().map(|l| l.goodput).sum::<f64>() / links.len() as f64 };
     // Start-up: spawning the binary.
     let start = Instant::now();
     for _ in 0..5 {

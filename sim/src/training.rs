@@ -336,11 +336,8 @@ impl<'a> Sim<'a> {
         }
         // Shared cores: one machine's cores, max-min shared by the workers' compute (each
         // worker process runs on at most one core at a time).
-        let mut machine = None;
-        if let Some(cores) = s.shared_cores() {
-            let m = net.add_resource(f64::from(cores));
-            machine = Some(m);
-            let machine = m;
+        let machine = s.shared_cores().map(|cores| net.add_resource(f64::from(cores)));
+        if let Some(machine) = machine {
             for class in &mut classes {
                 let own = net.add_resource(1.0);
                 let k = class.workers.len() as f64;

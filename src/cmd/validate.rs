@@ -54,18 +54,9 @@ pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     // ln rho at each lateness. A ramp must beat none by more than the probes' noise: the
     // squared standard error of each mean, summed.
     for (link, probe) in p.fitted.links.iter_mut().zip(&probes) {
-        let mut ds: Vec<f64> = probe.late.iter().map(|l| l.0).collect();
-        ds.dedup();
-        let mut measured = Vec::new();
-        let mut noise = 0.0;
-        for d in ds {
-            let v: Vec<f64> = probe.late.iter().filter(|l| l.0 == d).map(|l| l.1).collect();
-            let n = v.len() as f64;
-            let mean = v.iter().sum::<f64>() / n;
-            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-            noise += var / n;
-            measured.push((d, mean));
-        }
+        let means = probe.late_means();
+        let measured: Vec<(f64, f64)> = means.iter().map(|&(d, mean, _)| (d, mean)).collect();
+        let noise: f64 = means.iter().map(|m| m.2).sum();
         let (ramp, share) = topolab_sim::fit::ramp(probe.goodput, probe.size, &measured, noise);
         link.ramp = Time::from_secs_f64(ramp);
         link.ramp_share = share;
