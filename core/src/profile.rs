@@ -93,6 +93,17 @@ pub fn share_ratio(goodput: f64, size: f64, d: f64, a: f64, b: f64) -> f64 {
     }
 }
 
+/// Where the first of two bursts of `size` bytes (the second `d` s late) finished, at `a` s,
+/// between fair sharing (0) and first come, first served (1), on a link of `goodput` bytes/s.
+pub fn fifo_position(goodput: f64, size: f64, d: f64, a: f64) -> f64 {
+    let fifo = size / goodput;
+    let fair = d + 2.0 * (size - goodput * d).max(0.0) / goodput;
+    if fair - fifo <= 0.0 {
+        return 0.0;
+    }
+    (fair - a) / (fair - fifo)
+}
+
 /// What one shaped link of a given rate showed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,6 +122,11 @@ pub struct LinkFit {
     pub ramp: Time,
     /// Share a new connection starts with (1: no ramp).
     pub ramp_share: f64,
+    /// First come, first served: two short bursts, the second a little late, showed the
+    /// drop-tail queue serving the earlier one first; a connection `d` later than the oldest
+    /// busy one gets `exp(-d / fifo)` of a share (0: fair sharing, no such ordering).
+    #[serde(default, skip_serializing_if = "is_zero_time")]
+    pub fifo: Time,
 }
 
 impl Fitted {
@@ -147,6 +163,13 @@ impl Fitted {
         self.link_at(rate, |l| l.unfairness)
     }
 
+    /// First-come-first-served time constant at link rate `rate` (its inverse interpolated,
+    /// so that an unordered link, 0, weakens the ordering smoothly).
+    pub fn fifo_at(&self, rate: BitRate) -> Option<Time> {
+        let strength = self.link_at(rate, |l| if l.fifo.0 == 0 { 0.0 } else { 1.0 / l.fifo.0 as f64 })?;
+        Some(if strength > 0.0 { Time((1.0 / strength).round() as u64) } else { Time::ZERO })
+    }
+
     /// Ramp-up at link rate `rate`: (time, starting share), the time and the log of the share
     /// interpolated.
     pub fn ramp_at(&self, rate: BitRate) -> Option<(Time, f64)> {
@@ -154,6 +177,10 @@ impl Fitted {
         let deficit = self.link_at(rate, |l| -l.ramp_share.clamp(1e-6, 1.0).ln())?;
         Some((Time(t.round() as u64), (-deficit).exp()))
     }
+}
+
+fn is_zero_time(t: &Time) -> bool {
+    t.0 == 0
 }
 
 /// One raw measurement.
@@ -209,6 +236,7 @@ mod tests {
             unfairness: sigma,
             ramp: Time(tau_ms * 1_000_000),
             ramp_share: if tau_ms > 0 { (-2.0f64).exp() } else { 1.0 },
+            fifo: Time(tau_ms * 10_000),
         };
         let f = fitted(vec![l(1e9, 10.0, 0.2, 0), l(1e8, 2.0, 0.6, 200)]);
         // sqrt(1e8 x 1e9) is halfway in log rate.
@@ -220,6 +248,10 @@ mod tests {
         assert_eq!(t, Time(100_000_000));
         assert!((share - (-1.0f64).exp()).abs() < 1e-12);
         assert_eq!(f.ramp_at(BitRate(1e9)).unwrap(), (Time::ZERO, 1.0));
+        // FIFO: 2 ms at 100 Mbit/s, off at 1 Gbit/s; halfway, half the strength: 4 ms.
+        assert_eq!(f.fifo_at(mid), Some(Time(4_000_000)));
+        assert_eq!(f.fifo_at(BitRate(1e8)), Some(Time(2_000_000)));
+        assert_eq!(f.fifo_at(BitRate(1e9)), Some(Time::ZERO));
         assert_eq!(f.cpu_ns_per_byte_at(BitRate(1e7)), Some(2.0));
         assert_eq!(f.cpu_ns_per_byte_at(BitRate(1e11)), Some(10.0));
         assert_eq!(fitted(vec![]).unfairness_at(mid), None);

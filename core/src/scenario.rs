@@ -292,6 +292,15 @@ pub struct NetworkSpec {
     /// `hardware.shared_cores` when the job shares one machine. 0 (default): free.
     #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub cpu_ns_per_byte: f64,
+    /// First come, first served, as a drop-tail queue serves bursts that fit in it: a
+    /// connection that turned busy `d` after the oldest busy one it competes with gets
+    /// `exp(-d / fifo)` of a share. 0 (default): fair sharing.
+    #[serde(default, skip_serializing_if = "is_zero_time")]
+    pub fifo: Time,
+    /// The links' drop-tail queue, as time at the NIC rate: with `fifo`, a message that fits in
+    /// it is served in order of arrival, a larger one is shared. 0 (default): no limit.
+    #[serde(default, skip_serializing_if = "is_zero_time")]
+    pub queue: Time,
 }
 
 fn is_zero_f64(x: &f64) -> bool {
@@ -339,6 +348,8 @@ impl Default for NetworkSpec {
             unfairness: 0.0,
             ramp: Time::ZERO,
             ramp_share: 1.0,
+            fifo: Time::ZERO,
+            queue: Time::ZERO,
             cpu_ns_per_byte: 0.0,
         }
     }
@@ -1114,6 +1125,12 @@ impl Scenario {
     /// TCP unfairness spread at this scenario's NIC rate: the profile's, else the scenario's.
     pub fn unfairness(&self) -> f64 {
         self.profile.as_ref().and_then(|p| p.fitted.unfairness_at(self.nic)).unwrap_or(self.spec.network.unfairness)
+    }
+
+    /// First-come-first-served time constant at this scenario's NIC rate: the profile's, else the
+    /// scenario's (0: fair sharing).
+    pub fn fifo(&self) -> Time {
+        self.profile.as_ref().and_then(|p| p.fitted.fifo_at(self.nic)).unwrap_or(self.spec.network.fifo)
     }
 
     /// Window ramp-up (time, starting share) at this scenario's NIC rate: the profile's, else the

@@ -88,9 +88,16 @@ fn stream(
 /// Two connections into host 1 of `c`, from hosts 0 and 2 (as two workers push into one PS),
 /// each carrying `size` bytes in 64 KiB frames; the second starts `delay` after the first.
 /// Returns when each finished at the receiver, seconds after the first started.
-fn two_flows(c: &VirtualCluster, port: u16, size: usize, delay: Duration) -> Result<(f64, f64), String> {
+fn two_flows(
+    c: &VirtualCluster,
+    port: u16,
+    size: usize,
+    delay: Duration,
+    warm: Option<(usize, Duration)>,
+) -> Result<(f64, f64), String> {
     const FRAME: usize = 64 << 10;
     let frames = size.div_ceil(FRAME);
+    let (warm_frames, pause) = warm.map_or((0, Duration::ZERO), |(bytes, pause)| (bytes.div_ceil(FRAME), pause));
     let addr: std::net::SocketAddr = format!("{}:{port}", c.addrs[1]).parse().map_err(|e| format!("{e}"))?;
     let t0 = std::sync::OnceLock::<Instant>::new();
     let barrier = &std::sync::Barrier::new(2);
@@ -108,7 +115,7 @@ fn two_flows(c: &VirtualCluster, port: u16, size: usize, delay: Duration) -> Res
                     let (mut conn, _) = l.accept().await.map_err(|e| e.to_string())?;
                     tasks.push(tokio::spawn(async move {
                         let mut id = 0;
-                        for _ in 0..frames {
+                        for _ in 0..warm_frames + frames {
                             let f = wire::read_frame(&mut conn, FRAME as u32, Duration::from_secs(60))
                                 .await
                                 .map_err(|e| e.to_string())?;
@@ -140,6 +147,17 @@ fn two_flows(c: &VirtualCluster, port: u16, size: usize, delay: Duration) -> Res
                         let mut conn = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
                         conn.set_nodelay(true).map_err(|e| e.to_string())?;
                         let data = vec![1u8; FRAME];
+                        if warm_frames > 0 {
+                            // Warm the connection up (its window grows), let the queue drain,
+                            // and go on before an idle connection would restart slowly.
+                            for _ in 0..warm_frames {
+                                wire::write_frame(&mut conn, Kind::Push, id, 0, &data)
+                                    .await
+                                    .map_err(|e| e.to_string())?;
+                            }
+                            barrier.wait();
+                            tokio::time::sleep(pause).await;
+                        }
                         barrier.wait();
                         let _ = t0.set(Instant::now());
                         if id == 1 {
@@ -173,6 +191,13 @@ pub struct LinkProbe {
     pub equal: Vec<f64>,
     /// Per lateness of the second flow (s): `ln rho` of each trial.
     pub late: Vec<(f64, Vec<f64>)>,
+    /// Bytes of each burst on warm connections.
+    pub burst: f64,
+    /// Lateness of the second burst (s).
+    pub burst_late: f64,
+    /// Where the first burst finished in each trial, between fair sharing (0) and first come,
+    /// first served (1) ([`topolab_core::profile::fifo_position`]).
+    pub bursts: Vec<f64>,
 }
 
 impl LinkProbe {
@@ -187,6 +212,14 @@ impl LinkProbe {
                 (*d, mean, var / n)
             })
             .collect()
+    }
+
+    /// Mean position of the first burst and its squared standard error.
+    pub fn burst_mean(&self) -> (f64, f64) {
+        let n = self.bursts.len().max(1) as f64;
+        let mean = self.bursts.iter().sum::<f64>() / n;
+        let var = self.bursts.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        (mean, var / n)
     }
 
     /// Log-normal sigma of shares: `E|ln rho| = 2 sigma / sqrt(pi)` for two equal starts.
@@ -207,10 +240,19 @@ fn probe_link(c: &VirtualCluster, rate: f64, goodput_bps: f64) -> Result<LinkPro
     // About 150 ms of transfer per connection alone.
     let size = ((r * 0.15) as usize).max(256 << 10);
     let alone = size as f64 / r;
-    let mut probe = LinkProbe { rate, goodput: r, size: size as f64, equal: Vec::new(), late: Vec::new() };
+    let mut probe = LinkProbe {
+        rate,
+        goodput: r,
+        size: size as f64,
+        equal: Vec::new(),
+        late: Vec::new(),
+        burst: 0.0,
+        burst_late: 0.0,
+        bursts: Vec::new(),
+    };
     let mut port = 5410;
     for _ in 0..TRIALS {
-        let (a, b) = two_flows(c, port, size, Duration::ZERO)?;
+        let (a, b) = two_flows(c, port, size, Duration::ZERO, None)?;
         port += 1;
         probe.equal.push(share_ratio(r, size as f64, 0.0, a, b).ln().abs());
     }
@@ -218,11 +260,22 @@ fn probe_link(c: &VirtualCluster, rate: f64, goodput_bps: f64) -> Result<LinkPro
         let d = late * alone;
         let mut logs = Vec::new();
         for _ in 0..TRIALS {
-            let (a, b) = two_flows(c, port, size, Duration::from_secs_f64(d))?;
+            let (a, b) = two_flows(c, port, size, Duration::from_secs_f64(d), None)?;
             port += 1;
             logs.push(share_ratio(r, size as f64, d, a, b).ln());
         }
         probe.late.push((d, logs));
+    }
+    // Bursts on warm connections, as training sends them: 20 ms of the link each (well inside
+    // the 50 ms queue), the second a quarter of that late.
+    let burst = ((r * 0.02) as usize).max(64 << 10);
+    probe.burst = burst as f64;
+    probe.burst_late = 0.25 * burst as f64 / r;
+    let warm = (burst, Duration::from_secs_f64(2.0 * burst as f64 / r + 0.06));
+    for _ in 0..TRIALS {
+        let (a, _) = two_flows(c, port, burst, Duration::from_secs_f64(probe.burst_late), Some(warm))?;
+        port += 1;
+        probe.bursts.push(topolab_core::profile::fifo_position(r, burst as f64, probe.burst_late, a));
     }
     Ok(probe)
 }
@@ -429,6 +482,11 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
             let before = cpu_busy_s();
             let secs = stream(addr, frames, 1 << 20, Some(&c))?;
             let busy = cpu_busy_s() - before;
+            // Less what the machine does anyway over as long (at 100 Mbit/s the stream's own
+            // CPU time is small next to it).
+            let before = cpu_busy_s();
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            let busy = (busy - (cpu_busy_s() - before)).max(0.0);
             let g = (frames - 1) as f64 * (1 << 20) as f64 * 8.0 / secs;
             let per_byte = busy * 1e9 / (frames as f64 * (1 << 20) as f64);
             m(
@@ -450,7 +508,18 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
                     "",
                 );
             }
-            // The ramp-up is fitted by the caller, which simulates these probes.
+            m(
+                &format!(
+                    "first of two {:.0} kB bursts on warm connections (second {:.1} ms late): 0 fair, 1 first come first served ({} Mbit/s)",
+                    probe.burst / 1e3,
+                    probe.burst_late * 1e3,
+                    rate / 1e6
+                ),
+                probe.burst_mean().0,
+                "",
+            );
+            // The ramp-up and the queue's ordering are fitted by the caller, which simulates
+            // these probes.
             links.push(LinkFit {
                 rate: BitRate(rate),
                 goodput: (g / rate).min(1.0),
@@ -458,6 +527,7 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
                 unfairness: probe.unfairness(),
                 ramp: Time::ZERO,
                 ramp_share: 1.0,
+                fifo: Time::ZERO,
             });
             probes.push(probe);
         }

@@ -93,6 +93,8 @@ pub struct ReplayOutcome {
     pub loss: Vec<(u64, f64)>,
     /// How latency was emulated.
     pub latency_method: String,
+    /// TCP congestion control the tasks' connections used.
+    pub congestion_control: String,
 }
 
 /// PIDs of a job's tasks, written to `pids.json` for `--cleanup` and for tests.
@@ -121,7 +123,12 @@ fn mem_available() -> Option<u64> {
 }
 
 /// Writes the effective scenario (the proxy as a layer table, scale 1) next to the run.
-pub fn effective_scenario(s: &Scenario, proxy: &Proxy, out: &Path) -> Result<(PathBuf, Scenario), ReplayError> {
+pub fn effective_scenario(
+    s: &Scenario,
+    proxy: &Proxy,
+    out: &Path,
+    launcher: LauncherKind,
+) -> Result<(PathBuf, Scenario), ReplayError> {
     let csv = out.join("effective-model.csv");
     let mut buf = Vec::new();
     topolab_core::models::write_layer_table(&proxy.model(), &mut buf).map_err(io)?;
@@ -147,6 +154,10 @@ pub fn effective_scenario(s: &Scenario, proxy: &Proxy, out: &Path) -> Result<(Pa
     f.hardware.precision = topolab_core::scenario::Precision::Fp32;
     f.hardware.gpus_per_host = 1;
     f.hardware.shared_cores = Some(cores);
+    // The shaped links' drop-tail queue (loopback has none to speak of).
+    if launcher == LauncherKind::Netns {
+        f.network.queue = crate::netns::QUEUE;
+    }
     let path = out.join("effective.toml");
     let text = format!(
         "# The scenario this replay ran: the proxy model as built (scaled), so that the simulator can\n# be run on exactly the same thing: topolab run {}\n{}",
@@ -195,7 +206,7 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
             topolab_core::units::Bytes(avail)
         )));
     }
-    let (effective, eff) = effective_scenario(s, &proxy, &opts.out)?;
+    let (effective, eff) = effective_scenario(s, &proxy, &opts.out, opts.launcher)?;
     let ckpt = opts.out.join("checkpoints");
     let start_step = if opts.resume {
         checkpoint::latest_complete(&ckpt, t.ps)
@@ -219,6 +230,7 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     let mut cluster = None;
     let mut latency_method = if latency_ns == 0 { "none".to_string() } else { "emulated in the transport".to_string() };
+    let mut congestion_control = host_congestion_control();
     if opts.launcher == LauncherKind::Netns {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let id = format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
@@ -230,6 +242,7 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
             latency_ns = 0;
         }
         latency_method = c.latency_method.clone();
+        congestion_control = c.congestion_control.clone();
         checkpoint::write_atomic(
             &opts.out.join("netns.json"),
             serde_json::to_string(&c.hosts).expect("JSON").as_bytes(),
@@ -256,6 +269,7 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
     result?;
     let mut outcome = collect(&eff, &opts.out, start_step, latency_ns)?;
     outcome.latency_method = latency_method;
+    outcome.congestion_control = congestion_control;
     Ok(outcome)
 }
 
@@ -490,7 +504,15 @@ fn collect(s: &Scenario, out: &Path, start_step: u64, latency_ns: u64) -> Result
     buf.push(b'\n');
     checkpoint::write_atomic(&out.join("summary.json"), &buf).map_err(io)?;
     let latency_method = if latency_ns == 0 { "none".into() } else { "emulated in the transport".into() };
-    Ok(ReplayOutcome { summary, steps, effective: out.join("effective.toml"), start_step, loss, latency_method })
+    Ok(ReplayOutcome {
+        summary,
+        steps,
+        effective: out.join("effective.toml"),
+        start_step,
+        loss,
+        latency_method,
+        congestion_control: host_congestion_control(),
+    })
 }
 
 /// Stops leftover tasks of a crashed run in `out` (PIDs from pids.json that still run
@@ -528,4 +550,10 @@ fn cleanup_tasks(out: &Path) -> Result<usize, ReplayError> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(stopped)
+}
+
+/// This machine's TCP congestion control (the loopback launcher's tasks use it).
+fn host_congestion_control() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
 }

@@ -43,6 +43,35 @@ fn tc(ns: &str, args: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// Each shaped link's queue, as time at its rate (tbf `latency`): drop-tail, as a switch port's.
+pub const QUEUE: Time = Time(50_000_000);
+
+/// The TCP congestion control every virtual host uses: CUBIC, Linux's default, whatever the
+/// machine running the replay has chosen for itself (its sharing of a drop-tail queue is what
+/// real clusters see; a pacing one such as BBR shares a burst out differently).
+pub const CONGESTION_CONTROL: &str = "cubic";
+
+/// Sets namespace `ns`'s TCP congestion control to [`CONGESTION_CONTROL`] if the kernel has it;
+/// returns the one in force.
+fn set_congestion_control(ns: &str) -> Result<String, String> {
+    const KNOB: &str = "/proc/sys/net/ipv4/tcp_congestion_control";
+    let script = format!(
+        "grep -qw {CONGESTION_CONTROL} /proc/sys/net/ipv4/tcp_available_congestion_control && echo {CONGESTION_CONTROL} > {KNOB}; cat {KNOB}"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", &script])
+        .output()
+        .map_err(|e| format!("cannot run `ip netns exec`: {e}"))?;
+    let cc = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || cc.is_empty() {
+        return Err(format!(
+            "cannot read TCP congestion control in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(cc)
+}
+
 /// Namespaces of a virtual cluster.
 #[derive(Debug)]
 pub struct VirtualCluster {
@@ -55,6 +84,9 @@ pub struct VirtualCluster {
     pub addrs: Vec<Ipv4Addr>,
     /// "netem" or "emulated in the transport".
     pub latency_method: String,
+    /// TCP congestion control inside the hosts' namespaces ([`CONGESTION_CONTROL`] where the
+    /// kernel has it, else the kernel's default, named).
+    pub congestion_control: String,
     torn_down: bool,
 }
 
@@ -74,6 +106,7 @@ impl VirtualCluster {
             hosts: (0..hosts).map(|i| format!("{PREFIX}{id}-h{i}")).collect(),
             addrs: (0..hosts).map(|i| Ipv4Addr::new(10, 213, (i / 250) as u8, (i % 250 + 1) as u8)).collect(),
             latency_method: "none".into(),
+            congestion_control: String::new(),
             torn_down: false,
         };
         // On any error the partly built cluster is dropped, which tears it down.
@@ -90,6 +123,7 @@ impl VirtualCluster {
         // after an idle spell does not rush out ahead of the line rate (which a fluid model of
         // the link cannot know about).
         let rate_s = format!("{}bit", rate.0.round() as u64);
+        let queue = format!("{}ms", QUEUE.0 / 1_000_000);
         let burst = format!("{}", ((rate.0 / 8.0 * 0.0005) as u64).max(64 * 1024 + 1514));
         let mut netem = true;
         for (i, ns) in self.hosts.clone().iter().enumerate() {
@@ -101,6 +135,7 @@ impl VirtualCluster {
             ip(&["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
             ip(&["-n", ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            self.congestion_control = set_congestion_control(ns)?;
             // Host -> switch: shape the host's egress; switch -> host: shape the bridge port.
             if latency.0 > 0 && netem {
                 let delay = format!("{}us", latency.0 / 1000);
@@ -109,7 +144,7 @@ impl VirtualCluster {
                         ns,
                         &[
                             "qdisc", "add", "dev", "eth0", "parent", "1:", "handle", "2:", "tbf", "rate", &rate_s,
-                            "burst", &burst, "latency", "50ms",
+                            "burst", &burst, "latency", &queue,
                         ],
                     )?;
                 } else {
@@ -121,13 +156,13 @@ impl VirtualCluster {
                     ns,
                     &[
                         "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", &rate_s, "burst", &burst, "latency",
-                        "50ms",
+                        &queue,
                     ],
                 )?;
             }
             tc(
                 &self.bridge,
-                &["qdisc", "add", "dev", &port, "root", "tbf", "rate", &rate_s, "burst", &burst, "latency", "50ms"],
+                &["qdisc", "add", "dev", &port, "root", "tbf", "rate", &rate_s, "burst", &burst, "latency", &queue],
             )?;
         }
         self.latency_method = if latency.0 == 0 {

@@ -11,7 +11,8 @@
 //! connection draws a log-normal *luck* for each busy period ([`Network::set_unfairness`]), a
 //! new connection ramps up from a fraction of its share ([`Network::set_ramp`]), and a flow can
 //! have a fixed *priority* ([`Network::set_priority`]: the kernel's packet work before user
-//! compute on shared cores). Rates are then max-min fair in units of share (weighted max-min);
+//! compute on shared cores), and bursts can be served first come, first served, as a drop-tail
+//! queue does ([`Network::set_fifo`]). Rates are then max-min fair in units of share (weighted max-min);
 //! CPU flows marked [`Network::set_fair`] get neither luck nor ramp. Symmetric workers under
 //! exact max-min stay in lock-step forever; luck lets them drift apart as real ones do.
 //!
@@ -39,6 +40,10 @@ pub struct Timer {
     /// A ramp step rather than a completion.
     pub reshare: bool,
 }
+
+/// Least share a late connection keeps under first-come-first-served queueing (so that its
+/// rate stays a positive float).
+const FIFO_FLOOR: f64 = 1e-9;
 
 /// Steps in which a new connection's share ramps up (one re-solve each).
 const RAMP_STEPS: u64 = 4;
@@ -98,6 +103,10 @@ pub struct Network<T> {
     /// `exp(-deficit x (1 - a / ramp))` of its share until `a = ramp`, in [`RAMP_STEPS`] steps;
     /// `None`: every connection has its full share at once.
     ramp: Option<(f64, f64)>,
+    /// Drop-tail queueing, (tau ns, queue bytes): a connection whose head message fits in the
+    /// queue and that turned busy `d` ns after the oldest such one in its component gets
+    /// `exp(-d / tau)` of its share (at least [`FIFO_FLOOR`]); `None`: off.
+    fifo: Option<(f64, f64)>,
 }
 
 impl<T: Copy> Default for Network<T> {
@@ -111,6 +120,7 @@ impl<T: Copy> Default for Network<T> {
             resolves: 0,
             unfairness: None,
             ramp: None,
+            fifo: None,
         }
     }
 }
@@ -133,6 +143,15 @@ impl<T: Copy> Network<T> {
     /// reach it all after `ramp_ns` (see the field). A zero deficit or ramp turns it off.
     pub fn set_ramp(&mut self, deficit: f64, ramp_ns: f64) {
         self.ramp = (deficit > 0.0 && ramp_ns >= 1.0).then_some((deficit, ramp_ns));
+    }
+
+    /// First come, first served, as a drop-tail queue serves bursts that fit in it: a connection
+    /// whose head message is at most `queue_bytes` and that turned busy `d` ns after the oldest
+    /// such connection it shares resources with gets `exp(-d / tau_ns)` of its share, so the
+    /// earlier burst goes (almost) first and the later one takes what it leaves; a larger
+    /// message overflows the queue and is shared as usual. `tau_ns = 0` turns it off.
+    pub fn set_fifo(&mut self, tau_ns: f64, queue_bytes: f64) {
+        self.fifo = (tau_ns >= 1.0).then_some((tau_ns, queue_bytes));
     }
 
     /// Handles a reshare timer of flow `f` for busy period `busy`: re-solves its component if
@@ -302,14 +321,26 @@ impl<T: Copy> Network<T> {
         if comp.is_empty() {
             return Vec::new();
         }
-        if self.unfairness.is_some() || self.ramp.is_some() {
+        // First come, first served: shares fall off with lateness behind the oldest busy
+        // connection (a CPU flow is no connection and has none).
+        let queued = |flow: &Flow<T>, queue: f64| !flow.fair && flow.queue.front().is_some_and(|m| m.bytes <= queue);
+        let oldest = self.fifo.and_then(|(_, queue)| {
+            comp.iter().filter(|&&f| queued(&self.flows[f], queue)).map(|&f| self.flows[f].active_since.0).min()
+        });
+        if self.unfairness.is_some() || self.ramp.is_some() || self.fifo.is_some() {
             for &f in &comp {
                 let flow = &mut self.flows[f];
                 let ramped = self.ramp.filter(|_| !flow.fair).map_or(1.0, |(deficit, ramp)| {
                     let age = (now.0 - flow.active_since.0) as f64;
                     (-deficit * (1.0 - age / ramp).max(0.0)).exp()
                 });
-                flow.share = flow.base * flow.luck * ramped;
+                let fifo = match (self.fifo, oldest) {
+                    (Some((tau, queue)), Some(oldest)) if queued(flow, queue) => {
+                        (-((flow.active_since.0 - oldest) as f64) / tau).exp().max(FIFO_FLOOR)
+                    }
+                    _ => 1.0,
+                };
+                flow.share = flow.base * flow.luck * ramped * fifo;
                 for (sc, u) in flow.scaled.iter_mut().zip(&flow.path) {
                     sc.weight = u.weight * flow.share;
                 }
@@ -459,6 +490,36 @@ mod tests {
         again.send(Time::ZERO, g[0], Message { bytes: 1e6, tag: 0 });
         again.send(Time::ZERO, g[1], Message { bytes: 1e6, tag: 1 });
         assert_eq!((again.rate(g[0]), again.rate(g[1])), (a, b));
+    }
+
+    #[test]
+    fn bursts_that_fit_the_queue_go_first_come_first_served() {
+        // Link of 1 B/ns, time constant 10 ns, queue 500 B. Two 200 B bursts, the second 100 ns
+        // late: the second gets exp(-10) of a share, so the first finishes almost as if alone.
+        let mut net = Network::new();
+        net.set_fifo(10.0, 500.0);
+        let f = one_link(&mut net, 2);
+        let mut timers = net.send(Time::ZERO, f[0], Message { bytes: 200.0, tag: 0 });
+        timers.extend(net.send(Time(100), f[1], Message { bytes: 200.0, tag: 1 }));
+        let e10 = (-10.0f64).exp();
+        assert!((net.rate(f[1]) - e10 / (1.0 + e10)).abs() < 1e-12, "{}", net.rate(f[1]));
+        let done = drain(&mut net, timers);
+        assert!(done[0].0 == 0 && (200..=201).contains(&done[0].1.0), "{done:?}");
+        assert!(done[1].0 == 1 && (400..=401).contains(&done[1].1.0), "the second takes the link after it: {done:?}");
+        // Messages larger than the queue overflow it and share fairly.
+        let mut net = Network::new();
+        net.set_fifo(10.0, 500.0);
+        let f = one_link(&mut net, 2);
+        net.send(Time::ZERO, f[0], Message { bytes: 1000.0, tag: 0 });
+        net.send(Time(100), f[1], Message { bytes: 1000.0, tag: 1 });
+        assert_eq!((net.rate(f[0]), net.rate(f[1])), (0.5, 0.5));
+        // Off: fair.
+        let mut net = Network::new();
+        net.set_fifo(0.0, 500.0);
+        let f = one_link(&mut net, 2);
+        net.send(Time::ZERO, f[0], Message { bytes: 200.0, tag: 0 });
+        net.send(Time(100), f[1], Message { bytes: 200.0, tag: 1 });
+        assert_eq!(net.rate(f[1]), 0.5);
     }
 
     #[test]

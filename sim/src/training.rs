@@ -286,9 +286,14 @@ impl<'a> Sim<'a> {
         let unfairness = s.unfairness();
         let (ramp, ramp_share) = s.ramp();
         let ramping = ramp.0 > 0 && ramp_share < 1.0;
+        let fifo = s.fifo();
         // Unequal sharing tells identical workers apart: one class each.
-        let per_worker =
-            spec.faults.jitter > 0.0 || unfairness > 0.0 || ramping || !synchronous(t.mode) || opts.no_classes;
+        let per_worker = spec.faults.jitter > 0.0
+            || unfairness > 0.0
+            || ramping
+            || fifo.0 > 0
+            || !synchronous(t.mode)
+            || opts.no_classes;
         let mut keys: BTreeMap<(u64, u32, Option<u32>, u32), Vec<u32>> = BTreeMap::new();
         for i in 0..w {
             let hosted = (t.ps_hosts == PsHosts::Colocated && i < t.ps).then_some(i);
@@ -303,6 +308,8 @@ impl<'a> Sim<'a> {
         if ramping {
             net.set_ramp(-ramp_share.ln(), ramp.0 as f64);
         }
+        let queue_bytes = if net_spec.queue.0 > 0 { net_spec.queue.0 as f64 * nic } else { f64::INFINITY };
+        net.set_fifo(fifo.0 as f64, queue_bytes);
         let mut resources = Vec::new();
         // Racks' uplinks (two-tier): up and down, each hosts_per_rack x NIC / oversubscription.
         let hosts_total = w + if t.ps_hosts == PsHosts::Dedicated { t.ps } else { 0 };
@@ -364,7 +371,10 @@ impl<'a> Sim<'a> {
                 }
             }
         }
-        let cpu_per_byte = s.network_cpu_ns_per_byte();
+        // CPU per byte on the wire: messages carry their user-space copy time as extra bytes
+        // (`copy_factor`), and the stream that measured the CPU cost already did its copies.
+        let copy_factor = 1.0 + s.copy_ns_per_byte() * nic;
+        let cpu_per_byte = s.network_cpu_ns_per_byte() / copy_factor;
         for (ci, class) in classes.iter_mut().enumerate() {
             let k = class.workers.len() as f64;
             let rack = rack_of_host(class.workers[0]);
@@ -467,7 +477,7 @@ impl<'a> Sim<'a> {
             bus_bytes_per_ns: bus,
             latency: net_spec.latency,
             overhead_bytes: s.message_overhead().0 as f64 * nic,
-            copy_factor: 1.0 + s.copy_ns_per_byte() * nic,
+            copy_factor,
             copies,
             local_agg,
             applied: 0,

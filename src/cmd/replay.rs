@@ -103,6 +103,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         println!("Loss          {:.5} (step {}) -> {:.5} (step {})", first.1, first.0, last.1, last.0);
     }
     println!("Latency       {}", outcome.latency_method);
+    println!("TCP           {} congestion control", outcome.congestion_control);
     println!("Effective scenario: {} (simulate it with `topolab run`)", outcome.effective.display());
     if let Some(dir) = &a.report {
         super::report::make(std::slice::from_ref(&a.out), dir)?;

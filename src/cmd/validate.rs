@@ -24,8 +24,10 @@ What it measures: GEMM rate of three shapes on one core; the element-wise cost o
 layers; PS apply bandwidth; the user-space copies of a message; per-message overhead; process
 start-up. With --launcher netns, per shaped link (100 Mbit/s, 1 Gbit/s): one stream's goodput
 and its CPU cost (all cores' busy time per byte), and two streams from two hosts into one,
-started together (spread of TCP's shares) and one late (window ramp-up, fitted by simulating
-the probes with the simulator's network). Takes about a minute.
+started together (spread of TCP's shares) and one late (window ramp-up), and two short
+bursts on warm connections, one a little late (whether the link's drop-tail queue serves them
+first come, first served); ramp-up and queue order are fitted by simulating the probes with the
+simulator's network. Takes about a minute.
 
 Examples:
   topolab calibrate --launcher netns --out profile.toml     # as root: shaped 100 Mbit/s and 1 Gbit/s links
@@ -60,6 +62,13 @@ pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
         let (ramp, share) = topolab_sim::fit::ramp(probe.goodput, probe.size, &measured, noise);
         link.ramp = Time::from_secs_f64(ramp);
         link.ramp_share = share;
+        // The queue's ordering: the time constant whose simulated bursts finish where the
+        // measured first burst did, if it beats fair sharing by more than the noise.
+        let (mean, se2) = probe.burst_mean();
+        if !probe.bursts.is_empty() {
+            link.fifo =
+                Time::from_secs_f64(topolab_sim::fit::fifo(probe.goodput, probe.burst, probe.burst_late, mean, se2));
+        }
     }
     let text = format!(
         "# topolab hardware profile: measured by `topolab calibrate`; reference it from a scenario\n# with hardware.profile = \"{}\"\n{}",
@@ -76,7 +85,7 @@ pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     println!("  start-up         {:.3}", f.startup);
     for l in &f.links {
         println!(
-            "  link {:<11} CPU {:.2} ns/B, unfairness {:.2}, ramp-up {}",
+            "  link {:<11} CPU {:.2} ns/B, unfairness {:.2}, ramp-up {}, bursts {}",
             l.rate.to_string(),
             l.cpu_ns_per_byte,
             l.unfairness,
@@ -84,6 +93,11 @@ pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
                 format!("from {:.2} of a share over {:.0}", l.ramp_share, l.ramp)
             } else {
                 "none".into()
+            },
+            if l.fifo.0 > 0 {
+                format!("first come, first served (time constant {})", l.fifo)
+            } else {
+                "shared fairly".into()
             }
         );
     }

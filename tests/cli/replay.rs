@@ -135,7 +135,9 @@ fn a_peer_with_the_wrong_token_is_refused_and_logged() {
     // Prepare the effective scenario the way a replay does.
     let s = topolab_core::scenario::Scenario::load(std::path::Path::new(&f)).unwrap();
     let proxy = topolab_runtime::proxy::Proxy::new(&s, 1.0, 1.0);
-    let (eff, _) = topolab_runtime::launcher::effective_scenario(&s, &proxy, &d).unwrap();
+    let (eff, _) =
+        topolab_runtime::launcher::effective_scenario(&s, &proxy, &d, topolab_runtime::launcher::LauncherKind::Local)
+            .unwrap();
     let token = topolab_runtime::wire::Token::random();
     let spec = topolab_runtime::cluster::ClusterSpec {
         ps: vec![],
@@ -228,6 +230,13 @@ fn a_netns_replay_of_2_ps_and_4_workers_leaves_nothing_behind() {
     assert!(
         stdout(&o).contains("Latency       emulated in the transport") || stdout(&o).contains("Latency       netem")
     );
+    // Every virtual host uses CUBIC where the kernel has it, and the effective scenario states
+    // the shaped links' queue.
+    let available = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control").unwrap_or_default();
+    let cc = if available.split_whitespace().any(|c| c == "cubic") { "cubic" } else { "" };
+    assert!(stdout(&o).contains(&format!("TCP           {cc}")), "{}", stdout(&o));
+    let eff = std::fs::read_to_string(out.join("effective.toml")).unwrap();
+    assert!(eff.contains("queue = \"50 ms\""), "{eff}");
     let steps = std::fs::read_to_string(out.join("steps.csv")).unwrap();
     assert_eq!(steps.lines().count(), 1 + 4 * 3);
     assert_eq!(ip_lines(&["netns", "list"]), netns_before, "a namespace was left behind");
@@ -315,6 +324,11 @@ fn netns_calibration_fits_each_link_rate() {
         assert!(l.ramp_share > 0.0 && l.ramp_share <= 1.0, "{l:?}");
     }
     assert!(p.fitted.copy_ns_per_byte > 0.0 && p.fitted.copy_ns_per_byte < 100.0);
+    // The burst probe ran on each link: where the first burst finished, between fair (0) and
+    // first come, first served (1), is a finite number for each.
+    let bursts: Vec<f64> = p.raw.iter().filter(|m| m.what.starts_with("first of two")).map(|m| m.value).collect();
+    assert_eq!(bursts.len(), 2, "{:?}", p.raw);
+    assert!(bursts.iter().all(|x| x.is_finite() && *x > -5.0 && *x < 5.0), "{bursts:?}");
     // The namespaces are gone.
     let ns = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).to_string();
     assert!(!ns.contains("-cal100") && !ns.contains("-cal1000"), "{ns}");
