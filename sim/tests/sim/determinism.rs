@@ -67,4 +67,11 @@ fn unfair_sharing_is_deterministic_and_changes_the_run() {
     assert_ne!(a.steps, fair.steps, "unfair shares change the run");
     let changed = a.steps.iter().zip(&fair.steps).filter(|(x, y)| x.end_ns != y.end_ns).count();
     assert!(changed > a.steps.len() / 2, "most steps end elsewhere: {changed} of {}", a.steps.len());
+    // First come, first served for messages that fit a 50 ms queue: deterministic too, and
+    // another run again.
+    let fifo_text = text("unfairness = 0.4\nfifo = \"10 ms\"\nqueue = \"50 ms\"");
+    let c = run(&scenario(&fifo_text, None));
+    assert_eq!(c.steps, run(&scenario(&fifo_text, None)).steps, "same seed, same run");
+    let lucky = run(&scenario(&text("unfairness = 0.4"), None));
+    assert_ne!(c.steps, lucky.steps, "queue order changes the run");
 }
