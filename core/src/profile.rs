@@ -67,7 +67,8 @@ pub struct Fitted {
     #[serde(default)]
     pub layer_overhead: Time,
     /// User-space work per payload byte of one message through both ends (serialize, frame,
-    /// receive into a fresh buffer, decode, copy into place), ns: serial with the transfer.
+    /// receive into a fresh buffer, decode, copy into place), ns: CPU work on a shared machine's
+    /// cores while earlier bytes are on the wire (on dedicated hosts, serial with the transfer).
     #[serde(default)]
     pub copy_ns_per_byte: f64,
     /// Links measured: per rate, TCP's unequal sharing and the CPU cost of moving bytes. The
@@ -124,7 +125,8 @@ pub struct LinkFit {
     pub ramp_share: f64,
     /// First come, first served: two short bursts, the second a little late, showed the
     /// drop-tail queue serving the earlier one first; a connection `d` later than the oldest
-    /// busy one gets `exp(-d / fifo)` of a share (0: fair sharing, no such ordering).
+    /// busy one gets `exp(-d / fifo)` of a share while it waits behind the queue (the
+    /// scenario's `network.queue`; 0: fair sharing, no such ordering).
     #[serde(default, skip_serializing_if = "is_zero_time")]
     pub fifo: Time,
 }

@@ -292,13 +292,13 @@ pub struct NetworkSpec {
     /// `hardware.shared_cores` when the job shares one machine. 0 (default): free.
     #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub cpu_ns_per_byte: f64,
-    /// First come, first served, as a drop-tail queue serves bursts that fit in it: a
+    /// First come, first served, as a drop-tail queue serves what reached it first: a
     /// connection that turned busy `d` after the oldest busy one it competes with gets
-    /// `exp(-d / fifo)` of a share. 0 (default): fair sharing.
+    /// `exp(-d / fifo)` of a share until it has waited out `queue`. 0 (default): fair sharing.
     #[serde(default, skip_serializing_if = "is_zero_time")]
     pub fifo: Time,
-    /// The links' drop-tail queue, as time at the NIC rate: with `fifo`, a message that fits in
-    /// it is served in order of arrival, a larger one is shared. 0 (default): no limit.
+    /// The links' drop-tail queue, as time at the NIC rate: with `fifo`, how long a late
+    /// connection waits behind the bytes queued ahead of it at most. 0 (default): no limit.
     #[serde(default, skip_serializing_if = "is_zero_time")]
     pub queue: Time,
 }

@@ -118,13 +118,14 @@ impl VirtualCluster {
         ip(&["netns", "add", &self.bridge])?;
         ip(&["-n", &self.bridge, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &self.bridge, "link", "set", "br0", "up"])?;
-        // tbf: rate in bit/s and a 50 ms queue. The bucket holds one 64 KiB GSO segment (or
-        // 0.5 ms at the rate, if more): enough for full-rate TCP, small enough that a transfer
-        // after an idle spell does not rush out ahead of the line rate (which a fluid model of
-        // the link cannot know about).
+        // tbf: rate in bit/s and a 50 ms queue. The bucket holds one 64 KiB GSO segment or
+        // 1 ms at the rate, whichever is more: enough for full-rate TCP (with one segment at
+        // 1 Gbit/s, CUBIC lost 5-10 % of the rate and the qdisc's timers burnt about a core),
+        // small enough that a transfer after an idle spell rushes out ahead of the line rate by
+        // little (which a fluid model of the link cannot know about).
         let rate_s = format!("{}bit", rate.0.round() as u64);
         let queue = format!("{}ms", QUEUE.0 / 1_000_000);
-        let burst = format!("{}", ((rate.0 / 8.0 * 0.0005) as u64).max(64 * 1024 + 1514));
+        let burst = format!("{}", ((rate.0 / 8.0 * 0.001) as u64).max(64 * 1024 + 1514));
         let mut netem = true;
         for (i, ns) in self.hosts.clone().iter().enumerate() {
             ip(&["netns", "add", ns])?;

@@ -43,7 +43,7 @@ pub struct Timer {
 
 /// Least share a late connection keeps under first-come-first-served queueing (so that its
 /// rate stays a positive float).
-const FIFO_FLOOR: f64 = 1e-9;
+const FIFO_FLOOR: f64 = 1e-6;
 
 /// Steps in which a new connection's share ramps up (one re-solve each).
 const RAMP_STEPS: u64 = 4;
@@ -103,9 +103,9 @@ pub struct Network<T> {
     /// `exp(-deficit x (1 - a / ramp))` of its share until `a = ramp`, in [`RAMP_STEPS`] steps;
     /// `None`: every connection has its full share at once.
     ramp: Option<(f64, f64)>,
-    /// Drop-tail queueing, (tau ns, queue bytes): a connection whose head message fits in the
-    /// queue and that turned busy `d` ns after the oldest such one in its component gets
-    /// `exp(-d / tau)` of its share (at least [`FIFO_FLOOR`]); `None`: off.
+    /// Drop-tail queueing, (tau ns, window ns): a connection that turned busy `d` ns after the
+    /// oldest busy one in its component gets `exp(-d / tau)` of its share (at least
+    /// [`FIFO_FLOOR`]) while it has been busy for less than the window; `None`: off.
     fifo: Option<(f64, f64)>,
 }
 
@@ -145,13 +145,13 @@ impl<T: Copy> Network<T> {
         self.ramp = (deficit > 0.0 && ramp_ns >= 1.0).then_some((deficit, ramp_ns));
     }
 
-    /// First come, first served, as a drop-tail queue serves bursts that fit in it: a connection
-    /// whose head message is at most `queue_bytes` and that turned busy `d` ns after the oldest
-    /// such connection it shares resources with gets `exp(-d / tau_ns)` of its share, so the
-    /// earlier burst goes (almost) first and the later one takes what it leaves; a larger
-    /// message overflows the queue and is shared as usual. `tau_ns = 0` turns it off.
-    pub fn set_fifo(&mut self, tau_ns: f64, queue_bytes: f64) {
-        self.fifo = (tau_ns >= 1.0).then_some((tau_ns, queue_bytes));
+    /// First come, first served, as a drop-tail queue serves what reached it first: a connection
+    /// that turned busy `d` ns after the oldest busy connection it shares resources with gets
+    /// `exp(-d / tau_ns)` of its share for its first `window_ns` (the time the queue ahead of
+    /// it takes to drain), so the earlier burst goes (almost) first; then they share as usual.
+    /// `tau_ns = 0` turns it off.
+    pub fn set_fifo(&mut self, tau_ns: f64, window_ns: f64) {
+        self.fifo = (tau_ns >= 1.0 && window_ns >= 1.0).then_some((tau_ns, window_ns));
     }
 
     /// Handles a reshare timer of flow `f` for busy period `busy`: re-solves its component if
@@ -268,6 +268,15 @@ impl<T: Copy> Network<T> {
         }
         let seeds: Vec<usize> = self.flows[f].path.iter().map(|u| u.resource).collect();
         let mut timers = self.resolve(now, &seeds);
+        if let Some((_, window)) = self.fifo.filter(|&(_, w)| !self.flows[f].fair && w.is_finite()) {
+            // Out of the queue's shadow: share as usual from then on.
+            timers.push(Timer {
+                flow: f,
+                version: self.flows[f].activations,
+                at: now + Time(window.round() as u64),
+                reshare: true,
+            });
+        }
         if let Some((_, ramp)) = self.ramp.filter(|_| !self.flows[f].fair) {
             let busy = self.flows[f].activations;
             timers.extend((1..=RAMP_STEPS).map(|i| Timer {
@@ -323,10 +332,9 @@ impl<T: Copy> Network<T> {
         }
         // First come, first served: shares fall off with lateness behind the oldest busy
         // connection (a CPU flow is no connection and has none).
-        let queued = |flow: &Flow<T>, queue: f64| !flow.fair && flow.queue.front().is_some_and(|m| m.bytes <= queue);
-        let oldest = self.fifo.and_then(|(_, queue)| {
-            comp.iter().filter(|&&f| queued(&self.flows[f], queue)).map(|&f| self.flows[f].active_since.0).min()
-        });
+        let oldest = self
+            .fifo
+            .and_then(|_| comp.iter().filter(|&&f| !self.flows[f].fair).map(|&f| self.flows[f].active_since.0).min());
         if self.unfairness.is_some() || self.ramp.is_some() || self.fifo.is_some() {
             for &f in &comp {
                 let flow = &mut self.flows[f];
@@ -335,7 +343,9 @@ impl<T: Copy> Network<T> {
                     (-deficit * (1.0 - age / ramp).max(0.0)).exp()
                 });
                 let fifo = match (self.fifo, oldest) {
-                    (Some((tau, queue)), Some(oldest)) if queued(flow, queue) => {
+                    (Some((tau, window)), Some(oldest))
+                        if !flow.fair && ((now.0 - flow.active_since.0) as f64) < window =>
+                    {
                         (-((flow.active_since.0 - oldest) as f64) / tau).exp().max(FIFO_FLOOR)
                     }
                     _ => 1.0,
@@ -493,9 +503,10 @@ mod tests {
     }
 
     #[test]
-    fn bursts_that_fit_the_queue_go_first_come_first_served() {
-        // Link of 1 B/ns, time constant 10 ns, queue 500 B. Two 200 B bursts, the second 100 ns
-        // late: the second gets exp(-10) of a share, so the first finishes almost as if alone.
+    fn a_late_burst_waits_for_the_queue_ahead_of_it_then_shares() {
+        // Link of 1 B/ns, time constant 10 ns, window 500 ns. Two 200 B bursts, the second
+        // 100 ns late: it gets exp(-10) of a share, so the first finishes almost as if alone and
+        // the second takes the link after it.
         let mut net = Network::new();
         net.set_fifo(10.0, 500.0);
         let f = one_link(&mut net, 2);
@@ -503,17 +514,42 @@ mod tests {
         timers.extend(net.send(Time(100), f[1], Message { bytes: 200.0, tag: 1 }));
         let e10 = (-10.0f64).exp();
         assert!((net.rate(f[1]) - e10 / (1.0 + e10)).abs() < 1e-12, "{}", net.rate(f[1]));
-        let done = drain(&mut net, timers);
+        type Queue = crate::engine::EventQueue<Timer>;
+        fn play(q: &mut Queue, net: &mut Network<u32>, timers: Vec<Timer>, until: Time, done: &mut Vec<(u32, Time)>) {
+            for t in timers {
+                q.schedule(t.at, t);
+            }
+            while q.peek_time().is_some_and(|t| t <= until) {
+                let (now, t) = q.pop().unwrap();
+                let more = if t.reshare {
+                    net.reshare(now, t.flow, t.version)
+                } else if let Some((msg, more)) = net.complete(now, t.flow, t.version) {
+                    done.push((msg.tag, now));
+                    more
+                } else {
+                    continue;
+                };
+                for t in more {
+                    q.schedule(t.at, t);
+                }
+            }
+        }
+        let mut done = Vec::new();
+        play(&mut Queue::new(), &mut net, timers, Time(10_000), &mut done);
         assert!(done[0].0 == 0 && (200..=201).contains(&done[0].1.0), "{done:?}");
-        assert!(done[1].0 == 1 && (400..=401).contains(&done[1].1.0), "the second takes the link after it: {done:?}");
-        // Messages larger than the queue overflow it and share fairly.
+        assert!(done[1].0 == 1 && (400..=401).contains(&done[1].1.0), "{done:?}");
+        // Long transfers: the late one waits out the window (500 ns), then they share equally.
         let mut net = Network::new();
         net.set_fifo(10.0, 500.0);
         let f = one_link(&mut net, 2);
-        net.send(Time::ZERO, f[0], Message { bytes: 1000.0, tag: 0 });
-        net.send(Time(100), f[1], Message { bytes: 1000.0, tag: 1 });
+        let mut timers = net.send(Time::ZERO, f[0], Message { bytes: 1e4, tag: 0 });
+        timers.extend(net.send(Time(100), f[1], Message { bytes: 1e4, tag: 1 }));
+        let (mut q, mut done) = (Queue::new(), Vec::new());
+        play(&mut q, &mut net, timers, Time(599), &mut done);
+        assert!(net.rate(f[1]) < 1e-4, "{}", net.rate(f[1]));
+        play(&mut q, &mut net, Vec::new(), Time(600), &mut done);
         assert_eq!((net.rate(f[0]), net.rate(f[1])), (0.5, 0.5));
-        // Off: fair.
+        // Off: fair from the start.
         let mut net = Network::new();
         net.set_fifo(0.0, 500.0);
         let f = one_link(&mut net, 2);

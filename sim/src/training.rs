@@ -308,8 +308,7 @@ impl<'a> Sim<'a> {
         if ramping {
             net.set_ramp(-ramp_share.ln(), ramp.0 as f64);
         }
-        let queue_bytes = if net_spec.queue.0 > 0 { net_spec.queue.0 as f64 * nic } else { f64::INFINITY };
-        net.set_fifo(fifo.0 as f64, queue_bytes);
+        net.set_fifo(fifo.0 as f64, if net_spec.queue.0 > 0 { net_spec.queue.0 as f64 } else { f64::INFINITY });
         let mut resources = Vec::new();
         // Racks' uplinks (two-tier): up and down, each hosts_per_rack x NIC / oversubscription.
         let hosts_total = w + if t.ps_hosts == PsHosts::Dedicated { t.ps } else { 0 };
@@ -371,10 +370,16 @@ impl<'a> Sim<'a> {
                 }
             }
         }
-        // CPU per byte on the wire: messages carry their user-space copy time as extra bytes
-        // (`copy_factor`), and the stream that measured the CPU cost already did its copies.
-        let copy_factor = 1.0 + s.copy_ns_per_byte() * nic;
-        let cpu_per_byte = s.network_cpu_ns_per_byte() / copy_factor;
+        // User-space copies (serialize, frame, decode, place) are CPU work that runs while
+        // earlier bytes are on the wire: on a shared machine a load on its cores next to the
+        // kernel's, else time a message holds its connection (`copy_factor`, extra bytes).
+        let (copy_factor, cpu_per_byte) = match machine {
+            Some(_) => (1.0, s.network_cpu_ns_per_byte() + s.copy_ns_per_byte()),
+            _ => {
+                let f = 1.0 + s.copy_ns_per_byte() * nic;
+                (f, s.network_cpu_ns_per_byte() / f)
+            }
+        };
         for (ci, class) in classes.iter_mut().enumerate() {
             let k = class.workers.len() as f64;
             let rack = rack_of_host(class.workers[0]);

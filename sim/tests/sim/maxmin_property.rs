@@ -25,7 +25,11 @@ fn instance() -> impl Strategy<Value = Instance> {
 }
 
 fn rel_eq(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-300)
+    rel_eq_within(a, b, 1e-9)
+}
+
+fn rel_eq_within(a: f64, b: f64, tol: f64) -> bool {
+    (a - b).abs() <= tol * a.abs().max(b.abs()).max(1e-300)
 }
 
 /// Drives the incremental network through the sends and their completions; after every
@@ -37,8 +41,8 @@ fn drive(inst: Instance, unfair: Option<(f64, f64)>) -> Result<(), TestCaseError
     if let Some((sigma, tau)) = unfair {
         net.set_unfairness(sigma, 7);
         net.set_ramp(1.5, tau);
-        // First come, first served for messages up to a typical size.
-        net.set_fifo(tau / 4.0, 5e3);
+        // First come, first served behind a queue that drains in twice the ramp.
+        net.set_fifo(tau / 4.0, 2.0 * tau);
     }
     for &c in &caps {
         net.add_resource(c);
@@ -72,8 +76,15 @@ fn drive(inst: Instance, unfair: Option<(f64, f64)>) -> Result<(), TestCaseError
             q.schedule(t.at, t);
         }
         let reference = net.reference_rates();
+        // Shares a million apart (a late burst behind the queue) cost the two solvers' different
+        // orders of operations a few more digits.
+        let tol = if unfair.is_some() { 1e-7 } else { 1e-9 };
         for &(f, want) in &reference {
-            prop_assert!(rel_eq(net.rate(f), want), "flow {f}: incremental {} vs reference {want}", net.rate(f));
+            prop_assert!(
+                rel_eq_within(net.rate(f), want, tol),
+                "flow {f}: incremental {} vs reference {want}",
+                net.rate(f)
+            );
         }
         for (r, &c) in caps.iter().enumerate() {
             let used: f64 = reference
