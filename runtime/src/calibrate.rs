@@ -206,20 +206,15 @@ impl LinkProbe {
         self.late
             .iter()
             .map(|(d, v)| {
-                let n = v.len().max(1) as f64;
-                let mean = v.iter().sum::<f64>() / n;
-                let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-                (*d, mean, var / n)
+                let (mean, se2) = mean_and_se2(v);
+                (*d, mean, se2)
             })
             .collect()
     }
 
     /// Mean position of the first burst and its squared standard error.
     pub fn burst_mean(&self) -> (f64, f64) {
-        let n = self.bursts.len().max(1) as f64;
-        let mean = self.bursts.iter().sum::<f64>() / n;
-        let var = self.bursts.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-        (mean, var / n)
+        mean_and_se2(&self.bursts)
     }
 
     /// Log-normal sigma of shares: `E|ln rho| = 2 sigma / sqrt(pi)` for two equal starts.
@@ -229,6 +224,14 @@ impl LinkProbe {
         }
         self.equal.iter().sum::<f64>() / self.equal.len() as f64 * std::f64::consts::PI.sqrt() / 2.0
     }
+}
+
+/// Mean of `v` and the square of its standard error.
+fn mean_and_se2(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var / n)
 }
 
 /// Two flows into one shaped link of `c`, repeatedly: with equal starts (how unequally TCP

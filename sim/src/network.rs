@@ -12,8 +12,8 @@
 //! new connection ramps up from a fraction of its share ([`Network::set_ramp`]), and a flow can
 //! have a fixed *priority* ([`Network::set_priority`]: the kernel's packet work before user
 //! compute on shared cores), and bursts can be served first come, first served, as a drop-tail
-//! queue does ([`Network::set_fifo`]). Rates are then max-min fair in units of share (weighted max-min);
-//! CPU flows marked [`Network::set_fair`] get neither luck nor ramp. Symmetric workers under
+//! queue does ([`Network::set_fifo`]). Rates are then max-min fair in units of share (weighted
+//! max-min); CPU flows marked [`Network::set_fair`] get neither luck nor ramp. Symmetric workers under
 //! exact max-min stay in lock-step forever; luck lets them drift apart as real ones do.
 //!
 //! The network does not own the clock: it returns [`Timer`]s that the caller schedules as
@@ -430,21 +430,34 @@ mod tests {
         vec![Use { resource: r, weight: 1.0 }]
     }
 
-    /// Runs the network to quiescence; returns (tag, completion time) in completion order.
-    fn drain(net: &mut Network<u32>, mut timers: Vec<Timer>) -> Vec<(u32, Time)> {
-        let mut q = crate::engine::EventQueue::new();
-        for t in timers.drain(..) {
+    type Queue = crate::engine::EventQueue<Timer>;
+
+    /// Schedules `timers` and plays events up to `until`, reshares included; appends
+    /// (tag, completion time) to `done` in completion order.
+    fn play(q: &mut Queue, net: &mut Network<u32>, timers: Vec<Timer>, until: Time, done: &mut Vec<(u32, Time)>) {
+        for t in timers {
             q.schedule(t.at, t);
         }
-        let mut done = Vec::new();
-        while let Some((now, t)) = q.pop() {
-            if let Some((msg, more)) = net.complete(now, t.flow, t.version) {
+        while q.peek_time().is_some_and(|t| t <= until) {
+            let (now, t) = q.pop().unwrap();
+            let more = if t.reshare {
+                net.reshare(now, t.flow, t.version)
+            } else if let Some((msg, more)) = net.complete(now, t.flow, t.version) {
                 done.push((msg.tag, now));
-                for t in more {
-                    q.schedule(t.at, t);
-                }
+                more
+            } else {
+                continue;
+            };
+            for t in more {
+                q.schedule(t.at, t);
             }
         }
+    }
+
+    /// Runs the network to quiescence; returns (tag, completion time) in completion order.
+    fn drain(net: &mut Network<u32>, timers: Vec<Timer>) -> Vec<(u32, Time)> {
+        let mut done = Vec::new();
+        play(&mut Queue::new(), net, timers, Time(u64::MAX), &mut done);
         done
     }
 
@@ -514,28 +527,7 @@ mod tests {
         timers.extend(net.send(Time(100), f[1], Message { bytes: 200.0, tag: 1 }));
         let e10 = (-10.0f64).exp();
         assert!((net.rate(f[1]) - e10 / (1.0 + e10)).abs() < 1e-12, "{}", net.rate(f[1]));
-        type Queue = crate::engine::EventQueue<Timer>;
-        fn play(q: &mut Queue, net: &mut Network<u32>, timers: Vec<Timer>, until: Time, done: &mut Vec<(u32, Time)>) {
-            for t in timers {
-                q.schedule(t.at, t);
-            }
-            while q.peek_time().is_some_and(|t| t <= until) {
-                let (now, t) = q.pop().unwrap();
-                let more = if t.reshare {
-                    net.reshare(now, t.flow, t.version)
-                } else if let Some((msg, more)) = net.complete(now, t.flow, t.version) {
-                    done.push((msg.tag, now));
-                    more
-                } else {
-                    continue;
-                };
-                for t in more {
-                    q.schedule(t.at, t);
-                }
-            }
-        }
-        let mut done = Vec::new();
-        play(&mut Queue::new(), &mut net, timers, Time(10_000), &mut done);
+        let done = drain(&mut net, timers);
         assert!(done[0].0 == 0 && (200..=201).contains(&done[0].1.0), "{done:?}");
         assert!(done[1].0 == 1 && (400..=401).contains(&done[1].1.0), "{done:?}");
         // Long transfers: the late one waits out the window (500 ns), then they share equally.
