@@ -1,7 +1,9 @@
 //! `topolab`: predict and replay distributed-training topologies.
 //!
 //! The binary wires the library crates together; each subcommand lives in `src/cmd/`.
-//! Exit codes: 0 success, 2 bad input (invalid scenario, unknown name, bad flag), 1 anything else.
+//! Exit codes are decided here only: 0 success, 1 failure (or a regression found by `compare`),
+//! 2 bad input (invalid scenario, unknown name, bad flag), 130 interrupted by Ctrl-C; a replay
+//! task (`topolab node`, started by `replay`) exits 3 when it fails.
 
 mod cmd;
 mod output;
@@ -12,6 +14,8 @@ use clap::{Parser, Subcommand};
 
 /// Exit code for bad input.
 const EXIT_BAD_INPUT: u8 = 2;
+/// Exit code after Ctrl-C (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser)]
 #[command(
@@ -29,11 +33,17 @@ Examples:
   topolab models inception-v3 --layers --format csv
   topolab placement scenarios/examples/inception-v3-64w-8ps.toml
   topolab plan scenarios/examples/inception-v3-64w-8ps.toml
-  topolab schema > scenario.schema.json         # JSON Schema for editor completion"
+  topolab schema > scenario.schema.json         # JSON Schema for editor completion
+  topolab compare runs/main runs/pr --max-regression 5%   # exit 1 when the PR is slower
+
+Exit status: 0 success; 1 failure, or a regression beyond the threshold (compare);
+2 bad input (an invalid scenario, an unknown name, a bad flag); 130 interrupted (Ctrl-C).
+The replay's own tasks (`topolab node`) exit 3 when they fail."
 )]
 struct Cli {
+    /// Without a command, `topolab` runs the main job: `topolab run` on the built-in default.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -57,7 +67,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let command = cli.command.unwrap_or_else(|| Command::Run(cmd::run::Args::default()));
+    if !matches!(command, Command::Replay(_) | Command::Node(_) | Command::Calibrate(_) | Command::Validate(_)) {
+        // Commands that only print die quietly when their reader goes away (`topolab schema |
+        // head -1`), as Unix tools do. Not those that run tasks: their sockets must see EPIPE as
+        // an error, not a signal.
+        // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    let result = match command {
         Command::Run(a) => cmd::run::run(a),
         Command::Sweep(a) => cmd::sweep::run(a),
         Command::Report(a) => cmd::report::run(a),
@@ -82,6 +100,13 @@ fn main() -> ExitCode {
                     eprintln!();
                 }
                 return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            if matches!(
+                e.downcast_ref::<topolab_runtime::launcher::ReplayError>(),
+                Some(topolab_runtime::launcher::ReplayError::Interrupted)
+            ) {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(EXIT_INTERRUPTED);
             }
             // A closed stdout (e.g. `| head`) is not an error worth a message.
             if e.chain().any(|c| {

@@ -41,6 +41,11 @@ pub struct Machine {
     pub date: String,
     /// The launcher the link measurements used (local or netns).
     pub launcher: String,
+    /// The TCP congestion control the link measurements ran under, as measured on a probe
+    /// connection (empty in profiles written before it was recorded). A replay under another
+    /// one shares links differently, so `topolab validate` refuses the pair.
+    #[serde(default)]
+    pub congestion_control: String,
 }
 
 /// Values fitted from the measurements.

@@ -200,6 +200,23 @@ pub struct RunSummary {
     /// files are byte-identical from run to run (the simulator prints its own wall time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_s: Option<f64>,
+    /// How a measured run ran (launcher, congestion control, latency); absent for simulations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayInfo>,
+}
+
+/// How a replay ran: what a reader needs to judge a measured run against a prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayInfo {
+    /// The launcher: "local" (loopback, unshaped) or "netns" (namespaces, tc-shaped links).
+    pub launcher: String,
+    /// The TCP congestion control the tasks' connections used, as measured.
+    pub congestion_control: String,
+    /// Why the congestion control is not the one the launcher asked for, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub congestion_warning: Option<String>,
+    /// How one-way latency was emulated.
+    pub latency_method: String,
 }
 
 /// Column names of summary.csv, in order (nested fields flattened with `.`).
@@ -322,6 +339,7 @@ pub fn read_summaries_csv<R: Read>(input: R, origin: &str) -> Result<Vec<RunSumm
             bottleneck: get(21).into(),
             events: int(22)?,
             wall_s: if get(23).is_empty() { None } else { Some(num(23)?) },
+            replay: None,
         });
     }
     Ok(out)
@@ -420,6 +438,7 @@ mod tests {
             bottleneck: "PS shard 0 egress".into(),
             events: 1234,
             wall_s: Some(0.01),
+            replay: None,
         };
         let mut buf = Vec::new();
         write_summaries_csv(std::slice::from_ref(&s), &mut buf).unwrap();
@@ -643,6 +662,7 @@ mod sweep_tests {
             bottleneck: "GPU compute, mostly".into(),
             events: 99,
             wall_s: None,
+            replay: None,
         };
         let rows = vec![
             SweepRecord {

@@ -468,6 +468,7 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
     // Links: loopback, or shaped virtual links.
     let mut links: Vec<LinkFit> = Vec::new();
     let mut probes = Vec::new();
+    let mut congestion_control = crate::launcher::host_congestion_control();
     if kind == LauncherKind::Netns {
         if !netns::is_root() {
             return Err("calibrating the netns launcher needs root".into());
@@ -479,6 +480,10 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
                 BitRate(rate),
                 Time::ZERO,
             )?;
+            if let Some(w) = &c.congestion_warning {
+                eprintln!("warning: {w}; the profile records the one in force");
+            }
+            congestion_control = c.congestion_control.clone();
             let bytes = (rate / 8.0 * 1.5) as usize;
             let frames = bytes / (1 << 20);
             let addr = format!("{}:5401", c.addrs[1]).parse().map_err(|e| format!("{e}"))?;
@@ -555,7 +560,8 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
             cores,
             memory: mem_total(),
             date: now_utc(),
-            launcher: if kind == LauncherKind::Netns { "netns".into() } else { "local".into() },
+            launcher: kind.name().into(),
+            congestion_control,
         },
         fitted: Fitted {
             compute_rate: FlopRate(compute_rate),

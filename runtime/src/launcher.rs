@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use topolab_core::plan::Plan;
-use topolab_core::records::{self, Breakdown, RunSummary, StepRecord, Utilization};
+use topolab_core::records::{self, Breakdown, ReplayInfo, RunSummary, StepRecord, Utilization};
 use topolab_core::scenario::{Mode, Scenario, ScenarioFile};
 
 use crate::checkpoint;
@@ -30,6 +30,16 @@ pub enum LauncherKind {
     Local,
     /// Processes in network namespaces with shaped links (root).
     Netns,
+}
+
+impl LauncherKind {
+    /// The launcher's name on the command line and in summaries.
+    pub fn name(self) -> &'static str {
+        match self {
+            LauncherKind::Local => "local",
+            LauncherKind::Netns => "netns",
+        }
+    }
 }
 
 /// How to run a replay.
@@ -91,10 +101,8 @@ pub struct ReplayOutcome {
     pub start_step: u64,
     /// Mean loss per step (over workers), in step order.
     pub loss: Vec<(u64, f64)>,
-    /// How latency was emulated.
-    pub latency_method: String,
-    /// TCP congestion control the tasks' connections used.
-    pub congestion_control: String,
+    /// How it ran: launcher, congestion control, latency (also in the summary).
+    pub info: ReplayInfo,
 }
 
 /// PIDs of a job's tasks, written to `pids.json` for `--cleanup` and for tests.
@@ -231,6 +239,7 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
     let mut cluster = None;
     let mut latency_method = if latency_ns == 0 { "none".to_string() } else { "emulated in the transport".to_string() };
     let mut congestion_control = host_congestion_control();
+    let mut congestion_warning = None;
     if opts.launcher == LauncherKind::Netns {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let id = format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
@@ -243,6 +252,7 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
         }
         latency_method = c.latency_method.clone();
         congestion_control = c.congestion_control.clone();
+        congestion_warning = c.congestion_warning.clone();
         checkpoint::write_atomic(
             &opts.out.join("netns.json"),
             serde_json::to_string(&c.hosts).expect("JSON").as_bytes(),
@@ -267,10 +277,9 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
     // Namespaces, veths and qdiscs go once every task is stopped.
     drop(cluster);
     result?;
-    let mut outcome = collect(&eff, &opts.out, start_step, latency_ns)?;
-    outcome.latency_method = latency_method;
-    outcome.congestion_control = congestion_control;
-    Ok(outcome)
+    let info =
+        ReplayInfo { launcher: opts.launcher.name().into(), congestion_control, congestion_warning, latency_method };
+    collect(&eff, &opts.out, start_step, info)
 }
 
 struct Tasks {
@@ -425,7 +434,7 @@ fn run_tasks(
 }
 
 /// Merges the workers' traces into steps.csv, ops.csv and loss.csv and summarizes the run.
-fn collect(s: &Scenario, out: &Path, start_step: u64, latency_ns: u64) -> Result<ReplayOutcome, ReplayError> {
+fn collect(s: &Scenario, out: &Path, start_step: u64, info: ReplayInfo) -> Result<ReplayOutcome, ReplayError> {
     let trace = out.join("trace");
     let mut steps = Vec::new();
     let mut ops = String::from("worker,step,op,index,bytes,start_ns,end_ns\n");
@@ -498,21 +507,13 @@ fn collect(s: &Scenario, out: &Path, start_step: u64, latency_ns: u64) -> Result
         ),
         events: ops.lines().count() as u64 - 1,
         wall_s: Some(span),
+        replay: Some(info.clone()),
     };
     let mut buf = Vec::new();
     records::write_summary_json(&summary, &mut buf).map_err(io)?;
     buf.push(b'\n');
     checkpoint::write_atomic(&out.join("summary.json"), &buf).map_err(io)?;
-    let latency_method = if latency_ns == 0 { "none".into() } else { "emulated in the transport".into() };
-    Ok(ReplayOutcome {
-        summary,
-        steps,
-        effective: out.join("effective.toml"),
-        start_step,
-        loss,
-        latency_method,
-        congestion_control: host_congestion_control(),
-    })
+    Ok(ReplayOutcome { summary, steps, effective: out.join("effective.toml"), start_step, loss, info })
 }
 
 /// Stops leftover tasks of a crashed run in `out` (PIDs from pids.json that still run
@@ -553,7 +554,7 @@ fn cleanup_tasks(out: &Path) -> Result<usize, ReplayError> {
 }
 
 /// This machine's TCP congestion control (the loopback launcher's tasks use it).
-fn host_congestion_control() -> String {
+pub fn host_congestion_control() -> String {
     std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
         .map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
 }

@@ -51,15 +51,61 @@ pub const QUEUE: Time = Time(50_000_000);
 /// real clusters see; a pacing one such as BBR shares a burst out differently).
 pub const CONGESTION_CONTROL: &str = "cubic";
 
-/// Sets namespace `ns`'s TCP congestion control to [`CONGESTION_CONTROL`] if the kernel has it;
-/// returns the one in force.
-fn set_congestion_control(ns: &str) -> Result<String, String> {
-    const KNOB: &str = "/proc/sys/net/ipv4/tcp_congestion_control";
-    let script = format!(
-        "grep -qw {CONGESTION_CONTROL} /proc/sys/net/ipv4/tcp_available_congestion_control && echo {CONGESTION_CONTROL} > {KNOB}; cat {KNOB}"
-    );
+/// The route every virtual host reaches the others by (its addresses' /16).
+const CLUSTER_ROUTE: &str = "10.213.0.0/16";
+
+/// Makes every connection of namespace `ns` to the other virtual hosts use
+/// [`CONGESTION_CONTROL`], through the `congctl` metric of the cluster route.
+///
+/// Why a route and not the namespace's `net.ipv4.tcp_congestion_control`: a host may allow
+/// only some algorithms (`net.ipv4.tcp_allowed_congestion_control`, global, e.g. `reno bbr`),
+/// and a namespace other than the first cannot then select one outside that list (the sysctl
+/// write fails). A route's congestion control applies to active and passive connections alike,
+/// needs only CAP_NET_ADMIN inside the namespace, and changes nothing outside it. The one really
+/// in force is measured afterwards ([`VirtualCluster::probe_congestion_control`]).
+fn route_congestion_control(ns: &str, addr: Ipv4Addr) -> Result<(), String> {
+    let src = addr.to_string();
+    ip(&[
+        "-n",
+        ns,
+        "route",
+        "replace",
+        CLUSTER_ROUTE,
+        "dev",
+        "eth0",
+        "proto",
+        "kernel",
+        "scope",
+        "link",
+        "src",
+        &src,
+        "congctl",
+        CONGESTION_CONTROL,
+    ])
+    .map(|_| ())
+}
+
+/// The congestion control of a connected TCP socket (`TCP_CONGESTION`).
+fn socket_congestion_control(s: &std::net::TcpStream) -> Result<String, String> {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 32];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `buf`, which outlives the call.
+    let r = unsafe {
+        libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_CONGESTION, buf.as_mut_ptr().cast(), &mut len)
+    };
+    if r != 0 {
+        return Err(format!("getsockopt(TCP_CONGESTION): {}", std::io::Error::last_os_error()));
+    }
+    let n = buf[..len as usize].iter().position(|&b| b == 0).unwrap_or(len as usize);
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// The default congestion control of namespace `ns` (what its connections use without a route
+/// metric).
+fn namespace_congestion_control(ns: &str) -> Result<String, String> {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "sh", "-c", &script])
+        .args(["netns", "exec", ns, "cat", "/proc/sys/net/ipv4/tcp_congestion_control"])
         .output()
         .map_err(|e| format!("cannot run `ip netns exec`: {e}"))?;
     let cc = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -84,9 +130,11 @@ pub struct VirtualCluster {
     pub addrs: Vec<Ipv4Addr>,
     /// "netem" or "emulated in the transport".
     pub latency_method: String,
-    /// TCP congestion control inside the hosts' namespaces ([`CONGESTION_CONTROL`] where the
-    /// kernel has it, else the kernel's default, named).
+    /// TCP congestion control a connection between two virtual hosts really uses, measured on
+    /// both ends of a probe connection ([`CONGESTION_CONTROL`] where the kernel has it).
     pub congestion_control: String,
+    /// Why the hosts do not use [`CONGESTION_CONTROL`], when they do not (printed and recorded).
+    pub congestion_warning: Option<String>,
     torn_down: bool,
 }
 
@@ -107,6 +155,7 @@ impl VirtualCluster {
             addrs: (0..hosts).map(|i| Ipv4Addr::new(10, 213, (i / 250) as u8, (i % 250 + 1) as u8)).collect(),
             latency_method: "none".into(),
             congestion_control: String::new(),
+            congestion_warning: None,
             torn_down: false,
         };
         // On any error the partly built cluster is dropped, which tears it down.
@@ -136,7 +185,11 @@ impl VirtualCluster {
             ip(&["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
             ip(&["-n", ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            self.congestion_control = set_congestion_control(ns)?;
+            if let Err(e) = route_congestion_control(ns, self.addrs[i]) {
+                // Recorded and reported, never silent: the probe below says what is in force.
+                self.congestion_warning =
+                    Some(format!("cannot give the virtual hosts {CONGESTION_CONTROL} congestion control: {e}"));
+            }
             // Host -> switch: shape the host's egress; switch -> host: shape the bridge port.
             if latency.0 > 0 && netem {
                 let delay = format!("{}us", latency.0 / 1000);
@@ -173,7 +226,62 @@ impl VirtualCluster {
         } else {
             "emulated in the transport (this kernel has no netem)".into()
         };
+        self.congestion_control = self.probe_congestion_control()?;
+        if self.congestion_control != CONGESTION_CONTROL && self.congestion_warning.is_none() {
+            self.congestion_warning = Some(format!(
+                "the virtual hosts use {} congestion control, not {CONGESTION_CONTROL}",
+                self.congestion_control
+            ));
+        }
         Ok(())
+    }
+
+    /// The congestion control in force between the virtual hosts: one probe connection from
+    /// host 1 to host 0, read on both ends (they must agree). A one-host cluster has no
+    /// connection between hosts: its namespace's default is reported.
+    pub fn probe_congestion_control(&self) -> Result<String, String> {
+        if self.hosts.len() < 2 {
+            return namespace_congestion_control(&self.hosts[0]);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = {
+            let c = (self.hosts[0].clone(), self.addrs[0]);
+            std::thread::spawn(move || -> Result<String, String> {
+                enter_namespace(&c.0)?;
+                let l = std::net::TcpListener::bind((c.1, 0)).map_err(|e| format!("probe listener: {e}"))?;
+                let port = l.local_addr().map_err(|e| e.to_string())?.port();
+                let _ = tx.send(port);
+                l.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                loop {
+                    match l.accept() {
+                        Ok((s, _)) => return socket_congestion_control(&s),
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
+                        {
+                            std::thread::sleep(std::time::Duration::from_millis(2));
+                        }
+                        Err(e) => return Err(format!("probe accept: {e}")),
+                    }
+                }
+            })
+        };
+        let port = rx.recv_timeout(std::time::Duration::from_secs(5)).map_err(|_| "probe listener did not start")?;
+        let client = {
+            let (ns, to) = (self.hosts[1].clone(), std::net::SocketAddr::from((self.addrs[0], port)));
+            std::thread::spawn(move || -> Result<String, String> {
+                enter_namespace(&ns)?;
+                let s = std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(5))
+                    .map_err(|e| format!("probe connect to {to}: {e}"))?;
+                socket_congestion_control(&s)
+            })
+        };
+        let a = client.join().map_err(|_| "probe client panicked")??;
+        let b = server.join().map_err(|_| "probe server panicked")??;
+        if a != b {
+            return Err(format!("a probe connection uses {a} on one end and {b} on the other"));
+        }
+        Ok(a)
     }
 
     /// True when the kernel delays packets itself (the transport must not add latency).
@@ -190,15 +298,7 @@ impl VirtualCluster {
 
     /// Moves the calling thread into host `i`'s namespace (sockets it opens then live there).
     pub fn enter(&self, i: usize) -> Result<(), String> {
-        let path = format!("/var/run/netns/{}", self.hosts[i]);
-        let f = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on a namespace file descriptor we hold open; affects this thread only.
-        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        if r != 0 {
-            return Err(format!("setns into {}: {}", self.hosts[i], std::io::Error::last_os_error()));
-        }
-        Ok(())
+        enter_namespace(&self.hosts[i])
     }
 
     /// Deletes every namespace of the cluster (their veths and qdiscs go with them).
@@ -217,6 +317,19 @@ impl Drop for VirtualCluster {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// Moves the calling thread into namespace `ns`.
+fn enter_namespace(ns: &str) -> Result<(), String> {
+    let path = format!("/var/run/netns/{ns}");
+    let f = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns on a namespace file descriptor we hold open; affects this thread only.
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if r != 0 {
+        return Err(format!("setns into {ns}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Names of existing namespaces created by this module.

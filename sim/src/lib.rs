@@ -279,6 +279,7 @@ fn summarize(s: &Scenario, plan: &Plan, o: &Outcome) -> RunSummary {
         bottleneck,
         events: o.events,
         wall_s: None,
+        replay: None,
     }
 }
 

@@ -102,8 +102,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let (Some(first), Some(last)) = (outcome.loss.first(), outcome.loss.last()) {
         println!("Loss          {:.5} (step {}) -> {:.5} (step {})", first.1, first.0, last.1, last.0);
     }
-    println!("Latency       {}", outcome.latency_method);
-    println!("TCP           {} congestion control", outcome.congestion_control);
+    println!("Launcher      {}", outcome.info.launcher);
+    println!("Latency       {}", outcome.info.latency_method);
+    println!("TCP           {} congestion control", outcome.info.congestion_control);
+    if let Some(w) = &outcome.info.congestion_warning {
+        eprintln!("warning: {w}; the measured run is recorded with the congestion control really in force");
+    }
     println!("Effective scenario: {} (simulate it with `topolab run`)", outcome.effective.display());
     if let Some(dir) = &a.report {
         super::report::make(std::slice::from_ref(&a.out), dir)?;

@@ -12,7 +12,7 @@ use super::{BadInput, sweep};
 use crate::output::{Format, print_json};
 
 /// Simulate a scenario and print step time, throughput, utilization and the bottleneck.
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 #[command(after_help = "\
 Examples:
   topolab run                                              # built-in default scenario

@@ -146,7 +146,7 @@ fn predict(effective: &Path, profile: &Path) -> anyhow::Result<RunSummary> {
 
 pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
     let base = super::load_scenario(Some(&a.scenario))?;
-    topolab_core::profile::Profile::load(&a.profile).map_err(BadInput)?;
+    let profile = topolab_core::profile::Profile::load(&a.profile).map_err(BadInput)?;
     let configs = super::sweep::configurations(&base)?;
     std::fs::create_dir_all(&a.out)?;
     let exe = std::env::current_exe()?;
@@ -168,6 +168,16 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
             Err(e @ ReplayError::Refused { .. }) => return Err(BadInput(format!("error: {e}")).into()),
             Err(e) => return Err(e.into()),
         };
+        let cc = measured.replay.as_ref().map_or("", |r| r.congestion_control.as_str());
+        let calibrated = profile.machine.congestion_control.as_str();
+        if !calibrated.is_empty() && cc != calibrated {
+            return Err(BadInput(format!(
+                "error: {} was calibrated under {calibrated} congestion control but this replay ran under {cc}: \
+                 the link fits (unfairness, queue order) do not carry over; calibrate again with the same launcher",
+                a.profile.display()
+            ))
+            .into());
+        }
         let predicted = predict(&dir.join("replay/effective.toml"), &a.profile)?;
         rows.push((label, s.clone(), predicted, measured));
     }

@@ -91,6 +91,35 @@ fn run_without_argument_uses_the_built_in_default() {
     assert!(text.contains("time_to_target") && text.contains("bottleneck") && text.contains("Assumptions:"), "{text}");
 }
 
+/// The README's first command is `cargo run --release`: no subcommand at all runs the main job.
+#[test]
+fn no_command_at_all_runs_the_default_table() {
+    let bare = topolab(&[]);
+    assert_eq!(bare.status.code(), Some(0), "{}", stderr(&bare));
+    // Everything but the wall time of the simulation is the same.
+    let table = |o: &std::process::Output| stdout(o).split("Simulated ").next().unwrap().to_string();
+    assert!(table(&bare).contains("time_to_target"), "{}", stdout(&bare));
+    assert_eq!(table(&bare), table(&topolab(&["run"])));
+}
+
+/// A reader that closes the pipe early (`topolab schema | head -1`) is no error.
+#[test]
+fn a_closed_pipe_is_not_an_error() {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_topolab"))
+        .arg("schema")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // stdout is dropped here: the rest of the schema meets a closed pipe.
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(first[0], b'{');
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn schema_is_json_describing_the_scenario_tables() {
     let out = topolab(&["schema"]);
