@@ -12,6 +12,7 @@
 //! - [`hardware`]: the GPU, NIC and host-bus catalogue, each figure with its source.
 //! - [`placement`]: variables onto parameter-server shards (round-robin, greedy, partitioned).
 //! - [`plan`]: the per-step DAG of ops that the simulator times and the runtime performs.
+//! - [`compare`]: two runs or two sweeps, metric by metric, against a regression threshold.
 //! - [`records`]: [`records::StepRecord`] and [`records::RunSummary`], identical for simulated
 //!   and measured runs, with CSV and JSON readers and writers.
 //!
@@ -19,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod atomic;
+pub mod compare;
 pub mod convergence;
 pub mod diagnostic;
 pub mod hardware;

@@ -200,6 +200,9 @@ pub struct RunSummary {
     /// files are byte-identical from run to run (the simulator prints its own wall time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_s: Option<f64>,
+    /// Time to the scenario's target accuracy and its cost, when the scenario has a target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetRecord>,
     /// How a measured run ran (launcher, congestion control, latency); absent for simulations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayInfo>,
@@ -217,6 +220,29 @@ pub struct ReplayInfo {
     pub congestion_warning: Option<String>,
     /// How one-way latency was emulated.
     pub latency_method: String,
+    /// Measured latency percentiles: each step, each pull and each push (send to the last byte
+    /// received), from an HDR histogram (3 significant digits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latencies: Vec<Latency>,
+}
+
+/// Percentiles of one kind of measured duration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// "step", "pull" or "push".
+    pub what: String,
+    /// How many were measured.
+    pub count: u64,
+    /// Median, milliseconds.
+    pub p50_ms: f64,
+    /// 90th percentile, milliseconds.
+    pub p90_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub p99_ms: f64,
+    /// 99.9th percentile, milliseconds.
+    pub p999_ms: f64,
+    /// Longest, milliseconds.
+    pub max_ms: f64,
 }
 
 /// Column names of summary.csv, in order (nested fields flattened with `.`).
@@ -339,6 +365,7 @@ pub fn read_summaries_csv<R: Read>(input: R, origin: &str) -> Result<Vec<RunSumm
             bottleneck: get(21).into(),
             events: int(22)?,
             wall_s: if get(23).is_empty() { None } else { Some(num(23)?) },
+            target: None,
             replay: None,
         });
     }
@@ -438,6 +465,7 @@ mod tests {
             bottleneck: "PS shard 0 egress".into(),
             events: 1234,
             wall_s: Some(0.01),
+            target: None,
             replay: None,
         };
         let mut buf = Vec::new();
@@ -489,7 +517,7 @@ pub struct SweepRecord {
 }
 
 /// Time-to-accuracy figures of one configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetRecord {
     /// Seconds to the target.
     pub time_to_target_s: f64,
@@ -662,6 +690,7 @@ mod sweep_tests {
             bottleneck: "GPU compute, mostly".into(),
             events: 99,
             wall_s: None,
+            target: None,
             replay: None,
         };
         let rows = vec![

@@ -253,7 +253,7 @@ pub enum SwitchKind {
 #[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
     /// NIC of every host: a preset (1GbE, 10GbE, 25GbE, 40GbE, 100GbE, 200GbE, 400GbE) or a rate ("10 Gbit/s").
-    #[serde(default = "default_nic")]
+    #[serde(default = "default_nic", deserialize_with = "nic_text")]
     pub nic: String,
     /// One-way latency between two hosts.
     #[serde(default = "default_latency")]
@@ -314,6 +314,32 @@ fn full_share() -> f64 {
 }
 fn is_full_share(x: &f64) -> bool {
     *x == 1.0
+}
+
+/// A NIC as text; a bare number gets the unit hint that quantities get.
+fn nic_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a NIC preset such as \"10GbE\" or a rate such as \"10 Gbit/s\"")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Err(E::custom(format!(
+                "bare number {v} has no unit; write a rate with its unit, e.g. \"{v} Gbit/s\", or a preset such as \"{v}GbE\""
+            )))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            self.visit_i64(v as i64)
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+            Err(E::custom(format!("bare number {v} has no unit; write a rate with its unit, e.g. \"{v} Gbit/s\"")))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 fn default_nic() -> String {
@@ -944,6 +970,8 @@ pub struct Scenario {
     pub spec: ScenarioFile,
     /// Where it came from (a path, or `<built-in NAME>`).
     pub origin: String,
+    /// The folder relative file references (layer tables, profiles) are resolved against.
+    pub base_dir: Option<PathBuf>,
     /// The model, built.
     pub model: Model,
     /// The GPU with overrides applied.
@@ -1073,14 +1101,85 @@ impl Scenario {
         if let Some(c) = spec.hardware.shared_cores {
             v.check(c >= 1, "hardware.shared_cores", || "shared_cores must be >= 1".into());
         }
+        no_effect(&spec, gpu.as_ref(), &mut v);
+        if let (Some(t), Some(m)) = (&spec.training.target, &model)
+            && t.metric == "top1"
+            && t.value > 0.0
+            && t.value < 1.0
+        {
+            // Time to accuracy needs the model's convergence profile.
+            match crate::convergence::profile_for(&m.name, &t.metric) {
+                Err(e) => v.push(
+                    "training.target",
+                    &e.to_string(),
+                    Some("remove [training.target], or pick a model with a profile".into()),
+                ),
+                Ok(p) => {
+                    if let Err(e) = p.e_min(t.value) {
+                        v.push("training.target.value", &e.to_string(), None);
+                    }
+                }
+            }
+        }
+        if let (Some(m), Some(g)) = (&model, &gpu) {
+            let need = gpu_memory_needed(m, spec.batch);
+            v.check(need <= g.memory, "batch", || {
+                format!(
+                    "{} at batch {} needs {:.2} per GPU (weights {:.2} + gradients + activations {:.2}) but the {} has {}; \
+                     lower `batch` or pick a GPU with more memory",
+                    m.name,
+                    spec.batch,
+                    need,
+                    m.bytes(),
+                    Bytes(m.activation_bytes().0 * spec.batch),
+                    g.name,
+                    g.memory
+                )
+            });
+        }
         match (v.0.is_empty(), model, gpu, nic, host_bus) {
             (true, Some(model), Some(gpu), Some(nic), Some(host_bus)) => {
                 let efficiency = spec.hardware.efficiency.unwrap_or(gpu.efficiency);
                 let hash = scenario_hash(&spec);
-                Ok(Scenario { spec, origin: origin.to_string(), model, gpu, efficiency, nic, host_bus, hash, profile })
+                Ok(Scenario {
+                    spec,
+                    origin: origin.to_string(),
+                    base_dir: base_dir.map(Path::to_path_buf),
+                    model,
+                    gpu,
+                    efficiency,
+                    nic,
+                    host_bus,
+                    hash,
+                    profile,
+                })
             }
             _ => Err(v.0),
         }
+    }
+
+    /// The scenario with `change` applied to its file, validated again (so that its hash is the
+    /// hash of what runs): command-line overrides go through here, never into `spec` directly.
+    pub fn with(&self, change: impl FnOnce(&mut ScenarioFile)) -> Result<Scenario, Vec<Problem>> {
+        let mut f = self.spec.clone();
+        change(&mut f);
+        Scenario::from_file(f, &self.origin, self.base_dir.as_deref())
+    }
+
+    /// Every configuration of the scenario's sweep, each validated (one, the scenario itself,
+    /// when it has no sweep). Problems name the sweep point they belong to.
+    pub fn configurations(&self) -> Result<Vec<(SweepPoint, Scenario)>, Vec<String>> {
+        let points = if self.spec.sweep.points() == 0 { vec![SweepPoint::default()] } else { self.spec.sweep.expand() };
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for p in points {
+            let file = SweepSpec::point_file(&self.spec, &p);
+            match Scenario::from_file(file.clone(), &self.origin, self.base_dir.as_deref()) {
+                Ok(s) => out.push((p, s)),
+                Err(ps) => problems.extend(ps.into_iter().map(|pr| format!("sweep point {}: {pr}", file.name))),
+            }
+        }
+        if problems.is_empty() { Ok(out) } else { Err(problems) }
     }
 
     /// The normalized scenario as TOML (defaults filled in).
@@ -1176,6 +1275,187 @@ impl Scenario {
     }
 }
 
+/// GPU memory a worker replica needs: weights and gradients (FP32) plus the activations of
+/// one batch kept for the backward pass. Optimizer slots live on the parameter servers.
+pub fn gpu_memory_needed(model: &Model, batch: u64) -> Bytes {
+    Bytes(2 * model.bytes().0 + model.activation_bytes().0 * batch)
+}
+
+/// Refuses fields that would change nothing: not implemented yet, or without effect in this
+/// scenario's setting. A field either takes effect or is refused with the reason; a test walks
+/// the schema and proves it for every field.
+fn no_effect(s: &ScenarioFile, gpu: Option<&Gpu>, v: &mut Problems) {
+    let not_yet = |v: &mut Problems, path: &str, what: &str, issue: &str| {
+        v.push(
+            path,
+            &format!("{what} is not implemented yet ({issue}); it would change nothing, so it is refused"),
+            Some("remove the field".into()),
+        )
+    };
+    let no_effect_with = |v: &mut Problems, path: &str, why: &str| {
+        v.push(
+            path,
+            &format!("`{path}` has no effect {why}"),
+            Some("remove the field, or change what it depends on".into()),
+        )
+    };
+    let t = &s.topology;
+    let td = TopologySpec::default();
+    if t.kind == TopologyKind::AllReduce {
+        not_yet(v, "topology.kind", "the all-reduce topology", "collectives: ring, hierarchical, tree");
+    } else {
+        if t.algorithm != td.algorithm {
+            no_effect_with(
+                v,
+                "topology.algorithm",
+                "with kind = \"parameter-server\" (it picks an all-reduce algorithm)",
+            );
+        }
+        if t.fusion_buffer != td.fusion_buffer {
+            no_effect_with(
+                v,
+                "topology.fusion_buffer",
+                "with kind = \"parameter-server\" (it sizes all-reduce fusion buckets)",
+            );
+        }
+    }
+    if t.mode != Mode::StaleSynchronous && t.staleness != td.staleness {
+        no_effect_with(
+            v,
+            "topology.staleness",
+            &format!("with mode = \"{}\" (only stale-synchronous bounds staleness)", t.mode.as_str()),
+        );
+    }
+    if t.placement != PlacementKind::Partitioned && t.partition_threshold != td.partition_threshold {
+        no_effect_with(
+            v,
+            "topology.partition_threshold",
+            &format!("with placement = \"{}\" (only partitioned splits variables)", t.placement.as_str()),
+        );
+    }
+    let f = &s.faults;
+    if f.mtbf.is_some() {
+        not_yet(v, "faults.mtbf", "simulating host failures", "failures and restarts");
+    }
+    if f.checkpoint_interval.is_some() {
+        not_yet(v, "faults.checkpoint_interval", "simulating checkpoints", "failures and restarts");
+    }
+    if f.checkpoint_bandwidth.is_some() {
+        not_yet(v, "faults.checkpoint_bandwidth", "simulating checkpoint writes", "failures and restarts");
+    }
+    let r = &s.runtime;
+    if r.backend == Backend::Cuda {
+        not_yet(v, "runtime.backend", "the cuda backend", "the CUDA compute backend; replays run on the CPU");
+    }
+    if r.target_step_time.is_some() && r.scale.flops != 1.0 {
+        no_effect_with(v, "runtime.scale.flops", "with runtime.target_step_time (which chooses the FLOP scale)");
+    }
+    let h = &s.hardware;
+    let hd = HardwareSpec::default();
+    if h.gpus_per_host == 1 {
+        if h.host_bus != hd.host_bus {
+            no_effect_with(v, "hardware.host_bus", "with gpus_per_host = 1 (it joins the GPUs of one host)");
+        }
+        if h.local_aggregation != hd.local_aggregation {
+            no_effect_with(
+                v,
+                "hardware.local_aggregation",
+                "with gpus_per_host = 1 (it aggregates the GPUs of one host)",
+            );
+        }
+    }
+    if let Some(o) = &h.gpu_spec
+        && o.memory_bandwidth.is_some()
+    {
+        v.push(
+            "hardware.gpu_spec.memory_bandwidth",
+            "a GPU's memory bandwidth is not modelled yet: compute time comes from FLOPs x peak x efficiency",
+            Some("remove the field (the catalogue lists it for reference only)".into()),
+        );
+    }
+    if h.precision == Precision::Fp16 && gpu.is_some_and(|g| g.fp16.is_none()) {
+        v.push(
+            "hardware.precision",
+            &format!("the {} has no FP16 rate, so precision = \"fp16\" would run at its FP32 rate", h.gpu),
+            Some("give `hardware.gpu_spec.fp16`, pick a GPU with tensor cores, or remove the field".into()),
+        );
+    }
+    let n = &s.network;
+    let nd = NetworkSpec::default();
+    if n.switch == SwitchKind::Single {
+        if n.hosts_per_rack != nd.hosts_per_rack {
+            no_effect_with(v, "network.hosts_per_rack", "with switch = \"single\" (racks exist with two-tier)");
+        }
+        if n.oversubscription != nd.oversubscription {
+            no_effect_with(v, "network.oversubscription", "with switch = \"single\" (racks exist with two-tier)");
+        }
+    }
+    if n.ramp != Time::ZERO && n.ramp_share == nd.ramp_share {
+        no_effect_with(v, "network.ramp", "with ramp_share = 1 (a ramp from a full share is no ramp)");
+    }
+    if h.shared_cores.is_none() && n.cpu_ns_per_byte != nd.cpu_ns_per_byte {
+        no_effect_with(
+            v,
+            "network.cpu_ns_per_byte",
+            "without hardware.shared_cores (it loads the cores the job shares)",
+        );
+    }
+    if n.ramp == Time::ZERO && n.ramp_share != nd.ramp_share {
+        no_effect_with(v, "network.ramp_share", "with ramp = 0 (it is where a ramp starts)");
+    }
+    if n.fifo == Time::ZERO && n.queue != nd.queue && h.profile.is_none() {
+        no_effect_with(
+            v,
+            "network.queue",
+            "without network.fifo or a hardware.profile that fits one (it bounds queue order)",
+        );
+    }
+    if h.profile.is_some() {
+        // What a calibrated profile measured replaces the scenario's figure.
+        let overridden: [(&str, bool); 9] = [
+            ("hardware.efficiency", h.efficiency.is_some()),
+            ("hardware.precision", h.precision != hd.precision),
+            ("hardware.ps_memory_bandwidth", h.ps_memory_bandwidth != hd.ps_memory_bandwidth),
+            ("network.goodput", n.goodput != nd.goodput),
+            ("network.message_overhead", n.message_overhead != nd.message_overhead),
+            ("network.unfairness", n.unfairness != nd.unfairness),
+            ("network.ramp", n.ramp != nd.ramp),
+            ("network.fifo", n.fifo != nd.fifo),
+            ("network.cpu_ns_per_byte", n.cpu_ns_per_byte != nd.cpu_ns_per_byte),
+        ];
+        for (path, set) in overridden {
+            if set {
+                no_effect_with(v, path, "with hardware.profile (the profile's measured value is used)");
+            }
+        }
+    }
+    let tr = &s.training;
+    let asynchronous = matches!(t.mode, Mode::Async | Mode::StaleSynchronous);
+    if tr.staleness_penalty != TrainingSpec::default().staleness_penalty && (!asynchronous || tr.target.is_none()) {
+        no_effect_with(
+            v,
+            "training.staleness_penalty",
+            "unless mode is async or stale-synchronous and [training.target] is set",
+        );
+    }
+    if t.ps_hosts == PsHosts::Colocated && s.cost.ps_hour != CostSpec::default().ps_hour {
+        no_effect_with(v, "cost.ps_hour", "with ps_hosts = \"colocated\" (no host runs a PS alone)");
+    }
+    if tr.target.is_none() {
+        let c = &s.cost;
+        let cd = CostSpec::default();
+        for (path, set) in [
+            ("cost.gpu_hour", c.gpu_hour != cd.gpu_hour),
+            ("cost.ps_hour", c.ps_hour != cd.ps_hour),
+            ("cost.currency", c.currency != cd.currency),
+        ] {
+            if set {
+                no_effect_with(v, path, "without [training.target] (cost is the price of training to the target)");
+            }
+        }
+    }
+}
+
 /// The normalized TOML text of a scenario file.
 pub fn normalized_toml(spec: &ScenarioFile) -> String {
     toml::to_string(spec).expect("a ScenarioFile always serializes: all its fields are TOML-representable")
@@ -1258,12 +1538,9 @@ fn resolve_gpu(h: &HardwareSpec, v: &mut Problems) -> Option<Gpu> {
                 return None;
             }
             let mut missing = Vec::new();
-            for (field, present) in [
-                ("fp32", o.fp32.is_some()),
-                ("memory_bandwidth", o.memory_bandwidth.is_some()),
-                ("memory", o.memory.is_some()),
-                ("source", o.source.is_some()),
-            ] {
+            for (field, present) in
+                [("fp32", o.fp32.is_some()), ("memory", o.memory.is_some()), ("source", o.source.is_some())]
+            {
                 if !present {
                     missing.push(field);
                 }
@@ -1303,9 +1580,7 @@ fn resolve_gpu(h: &HardwareSpec, v: &mut Problems) -> Option<Gpu> {
         gpu.source = x;
     }
     let mut ok = true;
-    for (field, value) in
-        [("fp32", gpu.fp32.0), ("memory_bandwidth", gpu.memory_bandwidth.0), ("memory", gpu.memory.0 as f64)]
-    {
+    for (field, value) in [("fp32", gpu.fp32.0), ("memory", gpu.memory.0 as f64)] {
         if value <= 0.0 {
             v.push(&format!("hardware.gpu_spec.{field}"), &format!("{field} must be > 0"), None);
             ok = false;
@@ -1567,6 +1842,14 @@ mod tests {
         let f = SweepSpec::point_file(&s.spec, &pts[7]);
         assert_eq!((f.topology.workers, f.topology.ps, f.network.nic.as_str()), (2, 2, "10GbE"));
         assert!(f.name.contains("workers=2") && f.sweep.points() == 0);
+    }
+
+    #[test]
+    fn bare_number_for_a_nic_shows_the_unit_hint_too() {
+        let e = parse("batch = 32\n[model]\nname = \"alexnet\"\n[network]\nnic = 10\n").unwrap_err();
+        let d = &e.diagnostics()[0];
+        assert!(d.message.contains("no unit") && d.message.contains("10 Gbit/s"), "{d}");
+        assert_eq!(d.path, "network.nic");
     }
 
     #[test]

@@ -34,6 +34,14 @@ fn gemm(m: usize, k: usize, n: usize) -> f64 {
 /// Streams `count` frames of `size` bytes to a listener bound at `addr` (port 0: any) and
 /// returns the seconds the receiver took from the first frame to the last. With a cluster,
 /// the receiver runs in host 1 and the sender in host 0.
+/// Goodput of one TCP stream over loopback through the runtime's framing, bit/s: the "NIC" of
+/// tasks that the local launcher runs (16 frames of 4 MiB, about 60 ms).
+pub fn loopback_rate() -> Result<f64, String> {
+    let frames = 16;
+    let secs = stream("127.0.0.1:0".parse().expect("an address"), frames, 4 << 20, None)?;
+    Ok((frames - 1) as f64 * (4 << 20) as f64 * 8.0 / secs.max(1e-9))
+}
+
 fn stream(
     addr: std::net::SocketAddr,
     count: usize,

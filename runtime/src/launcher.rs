@@ -146,6 +146,8 @@ pub fn effective_scenario(
     f.model = topolab_core::scenario::ModelSpec { name: None, layers: Some(PathBuf::from("effective-model.csv")) };
     f.runtime.scale = topolab_core::scenario::Scale::default();
     f.runtime.target_step_time = None;
+    // What the shards really apply.
+    f.optimizer.learning_rate = s.spec.optimizer.learning_rate.min(MAX_LEARNING_RATE);
     f.sweep = Default::default();
     // The replay machine: its cores, shared by every task, each as fast as a measured GEMM.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
@@ -154,7 +156,7 @@ pub fn effective_scenario(
     f.hardware.gpu_spec = Some(topolab_core::scenario::GpuOverride {
         fp32: Some(topolab_core::units::FlopRate(rate)),
         fp16: None,
-        memory_bandwidth: Some(topolab_core::units::BitRate::from_bytes_per_sec(10e9)),
+        memory_bandwidth: None,
         memory: Some(topolab_core::units::Bytes(mem_available().unwrap_or(1 << 34))),
         source: Some(format!("measured by topolab replay: f32 GEMM 256x256x256 on one core, {cores} cores")),
     });
@@ -162,19 +164,78 @@ pub fn effective_scenario(
     f.hardware.precision = topolab_core::scenario::Precision::Fp32;
     f.hardware.gpus_per_host = 1;
     f.hardware.shared_cores = Some(cores);
-    // The shaped links' drop-tail queue (loopback has none to speak of).
-    if launcher == LauncherKind::Netns {
-        f.network.queue = crate::netns::QUEUE;
-    }
+    let links = match launcher {
+        // The shaped links' drop-tail queue is stated, not set: `network.queue` takes effect only
+        // with a queue-order time constant, which a calibrated profile fits (validate adds both).
+        LauncherKind::Netns => format!(
+            "# Links: tc tbf at the scenario's NIC rate, drop-tail queue of {} (network.queue with a profile).\n",
+            crate::netns::QUEUE
+        ),
+        LauncherKind::Local => {
+            // Loopback is not shaped: the NIC the tasks really had is this machine's loopback.
+            let rate = crate::calibrate::loopback_rate().map_err(ReplayError::Io)?;
+            f.network.nic = format!("{:.3} Gbit/s", rate / 1e9);
+            format!(
+                "# Links: loopback, unshaped: nic is this machine's measured loopback rate ({:.3} Gbit/s, one stream),\n# not the scenario's {}.\n",
+                rate / 1e9,
+                s.spec.network.nic
+            )
+        }
+    };
     let path = out.join("effective.toml");
     let text = format!(
-        "# The scenario this replay ran: the proxy model as built (scaled), so that the simulator can\n# be run on exactly the same thing: topolab run {}\n{}",
+        "# The scenario this replay ran: the proxy model as built (scaled), so that the simulator can\n# be run on exactly the same thing: topolab run {}\n{links}{}",
         path.display(),
         topolab_core::scenario::normalized_toml(&f)
     );
     checkpoint::write_atomic(&path, text.as_bytes()).map_err(io)?;
     let eff = Scenario::load(&path).map_err(|e| ReplayError::Io(e.to_string()))?;
     Ok((path, eff))
+}
+
+/// What a replay takes from a scenario besides its topology and model: the settings of the
+/// proxy model and of the tasks. Each field is what the tasks really use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplaySettings {
+    /// Multiplier on parameter counts (`runtime.scale.params`).
+    pub params_scale: f64,
+    /// Multiplier on FLOPs: `runtime.scale.flops`, or the one that makes a step's compute take
+    /// `runtime.target_step_time` at this machine's measured GEMM rate.
+    pub flops_scale: f64,
+    /// The SGD step the shards apply (`optimizer.learning_rate`, at most [`MAX_LEARNING_RATE`]).
+    pub learning_rate: f32,
+    /// Shards checkpoint every this many steps (0: never).
+    pub checkpoint_every: u64,
+    /// Seeds the initial parameters, the data and the teacher.
+    pub seed: u64,
+}
+
+/// The largest SGD step the proxy model stays stable with (its layers regress onto a fixed
+/// teacher; larger steps diverge). A scenario asking for more is replayed with this, and the
+/// effective scenario says so.
+pub const MAX_LEARNING_RATE: f64 = 0.2;
+
+impl ReplaySettings {
+    /// The settings of `s` on this machine.
+    pub fn of(s: &Scenario) -> ReplaySettings {
+        let flops_scale = match s.spec.runtime.target_step_time {
+            // Choose the FLOP scale that makes one step's compute (forward + backward = 3 x the
+            // forward FLOPs) take the target time at this machine's measured GEMM rate.
+            Some(target) => {
+                let rate = crate::proxy::gemm_rate();
+                let per_step = 3.0 * s.model.forward_flops() * s.spec.batch as f64;
+                (target.secs_f64() * rate / per_step).min(1.0)
+            }
+            None => s.spec.runtime.scale.flops,
+        };
+        ReplaySettings {
+            params_scale: s.spec.runtime.scale.params,
+            flops_scale,
+            learning_rate: s.spec.optimizer.learning_rate.min(MAX_LEARNING_RATE) as f32,
+            checkpoint_every: s.spec.runtime.checkpoint_every,
+            seed: s.spec.seed,
+        }
+    }
 }
 
 /// Replays `s` with the launcher of `opts`.
@@ -191,18 +252,8 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
     }
     Plan::new(s).map_err(|e| refuse(e.to_string()))?;
     std::fs::create_dir_all(&opts.out).map_err(io)?;
-    let scale = &s.spec.runtime.scale;
-    let flops_scale = match s.spec.runtime.target_step_time {
-        // Choose the FLOP scale that makes one step's compute (forward + backward = 3 x the
-        // forward FLOPs) take the target time at this machine's measured GEMM rate.
-        Some(target) => {
-            let rate = crate::proxy::gemm_rate();
-            let per_step = 3.0 * s.model.forward_flops() * s.spec.batch as f64;
-            (target.secs_f64() * rate / per_step).min(1.0)
-        }
-        None => scale.flops,
-    };
-    let proxy = Proxy::new(s, scale.params, flops_scale);
+    let settings = ReplaySettings::of(s);
+    let proxy = Proxy::new(s, settings.params_scale, settings.flops_scale);
     let params_bytes: u64 = proxy.var_sizes().iter().map(|&n| n as u64 * 4).sum();
     let need = u64::from(t.workers) * (proxy.worker_memory() + 3 * params_bytes) + 3 * params_bytes;
     if let Some(avail) = mem_available()
@@ -277,8 +328,13 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
     // Namespaces, veths and qdiscs go once every task is stopped.
     drop(cluster);
     result?;
-    let info =
-        ReplayInfo { launcher: opts.launcher.name().into(), congestion_control, congestion_warning, latency_method };
+    let info = ReplayInfo {
+        launcher: opts.launcher.name().into(),
+        congestion_control,
+        congestion_warning,
+        latency_method,
+        latencies: Vec::new(),
+    };
     collect(&eff, &opts.out, start_step, info)
 }
 
@@ -434,7 +490,27 @@ fn run_tasks(
 }
 
 /// Merges the workers' traces into steps.csv, ops.csv and loss.csv and summarizes the run.
-fn collect(s: &Scenario, out: &Path, start_step: u64, info: ReplayInfo) -> Result<ReplayOutcome, ReplayError> {
+/// Percentiles of `durations_ns` through an HDR histogram (1 ns to 1 h, 3 significant digits).
+fn latency(what: &str, durations_ns: impl Iterator<Item = u64>) -> Option<records::Latency> {
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds");
+    for d in durations_ns {
+        h.saturating_record(d.max(1));
+    }
+    (!h.is_empty()).then(|| {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e6;
+        records::Latency {
+            what: what.into(),
+            count: h.len(),
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: h.max() as f64 / 1e6,
+        }
+    })
+}
+
+fn collect(s: &Scenario, out: &Path, start_step: u64, mut info: ReplayInfo) -> Result<ReplayOutcome, ReplayError> {
     let trace = out.join("trace");
     let mut steps = Vec::new();
     let mut ops = String::from("worker,step,op,index,bytes,start_ns,end_ns\n");
@@ -477,6 +553,27 @@ fn collect(s: &Scenario, out: &Path, start_step: u64, info: ReplayInfo) -> Resul
     let span = (t1 - t0) as f64 / 1e9;
     let step_time = records::step_time_stats(&steps);
     let total = step_time.mean.max(1e-12);
+    // ops.csv rows: worker,step,op,index,bytes,start_ns,end_ns.
+    let op_durations = |kind: &str| -> Vec<u64> {
+        ops.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.trim_end().split(',').collect();
+                if f.get(2) != Some(&kind) {
+                    return None;
+                }
+                let (a, b) = (f.get(5)?.parse::<u64>().ok()?, f.get(6)?.parse::<u64>().ok()?);
+                Some(b.saturating_sub(a))
+            })
+            .collect()
+    };
+    info.latencies = [
+        latency("step", steps.iter().map(|r| r.end_ns.saturating_sub(r.start_ns))),
+        latency("pull", op_durations("pull").into_iter()),
+        latency("push", op_durations("push").into_iter()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let summary = RunSummary {
         scenario: s.spec.name.clone(),
         scenario_hash: s.hash.clone(),
@@ -507,6 +604,7 @@ fn collect(s: &Scenario, out: &Path, start_step: u64, info: ReplayInfo) -> Resul
         ),
         events: ops.lines().count() as u64 - 1,
         wall_s: Some(span),
+        target: None,
         replay: Some(info.clone()),
     };
     let mut buf = Vec::new();

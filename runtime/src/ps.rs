@@ -88,13 +88,13 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         pending: parts.iter().map(|_| vec![None; t.workers as usize]).collect(),
         parts,
         values,
-        lr: (s.spec.optimizer.learning_rate as f32).min(0.2),
+        lr: crate::launcher::ReplaySettings::of(&s).learning_rate,
         workers: t.workers,
         inputs: t.workers - if t.mode == Mode::Backup { t.backup_workers } else { 0 },
         synchronous,
         applied_in_step: 0,
         done: 0,
-        checkpoint_every: s.spec.runtime.checkpoint_every,
+        checkpoint_every: crate::launcher::ReplaySettings::of(&s).checkpoint_every,
         checkpoint_dir: spec.job.checkpoint_dir.clone(),
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(NodeError::Io)?;

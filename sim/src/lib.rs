@@ -147,11 +147,9 @@ pub struct SimDetail {
     pub gpu_memory_needed: Bytes,
 }
 
-/// GPU memory a worker replica needs: weights and gradients (FP32) plus the activations of
-/// one batch kept for the backward pass. Optimizer slots live on the parameter servers.
+/// GPU memory a worker replica needs (see [`topolab_core::scenario::gpu_memory_needed`]).
 pub fn gpu_memory_needed(s: &Scenario) -> Bytes {
-    let weights = s.model.bytes().0;
-    Bytes(2 * weights + s.model.activation_bytes().0 * s.spec.batch)
+    topolab_core::scenario::gpu_memory_needed(&s.model, s.spec.batch)
 }
 
 /// Simulates `s`.
@@ -279,6 +277,7 @@ fn summarize(s: &Scenario, plan: &Plan, o: &Outcome) -> RunSummary {
         bottleneck,
         events: o.events,
         wall_s: None,
+        target: None,
         replay: None,
     }
 }

@@ -53,6 +53,21 @@ pub struct TimeToTarget {
     pub mean_staleness: f64,
 }
 
+impl TimeToTarget {
+    /// The figures that run records keep (summary.json, sweep.csv).
+    pub fn record(&self) -> topolab_core::records::TargetRecord {
+        topolab_core::records::TargetRecord {
+            time_to_target_s: self.time_to_target_s,
+            steps_to_target: self.steps,
+            epochs: self.epochs,
+            gpu_hours: self.gpu_hours,
+            cost: self.cost,
+            currency: self.currency.clone(),
+            simulated_steps: self.simulated_steps,
+        }
+    }
+}
+
 /// Why no time to target could be predicted.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {

@@ -210,6 +210,9 @@ pub(crate) struct Sim<'a> {
     bytes_recv_per_step: Vec<u64>,
     done_classes: usize,
     total_steps: u64,
+    /// Async: worker-steps started so far, against `total_steps x workers`: fast workers keep
+    /// stepping while slow ones are busy, so each worker does the steps it really has time for.
+    started_worker_steps: u64,
     ops: Vec<crate::SimOp>,
 }
 
@@ -497,6 +500,7 @@ impl<'a> Sim<'a> {
             bytes_recv_per_step: recv,
             done_classes: 0,
             total_steps: spec.training.steps,
+            started_worker_steps: 0,
             ops: Vec::new(),
         })
     }
@@ -538,6 +542,7 @@ impl<'a> Sim<'a> {
     /// Runs to the end; returns the outcome.
     pub(crate) fn run(mut self) -> Result<Outcome, SimError> {
         for c in 0..self.classes.len() {
+            self.started_worker_steps += self.classes[c].workers.len() as u64;
             self.q.schedule(Time::ZERO, Ev::StartStep { class: c });
         }
         let mut last_progress = Time::ZERO;
@@ -981,7 +986,12 @@ impl<'a> Sim<'a> {
         let st = &mut self.state[class];
         st.step += 1;
         let global_done = synchronous(mode) && self.barriers_released >= self.total_steps;
-        if st.step >= self.total_steps || global_done {
+        // Async: the run is `steps` updates per worker on average, shared out by speed; every
+        // other mode runs `steps` steps per worker.
+        let budget = self.total_steps * u64::from(self.s.spec.topology.workers);
+        let own_done =
+            if mode == Mode::Async { self.started_worker_steps >= budget } else { st.step >= self.total_steps };
+        if own_done || global_done {
             st.finished = true;
             self.done_classes += 1;
             if mode == Mode::Backup && global_done {
@@ -1003,6 +1013,9 @@ impl<'a> Sim<'a> {
             self.state[class].blocked_ssp = true;
             self.unblock_ssp();
         } else {
+            if mode == Mode::Async {
+                self.started_worker_steps += self.classes[class].workers.len() as u64;
+            }
             self.q.schedule(now, Ev::StartStep { class });
         }
     }

@@ -27,7 +27,11 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut failed = Vec::new();
     for path in &a.scenarios {
-        match Scenario::load(path) {
+        // Every check that `run` and `sweep` make: the scenario, then each sweep point.
+        match Scenario::load(path).map_err(|e| e.to_string()).and_then(|s| match s.configurations() {
+            Ok(_) => Ok(s),
+            Err(ps) => Err(ps.iter().map(|p| format!("{}: error: {p}", path.display())).collect::<Vec<_>>().join("\n")),
+        }) {
             Ok(s) => {
                 if a.print {
                     if a.scenarios.len() > 1 {

@@ -1,6 +1,7 @@
 //! Subcommands, and what they share: loading scenarios and reporting bad input.
 
 pub mod check;
+pub mod compare;
 pub mod hardware;
 pub mod models;
 pub mod placement;
@@ -29,6 +30,11 @@ impl fmt::Display for BadInput {
 }
 
 impl std::error::Error for BadInput {}
+
+/// Problems of a scenario changed after loading (a command-line override), as [`BadInput`].
+pub fn problems(ps: Vec<topolab_core::scenario::Problem>) -> anyhow::Error {
+    BadInput(ps.iter().map(|p| format!("error: {p}")).collect::<Vec<_>>().join("\n")).into()
+}
 
 /// The built-in scenarios: (name, description, TOML text).
 pub const BUILTIN_SCENARIOS: &[(&str, &str, &str)] = &[(

@@ -102,6 +102,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let (Some(first), Some(last)) = (outcome.loss.first(), outcome.loss.last()) {
         println!("Loss          {:.5} (step {}) -> {:.5} (step {})", first.1, first.0, last.1, last.0);
     }
+    for l in &outcome.info.latencies {
+        println!(
+            "Latency of {:<4} p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  ({} measured)",
+            l.what, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
+        );
+    }
     println!("Launcher      {}", outcome.info.launcher);
     println!("Latency       {}", outcome.info.latency_method);
     println!("TCP           {} congestion control", outcome.info.congestion_control);

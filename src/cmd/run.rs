@@ -48,12 +48,13 @@ pub fn simulate(s: &topolab_core::scenario::Scenario) -> anyhow::Result<SimRun> 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut s = super::load_scenario(a.scenario.as_deref())?;
     if let Some(n) = a.trace_steps {
-        s.spec.training.trace_steps = n;
+        // Through validation again, so that every output records the hash of what ran.
+        s = s.with(|f| f.training.trace_steps = n).map_err(super::problems)?;
     }
     if s.spec.sweep.points() > 0 {
         return run_table(&s, &a);
     }
-    let (run, ttt) = if s.spec.training.target.is_some() {
+    let (mut run, ttt) = if s.spec.training.target.is_some() {
         match topolab_sim::target::time_to_target(&s, &SimOptions::default()) {
             Ok((run, t)) => (run, Some(t)),
             Err(topolab_sim::target::TargetError::Sim(e)) if !e.is_bad_input() => return Err(e.into()),
@@ -62,6 +63,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         (simulate(&s)?, None)
     };
+    run.summary.target = ttt.as_ref().map(TimeToTarget::record);
     if let Some(dir) = &a.out {
         topolab_sim::write_run_dir(&run, dir).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dir.display()))?;
     }
@@ -103,6 +105,9 @@ fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Res
     let t = &s.spec.topology;
     let mut out = std::io::stdout().lock();
     writeln!(out, "Scenario {} ({}), hash {}, seed {}", s.spec.name, s.origin, s.hash, s.spec.seed)?;
+    if !s.spec.description.is_empty() {
+        writeln!(out, "  {}", s.spec.description)?;
+    }
     writeln!(
         out,
         "  {} ({:.2} M params, {} variables), batch {} per GPU; {} worker{} x {} {}, {} PS ({}), {}, {} placement; {} NICs, {} latency",
@@ -121,6 +126,24 @@ fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Res
         s.nic,
         s.spec.network.latency
     )?;
+    match &s.profile {
+        Some(p) => writeln!(
+            out,
+            "  compute: {:.3} per GPU, measured by `topolab calibrate` on {} ({})",
+            s.effective_rate(),
+            p.machine.cpu,
+            p.machine.date
+        )?,
+        None => writeln!(
+            out,
+            "  compute: {} {} peak x efficiency {} = {:.3} per GPU ({})",
+            s.gpu.name,
+            s.peak(),
+            s.efficiency,
+            s.effective_rate(),
+            s.gpu.source
+        )?,
+    }
     let st = &sum.step_time_s;
     writeln!(out)?;
     writeln!(

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use rayon::prelude::*;
-use topolab_core::records::{RunSummary, SweepRecord, TargetRecord};
-use topolab_core::scenario::{PsHosts, Scenario, SweepPoint, SweepSpec};
+use topolab_core::records::{RunSummary, SweepRecord};
+use topolab_core::scenario::{PsHosts, Scenario, SweepPoint};
 use topolab_sim::SimOptions;
 use topolab_sim::target::{self, TimeToTarget};
 
@@ -21,24 +21,27 @@ use crate::output::{Format, Table, print_json};
 The [sweep] table lists axes (workers, ps, nic, batch, gpu, placement, mode) whose cartesian
 product is run, and/or explicit `points = [{ workers = 8, ps = 2 }, ...]`.
 
+Without --out the table is printed and nothing is written.
+
 Examples:
+  topolab sweep scenarios/examples/inception-v3-sweep.toml                # print the table only
   topolab sweep scenarios/examples/inception-v3-sweep.toml --out runs/sweep
   topolab sweep scenarios/examples/inception-v3-sweep.toml --out runs/sweep --jobs 2
   topolab sweep scenarios/examples/inception-v3-sweep.toml --out runs/sweep --format json")]
 pub struct Args {
     /// Scenario file with a [sweep] table.
     scenario: PathBuf,
-    /// Directory for sweep.csv (one row per configuration).
+    /// Directory for sweep.csv (one row per configuration); without it nothing is written.
     #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    out: Option<PathBuf>,
     /// Configurations simulated at once (default: all cores).
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
     /// Output format of the printed table.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
-    /// Also write a report (HTML, Markdown, charts) of the sweep into this directory.
-    #[arg(long, value_name = "DIR")]
+    /// Also write a report (HTML, Markdown, charts) of the sweep into this directory; needs --out.
+    #[arg(long, value_name = "DIR", requires = "out")]
     report: Option<PathBuf>,
 }
 
@@ -57,25 +60,8 @@ pub struct Row {
 /// The validated configurations of `base`'s sweep (just `base` without a sweep). All invalid
 /// configurations are reported at once, as bad input.
 pub fn configurations(base: &Scenario) -> anyhow::Result<Vec<(SweepPoint, Scenario)>> {
-    let points = if base.spec.sweep.points() == 0 { vec![SweepPoint::default()] } else { base.spec.sweep.expand() };
-    let dir = Path::new(&base.origin).parent().map(Path::to_path_buf);
-    let mut out = Vec::new();
-    let mut problems = Vec::new();
-    for p in points {
-        let file = SweepSpec::point_file(&base.spec, &p);
-        match Scenario::from_file(file.clone(), &base.origin, dir.as_deref()) {
-            Ok(s) => out.push((p, s)),
-            Err(ps) => {
-                for pr in ps {
-                    problems.push(format!("error: sweep point {}: {pr}", file.name));
-                }
-            }
-        }
-    }
-    if !problems.is_empty() {
-        return Err(BadInput(problems.join("\n")).into());
-    }
-    Ok(out)
+    base.configurations()
+        .map_err(|ps| BadInput(ps.iter().map(|p| format!("error: {p}")).collect::<Vec<_>>().join("\n")).into())
 }
 
 /// Simulates every configuration on `jobs` threads (results in sweep order), with a progress
@@ -235,15 +221,7 @@ pub fn record(r: &Row) -> SweepRecord {
         mode: s.spec.topology.mode.as_str().into(),
         ps_hosts: if s.spec.topology.ps_hosts == PsHosts::Dedicated { "dedicated".into() } else { "colocated".into() },
         summary: r.summary.clone(),
-        target: r.target.as_ref().map(|t| TargetRecord {
-            time_to_target_s: t.time_to_target_s,
-            steps_to_target: t.steps,
-            epochs: t.epochs,
-            gpu_hours: t.gpu_hours,
-            cost: t.cost,
-            currency: t.currency.clone(),
-            simulated_steps: t.simulated_steps,
-        }),
+        target: r.target.as_ref().map(TimeToTarget::record),
     }
 }
 
@@ -267,17 +245,23 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         .into());
     }
     let configs = configurations(&base)?;
-    std::fs::create_dir_all(&a.out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", a.out.display()))?;
     let started = Instant::now();
     let n = configs.len();
     let rows = run_all(configs, a.jobs)?;
     let wall = started.elapsed().as_secs_f64();
-    let csv_path = a.out.join("sweep.csv");
-    write_csv(&rows, &csv_path)?;
+    let csv_path = match &a.out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            let p = dir.join("sweep.csv");
+            write_csv(&rows, &p)?;
+            Some(p)
+        }
+        None => None,
+    };
     match a.format {
         Format::Json => print_json(&serde_json::json!({
             "rows": json_rows(&rows), "best_by_time": best(&rows, false), "best_by_cost": best(&rows, true),
-            "pareto": pareto(&rows), "sim_wall_s": wall, "csv": csv_path.display().to_string(),
+            "pareto": pareto(&rows), "sim_wall_s": wall, "csv": csv_path.as_ref().map(|p| p.display().to_string()),
         }))?,
         Format::Csv => table(&rows, false).write_csv(std::io::stdout().lock())?,
         Format::Table => {
@@ -285,17 +269,25 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             writeln!(out, "Sweep of {} ({} configurations)\n", base.spec.name, n)?;
             table(&rows, true).write_text(&mut out)?;
             print_best(&mut out, &rows)?;
-            writeln!(
-                out,
-                "\nwrote {} ({} rows) in {:.2} s of simulation wall time",
-                csv_path.display(),
-                rows.len(),
-                wall
-            )?;
+            match &csv_path {
+                Some(p) => writeln!(
+                    out,
+                    "\nwrote {} ({} rows) in {:.2} s of simulation wall time",
+                    p.display(),
+                    rows.len(),
+                    wall
+                )?,
+                None => writeln!(
+                    out,
+                    "\n{} rows in {:.2} s of simulation wall time (--out DIR writes sweep.csv)",
+                    rows.len(),
+                    wall
+                )?,
+            }
         }
     }
-    if let Some(dir) = &a.report {
-        super::report::make(std::slice::from_ref(&a.out), dir)?;
+    if let (Some(dir), Some(out)) = (&a.report, &a.out) {
+        super::report::make(std::slice::from_ref(out), dir)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -136,11 +136,20 @@ fn ape(pred: f64, meas: f64) -> f64 {
 }
 
 /// Predicts a replayed configuration: the simulator on its effective scenario, with the profile.
-fn predict(effective: &Path, profile: &Path) -> anyhow::Result<RunSummary> {
-    let mut s = Scenario::load(effective).map_err(|e| BadInput(e.to_string()))?;
-    s.spec.hardware.profile = Some(std::fs::canonicalize(profile)?);
-    let s = Scenario::from_file(s.spec, &s.origin, effective.parent())
-        .map_err(|ps| BadInput(ps.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
+fn predict(effective: &Path, profile: &Path, launcher: LauncherKind) -> anyhow::Result<RunSummary> {
+    let s = Scenario::load(effective).map_err(|e| BadInput(e.to_string()))?;
+    let profile = std::fs::canonicalize(profile)?;
+    // The profile's measured compute rate replaces the effective scenario's efficiency, and its
+    // queue-order fit takes effect with the shaped links' queue.
+    let s = s
+        .with(|f| {
+            f.hardware.profile = Some(profile);
+            f.hardware.efficiency = None;
+            if launcher == LauncherKind::Netns {
+                f.network.queue = topolab_runtime::netns::QUEUE;
+            }
+        })
+        .map_err(super::problems)?;
     Ok(topolab_sim::simulate(&s, &SimOptions { trace: false, ..SimOptions::default() })?.summary)
 }
 
@@ -178,7 +187,7 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
             ))
             .into());
         }
-        let predicted = predict(&dir.join("replay/effective.toml"), &a.profile)?;
+        let predicted = predict(&dir.join("replay/effective.toml"), &a.profile, kind(a.launcher))?;
         rows.push((label, s.clone(), predicted, measured));
     }
     // Comparison table.

@@ -56,15 +56,13 @@ fn printed_normalized_scenario_checks_again_with_the_same_hash() {
     assert_eq!(printed.status.code(), Some(0));
     let text = stdout(&printed);
     assert!(text.contains("[topology]") && text.contains("goodput = 0.94"), "defaults written out:\n{text}");
-    let dir = std::env::temp_dir().join(format!("topolab-norm-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::TempDir::new("norm");
     let norm = dir.join("n.toml");
     std::fs::write(&norm, &text).unwrap();
     let a = stdout(&topolab(&["check", f]));
     let b = stdout(&topolab(&["check", norm.to_str().unwrap()]));
     let hash = |s: &str| s.rsplit("hash ").next().unwrap().trim().to_string();
     assert_eq!(hash(&a), hash(&b));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

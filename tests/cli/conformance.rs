@@ -61,9 +61,7 @@ fn from_replay(dir: &std::path::Path) -> Ops {
 
 #[test]
 fn replay_and_simulator_perform_the_plans_ops_and_bytes() {
-    let d = std::env::temp_dir().join(format!("topolab-conformance-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+    let d = super::TempDir::new("conformance");
     std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
     let f = d.join("conf.toml");
     // Two workers, two shards, a variable split across shards: every kind of part.
@@ -87,5 +85,4 @@ fn replay_and_simulator_perform_the_plans_ops_and_bytes() {
     let real = from_replay(&out);
     assert_eq!(sim, plan, "simulator ops differ from the Plan");
     assert_eq!(real, plan, "runtime ops differ from the Plan");
-    let _ = std::fs::remove_dir_all(&d);
 }

@@ -195,19 +195,18 @@ fn run_json_of_the_bench_scenario_has_the_documented_fields() {
 
 #[test]
 fn run_out_writes_the_three_files_and_refuses_an_oversized_model() {
-    let dir = std::env::temp_dir().join(format!("topolab-run-out-{}", std::process::id()));
+    let dir = super::TempDir::new("run-out");
     let out = topolab(&["run", "scenarios/examples/tiny-mlp-custom-gpu.toml", "--out", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     for f in ["summary.json", "steps.csv", "trace.json"] {
         assert!(std::fs::metadata(dir.join(f)).unwrap().len() > 0, "{f}");
     }
-    std::fs::remove_dir_all(&dir).ok();
-    let bad = std::env::temp_dir().join(format!("topolab-gpt2-{}.toml", std::process::id()));
+    let scratch = super::TempDir::new("gpt2");
+    let bad = scratch.join("gpt2.toml");
     std::fs::write(&bad, "batch = 64\n[model]\nname = \"gpt-2\"\n").unwrap();
     let out = topolab(&["run", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("needs") && stderr(&out).contains("lower `batch`"), "{}", stderr(&out));
-    std::fs::remove_file(&bad).ok();
 }
 
 #[test]
@@ -244,7 +243,7 @@ fn default_run_json_has_one_row_per_cluster_and_the_half_year_baseline() {
 
 #[test]
 fn sweep_writes_one_csv_row_per_point_and_names_the_best() {
-    let dir = std::env::temp_dir().join(format!("topolab-sweep-{}", std::process::id()));
+    let dir = super::TempDir::new("sweep");
     let out = topolab(&[
         "sweep",
         "scenarios/examples/inception-v3-sweep.toml",
@@ -270,7 +269,6 @@ fn sweep_writes_one_csv_row_per_point_and_names_the_best() {
     let pairs: std::collections::BTreeSet<(String, String)> =
         rows.iter().map(|r| (r[0].to_string(), r[1].to_string())).collect();
     assert_eq!(pairs.len(), 16, "every point once");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

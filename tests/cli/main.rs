@@ -1,10 +1,12 @@
 //! End-to-end tests of the `topolab` CLI: one binary, a module per area.
 
 mod check_scenarios;
+mod compare;
 mod conformance;
 mod inspect_commands;
 mod replay;
 mod reports;
+mod schema_walk;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -45,4 +47,37 @@ pub fn stderr(o: &Output) -> String {
 
 pub fn exists(p: &str) -> bool {
     Path::new(&root().join(p)).exists()
+}
+
+/// A scratch directory under the system's temporary folder that is removed when dropped, also
+/// when the test fails (the panic unwinds through it).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh, empty `topolab-NAME-PID` directory.
+    pub fn new(name: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!("topolab-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("the temporary folder is writable");
+        TempDir(d)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -5,14 +5,13 @@ use std::process::Command;
 
 use super::*;
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("topolab-report-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn tmp(name: &str) -> super::TempDir {
+    super::TempDir::new(&format!("report-{name}"))
 }
 
-/// Runs a sweep and a run with reports; returns (sweep report dir, comparison report dir).
-fn make_reports(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+/// Runs a sweep and a run with reports; returns (the scratch directory that holds them, sweep
+/// report dir, comparison report dir).
+fn make_reports(tag: &str) -> (super::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let base = tmp(tag);
     let (sweep, sweep_report) = (base.join("sweep"), base.join("sweep-report"));
     let out = topolab(&[
@@ -35,7 +34,7 @@ fn make_reports(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let cmp = base.join("compare");
     let out = topolab(&["report", a.to_str().unwrap(), b.to_str().unwrap(), "--out", cmp.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    (sweep_report, cmp)
+    (base, sweep_report, cmp)
 }
 
 fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -46,7 +45,7 @@ fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn a_sweep_report_has_every_file_with_the_scaling_chart() {
-    let (rep, cmp) = make_reports("files");
+    let (_scratch, rep, cmp) = make_reports("files");
     for dir in [&rep, &cmp] {
         for f in ["report.md", "report.html"] {
             assert!(std::fs::metadata(dir.join(f)).unwrap().len() > 0, "{f} in {}", dir.display());
@@ -102,13 +101,11 @@ fn chromium() -> Option<&'static str> {
 }
 
 #[test]
+#[ignore = "needs Debian's chromium (apt-get install chromium): cargo test -- --ignored"]
 fn a_headless_browser_renders_the_html_with_every_chart() {
-    let Some(browser) = chromium() else {
-        assert!(std::env::var_os("CI").is_none(), "CI must install chromium (see .ci/run)");
-        eprintln!("skipped: the browser test needs Debian's chromium (apt-get install chromium)");
-        return;
-    };
-    let (rep, _) = make_reports("browser");
+    let browser =
+        chromium().expect("this test needs Debian's chromium (apt-get install chromium; .ci/run installs it)");
+    let (_scratch, rep, _) = make_reports("browser");
     let html = rep.join("report.html");
     let profile = rep.join("chromium-profile");
     let shot = rep.join("screenshot.png");
@@ -159,5 +156,4 @@ fn a_headless_browser_renders_the_html_with_every_chart() {
     let total = px.len() / channels;
     // Charts, text and tables: far from a blank page.
     assert!(non_white * 100 > total * 3, "screenshot is nearly blank: {non_white} of {total} pixels drawn");
-    let _ = std::fs::remove_dir_all(rep.parent().unwrap());
 }

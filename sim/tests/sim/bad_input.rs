@@ -2,20 +2,27 @@
 
 use super::*;
 
+/// Validation refuses, with the numbers and at the field, what the simulator cannot run: `check`
+/// and `run` give the same answer before anything is simulated.
+fn refusal(text: &str) -> topolab_core::diagnostic::Diagnostic {
+    match topolab_core::scenario::Scenario::parse(text, "test.toml", "test", None) {
+        Err(topolab_core::scenario::ScenarioError::Invalid(ds)) => ds[0].clone(),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 #[test]
 fn a_model_too_big_for_the_gpu_is_refused_with_the_numbers() {
-    let s = scenario("batch = 8\n[model]\nname = \"gpt-2\"\n[hardware]\ngpu = \"k40\"\n", None);
-    let e = simulate(&s, &SimOptions::default()).unwrap_err();
-    assert!(e.is_bad_input());
-    let msg = e.to_string();
-    assert!(msg.contains("gpt-2 at batch 8 needs") && msg.contains("the k40 has 12 GiB"), "{msg}");
+    let d = refusal("batch = 8\n[model]\nname = \"gpt-2\"\n[hardware]\ngpu = \"k40\"\n");
+    assert_eq!(d.path, "batch");
+    assert!(d.message.contains("gpt-2 at batch 8 needs") && d.message.contains("the k40 has 12 GiB"), "{d}");
 }
 
 #[test]
 fn all_reduce_is_refused_until_it_is_planned() {
-    let s = scenario("batch = 8\n[model]\nname = \"alexnet\"\n[topology]\nkind = \"all-reduce\"\n", None);
-    let e = simulate(&s, &SimOptions::default()).unwrap_err();
-    assert!(e.is_bad_input() && e.to_string().contains("all-reduce"), "{e}");
+    let d = refusal("batch = 8\n[model]\nname = \"alexnet\"\n[topology]\nkind = \"all-reduce\"\n");
+    assert_eq!(d.path, "topology.kind");
+    assert!(d.message.contains("all-reduce topology is not implemented yet"), "{d}");
 }
 
 #[test]

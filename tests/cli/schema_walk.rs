@@ -1,0 +1,454 @@
+//! Nothing silently ignored: every field of the scenario schema either changes what is simulated
+//! or replayed, or is refused by validation with the reason. The test walks the JSON Schema, so a
+//! new field fails it until it has a probe below; each probe sets the field (in a context where
+//! it matters) and compares what the simulator and the runtime would do with and without it.
+
+use std::collections::BTreeSet;
+
+use topolab_core::scenario::{Scenario, ScenarioError};
+use topolab_runtime::launcher::ReplaySettings;
+use topolab_runtime::proxy::Proxy;
+use topolab_sim::SimOptions;
+
+/// Small and fast to simulate; every probe starts from it.
+const BASE: &str = r#"
+batch = 16
+[model]
+name = "resnet-50"
+[hardware]
+gpu = "v100"
+[network]
+nic = "10GbE"
+[topology]
+workers = 4
+ps = 2
+[training]
+steps = 6
+trace_steps = 2
+[runtime]
+scale = { params = 0.001 }
+"#;
+
+/// What a probe expects of its mutation.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// What the simulator or the runtime does differs from the context without the mutation.
+    Effect,
+    /// Validation refuses the scenario, naming this field (or the one given).
+    Refused(Option<&'static str>),
+    /// Text for people: `topolab run` prints it.
+    Printed,
+}
+use Expect::*;
+
+/// (field, context, mutation, expectation). Context and mutation are `path = value` lines
+/// (value `!` removes the field) applied to [`BASE`].
+type Probe = (&'static str, &'static [(&'static str, &'static str)], &'static [(&'static str, &'static str)], Expect);
+
+const TARGET: (&str, &str) = ("training.target", "{ metric = \"top1\", value = 0.5 }");
+const PROFILE: (&str, &str) = ("hardware.profile", "\"@PROFILE@\"");
+
+const PROBES: &[Probe] = &[
+    ("batch", &[], &[("batch", "32")], Effect),
+    ("cost.currency", &[TARGET], &[("cost.currency", "\"EUR\"")], Effect),
+    ("cost.currency", &[], &[("cost.currency", "\"EUR\"")], Refused(None)),
+    ("cost.gpu_hour", &[TARGET], &[("cost.gpu_hour", "3.0")], Effect),
+    ("cost.gpu_hour", &[], &[("cost.gpu_hour", "3.0")], Refused(None)),
+    ("cost.ps_hour", &[TARGET], &[("cost.ps_hour", "0.5")], Effect),
+    ("cost.ps_hour", &[TARGET, ("topology.ps_hosts", "\"colocated\"")], &[("cost.ps_hour", "0.5")], Refused(None)),
+    ("description", &[], &[("description", "\"a probe of the description\"")], Printed),
+    ("faults.checkpoint_bandwidth", &[], &[("faults.checkpoint_bandwidth", "\"1 GB/s\"")], Refused(None)),
+    ("faults.checkpoint_interval", &[], &[("faults.checkpoint_interval", "\"1 h\"")], Refused(None)),
+    ("faults.jitter", &[], &[("faults.jitter", "0.2")], Effect),
+    ("faults.mtbf", &[], &[("faults.mtbf", "\"24 h\"")], Refused(None)),
+    (
+        "faults.stragglers.count",
+        &[("faults.stragglers", "{ count = 1, slowdown = 2.0 }")],
+        &[("faults.stragglers", "{ count = 2, slowdown = 2.0 }")],
+        Effect,
+    ),
+    (
+        "faults.stragglers.slowdown",
+        &[("faults.stragglers", "{ count = 1, slowdown = 2.0 }")],
+        &[("faults.stragglers", "{ count = 1, slowdown = 3.0 }")],
+        Effect,
+    ),
+    ("hardware.efficiency", &[], &[("hardware.efficiency", "0.3")], Effect),
+    ("hardware.efficiency", &[PROFILE], &[("hardware.efficiency", "0.3")], Refused(None)),
+    ("hardware.gpu", &[], &[("hardware.gpu", "\"p100\"")], Effect),
+    (
+        "hardware.gpu_spec.fp16",
+        &[("hardware.precision", "\"fp16\"")],
+        &[("hardware.gpu_spec", "{ fp16 = \"50 TFLOP/s\" }")],
+        Effect,
+    ),
+    ("hardware.gpu_spec.fp32", &[], &[("hardware.gpu_spec", "{ fp32 = \"10 TFLOP/s\" }")], Effect),
+    ("hardware.gpu_spec.memory", &[], &[("hardware.gpu_spec", "{ memory = \"100 MiB\" }")], Refused(Some("batch"))),
+    (
+        "hardware.gpu_spec.memory_bandwidth",
+        &[],
+        &[("hardware.gpu_spec", "{ memory_bandwidth = \"1 TB/s\" }")],
+        Refused(None),
+    ),
+    (
+        "hardware.gpu_spec.source",
+        &[],
+        &[("hardware.gpu_spec", "{ fp32 = \"10 TFLOP/s\", source = \"a probe of the source\" }")],
+        Printed,
+    ),
+    ("hardware.gpus_per_host", &[], &[("hardware.gpus_per_host", "2")], Effect),
+    ("hardware.host_bus", &[("hardware.gpus_per_host", "4")], &[("hardware.host_bus", "\"nvlink2\"")], Effect),
+    ("hardware.host_bus", &[], &[("hardware.host_bus", "\"nvlink2\"")], Refused(None)),
+    (
+        "hardware.local_aggregation",
+        &[("hardware.gpus_per_host", "4")],
+        &[("hardware.local_aggregation", "false")],
+        Effect,
+    ),
+    ("hardware.local_aggregation", &[], &[("hardware.local_aggregation", "false")], Refused(None)),
+    ("hardware.precision", &[], &[("hardware.precision", "\"fp16\"")], Effect),
+    ("hardware.precision", &[("hardware.gpu", "\"k40\"")], &[("hardware.precision", "\"fp16\"")], Refused(None)),
+    ("hardware.precision", &[PROFILE], &[("hardware.precision", "\"fp16\"")], Refused(None)),
+    ("hardware.profile", &[], &[PROFILE], Effect),
+    ("hardware.ps_memory_bandwidth", &[], &[("hardware.ps_memory_bandwidth", "\"1 GB/s\"")], Effect),
+    ("hardware.ps_memory_bandwidth", &[PROFILE], &[("hardware.ps_memory_bandwidth", "\"1 GB/s\"")], Refused(None)),
+    ("hardware.shared_cores", &[], &[("hardware.shared_cores", "2")], Effect),
+    ("model.layers", &[], &[("model.name", "!"), ("model.layers", "\"@LAYERS@\"")], Effect),
+    ("model.name", &[], &[("model.name", "\"alexnet\"")], Effect),
+    ("name", &[], &[("name", "\"renamed\"")], Effect),
+    ("network.cpu_ns_per_byte", &[("hardware.shared_cores", "2")], &[("network.cpu_ns_per_byte", "5.0")], Effect),
+    ("network.cpu_ns_per_byte", &[], &[("network.cpu_ns_per_byte", "5.0")], Refused(None)),
+    ("network.fifo", &[("faults.jitter", "0.3")], &[("network.fifo", "\"5 ms\"")], Effect),
+    ("network.fifo", &[PROFILE], &[("network.fifo", "\"5 ms\"")], Refused(None)),
+    ("network.goodput", &[], &[("network.goodput", "0.5")], Effect),
+    ("network.goodput", &[PROFILE], &[("network.goodput", "0.5")], Refused(None)),
+    (
+        "network.hosts_per_rack",
+        &[("network.switch", "\"two-tier\""), ("network.oversubscription", "4.0")],
+        &[("network.hosts_per_rack", "2")],
+        Effect,
+    ),
+    ("network.hosts_per_rack", &[], &[("network.hosts_per_rack", "2")], Refused(None)),
+    ("network.latency", &[], &[("network.latency", "\"1 ms\"")], Effect),
+    ("network.message_overhead", &[], &[("network.message_overhead", "\"1 ms\"")], Effect),
+    ("network.message_overhead", &[PROFILE], &[("network.message_overhead", "\"1 ms\"")], Refused(None)),
+    ("network.nic", &[], &[("network.nic", "\"1GbE\"")], Effect),
+    (
+        "network.oversubscription",
+        &[("network.switch", "\"two-tier\""), ("network.hosts_per_rack", "2")],
+        &[("network.oversubscription", "4.0")],
+        Effect,
+    ),
+    ("network.oversubscription", &[], &[("network.oversubscription", "4.0")], Refused(None)),
+    (
+        "network.queue",
+        &[("faults.jitter", "0.3"), ("network.fifo", "\"20 ms\"")],
+        &[("network.queue", "\"200 us\"")],
+        Effect,
+    ),
+    ("network.queue", &[], &[("network.queue", "\"50 ms\"")], Refused(None)),
+    (
+        "network.ramp",
+        &[("network.ramp", "\"20 ms\""), ("network.ramp_share", "0.2")],
+        &[("network.ramp", "\"200 ms\"")],
+        Effect,
+    ),
+    ("network.ramp", &[], &[("network.ramp", "\"200 ms\"")], Refused(None)),
+    ("network.ramp", &[PROFILE], &[("network.ramp", "\"200 ms\""), ("network.ramp_share", "0.2")], Refused(None)),
+    (
+        "network.ramp_share",
+        &[("network.ramp", "\"200 ms\""), ("network.ramp_share", "0.2")],
+        &[("network.ramp_share", "0.6")],
+        Effect,
+    ),
+    ("network.ramp_share", &[], &[("network.ramp_share", "0.5")], Refused(None)),
+    (
+        "network.switch",
+        &[],
+        &[("network.switch", "\"two-tier\""), ("network.hosts_per_rack", "2"), ("network.oversubscription", "4.0")],
+        Effect,
+    ),
+    ("network.unfairness", &[], &[("network.unfairness", "0.5")], Effect),
+    ("network.unfairness", &[PROFILE], &[("network.unfairness", "0.5")], Refused(None)),
+    ("optimizer.kind", &[], &[("optimizer.kind", "\"adam\"")], Effect),
+    ("optimizer.learning_rate", &[], &[("optimizer.learning_rate", "0.05")], Effect),
+    ("runtime.backend", &[], &[("runtime.backend", "\"cuda\"")], Refused(None)),
+    ("runtime.checkpoint_every", &[], &[("runtime.checkpoint_every", "5")], Effect),
+    ("runtime.scale.flops", &[], &[("runtime.scale", "{ params = 0.001, flops = 0.5 }")], Effect),
+    (
+        "runtime.scale.flops",
+        &[("runtime.target_step_time", "\"1 ms\"")],
+        &[("runtime.scale", "{ params = 0.001, flops = 0.5 }")],
+        Refused(None),
+    ),
+    ("runtime.scale.params", &[], &[("runtime.scale", "{ params = 0.002 }")], Effect),
+    ("runtime.target_step_time", &[], &[("runtime.target_step_time", "\"1 us\"")], Effect),
+    ("seed", &[("faults.jitter", "0.2")], &[("seed", "7")], Effect),
+    ("sweep.batch", &[], &[("sweep.batch", "[8, 16]")], Effect),
+    ("sweep.gpu", &[], &[("sweep.gpu", "[\"v100\", \"p100\"]")], Effect),
+    ("sweep.mode", &[], &[("sweep.mode", "[\"sync\", \"async\"]")], Effect),
+    ("sweep.model", &[], &[("sweep.model", "[\"resnet-50\", \"alexnet\"]")], Effect),
+    ("sweep.nic", &[], &[("sweep.nic", "[\"1GbE\", \"10GbE\"]")], Effect),
+    ("sweep.placement", &[], &[("sweep.placement", "[\"greedy\", \"round-robin\"]")], Effect),
+    ("sweep.points[].batch", &[("sweep.points", "[{ batch = 8 }]")], &[("sweep.points", "[{ batch = 32 }]")], Effect),
+    (
+        "sweep.points[].gpu",
+        &[("sweep.points", "[{ gpu = \"v100\" }]")],
+        &[("sweep.points", "[{ gpu = \"p100\" }]")],
+        Effect,
+    ),
+    (
+        "sweep.points[].mode",
+        &[("sweep.points", "[{ mode = \"sync\" }]")],
+        &[("sweep.points", "[{ mode = \"async\" }]")],
+        Effect,
+    ),
+    (
+        "sweep.points[].model",
+        &[("sweep.points", "[{ model = \"resnet-50\" }]")],
+        &[("sweep.points", "[{ model = \"alexnet\" }]")],
+        Effect,
+    ),
+    (
+        "sweep.points[].nic",
+        &[("sweep.points", "[{ nic = \"10GbE\" }]")],
+        &[("sweep.points", "[{ nic = \"1GbE\" }]")],
+        Effect,
+    ),
+    (
+        "sweep.points[].placement",
+        &[("sweep.points", "[{ placement = \"round-robin\" }]")],
+        &[("sweep.points", "[{ placement = \"greedy\" }]")],
+        Effect,
+    ),
+    ("sweep.points[].ps", &[("sweep.points", "[{ ps = 1 }]")], &[("sweep.points", "[{ ps = 2 }]")], Effect),
+    (
+        "sweep.points[].workers",
+        &[("sweep.points", "[{ workers = 1 }]")],
+        &[("sweep.points", "[{ workers = 2 }]")],
+        Effect,
+    ),
+    ("sweep.ps", &[], &[("sweep.ps", "[1, 2]")], Effect),
+    ("sweep.workers", &[], &[("sweep.workers", "[1, 2]")], Effect),
+    ("topology.algorithm", &[], &[("topology.algorithm", "\"tree\"")], Refused(None)),
+    (
+        "topology.backup_workers",
+        &[("topology.mode", "\"backup\""), ("topology.backup_workers", "1"), ("faults.jitter", "0.2")],
+        &[("topology.backup_workers", "2")],
+        Effect,
+    ),
+    ("topology.backup_workers", &[], &[("topology.backup_workers", "1")], Refused(None)),
+    ("topology.fusion_buffer", &[], &[("topology.fusion_buffer", "\"1 MiB\"")], Refused(None)),
+    ("topology.kind", &[], &[("topology.kind", "\"all-reduce\"")], Refused(None)),
+    ("topology.mode", &[], &[("topology.mode", "\"async\"")], Effect),
+    (
+        "topology.partition_threshold",
+        &[("topology.placement", "\"partitioned\"")],
+        &[("topology.partition_threshold", "\"1 MiB\"")],
+        Effect,
+    ),
+    ("topology.partition_threshold", &[], &[("topology.partition_threshold", "\"1 MiB\"")], Refused(None)),
+    ("topology.placement", &[], &[("topology.placement", "\"greedy\"")], Effect),
+    ("topology.ps", &[], &[("topology.ps", "1")], Effect),
+    ("topology.ps_hosts", &[], &[("topology.ps_hosts", "\"colocated\"")], Effect),
+    (
+        "topology.staleness",
+        &[
+            ("topology.mode", "\"stale-synchronous\""),
+            ("topology.staleness", "1"),
+            ("faults.stragglers", "{ count = 1, slowdown = 3.0 }"),
+        ],
+        &[("topology.staleness", "4")],
+        Effect,
+    ),
+    ("topology.staleness", &[("topology.mode", "\"async\"")], &[("topology.staleness", "2")], Refused(None)),
+    ("topology.workers", &[], &[("topology.workers", "2")], Effect),
+    ("training.overlap", &[], &[("training.overlap", "false")], Effect),
+    (
+        "training.staleness_penalty",
+        &[TARGET, ("topology.mode", "\"async\"")],
+        &[("training.staleness_penalty", "0.2")],
+        Effect,
+    ),
+    ("training.staleness_penalty", &[TARGET], &[("training.staleness_penalty", "0.2")], Refused(None)),
+    ("training.steps", &[], &[("training.steps", "8")], Effect),
+    ("training.target.metric", &[TARGET], &[("training.target", "{ metric = \"top5\", value = 0.5 }")], Refused(None)),
+    ("training.target.value", &[TARGET], &[("training.target", "{ metric = \"top1\", value = 0.6 }")], Effect),
+    ("training.trace_steps", &[], &[("training.trace_steps", "1")], Effect),
+];
+
+/// Every leaf field of the schema, as a dotted path (`[]` for the items of an array of tables).
+fn schema_fields() -> BTreeSet<String> {
+    fn resolve<'a>(defs: &'a serde_json::Value, s: &'a serde_json::Value) -> &'a serde_json::Value {
+        if let Some(r) = s["$ref"].as_str() {
+            return resolve(defs, &defs[r.rsplit('/').next().unwrap()]);
+        }
+        if let Some(any) = s["anyOf"].as_array() {
+            return resolve(defs, any.iter().find(|a| a["type"] != "null").unwrap());
+        }
+        s
+    }
+    fn walk(defs: &serde_json::Value, s: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
+        let s = resolve(defs, s);
+        let join = |k: &str| if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+        if let Some(props) = s["properties"].as_object() {
+            for (k, v) in props {
+                walk(defs, v, &join(k), out);
+            }
+        } else if s["type"] == "array" && resolve(defs, &s["items"])["properties"].is_object() {
+            walk(defs, &s["items"], &format!("{prefix}[]"), out);
+        } else {
+            out.insert(prefix.to_string());
+        }
+    }
+    let schema = topolab_core::scenario::json_schema();
+    let mut out = BTreeSet::new();
+    walk(&schema["$defs"], &schema, "", &mut out);
+    out
+}
+
+/// [`BASE`] with `sets` applied, as TOML text.
+fn scenario_text(sets: &[(&str, &str)], subst: &[(&str, String)]) -> String {
+    let mut doc: toml::Table = toml::from_str(BASE).unwrap();
+    for (path, value) in sets {
+        let keys: Vec<&str> = path.split('.').collect();
+        let mut t = &mut doc;
+        for k in &keys[..keys.len() - 1] {
+            t = t
+                .entry(k.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .unwrap();
+        }
+        let last = keys[keys.len() - 1];
+        if *value == "!" {
+            t.remove(last);
+        } else {
+            let mut v = value.to_string();
+            for (from, to) in subst {
+                v = v.replace(from, to);
+            }
+            let parsed: toml::Table = toml::from_str(&format!("x = {v}")).unwrap();
+            t.insert(last.to_string(), parsed["x"].clone());
+        }
+    }
+    toml::to_string(&doc).unwrap()
+}
+
+/// What the simulator and the runtime would do with `s`, minus the records of the scenario
+/// itself (its hash and seed), which change with any field.
+fn behaviour(s: &Scenario) -> String {
+    let opts = SimOptions::default();
+    let configs = s.configurations().unwrap();
+    let mut out = String::new();
+    for (point, c) in &configs {
+        out.push_str(&format!("config {:?} {}\n", point.values(), c.spec.name));
+        let (run, ttt) = if c.spec.training.target.is_some() {
+            let (run, t) = topolab_sim::target::time_to_target(c, &opts).unwrap();
+            (run, Some(serde_json::to_string(&t).unwrap()))
+        } else {
+            (topolab_sim::simulate(c, &opts).unwrap(), None)
+        };
+        let mut summary = serde_json::to_value(&run.summary).unwrap();
+        summary["scenario_hash"] = serde_json::Value::Null;
+        summary["seed"] = serde_json::Value::Null;
+        let mut steps = Vec::new();
+        topolab_core::records::write_steps_csv(&run.steps, &mut steps).unwrap();
+        out.push_str(&format!("{summary}\n{}\n", String::from_utf8(steps).unwrap()));
+        out.push_str(&String::from_utf8(topolab_sim::chrome_trace(&run.trace)).unwrap());
+        out.push_str(&format!("{ttt:?}\n"));
+    }
+    // The runtime: the proxy model and the tasks' settings.
+    let r = ReplaySettings::of(s);
+    let proxy = Proxy::new(s, r.params_scale, r.flops_scale);
+    let init: f64 = proxy.init(r.seed).iter().flatten().map(|&x| f64::from(x)).sum();
+    out.push_str(&format!(
+        "replay params {:?} macs {} lr {} checkpoint_every {} init {init}\n",
+        proxy.var_sizes(),
+        proxy.layers.iter().map(|l| l.macs()).sum::<u64>(),
+        r.learning_rate,
+        r.checkpoint_every
+    ));
+    out
+}
+
+#[test]
+fn every_scenario_field_takes_effect_or_is_refused() {
+    let fields = schema_fields();
+    let probed: BTreeSet<String> = PROBES.iter().map(|p| p.0.to_string()).collect();
+    let unprobed: Vec<&String> = fields.difference(&probed).collect();
+    assert!(unprobed.is_empty(), "schema fields without a probe (add one to PROBES): {unprobed:?}");
+    let stale: Vec<&String> = probed.difference(&fields).collect();
+    assert!(stale.is_empty(), "probes of fields the schema no longer has: {stale:?}");
+
+    let d = super::TempDir::new("schema-walk");
+    let profile = d.join("profile.toml");
+    std::fs::write(&profile, PROFILE_TOML).unwrap();
+    let layers = super::root().join("scenarios/examples/tiny-mlp.csv");
+    let subst = [("@PROFILE@", profile.display().to_string()), ("@LAYERS@", layers.display().to_string())];
+    let parse = |text: &str| Scenario::parse(text, "probe.toml", "probe", None);
+    let mut failures = Vec::new();
+    for (field, context, mutation, expect) in PROBES {
+        let before = scenario_text(context, &subst);
+        let mut all: Vec<(&str, &str)> = context.to_vec();
+        all.extend_from_slice(mutation);
+        let after = scenario_text(&all, &subst);
+        let base = match parse(&before) {
+            Ok(s) => s,
+            Err(e) => {
+                failures.push(format!("{field}: the context itself is invalid: {e}\n{before}"));
+                continue;
+            }
+        };
+        match (expect, parse(&after)) {
+            (Refused(path), Err(ScenarioError::Invalid(ds))) => {
+                let want = path.unwrap_or(field);
+                if !ds.iter().any(|d| d.path == want) {
+                    failures.push(format!("{field}: refused, but not at `{want}`: {ds:?}"));
+                }
+            }
+            (Refused(_), Ok(_)) => failures.push(format!("{field}: accepted where it has no effect\n{after}")),
+            (Effect | Printed, Err(e)) => {
+                failures.push(format!("{field}: refused where it should take effect: {e}\n{after}"))
+            }
+            (Effect, Ok(s)) => {
+                if behaviour(&s) == behaviour(&base) {
+                    failures.push(format!("{field}: accepted but changes nothing\n{after}"));
+                }
+            }
+            (Printed, Ok(_)) => {
+                let f = d.join("printed.toml");
+                std::fs::write(&f, &after).unwrap();
+                let out = super::topolab(&["run", f.to_str().unwrap()]);
+                let text = super::stdout(&out);
+                if !text.contains("a probe of the") {
+                    failures.push(format!("{field}: not printed by `topolab run`:\n{text}{}", super::stderr(&out)));
+                }
+            }
+            (_, Err(e)) => failures.push(format!("{field}: cannot be read: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} probes failed:\n{}", failures.len(), PROBES.len(), failures.join("\n\n"));
+}
+
+/// A calibrated profile, as `topolab calibrate` writes one (figures of a small machine).
+const PROFILE_TOML: &str = r#"
+raw = []
+[machine]
+cpu = "probe"
+cores = 2
+memory = "24 GiB"
+date = "2026-12-01T00:00:00Z"
+launcher = "netns"
+congestion_control = "cubic"
+[fitted]
+compute_rate = "40 GFLOP/s"
+cores = 2
+goodput = 0.95
+message_overhead = "40 us"
+ps_memory_bandwidth = "4 GB/s"
+startup = "5 ms"
+elementwise_ns_per_value = 0.5
+layer_overhead = "3 us"
+copy_ns_per_byte = 1.4
+"#;
