@@ -12,6 +12,7 @@
 //! - [`hardware`]: the GPU, NIC and host-bus catalogue, each figure with its source.
 //! - [`placement`]: variables onto parameter-server shards (round-robin, greedy, partitioned).
 //! - [`plan`]: the per-step DAG of ops that the simulator times and the runtime performs.
+//! - [`best`]: the fastest, the cheapest and the Pareto front of a sweep, in the same words everywhere.
 //! - [`compare`]: two runs or two sweeps, metric by metric, against a regression threshold.
 //! - [`records`]: [`records::StepRecord`] and [`records::RunSummary`], identical for simulated
 //!   and measured runs, with CSV and JSON readers and writers.
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod atomic;
+pub mod best;
 pub mod compare;
 pub mod convergence;
 pub mod diagnostic;

@@ -150,19 +150,25 @@ pub struct Breakdown {
     pub wait: f64,
 }
 
-/// Busy fractions of the main resources over the run (0..1).
+/// Busy fractions of the main resources over the run (0..1). A NIC figure is `None` (JSON
+/// `null`, an empty CSV cell) where it was not measured: replays do not sample NIC counters.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Utilization {
     /// Mean GPU busy fraction.
     pub gpu: f64,
     /// Busiest parameter-server NIC, inbound.
-    pub ps_nic_in_max: f64,
+    pub ps_nic_in_max: Option<f64>,
     /// Busiest parameter-server NIC, outbound.
-    pub ps_nic_out_max: f64,
+    pub ps_nic_out_max: Option<f64>,
     /// Busiest worker NIC, inbound.
-    pub worker_nic_in_max: f64,
+    pub worker_nic_in_max: Option<f64>,
     /// Busiest worker NIC, outbound.
-    pub worker_nic_out_max: f64,
+    pub worker_nic_out_max: Option<f64>,
+}
+
+/// A busy fraction as a percentage, or "not measured".
+pub fn percent_or_not_measured(x: Option<f64>) -> String {
+    x.map_or_else(|| "not measured".to_string(), |v| format!("{:.0}%", v * 100.0))
 }
 
 /// The summary of one run, simulated or measured.
@@ -294,10 +300,10 @@ impl RunSummary {
             f(self.breakdown_s.exposed_comm),
             f(self.breakdown_s.wait),
             f(self.utilization.gpu),
-            f(self.utilization.ps_nic_in_max),
-            f(self.utilization.ps_nic_out_max),
-            f(self.utilization.worker_nic_in_max),
-            f(self.utilization.worker_nic_out_max),
+            self.utilization.ps_nic_in_max.map(f).unwrap_or_default(),
+            self.utilization.ps_nic_out_max.map(f).unwrap_or_default(),
+            self.utilization.worker_nic_in_max.map(f).unwrap_or_default(),
+            self.utilization.worker_nic_out_max.map(f).unwrap_or_default(),
             self.bottleneck.clone(),
             self.events.to_string(),
             self.wall_s.map(f).unwrap_or_default(),
@@ -343,6 +349,7 @@ pub fn read_summaries_csv<R: Read>(input: R, origin: &str) -> Result<Vec<RunSumm
         let get = |i: usize| rec.get(i).unwrap_or("");
         let num = |i: usize| get(i).parse::<f64>().map_err(|_| bad(SUMMARY_COLUMNS[i]));
         let int = |i: usize| get(i).parse::<u64>().map_err(|_| bad(SUMMARY_COLUMNS[i]));
+        let opt = |i: usize| if get(i).is_empty() { Ok(None) } else { num(i).map(Some) };
         out.push(RunSummary {
             scenario: get(0).into(),
             scenario_hash: get(1).into(),
@@ -357,10 +364,10 @@ pub fn read_summaries_csv<R: Read>(input: R, origin: &str) -> Result<Vec<RunSumm
             breakdown_s: Breakdown { compute: num(13)?, exposed_comm: num(14)?, wait: num(15)? },
             utilization: Utilization {
                 gpu: num(16)?,
-                ps_nic_in_max: num(17)?,
-                ps_nic_out_max: num(18)?,
-                worker_nic_in_max: num(19)?,
-                worker_nic_out_max: num(20)?,
+                ps_nic_in_max: opt(17)?,
+                ps_nic_out_max: opt(18)?,
+                worker_nic_in_max: opt(19)?,
+                worker_nic_out_max: opt(20)?,
             },
             bottleneck: get(21).into(),
             events: int(22)?,
@@ -457,10 +464,10 @@ mod tests {
             breakdown_s: Breakdown { compute: 0.3, exposed_comm: 0.1, wait: 0.1 },
             utilization: Utilization {
                 gpu: 0.6,
-                ps_nic_in_max: 0.9,
-                ps_nic_out_max: 0.8,
-                worker_nic_in_max: 0.2,
-                worker_nic_out_max: 0.1,
+                ps_nic_in_max: Some(0.9),
+                ps_nic_out_max: Some(0.8),
+                worker_nic_in_max: Some(0.2),
+                worker_nic_out_max: None,
             },
             bottleneck: "PS shard 0 egress".into(),
             events: 1234,

@@ -20,6 +20,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use charts::{BreakdownChart, Chart, LineChart, ParetoChart, ScatterChart, Series, TimelineChart, quote};
+use topolab_core::best;
 use topolab_core::records::{self, RunSummary, StepRecord, SweepRecord};
 
 /// Why a report could not be made.
@@ -286,11 +287,31 @@ fn summary_table(name: &str, s: &RunSummary) -> Table {
         ("GPU busy", format!("{:.0}%", s.utilization.gpu * 100.0)),
         (
             "busiest PS NIC in / out",
-            format!("{:.0}% / {:.0}%", s.utilization.ps_nic_in_max * 100.0, s.utilization.ps_nic_out_max * 100.0),
+            format!(
+                "{} / {}",
+                records::percent_or_not_measured(s.utilization.ps_nic_in_max),
+                records::percent_or_not_measured(s.utilization.ps_nic_out_max)
+            ),
         ),
         ("bottleneck", s.bottleneck.clone()),
         ("scenario hash / seed / version", format!("{} / {} / {}", s.scenario_hash, s.seed, s.version)),
     ];
+    let mut rows = rows;
+    if let Some(t) = &s.target {
+        rows.push(("time to target", best::human_duration(t.time_to_target_s)));
+        rows.push(("cost / GPU-hours", format!("{:.0} {} / {:.0}", t.cost, t.currency, t.gpu_hours)));
+    }
+    if let Some(r) = &s.replay {
+        rows.push(("launcher / TCP congestion control", format!("{} / {}", r.launcher, r.congestion_control)));
+        for l in &r.latencies {
+            let what = match l.what.as_str() {
+                "step" => "step latency p50 / p99 (ms)",
+                "pull" => "pull latency p50 / p99 (ms)",
+                _ => "push latency p50 / p99 (ms)",
+            };
+            rows.push((what, format!("{:.3} / {:.3}", l.p50_ms, l.p99_ms)));
+        }
+    }
     Table {
         name: format!("{name}-summary"),
         title: "Run summary".into(),
@@ -403,17 +424,16 @@ fn sweep_section(s: &SweepInput, name: &str) -> Result<Section, ReportError> {
         })
         .collect();
     // Best configurations first.
-    let by_time =
-        best(&s.rows, |r| r.target.as_ref().map_or(-r.summary.throughput_samples_per_s, |t| t.time_to_target_s));
+    let by_time = best::fastest(&s.rows);
     let mut best_rows = Vec::new();
     if let Some(i) = by_time {
         best_rows.push(vec![
             if with_target { "fastest to target" } else { "highest throughput" }.to_string(),
-            describe(&s.rows[i]),
+            best::describe(&s.rows[i]),
         ]);
     }
-    if with_target && let Some(i) = best(&s.rows, |r| r.target.as_ref().map_or(f64::INFINITY, |t| t.cost)) {
-        best_rows.push(vec!["cheapest".into(), describe(&s.rows[i])]);
+    if let Some(i) = best::cheapest(&s.rows) {
+        best_rows.push(vec!["cheapest".into(), best::describe(&s.rows[i])]);
     }
     sec.tables.push(Table {
         name: format!("{slug}-best"),
@@ -478,18 +498,12 @@ fn sweep_section(s: &SweepInput, name: &str) -> Result<Section, ReportError> {
         let pts: Vec<(String, f64, f64)> = s
             .rows
             .iter()
-            .filter_map(|r| r.target.as_ref().map(|t| (describe(r), t.time_to_target_s / 3600.0, t.cost)))
+            .filter_map(|r| r.target.as_ref().map(|t| (best::describe(r), t.time_to_target_s / 3600.0, t.cost)))
             .collect();
-        let mut order: Vec<usize> = (0..pts.len()).collect();
-        order.sort_by(|&a, &b| pts[a].1.total_cmp(&pts[b].1).then(pts[a].2.total_cmp(&pts[b].2)));
-        let mut front = Vec::new();
-        let mut best_cost = f64::INFINITY;
-        for i in order {
-            if pts[i].2 < best_cost {
-                best_cost = pts[i].2;
-                front.push(i);
-            }
-        }
+        // Indices among the rows with a target, which is what `pts` holds.
+        let with: Vec<usize> = (0..s.rows.len()).filter(|&i| s.rows[i].target.is_some()).collect();
+        let front: Vec<usize> =
+            best::pareto(&s.rows).into_iter().filter_map(|i| with.iter().position(|&w| w == i)).collect();
         let currency = s.rows.iter().find_map(|r| r.target.as_ref().map(|t| t.currency.clone())).unwrap_or_default();
         let n = format!("{slug}-pareto");
         sec.charts.push(
@@ -537,20 +551,6 @@ fn validation_section(v: &ValidationInput, name: &str) -> Result<Section, Report
         .map_err(chart_err(&n))?,
     );
     Ok(sec)
-}
-
-fn best(rows: &[SweepRecord], key: impl Fn(&SweepRecord) -> f64) -> Option<usize> {
-    (0..rows.len()).min_by(|&a, &b| key(&rows[a]).total_cmp(&key(&rows[b])))
-}
-
-fn describe(r: &SweepRecord) -> String {
-    let mut d = format!("{} x {}, {} PS, {} {}, {}", r.workers, r.gpu, r.ps, r.mode, r.placement, r.nic);
-    if let Some(t) = &r.target {
-        d.push_str(&format!(": {:.1} h, {:.0} {}", t.time_to_target_s / 3600.0, t.cost, t.currency));
-    } else {
-        d.push_str(&format!(": {:.1} samples/s", r.summary.throughput_samples_per_s));
-    }
-    d
 }
 
 /// Two runs side by side: A (e.g. predicted) and B (e.g. measured).

@@ -254,10 +254,10 @@ fn summarize(s: &Scenario, plan: &Plan, o: &Outcome) -> RunSummary {
     let gpu = if makespan.0 > 0 { o.gpu_busy_ns as f64 / (f64::from(t.workers) * makespan.0 as f64) } else { 0.0 };
     let utilization = Utilization {
         gpu,
-        ps_nic_in_max: ps_in.0,
-        ps_nic_out_max: ps_out.0,
-        worker_nic_in_max: w_in.0,
-        worker_nic_out_max: w_out.0,
+        ps_nic_in_max: Some(ps_in.0),
+        ps_nic_out_max: Some(ps_out.0),
+        worker_nic_in_max: Some(w_in.0),
+        worker_nic_out_max: Some(w_out.0),
     };
     let step_time = records::step_time_stats(&o.steps);
     let bottleneck = bottleneck(s, plan, &breakdown, step_time.mean, [ps_in, ps_out, w_in, w_out, rack], gpu);
@@ -282,9 +282,14 @@ fn summarize(s: &Scenario, plan: &Plan, o: &Outcome) -> RunSummary {
     }
 }
 
-/// Names the bottleneck in words. A step is compute, exposed communication and waiting for
-/// aggregation; when compute is not nearly all of it, the larger of the other two is named,
-/// with the busiest network resource and why it is busy.
+/// Names the bottleneck in words: what limits the step, and what would help. A step is compute,
+/// exposed communication and waiting for aggregation; when compute is not nearly all of it, the
+/// larger of the other two is named, with the busiest network resource and why it is busy.
+///
+/// A link's busy fraction is over the whole run: where pulls and pushes alternate (a PS shard
+/// sends during the pull phase, receives during the push phase) a link that is saturated
+/// whenever it is used shows about 50% in each direction, so the text says so instead of
+/// reading as half idle.
 fn bottleneck(
     s: &Scenario,
     plan: &Plan,
@@ -297,26 +302,30 @@ fn bottleneck(
     let (c, e, w) = (b.compute / step * 100.0, b.exposed_comm / step * 100.0, b.wait / step * 100.0);
     if c >= 90.0 {
         return format!(
-            "GPU compute: {c:.0}% of the step computes on the {} ({:.0}% busy overall)",
+            "GPU compute limits the step: {c:.0}% of it computes on the {} ({:.0}% busy overall); \
+             more workers raise throughput, a faster GPU shortens the step",
             s.gpu.name,
             gpu * 100.0
         );
     }
     if w > e {
         return format!(
-            "waiting for aggregation: {w:.0}% of the step waits for other workers' gradients and the PS apply"
+            "waiting for aggregation limits the step: {w:.0}% of it waits for other workers' gradients and the PS apply; \
+             backup workers (mode = \"backup\") or async training stop fast workers waiting for slow ones"
         );
     }
     let (busy, res) = nets.iter().fold((0.0, None), |acc, &(x, r)| if x > acc.0 { (x, r) } else { acc });
     let tail = format!("communication not hidden behind compute is {e:.0}% of the step, compute {c:.0}%");
     let Some(r) = res.filter(|_| busy >= 0.2) else {
         return format!(
-            "exposed communication: {tail}, with no link busy (latency {} and per-message overhead {} dominate)",
+            "latency limits the step: {tail}, with no link busy; latency {} and per-message overhead {} per message dominate: \
+             fewer, larger messages (fewer variables or PS shards) would help",
             s.spec.network.latency, s.spec.network.message_overhead
         );
     };
     let pct = busy * 100.0;
     let dir = if r.outbound { "egress" } else { "ingress" };
+    let phase = if r.outbound { "pulls" } else { "pushes" };
     let shard_of = |owner: ResourceOwner| match owner {
         ResourceOwner::Ps(p) => Some(p),
         ResourceOwner::Worker(w) if plan.ps_hosts == PsHosts::Colocated && w < plan.ps => Some(w),
@@ -326,18 +335,31 @@ fn bottleneck(
         let bytes = plan.placement.shard_bytes();
         let total: u64 = bytes.iter().map(|x| x.0).sum();
         let share = bytes[shard as usize].0 as f64 / total.max(1) as f64 * 100.0;
+        let even = 100.0 / f64::from(plan.ps.max(1));
+        let help = if share > even * 1.2 {
+            format!(
+                "a placement that spreads the bytes (placement = \"greedy\" or \"partitioned\": {even:.0}% per shard), more PS shards or faster NICs would help"
+            )
+        } else {
+            "more PS shards or faster NICs would help".to_string()
+        };
         return format!(
-            "PS shard {shard} {dir} is busy {pct:.0}% of the time: {} placement put {share:.0}% of the bytes on it; {tail}",
+            "PS shard {shard}'s NIC limits the step: {} placement put {share:.0}% of the bytes on it; its {dir} is busy {pct:.0}% of the \
+             whole run, carrying the {phase} (pulls and pushes alternate, so a link saturated while in use reads about 50%); {tail}; {help}",
             plan.placement.kind.as_str()
         );
     }
     match r.owner {
         ResourceOwner::Rack(k) => format!(
-            "rack {k} {} is busy {pct:.0}% of the time ({}:1 oversubscription); {tail}",
+            "rack {k}'s {} limits the step: busy {pct:.0}% of the run at {}:1 oversubscription; {tail}; a less oversubscribed fabric or fewer racks would help",
             if r.outbound { "uplink" } else { "downlink" },
             s.spec.network.oversubscription
         ),
-        _ => format!("worker NIC {dir} is busy {pct:.0}% of the time ({} NICs); {tail}", s.nic),
+        _ => format!(
+            "the workers' {} NICs limit the step: their {dir} is busy {pct:.0}% of the whole run, carrying the {phase}; {tail}; \
+             faster NICs, or overlapping pushes with backprop (training.overlap), would help",
+            s.nic
+        ),
     }
 }
 

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use topolab_core::records::percent_or_not_measured as pct_of;
 use topolab_core::scenario::Scenario;
 use topolab_sim::target::TimeToTarget;
 use topolab_sim::{SimOptions, SimRun};
@@ -166,12 +167,12 @@ fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Res
     let u = &sum.utilization;
     writeln!(
         out,
-        "Utilization   GPU {:.0}% | busiest PS NIC in {:.0}% out {:.0}% | busiest worker NIC in {:.0}% out {:.0}%",
+        "Utilization   GPU {:.0}% | busiest PS NIC in {} out {} | busiest worker NIC in {} out {}",
         u.gpu * 100.0,
-        u.ps_nic_in_max * 100.0,
-        u.ps_nic_out_max * 100.0,
-        u.worker_nic_in_max * 100.0,
-        u.worker_nic_out_max * 100.0
+        pct_of(u.ps_nic_in_max),
+        pct_of(u.ps_nic_out_max),
+        pct_of(u.worker_nic_in_max),
+        pct_of(u.worker_nic_out_max)
     )?;
     writeln!(out, "Bottleneck    {}", sum.bottleneck)?;
     if !run.detail.staleness.is_empty() {

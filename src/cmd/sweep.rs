@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use rayon::prelude::*;
+use topolab_core::best;
 use topolab_core::records::{RunSummary, SweepRecord};
 use topolab_core::scenario::{PsHosts, Scenario, SweepPoint};
 use topolab_sim::SimOptions;
@@ -111,16 +112,20 @@ fn simulate_one(s: &Scenario, opts: &SimOptions) -> anyhow::Result<(RunSummary, 
     }
 }
 
-fn days(s: f64) -> String {
-    if s >= 86400.0 { format!("{:.1} d", s / 86400.0) } else { format!("{:.1} h", s / 3600.0) }
-}
-
 /// The comparison table: one row per configuration.
 pub fn table(rows: &[Row], human: bool) -> Table {
     let with_target = rows.iter().any(|r| r.target.is_some());
     let mut header = vec!["gpu", "workers", "ps", "mode", "placement", "nic", "samples_per_s", "step_s"];
+    // The speedup is relative to the first row: say so unless that row is one GPU.
+    let one_gpu =
+        rows.first().is_some_and(|r| r.scenario.spec.topology.workers * r.scenario.spec.hardware.gpus_per_host == 1);
     if with_target {
-        header.extend(["time_to_target", "speedup", "gpu_hours", "cost"]);
+        header.extend([
+            "time_to_target",
+            if one_gpu { "speedup_vs_1_gpu" } else { "speedup_vs_row_1" },
+            "gpu_hours",
+            "cost",
+        ]);
     }
     header.push("bottleneck");
     let mut t = Table::new(header).right_align(&[1, 2, 6, 7, 8, 9, 10, 11]);
@@ -140,7 +145,11 @@ pub fn table(rows: &[Row], human: bool) -> Table {
         if with_target {
             match &r.target {
                 Some(tt) => {
-                    row.push(if human { days(tt.time_to_target_s) } else { format!("{:.0}", tt.time_to_target_s) });
+                    row.push(if human {
+                        best::human_duration(tt.time_to_target_s)
+                    } else {
+                        format!("{:.0}", tt.time_to_target_s)
+                    });
                     row.push(base_time.map_or("-".into(), |b| format!("{:.1}x", b / tt.time_to_target_s)));
                     row.push(format!("{:.0}", tt.gpu_hours));
                     row.push(if human { format!("{:.0} {}", tt.cost, tt.currency) } else { format!("{:.2}", tt.cost) });
@@ -188,24 +197,9 @@ pub fn json_rows(rows: &[Row]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Indices of the Pareto front of (time, cost), sorted by time: no other row is both faster
-/// and cheaper.
-pub fn pareto(rows: &[Row]) -> Vec<usize> {
-    let key = |r: &Row| r.target.as_ref().map(|t| (t.time_to_target_s, t.cost));
-    let mut idx: Vec<usize> = (0..rows.len()).filter(|&i| key(&rows[i]).is_some()).collect();
-    idx.sort_by(|&a, &b| {
-        key(&rows[a]).unwrap().partial_cmp(&key(&rows[b]).unwrap()).unwrap_or(std::cmp::Ordering::Equal)
-    });
-    let mut front = Vec::new();
-    let mut best_cost = f64::INFINITY;
-    for i in idx {
-        let (_, c) = key(&rows[i]).unwrap();
-        if c < best_cost {
-            best_cost = c;
-            front.push(i);
-        }
-    }
-    front
+/// The sweep.csv records of the rows.
+pub fn records(rows: &[Row]) -> Vec<SweepRecord> {
+    rows.iter().map(record).collect()
 }
 
 /// The sweep.csv record of a row.
@@ -260,8 +254,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     match a.format {
         Format::Json => print_json(&serde_json::json!({
-            "rows": json_rows(&rows), "best_by_time": best(&rows, false), "best_by_cost": best(&rows, true),
-            "pareto": pareto(&rows), "sim_wall_s": wall, "csv": csv_path.as_ref().map(|p| p.display().to_string()),
+            "rows": json_rows(&rows), "best_by_time": best::fastest(&records(&rows)), "best_by_cost": best::cheapest(&records(&rows)),
+            "pareto": best::pareto(&records(&rows)), "sim_wall_s": wall, "csv": csv_path.as_ref().map(|p| p.display().to_string()),
         }))?,
         Format::Csv => table(&rows, false).write_csv(std::io::stdout().lock())?,
         Format::Table => {
@@ -292,48 +286,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Index of the best row by time to target (or by step throughput without a target), or by cost.
-fn best(rows: &[Row], by_cost: bool) -> Option<usize> {
-    let key = |r: &Row| match (&r.target, by_cost) {
-        (Some(t), false) => t.time_to_target_s,
-        (Some(t), true) => t.cost,
-        (None, _) => -r.summary.throughput_samples_per_s,
-    };
-    (0..rows.len()).min_by(|&a, &b| key(&rows[a]).total_cmp(&key(&rows[b])))
-}
-
-fn describe(r: &Row) -> String {
-    let s = &r.scenario;
-    let mut d = format!(
-        "{} workers x {} {}, {} PS, {} {}, {} NICs",
-        s.spec.topology.workers,
-        s.spec.hardware.gpus_per_host,
-        s.gpu.name,
-        s.spec.topology.ps,
-        s.spec.topology.mode.as_str(),
-        s.spec.topology.placement.as_str(),
-        s.nic
-    );
-    match &r.target {
-        Some(t) => d.push_str(&format!(": {} to {}, {:.0} {}", days(t.time_to_target_s), t.target, t.cost, t.currency)),
-        None => d.push_str(&format!(": {:.1} samples/s", r.summary.throughput_samples_per_s)),
-    }
-    d
-}
-
-/// Prints the best configurations and the Pareto front.
+/// Prints the best configurations and the Pareto front (chosen and worded by
+/// [`topolab_core::best`], as the reports do).
 pub fn print_best(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {
-    if let Some(i) = best(rows, false) {
-        let what = if rows[i].target.is_some() { "time" } else { "throughput" };
-        writeln!(out, "\nBest by {what}: {}", describe(&rows[i]))?;
+    let records: Vec<SweepRecord> = rows.iter().map(record).collect();
+    if let Some(i) = best::fastest(&records) {
+        let what = if records[i].target.is_some() { "time" } else { "throughput" };
+        writeln!(out, "\nBest by {what}: {}", best::describe(&records[i]))?;
     }
-    if rows.iter().any(|r| r.target.is_some()) {
-        if let Some(i) = best(rows, true) {
-            writeln!(out, "Best by cost: {}", describe(&rows[i]))?;
-        }
+    if let Some(i) = best::cheapest(&records) {
+        writeln!(out, "Best by cost: {}", best::describe(&records[i]))?;
         writeln!(out, "Pareto front (time vs cost; nothing else is both faster and cheaper):")?;
-        for i in pareto(rows) {
-            writeln!(out, "  {}", describe(&rows[i]))?;
+        for i in best::pareto(&records) {
+            writeln!(out, "  {}", best::describe(&records[i]))?;
         }
     }
     Ok(())

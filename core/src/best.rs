@@ -1,0 +1,140 @@
+//! Choosing among the configurations of a sweep: the fastest to the target (or the highest
+//! throughput without one), the cheapest, the Pareto front of time against cost, and one line
+//! that describes a configuration. The CLI and the reports both use these, so they always
+//! name the same configurations in the same words.
+
+use crate::records::SweepRecord;
+
+/// A duration for people: hours below two days, days from there (one decimal).
+pub fn human_duration(seconds: f64) -> String {
+    if seconds >= 2.0 * 86400.0 { format!("{:.1} d", seconds / 86400.0) } else { format!("{:.1} h", seconds / 3600.0) }
+}
+
+/// The configuration that reaches the target soonest; without targets, the one with the
+/// highest throughput.
+pub fn fastest(rows: &[SweepRecord]) -> Option<usize> {
+    let key = |r: &SweepRecord| r.target.as_ref().map_or(-r.summary.throughput_samples_per_s, |t| t.time_to_target_s);
+    (0..rows.len()).min_by(|&a, &b| key(&rows[a]).total_cmp(&key(&rows[b])))
+}
+
+/// The configuration that reaches the target for the least money (rows with a target only).
+pub fn cheapest(rows: &[SweepRecord]) -> Option<usize> {
+    (0..rows.len())
+        .filter(|&i| rows[i].target.is_some())
+        .min_by(|&a, &b| cost(&rows[a]).total_cmp(&cost(&rows[b])).then(time(&rows[a]).total_cmp(&time(&rows[b]))))
+}
+
+fn time(r: &SweepRecord) -> f64 {
+    r.target.as_ref().map_or(f64::INFINITY, |t| t.time_to_target_s)
+}
+
+fn cost(r: &SweepRecord) -> f64 {
+    r.target.as_ref().map_or(f64::INFINITY, |t| t.cost)
+}
+
+/// Indices of the Pareto front of (time to target, cost), fastest first: no other
+/// configuration is both faster and cheaper.
+pub fn pareto(rows: &[SweepRecord]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].target.is_some()).collect();
+    idx.sort_by(|&a, &b| time(&rows[a]).total_cmp(&time(&rows[b])).then(cost(&rows[a]).total_cmp(&cost(&rows[b]))));
+    let mut front = Vec::new();
+    let mut best_cost = f64::INFINITY;
+    for i in idx {
+        if cost(&rows[i]) < best_cost {
+            best_cost = cost(&rows[i]);
+            front.push(i);
+        }
+    }
+    front
+}
+
+/// One line: the configuration, then its time to target and cost (or its throughput).
+pub fn describe(r: &SweepRecord) -> String {
+    let mut d = format!(
+        "{} worker{} x {}, {} PS ({}), {} {}, {} NICs",
+        r.workers,
+        if r.workers == 1 { "" } else { "s" },
+        r.gpu,
+        r.ps,
+        r.ps_hosts,
+        r.mode,
+        r.placement,
+        r.nic
+    );
+    match &r.target {
+        Some(t) => {
+            d.push_str(&format!(": {} to the target, {:.0} {}", human_duration(t.time_to_target_s), t.cost, t.currency))
+        }
+        None => d.push_str(&format!(": {:.1} samples/s", r.summary.throughput_samples_per_s)),
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{Breakdown, RunSummary, StepTime, TargetRecord, Utilization, VERSION};
+
+    fn row(workers: u32, time_h: f64, cost: f64) -> SweepRecord {
+        SweepRecord {
+            workers,
+            ps: 1,
+            nic: "10GbE".into(),
+            batch: 32,
+            gpu: "k40".into(),
+            placement: "greedy".into(),
+            mode: "sync".into(),
+            ps_hosts: "dedicated".into(),
+            summary: RunSummary {
+                scenario: "s".into(),
+                scenario_hash: "h".into(),
+                seed: 1,
+                version: VERSION.into(),
+                source: "sim".into(),
+                workers,
+                ps: 1,
+                steps: 1,
+                step_time_s: StepTime::default(),
+                throughput_samples_per_s: f64::from(workers),
+                breakdown_s: Breakdown::default(),
+                utilization: Utilization::default(),
+                bottleneck: String::new(),
+                events: 0,
+                wall_s: None,
+                target: None,
+                replay: None,
+            },
+            target: Some(TargetRecord {
+                time_to_target_s: time_h * 3600.0,
+                steps_to_target: 1.0,
+                epochs: 1.0,
+                gpu_hours: 1.0,
+                cost,
+                currency: "USD".into(),
+                simulated_steps: 20,
+            }),
+        }
+    }
+
+    #[test]
+    fn fastest_cheapest_and_the_front_between_them() {
+        // (time h, cost): a (10, 100), b (5, 150), c (20, 90), d (6, 200): d is slower and
+        // dearer than b, so the front is b, a, c.
+        let rows = vec![row(1, 10.0, 100.0), row(2, 5.0, 150.0), row(3, 20.0, 90.0), row(4, 6.0, 200.0)];
+        assert_eq!(fastest(&rows), Some(1));
+        assert_eq!(cheapest(&rows), Some(2));
+        assert_eq!(pareto(&rows), vec![1, 0, 2]);
+        assert!(
+            describe(&rows[1]).contains("2 workers x k40, 1 PS (dedicated), sync greedy, 10GbE NICs: 5.0 h"),
+            "{}",
+            describe(&rows[1])
+        );
+    }
+
+    #[test]
+    fn durations_read_in_hours_then_days() {
+        assert_eq!(human_duration(5.0 * 3600.0), "5.0 h");
+        assert_eq!(human_duration(47.0 * 3600.0), "47.0 h");
+        assert_eq!(human_duration(154.1 * 86400.0), "154.1 d");
+    }
+}
