@@ -55,6 +55,18 @@ pub struct ReplayOptions {
     pub resume: bool,
     /// Seconds to wait for a peer before a task gives up.
     pub timeout_s: u64,
+    /// Where to report progress while the tasks run (a progress bar, say): worker-steps done
+    /// and to do, about five times a second.
+    pub progress: Option<std::sync::mpsc::Sender<Progress>>,
+}
+
+/// Progress of a running replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Worker-steps done (over every worker, since the start or the checkpoint resumed from).
+    pub done: u64,
+    /// Worker-steps of the whole run.
+    pub total: u64,
 }
 
 /// Why a replay failed.
@@ -449,7 +461,23 @@ fn run_tasks(
         .map_err(io)?;
     // Watch: any failure fails the job; success when every worker has exited 0.
     let mut workers_done: Option<Instant> = None;
+    let total = u64::from(t.workers) * (s.spec.training.steps - job.start_step);
+    let mut polls = 0u64;
     loop {
+        if let Some(tx) = &opts.progress
+            && polls.is_multiple_of(10)
+        {
+            let done: u64 = (0..t.workers)
+                .map(|i| {
+                    std::fs::read_to_string(opts.out.join("trace").join(format!("worker-{i}.progress")))
+                        .ok()
+                        .and_then(|x| x.trim().parse::<u64>().ok())
+                        .map_or(0, |step| step.saturating_sub(job.start_step))
+                })
+                .sum();
+            let _ = tx.send(Progress { done: done.min(total), total });
+        }
+        polls += 1;
         if INTERRUPTED.swap(false, Ordering::SeqCst) {
             return Err(ReplayError::Interrupted);
         }
@@ -489,7 +517,6 @@ fn run_tasks(
     }
 }
 
-/// Merges the workers' traces into steps.csv, ops.csv and loss.csv and summarizes the run.
 /// Percentiles of `durations_ns` through an HDR histogram (1 ns to 1 h, 3 significant digits).
 fn latency(what: &str, durations_ns: impl Iterator<Item = u64>) -> Option<records::Latency> {
     let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds");
@@ -510,6 +537,7 @@ fn latency(what: &str, durations_ns: impl Iterator<Item = u64>) -> Option<record
     })
 }
 
+/// Merges the workers' traces into steps.csv, ops.csv and loss.csv and summarizes the run.
 fn collect(s: &Scenario, out: &Path, start_step: u64, mut info: ReplayInfo) -> Result<ReplayOutcome, ReplayError> {
     let trace = out.join("trace");
     let mut steps = Vec::new();

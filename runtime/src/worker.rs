@@ -148,6 +148,9 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
     }
     let mut step_start = pull_sent;
     let wall = Instant::now();
+    // Steps done so far, for the launcher's progress bar (a few bytes rewritten per step).
+    let progress = spec.job.out.join("trace").join(format!("worker-{index}.progress"));
+    std::fs::create_dir_all(spec.job.out.join("trace")).map_err(NodeError::Io)?;
     for step in start..total {
         let mut compute_ns = 0u64;
         let mut received = 0u64;
@@ -280,6 +283,7 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
             version: records::VERSION.into(),
         });
         step_start = end;
+        let _ = std::fs::write(&progress, (step + 1).to_string());
     }
     for sh in 0..shards {
         send(&outs, sh, Kind::Done, 0, total, Vec::new())?;

@@ -71,14 +71,18 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Launcher::Local => launcher::LauncherKind::Local,
         Launcher::Netns => launcher::LauncherKind::Netns,
     };
+    let (progress, bar) = progress_bar(&s.spec.name);
     let opts = ReplayOptions {
         launcher: kind,
         exe: std::env::current_exe()?,
         out: a.out.clone(),
         resume: a.resume,
         timeout_s: a.timeout,
+        progress: Some(progress),
     };
     let outcome = launcher::replay(&s, &opts);
+    drop(opts);
+    let _ = bar.join();
     let outcome = match outcome {
         Ok(o) => o,
         Err(e @ ReplayError::Refused { .. }) => return Err(BadInput(format!("error: {e}")).into()),
@@ -119,6 +123,32 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         super::report::make(std::slice::from_ref(&a.out), dir)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr (drawn only on a terminal) fed by a replay's progress reports; the
+/// thread ends when the sender is dropped.
+pub fn progress_bar(name: &str) -> (std::sync::mpsc::Sender<launcher::Progress>, std::thread::JoinHandle<()>) {
+    use std::io::IsTerminal;
+    let (tx, rx) = std::sync::mpsc::channel::<launcher::Progress>();
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(0).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} worker-steps {msg}",
+            )
+            .expect("a valid template"),
+        )
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_message(name.to_string());
+    let handle = std::thread::spawn(move || {
+        for p in rx {
+            bar.set_length(p.total);
+            bar.set_position(p.done);
+        }
+        bar.finish_and_clear();
+    });
+    (tx, handle)
 }
 
 /// Run one task of a replay (started by `topolab replay`; reads TOPOLAB_CLUSTER).

@@ -165,14 +165,19 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
         let label = if label.is_empty() { s.spec.name.clone() } else { label.join(" ") };
         eprintln!("[{}/{}] {label}", i + 1, configs.len());
         let dir = a.out.join("runs").join(format!("{i:02}"));
+        let (progress, bar) = super::replay::progress_bar(&label);
         let opts = ReplayOptions {
             launcher: kind(a.launcher),
             exe: exe.clone(),
             out: dir.join("replay"),
             resume: false,
             timeout_s: 60,
+            progress: Some(progress),
         };
-        let measured = match launcher::replay(s, &opts) {
+        let measured = launcher::replay(s, &opts);
+        drop(opts);
+        let _ = bar.join();
+        let measured = match measured {
             Ok(o) => o.summary,
             Err(e @ ReplayError::Refused { .. }) => return Err(BadInput(format!("error: {e}")).into()),
             Err(e) => return Err(e.into()),

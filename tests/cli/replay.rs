@@ -77,6 +77,11 @@ fn a_local_replay_writes_the_simulator_columns_and_the_loss_falls() {
         assert!(p50 > 0.0 && p50 <= p99 && p99 <= max * 1.001, "{l}");
     }
     assert!(stdout(&o).contains("Latency of step"), "{}", stdout(&o));
+    // Each worker reported its progress for the launcher's progress bar, up to the last step.
+    for w in 0..2 {
+        let p = std::fs::read_to_string(out.join(format!("trace/worker-{w}.progress"))).unwrap();
+        assert_eq!(p.trim(), "50", "worker {w}");
+    }
     // No task is left running.
     let pids: topolab_runtime::launcher::Pids =
         serde_json::from_str(&std::fs::read_to_string(out.join("pids.json")).unwrap()).unwrap();
