@@ -22,8 +22,14 @@ pub struct Gpu {
     pub memory_bandwidth: BitRate,
     /// Device memory capacity.
     pub memory: Bytes,
-    /// Default fraction of peak that a TensorFlow-style training step reaches on this GPU.
+    /// Default fraction of the FP32 peak that a TensorFlow-style training step reaches.
     pub efficiency: f64,
+    /// Default fraction of the half-precision peak that a mixed-precision training step
+    /// reaches, where a published measurement gives one; `None`: no sourced figure, so
+    /// `precision = "fp16"` needs `hardware.efficiency`.
+    pub fp16_efficiency: Option<f64>,
+    /// Where the mixed-precision efficiency comes from.
+    pub fp16_efficiency_source: Option<String>,
     /// Where the figures come from.
     pub source: String,
 }
@@ -44,9 +50,38 @@ fn gpu(
         memory_bandwidth: BitRate::from_bytes_per_sec(mem_bw_gbs * 1e9),
         memory: Bytes(mem_gib * (1 << 30)),
         efficiency,
+        fp16_efficiency: None,
+        fp16_efficiency_source: None,
         source: source.to_string(),
     }
 }
+
+impl Gpu {
+    fn with_fp16_efficiency(mut self, e: f64, source: &str) -> Gpu {
+        self.fp16_efficiency = Some(e);
+        self.fp16_efficiency_source = Some(source.into());
+        self
+    }
+}
+
+/// Work of one ResNet-50 v1.5 training image: 3 x the forward pass of 2 x 4.09 G MAC
+/// (forward, backward of activations, backward of weights), in FLOP.
+const RESNET50_TRAIN_FLOP: f64 = 3.0 * 2.0 * 4.09e9;
+
+/// Mixed-precision training efficiency of the V100, applied to its 125 TFLOP/s tensor peak:
+/// NVIDIA DeepLearningExamples, "ResNet50 v1.5 For PyTorch" README, training performance on
+/// one V100 16GB of a DGX-1 (pytorch-21.03 NGC container): 1,200 img/s with mixed precision.
+/// 1,200 x 24.5 GFLOP = 29.4 TFLOP/s = 23.5% of 125 TFLOP/s (FP32 0.40 applied to the tensor
+/// peak would predict about 2,000 img/s, 1.7x the measurement).
+pub const V100_FP16_EFFICIENCY: f64 = 1200.0 * RESNET50_TRAIN_FLOP / 125e12;
+
+/// Mixed-precision training efficiency of the A100, applied to its 312 TFLOP/s BF16/FP16 dense
+/// peak: the same README, one A100 80GB of a DGX A100: 2,470 img/s with mixed precision;
+/// 2,470 x 24.5 GFLOP = 60.6 TFLOP/s = 19.4% of 312 TFLOP/s.
+pub const A100_FP16_EFFICIENCY: f64 = 2470.0 * RESNET50_TRAIN_FLOP / 312e12;
+
+const V100_FP16_SOURCE: &str = "mixed precision: NVIDIA DeepLearningExamples, ResNet50 v1.5 for PyTorch, 1,200 img/s on one V100 16GB (DGX-1, pytorch-21.03) = 29.4 TFLOP/s of 125";
+const A100_FP16_SOURCE: &str = "mixed precision: NVIDIA DeepLearningExamples, ResNet50 v1.5 for PyTorch, 2,470 img/s on one A100 80GB (DGX A100, pytorch-21.03) = 60.6 TFLOP/s of 312";
 
 /// Default efficiency of the K40, from the anchor in topolab's default scenario: TensorFlow of
 /// 2016 trained Inception-v3 on one K40 at about 9.5 images/s at batch 32 (Google's
@@ -99,7 +134,8 @@ pub fn gpus() -> Vec<Gpu> {
             16,
             MODERN_EFFICIENCY,
             "NVIDIA Tesla V100 datasheet (SXM2): 15.7 TFLOP/s FP32, 125 TFLOP/s tensor, 900 GB/s, 16 GB",
-        ),
+        )
+        .with_fp16_efficiency(V100_FP16_EFFICIENCY, V100_FP16_SOURCE),
         gpu(
             "a100-40gb",
             19.5,
@@ -108,7 +144,8 @@ pub fn gpus() -> Vec<Gpu> {
             40,
             MODERN_EFFICIENCY,
             "NVIDIA A100 Tensor Core GPU datasheet (SXM4 40GB): 19.5 TFLOP/s FP32, 312 TFLOP/s BF16 dense, 1555 GB/s",
-        ),
+        )
+        .with_fp16_efficiency(A100_FP16_EFFICIENCY, A100_FP16_SOURCE),
         gpu(
             "a100-80gb",
             19.5,
@@ -117,7 +154,8 @@ pub fn gpus() -> Vec<Gpu> {
             80,
             MODERN_EFFICIENCY,
             "NVIDIA A100 Tensor Core GPU datasheet (SXM4 80GB): 19.5 TFLOP/s FP32, 312 TFLOP/s BF16 dense, 2039 GB/s",
-        ),
+        )
+        .with_fp16_efficiency(A100_FP16_EFFICIENCY, A100_FP16_SOURCE),
         gpu(
             "h100",
             66.9,
@@ -215,6 +253,20 @@ pub const DEFAULT_PS_MEMORY_BANDWIDTH_GBS: f64 = 68.0;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mixed_precision_efficiencies_give_back_the_measured_resnet50_throughput() {
+        // The zoo's ResNet-50 (torchvision v1.5 layers): a training image is 3x its forward FLOPs.
+        let flop = 3.0 * crate::models::builtin("resnet-50").unwrap().forward_flops();
+        for (name, measured) in [("v100", 1200.0), ("a100-80gb", 2470.0)] {
+            let g = gpu_by_name(name).unwrap();
+            let predicted = g.fp16.unwrap().0 * g.fp16_efficiency.unwrap() / flop;
+            assert!((predicted / measured - 1.0).abs() < 0.02, "{name}: {predicted:.0} img/s vs {measured}");
+            assert!(g.fp16_efficiency_source.as_ref().unwrap().contains("img/s"));
+        }
+        // Without a published figure there is no default: the scenario must give one.
+        assert!(gpu_by_name("h100").unwrap().fp16_efficiency.is_none());
+    }
+
     use super::*;
 
     #[test]

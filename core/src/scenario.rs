@@ -1139,7 +1139,11 @@ impl Scenario {
         }
         match (v.0.is_empty(), model, gpu, nic, host_bus) {
             (true, Some(model), Some(gpu), Some(nic), Some(host_bus)) => {
-                let efficiency = spec.hardware.efficiency.unwrap_or(gpu.efficiency);
+                let efficiency = spec.hardware.efficiency.unwrap_or(match spec.hardware.precision {
+                    Precision::Fp32 => gpu.efficiency,
+                    // Checked above: present, or an explicit efficiency or a profile.
+                    Precision::Fp16 => gpu.fp16_efficiency.unwrap_or(gpu.efficiency),
+                });
                 let hash = scenario_hash(&spec);
                 Ok(Scenario {
                     spec,
@@ -1373,6 +1377,20 @@ fn no_effect(s: &ScenarioFile, gpu: Option<&Gpu>, v: &mut Problems) {
             Some("remove the field (the catalogue lists it for reference only)".into()),
         );
     }
+    if h.precision == Precision::Fp16
+        && h.efficiency.is_none()
+        && h.profile.is_none()
+        && gpu.is_some_and(|g| g.fp16.is_some() && g.fp16_efficiency.is_none())
+    {
+        v.push(
+            "hardware.precision",
+            &format!(
+                "no published mixed-precision training efficiency is catalogued for the {}, and the FP32 one does not carry over to its FP16 peak",
+                h.gpu
+            ),
+            Some("set `hardware.efficiency` (a fraction of the FP16 peak, with your source) or use precision = \"fp32\"".into()),
+        );
+    }
     if h.precision == Precision::Fp16 && gpu.is_some_and(|g| g.fp16.is_none()) {
         v.push(
             "hardware.precision",
@@ -1560,6 +1578,8 @@ fn resolve_gpu(h: &HardwareSpec, v: &mut Problems) -> Option<Gpu> {
                 memory_bandwidth: BitRate(0.0),
                 memory: Bytes(0),
                 efficiency: hardware::MODERN_EFFICIENCY,
+                fp16_efficiency: None,
+                fp16_efficiency_source: None,
                 source: String::new(),
             }
         }

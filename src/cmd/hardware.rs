@@ -26,7 +26,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut g = Table::new(["gpu", "fp32", "fp16", "memory_bandwidth", "memory", "efficiency", "source"]);
+    let mut g = Table::new([
+        "gpu",
+        "fp32",
+        "fp16",
+        "memory_bandwidth",
+        "memory",
+        "efficiency_fp32",
+        "efficiency_fp16",
+        "source",
+    ]);
     for x in hardware::gpus() {
         g.row([
             x.name.clone(),
@@ -35,6 +44,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             ByteRate(x.memory_bandwidth).to_string(),
             x.memory.to_string(),
             format!("{}", x.efficiency),
+            x.fp16_efficiency.map_or("-".into(), |e| format!("{e:.3}")),
             x.source.clone(),
         ]);
     }

@@ -137,12 +137,16 @@ fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Res
         )?,
         None => writeln!(
             out,
-            "  compute: {} {} peak x efficiency {} = {:.3} per GPU ({})",
+            "  compute: {} {} peak x efficiency {:.3} = {:.3} per GPU ({}{})",
             s.gpu.name,
             s.peak(),
             s.efficiency,
             s.effective_rate(),
-            s.gpu.source
+            s.gpu.source,
+            match (&s.gpu.fp16_efficiency_source, s.spec.hardware.precision, s.spec.hardware.efficiency) {
+                (Some(src), topolab_core::scenario::Precision::Fp16, None) => format!("; {src}"),
+                _ => String::new(),
+            }
         )?,
     }
     let st = &sum.step_time_s;

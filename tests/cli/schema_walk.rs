@@ -109,6 +109,7 @@ const PROBES: &[Probe] = &[
     ("hardware.precision", &[], &[("hardware.precision", "\"fp16\"")], Effect),
     ("hardware.precision", &[("hardware.gpu", "\"k40\"")], &[("hardware.precision", "\"fp16\"")], Refused(None)),
     ("hardware.precision", &[PROFILE], &[("hardware.precision", "\"fp16\"")], Refused(None)),
+    ("hardware.precision", &[("hardware.gpu", "\"h100\"")], &[("hardware.precision", "\"fp16\"")], Refused(None)),
     ("hardware.profile", &[], &[PROFILE], Effect),
     ("hardware.ps_memory_bandwidth", &[], &[("hardware.ps_memory_bandwidth", "\"1 GB/s\"")], Effect),
     ("hardware.ps_memory_bandwidth", &[PROFILE], &[("hardware.ps_memory_bandwidth", "\"1 GB/s\"")], Refused(None)),
