@@ -7,6 +7,7 @@ use clap::ValueEnum;
 use topolab_runtime::launcher::{self, ReplayError, ReplayOptions};
 
 use super::BadInput;
+use crate::output::{Format, print_json};
 
 /// Where a replay's tasks run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -54,6 +55,9 @@ pub struct Args {
     /// Also write a report of the run into this directory.
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
+    /// Output format of the printed summary (summary.json is written either way).
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -89,6 +93,27 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     let sum = &outcome.summary;
+    match a.format {
+        Format::Json => {
+            let mut v = serde_json::to_value(sum)?;
+            v["start_step"] = serde_json::json!(outcome.start_step);
+            v["effective"] = serde_json::json!(outcome.effective.display().to_string());
+            print_json(&v)?;
+        }
+        Format::Csv => topolab_core::records::write_summaries_csv(std::slice::from_ref(sum), std::io::stdout().lock())?,
+        Format::Table => print_replay(&outcome),
+    }
+    if let Some(w) = &outcome.info.congestion_warning {
+        eprintln!("warning: {w}; the measured run is recorded with the congestion control really in force");
+    }
+    if let Some(dir) = &a.report {
+        super::report::make(std::slice::from_ref(&a.out), dir)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_replay(outcome: &launcher::ReplayOutcome) {
+    let sum = &outcome.summary;
     println!(
         "Replayed {} ({} workers, {} PS) from step {}: {} step records",
         sum.scenario,
@@ -115,14 +140,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     println!("Launcher      {}", outcome.info.launcher);
     println!("Latency       {}", outcome.info.latency_method);
     println!("TCP           {} congestion control", outcome.info.congestion_control);
-    if let Some(w) = &outcome.info.congestion_warning {
-        eprintln!("warning: {w}; the measured run is recorded with the congestion control really in force");
-    }
     println!("Effective scenario: {} (simulate it with `topolab run`)", outcome.effective.display());
-    if let Some(dir) = &a.report {
-        super::report::make(std::slice::from_ref(&a.out), dir)?;
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// A progress bar on stderr (drawn only on a terminal) fed by a replay's progress reports; the

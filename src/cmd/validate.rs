@@ -12,7 +12,7 @@ use topolab_sim::SimOptions;
 
 use super::BadInput;
 use super::replay::Launcher;
-use crate::output::{Table, num};
+use crate::output::{Format, Table, num, print_json};
 
 /// Measure this machine (GEMMs, links, PS apply, process start-up) into a hardware profile.
 #[derive(clap::Args)]
@@ -39,6 +39,9 @@ pub struct CalibrateArgs {
     /// Profile file to write (TOML).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    /// Output format of what is printed (the profile file is TOML either way).
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
 }
 
 fn kind(l: Launcher) -> LauncherKind {
@@ -77,6 +80,11 @@ pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     );
     topolab_sim::write_atomic(&a.out, text.as_bytes())?;
     let f = &p.fitted;
+    if a.format != Format::Table {
+        // The profile itself, as data (CSV has no shape for it: JSON either way).
+        print_json(&p)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("Wrote {} ({} cores, {})", a.out.display(), p.machine.cores, p.machine.cpu);
     println!("  compute          {:.3} per process (one core)", f.compute_rate);
     println!("  link goodput     {:.3} of the line rate", f.goodput);
@@ -129,6 +137,9 @@ pub struct ValidateArgs {
     /// Also write a report (error table, predicted vs measured chart) into this directory.
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
+    /// Output format of the comparison table (validation.csv is written either way).
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
 }
 
 fn ape(pred: f64, meas: f64) -> f64 {
@@ -254,6 +265,41 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
     let mut buf = Vec::new();
     t.write_csv(&mut buf)?;
     topolab_sim::write_atomic(&csv_path, &buf)?;
+    match a.format {
+        Format::Json => print_json(&serde_json::json!({
+            "scenario": base.spec.name,
+            "launcher": a.launcher.name(),
+            "profile": a.profile.display().to_string(),
+            "median_ape_p50_pct": median,
+            "max_ape_p50_pct": max,
+            "csv": csv_path.display().to_string(),
+            "configurations": rows.iter().zip(&apes).map(|((label, _, p, m), e)| serde_json::json!({
+                "configuration": label, "ape_p50_pct": e, "predicted": p, "measured": m,
+            })).collect::<Vec<_>>(),
+        }))?,
+        Format::Csv => t.write_csv(std::io::stdout().lock())?,
+        Format::Table => print_validation(&a, &base, &rows, &apes, &t, median, max, &csv_path)?,
+    }
+    if let Some(dir) = &a.report {
+        super::report::make(std::slice::from_ref(&a.out), dir)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One validated configuration: label, scenario, predicted and measured summaries.
+type Validated = (String, Scenario, RunSummary, RunSummary);
+
+#[allow(clippy::too_many_arguments)]
+fn print_validation(
+    a: &ValidateArgs,
+    base: &Scenario,
+    rows: &[Validated],
+    apes: &[f64],
+    t: &Table,
+    median: f64,
+    max: f64,
+    csv_path: &Path,
+) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -269,7 +315,7 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
     )?;
     writeln!(out, "p50 step time error: median {median:.1}%, max {max:.1}% (absolute percentage error)\n")?;
     t.write_text(&mut out)?;
-    for ((label, _, p, m), e) in rows.iter().zip(&apes) {
+    for ((label, _, p, m), e) in rows.iter().zip(apes) {
         if *e > 25.0 {
             let phases = [
                 ("compute", p.breakdown_s.compute - m.breakdown_s.compute),
@@ -281,9 +327,5 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     writeln!(out, "\nwrote {}", csv_path.display())?;
-    drop(out);
-    if let Some(dir) = &a.report {
-        super::report::make(std::slice::from_ref(&a.out), dir)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -278,3 +278,37 @@ fn sweep_without_a_sweep_table_is_bad_input() {
     assert!(stderr(&out).contains("has no [sweep] table"));
     assert!(!std::path::Path::new("/nonexistent-never-written").exists());
 }
+
+/// Every command that prints results takes `--format json` and prints JSON a program can parse.
+#[test]
+fn every_command_that_prints_results_speaks_json() {
+    let ex = "scenarios/examples/inception-v3-64w-8ps.toml";
+    let commands: &[&[&str]] = &[
+        &["run", ex],
+        &["sweep", "scenarios/examples/inception-v3-sweep.toml"],
+        &["check", ex],
+        &["models"],
+        &["hardware"],
+        &["placement", ex],
+        &["plan", ex],
+        &["scenarios"],
+    ];
+    for args in commands {
+        let mut a = args.to_vec();
+        a.extend(["--format", "json"]);
+        let out = topolab(&a);
+        assert_eq!(out.status.code(), Some(0), "{a:?}: {}", stderr(&out));
+        let v: Result<serde_json::Value, _> = serde_json::from_slice(&out.stdout);
+        assert!(v.is_ok(), "{a:?} printed no JSON: {}", stdout(&out));
+    }
+    // An invalid scenario: exit 2, and the problems as data on stdout.
+    let bad = topolab(&["check", "scenarios/invalid/unknown-gpu.toml", "--format", "json"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    let p = &v[0]["problems"][0];
+    assert_eq!(
+        (p["line"].as_u64(), p["column"].as_u64(), p["field"].as_str()),
+        (Some(7), Some(7), Some("hardware.gpu")),
+        "{v}"
+    );
+}
