@@ -37,8 +37,27 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
+/// The i-th series colour: the palette, then hues a golden angle apart (so that no two series
+/// of a chart share a colour, however many there are).
 fn color(i: usize) -> RGBColor {
-    COLORS[i % COLORS.len()]
+    if i < COLORS.len() {
+        return COLORS[i];
+    }
+    let h = ((i - COLORS.len()) as f64 * 0.618_034 + 0.05).fract() * 6.0;
+    let (s, l) = (0.65, if i.is_multiple_of(2) { 0.42 } else { 0.55 });
+    let c = (1.0 - (2.0 * l - 1.0_f64).abs()) * s;
+    let x = c * (1.0 - (h % 2.0 - 1.0).abs());
+    let (r, g, b) = match h as u32 {
+        0 => (c, x, 0.0),
+        1 => (x, c, 0.0),
+        2 => (0.0, c, x),
+        3 => (0.0, x, c),
+        4 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    let m = l - c / 2.0;
+    let to = |v: f64| ((v + m) * 255.0).round().clamp(0.0, 255.0) as u8;
+    RGBColor(to(r), to(g), to(b))
 }
 
 fn register_fonts() {
@@ -181,7 +200,23 @@ draw_fn!(draw_breakdown, |root, c: &BreakdownChart| {
     root.fill(&WHITE)?;
     let n = c.bars.len().max(1);
     let top = c.bars.iter().map(|b| b.1 + b.2 + b.3).fold(0.0f64, f64::max).max(1e-9) * 1.15;
-    let labels: Vec<String> = c.bars.iter().map(|b| b.0.clone()).collect();
+    // Past 16 bars the names would overlap: number them (the CSV beside the chart, and the
+    // configurations table, carry the names) and label every k-th.
+    let every = n.div_ceil(16);
+    let labels: Vec<String> = c
+        .bars
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if every == 1 {
+                b.0.clone()
+            } else if i.is_multiple_of(every) {
+                format!("#{}", i + 1)
+            } else {
+                String::new()
+            }
+        })
+        .collect();
     let mut chart = ChartBuilder::on(&root)
         .caption(&c.title, ("sans-serif", 22))
         .margin(16)
@@ -200,7 +235,7 @@ draw_fn!(draw_breakdown, |root, c: &BreakdownChart| {
                 String::new()
             }
         })
-        .x_desc("configuration")
+        .x_desc(if every == 1 { "configuration" } else { "configuration (# = row of the configurations table)" })
         .y_desc("step time (s)")
         .label_style(("sans-serif", 13))
         .draw()?;
@@ -397,4 +432,22 @@ pub fn pareto(name: &str, c: &ParetoChart) -> Result<Chart, String> {
 /// Quotes a CSV field when it needs it.
 pub fn quote(s: &str) -> String {
     if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+#[cfg(test)]
+mod color_tests {
+    use super::*;
+
+    #[test]
+    fn forty_series_get_forty_colours() {
+        let mut seen: Vec<(u8, u8, u8)> = (0..40)
+            .map(|i| {
+                let c = color(i);
+                (c.0, c.1, c.2)
+            })
+            .collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 40);
+    }
 }

@@ -152,6 +152,17 @@ fn read_err(path: &Path, message: impl ToString) -> ReportError {
     ReportError::Read { path: path.display().to_string(), message: message.to_string() }
 }
 
+/// The assumptions a run or sweep was predicted under (`assumptions.txt`, written next to its
+/// records by `topolab run` and `topolab sweep`), as notes.
+fn assumptions(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("assumptions.txt"))
+        .map(|t| {
+            let lines: Vec<String> = t.lines().filter(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()).collect();
+            if lines.is_empty() { lines } else { std::iter::once("Assumptions:".to_string()).chain(lines).collect() }
+        })
+        .unwrap_or_default()
+}
+
 /// Reads a run directory.
 pub fn load(dir: &Path) -> Result<Input, ReportError> {
     let validation = dir.join("validation.csv");
@@ -324,6 +335,7 @@ fn run_section(r: &RunInput) -> Result<Section, ReportError> {
     let name = slug(&r.summary.scenario);
     let mut sec = Section { heading: format!("Run: {}", r.summary.scenario), ..Section::default() };
     sec.notes.push(format!("From {}.", r.dir.display()));
+    sec.notes.extend(assumptions(&r.dir));
     sec.tables.push(summary_table(&name, &r.summary));
     let b = &r.summary.breakdown_s;
     let n = format!("{name}-breakdown");
@@ -388,11 +400,18 @@ fn sweep_section(s: &SweepInput, name: &str) -> Result<Section, ReportError> {
     let slug = slug(name);
     let mut sec = Section { heading: format!("Sweep: {name}"), ..Section::default() };
     sec.notes.push(format!("{} configurations, from {}.", s.rows.len(), s.dir.display()));
+    sec.notes.extend(assumptions(&s.dir));
     let with_target = s.rows.iter().any(|r| r.target.is_some());
     let mut header: Vec<String> =
         ["gpu", "workers", "ps", "mode", "placement", "nic", "samples/s", "step p50 (s)"].map(String::from).to_vec();
+    // The speedup is relative to the first row: say so unless that row is one GPU.
+    let base_time = s.rows.first().and_then(|r| r.target.as_ref()).map(|t| t.time_to_target_s);
+    let one_gpu = s.rows.first().is_some_and(|r| r.workers == 1);
     if with_target {
-        header.extend(["time to target (h)", "GPU-hours", "cost"].map(String::from));
+        header.extend(
+            ["time to target", if one_gpu { "speedup vs 1 GPU" } else { "speedup vs row 1" }, "GPU-hours", "cost"]
+                .map(String::from),
+        );
     }
     header.push("bottleneck".into());
     let rows: Vec<Vec<String>> = s
@@ -412,11 +431,12 @@ fn sweep_section(s: &SweepInput, name: &str) -> Result<Section, ReportError> {
             if with_target {
                 match &r.target {
                     Some(t) => v.extend([
-                        format!("{:.1}", t.time_to_target_s / 3600.0),
+                        best::human_duration(t.time_to_target_s),
+                        base_time.map_or("-".into(), |b| format!("{:.1}x", b / t.time_to_target_s)),
                         format!("{:.0}", t.gpu_hours),
                         format!("{:.0} {}", t.cost, t.currency),
                     ]),
-                    None => v.extend(["-".into(), "-".into(), "-".into()]),
+                    None => v.extend(["-".into(), "-".into(), "-".into(), "-".into()]),
                 }
             }
             v.push(r.summary.bottleneck.clone());
@@ -443,39 +463,57 @@ fn sweep_section(s: &SweepInput, name: &str) -> Result<Section, ReportError> {
     });
     sec.tables.push(Table { name: format!("{slug}-configurations"), title: "All configurations".into(), header, rows });
 
-    // Scaling: samples/s vs workers, one line per PS count (and per other varying axis).
-    let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for r in &s.rows {
-        let mut label = format!("{} PS", r.ps);
-        if s.rows.iter().any(|o| o.nic != r.nic) {
-            label.push_str(&format!(", {}", r.nic));
+    // Scaling: samples/s against the first numeric axis the sweep varies (workers, PS or
+    // batch), one line per value of the other varying axes. A sweep that varies none of them
+    // gets no line chart (a single x would draw a vertical column); the breakdown shows it.
+    type Axis = (&'static str, fn(&SweepRecord) -> String);
+    let axes: [Axis; 7] = [
+        ("workers", |r| r.workers.to_string()),
+        ("PS", |r| r.ps.to_string()),
+        ("batch", |r| r.batch.to_string()),
+        ("NIC", |r| r.nic.clone()),
+        ("GPU", |r| r.gpu.clone()),
+        ("mode", |r| r.mode.clone()),
+        ("placement", |r| r.placement.clone()),
+    ];
+    let varies = |f: fn(&SweepRecord) -> String| s.rows.iter().any(|o| f(o) != f(&s.rows[0]));
+    if let Some(x) = (0..3).find(|&i| varies(axes[i].1)) {
+        let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for r in &s.rows {
+            let label: Vec<String> = axes
+                .iter()
+                .enumerate()
+                .filter(|&(i, a)| i != x && varies(a.1))
+                .map(|(_, (name, f))| format!("{} {name}", f(r)))
+                .collect();
+            let label = if label.is_empty() { "all".to_string() } else { label.join(", ") };
+            let xv: f64 = (axes[x].1)(r).parse().unwrap_or(0.0);
+            lines.entry(label).or_default().push((xv, r.summary.throughput_samples_per_s));
         }
-        if s.rows.iter().any(|o| o.gpu != r.gpu) {
-            label.push_str(&format!(", {}", r.gpu));
-        }
-        lines.entry(label).or_default().push((f64::from(r.workers), r.summary.throughput_samples_per_s));
+        let mut series: Vec<Series> = lines
+            .into_iter()
+            .map(|(label, mut points)| {
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Series { label, points }
+            })
+            .collect();
+        series.sort_by_key(|s| s.label.split(' ').next().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0));
+        let n = format!("{slug}-scaling");
+        sec.charts.push(
+            charts::lines(
+                &n,
+                &LineChart {
+                    title: format!("Throughput vs {}", axes[x].0),
+                    x_label: axes[x].0.to_lowercase(),
+                    y_label: "throughput (samples/s)".into(),
+                    series,
+                },
+            )
+            .map_err(chart_err(&n))?,
+        );
+    } else {
+        sec.notes.push("No scaling chart: the sweep varies neither workers, PS nor batch.".into());
     }
-    let mut series: Vec<Series> = lines
-        .into_iter()
-        .map(|(label, mut points)| {
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            Series { label, points }
-        })
-        .collect();
-    series.sort_by_key(|s| s.label.split(' ').next().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0));
-    let n = format!("{slug}-scaling");
-    sec.charts.push(
-        charts::lines(
-            &n,
-            &LineChart {
-                title: "Throughput vs workers, one line per PS count".into(),
-                x_label: "workers".into(),
-                y_label: "throughput (samples/s)".into(),
-                series,
-            },
-        )
-        .map_err(chart_err(&n))?,
-    );
     let n = format!("{slug}-breakdown");
     sec.charts.push(
         charts::breakdown(

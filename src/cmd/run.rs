@@ -67,6 +67,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     run.summary.target = ttt.as_ref().map(TimeToTarget::record);
     if let Some(dir) = &a.out {
         topolab_sim::write_run_dir(&run, dir).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dir.display()))?;
+        write_assumptions(
+            dir,
+            std::slice::from_ref(&s),
+            ttt.as_ref().map_or(s.spec.training.steps, |t| t.simulated_steps),
+        )?;
     }
     match a.format {
         Format::Json => {
@@ -219,8 +224,15 @@ fn print_target(s: &Scenario, t: &TimeToTarget) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `assumptions.txt` next to a run's records, for the report.
+pub fn write_assumptions(dir: &std::path::Path, scenarios: &[Scenario], simulated_steps: u64) -> anyhow::Result<()> {
+    let text: String = assumptions(scenarios, simulated_steps).into_iter().map(|l| format!("{l}\n")).collect();
+    topolab_sim::write_atomic(&dir.join("assumptions.txt"), text.as_bytes())?;
+    Ok(())
+}
+
 /// The assumptions behind time-to-accuracy predictions, in words.
-fn assumptions(scenarios: &[Scenario], simulated_steps: u64) -> Vec<String> {
+pub fn assumptions(scenarios: &[Scenario], simulated_steps: u64) -> Vec<String> {
     let mut v = Vec::new();
     let Some(s) = scenarios.first() else { return v };
     if let Some(target) = &s.spec.training.target
@@ -267,16 +279,34 @@ fn run_table(s: &Scenario, a: &Args) -> anyhow::Result<ExitCode> {
     let configs = sweep::configurations(s)?;
     let rows = sweep::run_all(configs, None)?;
     let wall = started.elapsed().as_secs_f64();
+    let scenarios: Vec<Scenario> = rows.iter().map(|r| r.scenario.clone()).collect();
+    let simulated = rows.iter().filter_map(|r| r.target.as_ref()).map(|t| t.simulated_steps).max().unwrap_or(0);
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir)?;
         sweep::write_csv(&rows, &dir.join("sweep.csv"))?;
-        eprintln!("wrote {}", dir.join("sweep.csv").display());
+        write_assumptions(dir, &scenarios, simulated)?;
+        // And each configuration as a run directory of its own (summary.json, with its time
+        // to target), for `topolab compare` and `topolab report`.
+        for (i, r) in rows.iter().enumerate() {
+            let mut summary = r.summary.clone();
+            summary.target = r.target.as_ref().map(TimeToTarget::record);
+            let mut buf = Vec::new();
+            topolab_core::records::write_summary_json(&summary, &mut buf)?;
+            buf.push(b'\n');
+            let d = dir.join("configs").join(format!("{i:02}"));
+            std::fs::create_dir_all(&d)?;
+            topolab_sim::write_atomic(&d.join("summary.json"), &buf)?;
+        }
+        eprintln!(
+            "wrote {} and {} configurations under {}",
+            dir.join("sweep.csv").display(),
+            rows.len(),
+            dir.join("configs").display()
+        );
         if let Some(report) = &a.report {
             super::report::make(std::slice::from_ref(dir), report)?;
         }
     }
-    let scenarios: Vec<Scenario> = rows.iter().map(|r| r.scenario.clone()).collect();
-    let simulated = rows.iter().filter_map(|r| r.target.as_ref()).map(|t| t.simulated_steps).max().unwrap_or(0);
     match a.format {
         Format::Json => print_json(&serde_json::json!({
             "scenario": s.spec.name, "scenario_hash": s.hash, "rows": sweep::json_rows(&rows),

@@ -248,6 +248,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
             let p = dir.join("sweep.csv");
             write_csv(&rows, &p)?;
+            let scenarios: Vec<Scenario> = rows.iter().map(|r| r.scenario.clone()).collect();
+            let simulated = rows.iter().filter_map(|r| r.target.as_ref().map(|t| t.simulated_steps)).max().unwrap_or(0);
+            super::run::write_assumptions(dir, &scenarios, simulated)?;
             Some(p)
         }
         None => None,

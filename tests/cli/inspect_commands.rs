@@ -312,3 +312,27 @@ fn every_command_that_prints_results_speaks_json() {
         "{v}"
     );
 }
+
+/// `run --out` on a scenario with a sweep writes every configuration, not only sweep.csv, and
+/// the report of it carries the assumptions and the speedup (regression: only sweep.csv).
+#[test]
+fn run_out_on_a_sweep_writes_each_configuration_and_the_assumptions() {
+    let d = super::TempDir::new("run-sweep-out");
+    let (out, rep) = (d.join("runs"), d.join("report"));
+    let o = topolab(&["run", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rows = std::fs::read_to_string(out.join("sweep.csv")).unwrap().lines().count() - 1;
+    assert_eq!(rows, 5);
+    for i in 0..rows {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(format!("configs/{i:02}/summary.json"))).unwrap())
+                .unwrap();
+        assert!(v["target"]["time_to_target_s"].as_f64().unwrap() > 0.0 && v["target"]["cost"].as_f64().unwrap() > 0.0);
+    }
+    let assumptions = std::fs::read_to_string(out.join("assumptions.txt")).unwrap();
+    assert!(assumptions.contains("convergence:") && assumptions.contains("k40:"), "{assumptions}");
+    let o = topolab(&["report", out.to_str().unwrap(), "--out", rep.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    assert!(md.contains("Assumptions:") && md.contains("speedup vs 1 GPU") && md.contains("154.1 d"), "{md}");
+}
