@@ -739,3 +739,142 @@ mod sweep_tests {
         assert_eq!(read_sweep_csv(buf.as_slice(), "m").unwrap(), rows);
     }
 }
+
+/// One configuration of a validation: the simulator's prediction next to a real replay's
+/// measurement (a row of validation.csv, which `topolab validate` writes and reports read).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationRecord {
+    /// The configuration (its sweep axes).
+    pub configuration: String,
+    /// Predicted p50 step time, s.
+    pub pred_p50_s: f64,
+    /// Measured p50 step time, s.
+    pub meas_p50_s: f64,
+    /// Absolute percentage error of the p50 step time.
+    pub ape_p50_pct: f64,
+    /// Predicted samples per second.
+    pub pred_samples_per_s: f64,
+    /// Measured samples per second.
+    pub meas_samples_per_s: f64,
+    /// Absolute percentage error of the throughput.
+    pub ape_throughput_pct: f64,
+    /// Predicted mean compute per step, s.
+    pub pred_compute_s: f64,
+    /// Measured mean compute per step, s.
+    pub meas_compute_s: f64,
+    /// Predicted mean exposed communication per step, s.
+    pub pred_comm_s: f64,
+    /// Measured mean exposed communication per step, s.
+    pub meas_comm_s: f64,
+    /// Predicted mean wait for aggregation per step, s.
+    pub pred_wait_s: f64,
+    /// Measured mean wait for aggregation per step, s.
+    pub meas_wait_s: f64,
+    /// The phase whose prediction is furthest off, with predicted minus measured.
+    pub largest_phase_gap: String,
+}
+
+/// Absolute percentage error of `pred` against `meas` (0 when nothing was measured).
+pub fn ape(pred: f64, meas: f64) -> f64 {
+    if meas.abs() > 0.0 { (pred - meas).abs() / meas.abs() * 100.0 } else { 0.0 }
+}
+
+impl ValidationRecord {
+    /// The record of one configuration.
+    pub fn new(configuration: &str, pred: &RunSummary, meas: &RunSummary) -> ValidationRecord {
+        let (p, m) = (&pred.breakdown_s, &meas.breakdown_s);
+        let phases = [
+            ("compute", p.compute, m.compute),
+            ("exposed communication", p.exposed_comm, m.exposed_comm),
+            ("wait", p.wait, m.wait),
+        ];
+        let worst = phases.iter().max_by(|a, b| (a.1 - a.2).abs().total_cmp(&(b.1 - b.2).abs())).expect("three phases");
+        ValidationRecord {
+            configuration: configuration.into(),
+            pred_p50_s: pred.step_time_s.p50,
+            meas_p50_s: meas.step_time_s.p50,
+            ape_p50_pct: ape(pred.step_time_s.p50, meas.step_time_s.p50),
+            pred_samples_per_s: pred.throughput_samples_per_s,
+            meas_samples_per_s: meas.throughput_samples_per_s,
+            ape_throughput_pct: ape(pred.throughput_samples_per_s, meas.throughput_samples_per_s),
+            pred_compute_s: p.compute,
+            meas_compute_s: m.compute,
+            pred_comm_s: p.exposed_comm,
+            meas_comm_s: m.exposed_comm,
+            pred_wait_s: p.wait,
+            meas_wait_s: m.wait,
+            largest_phase_gap: format!("{} ({:+.4} s)", worst.0, worst.1 - worst.2),
+        }
+    }
+}
+
+/// Median and maximum p50 error of a validation (NaN for none).
+pub fn validation_errors(rows: &[ValidationRecord]) -> (f64, f64) {
+    let mut e: Vec<f64> = rows.iter().map(|r| r.ape_p50_pct).filter(|x| x.is_finite()).collect();
+    e.sort_by(f64::total_cmp);
+    let median = match e.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => e[n / 2],
+        n => (e[n / 2 - 1] + e[n / 2]) / 2.0,
+    };
+    (median, e.last().copied().unwrap_or(f64::NAN))
+}
+
+/// Writes validation.csv.
+pub fn write_validation_csv<W: Write>(rows: &[ValidationRecord], out: W) -> Result<(), RecordError> {
+    let err = |source: csv::Error| RecordError::Csv { origin: "validation.csv".into(), source };
+    let mut w = csv::Writer::from_writer(out);
+    for r in rows {
+        w.serialize(r).map_err(err)?;
+    }
+    w.flush().map_err(|e| err(e.into()))?;
+    Ok(())
+}
+
+/// Reads validation.csv.
+pub fn read_validation_csv<R: Read>(input: R, origin: &str) -> Result<Vec<ValidationRecord>, RecordError> {
+    csv::Reader::from_reader(input)
+        .deserialize()
+        .collect::<Result<Vec<ValidationRecord>, _>>()
+        .map_err(|source| RecordError::Csv { origin: origin.into(), source })
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+
+    #[test]
+    fn validation_records_round_trip_and_give_median_and_max() {
+        let s = |p50: f64| RunSummary {
+            scenario: "s".into(),
+            scenario_hash: "h".into(),
+            seed: 1,
+            version: VERSION.into(),
+            source: "sim".into(),
+            workers: 1,
+            ps: 1,
+            steps: 1,
+            step_time_s: StepTime { mean: p50, p50, p90: p50, p99: p50 },
+            throughput_samples_per_s: 1.0 / p50,
+            breakdown_s: Breakdown { compute: p50 / 2.0, exposed_comm: p50 / 2.0, wait: 0.0 },
+            utilization: Utilization::default(),
+            bottleneck: String::new(),
+            events: 1,
+            wall_s: None,
+            target: None,
+            replay: None,
+        };
+        // Errors 10%, 20% and 5%: median 10, max 20.
+        let rows = vec![
+            ValidationRecord::new("a, b", &s(1.1), &s(1.0)),
+            ValidationRecord::new("c", &s(1.2), &s(1.0)),
+            ValidationRecord::new("d", &s(0.95), &s(1.0)),
+        ];
+        let (median, max) = validation_errors(&rows);
+        assert!((median - 10.0).abs() < 1e-9 && (max - 20.0).abs() < 1e-9, "{median} {max}");
+        let mut buf = Vec::new();
+        write_validation_csv(&rows, &mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf).starts_with("configuration,pred_p50_s,meas_p50_s,ape_p50_pct,"));
+        assert_eq!(read_validation_csv(buf.as_slice(), "v").unwrap(), rows);
+    }
+}

@@ -100,27 +100,8 @@ pub struct SweepInput {
 pub struct ValidationInput {
     /// Its directory.
     pub dir: PathBuf,
-    /// Column names.
-    pub header: Vec<String>,
-    /// Rows as written.
-    pub rows: Vec<Vec<String>>,
-}
-
-impl ValidationInput {
-    fn column(&self, name: &str) -> Option<usize> {
-        self.header.iter().position(|h| h == name)
-    }
-
-    /// (configuration, predicted p50 s, measured p50 s, absolute % error) per row.
-    fn points(&self) -> Vec<(String, f64, f64, f64)> {
-        let (Some(p), Some(m), Some(e)) =
-            (self.column("pred_p50_s"), self.column("meas_p50_s"), self.column("ape_p50_pct"))
-        else {
-            return Vec::new();
-        };
-        let num = |r: &Vec<String>, i: usize| r.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(f64::NAN);
-        self.rows.iter().map(|r| (r[0].clone(), num(r, p), num(r, m), num(r, e))).collect()
-    }
+    /// One record per configuration.
+    pub rows: Vec<records::ValidationRecord>,
 }
 
 /// What a run directory holds.
@@ -167,14 +148,10 @@ fn assumptions(dir: &Path) -> Vec<String> {
 pub fn load(dir: &Path) -> Result<Input, ReportError> {
     let validation = dir.join("validation.csv");
     if validation.exists() {
-        let mut r = csv::Reader::from_path(&validation).map_err(|e| read_err(&validation, e))?;
-        let header: Vec<String> = r.headers().map_err(|e| read_err(&validation, e))?.iter().map(String::from).collect();
-        let rows = r
-            .records()
-            .map(|rec| rec.map(|x| x.iter().map(String::from).collect::<Vec<_>>()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| read_err(&validation, e))?;
-        return Ok(Input::Validation(ValidationInput { dir: dir.to_path_buf(), header, rows }));
+        let f = std::fs::File::open(&validation).map_err(|e| read_err(&validation, e))?;
+        let rows =
+            records::read_validation_csv(f, &validation.display().to_string()).map_err(|e| read_err(&validation, e))?;
+        return Ok(Input::Validation(ValidationInput { dir: dir.to_path_buf(), rows }));
     }
     let sweep = dir.join("sweep.csv");
     if sweep.exists() {
@@ -554,26 +531,45 @@ fn sweep_section(s: &SweepInput, name: &str) -> Result<Section, ReportError> {
 
 fn validation_section(v: &ValidationInput, name: &str) -> Result<Section, ReportError> {
     let slug = slug(name);
-    let points = v.points();
-    let mut errors: Vec<f64> = points.iter().map(|p| p.3).filter(|e| e.is_finite()).collect();
-    errors.sort_by(f64::total_cmp);
-    let median = match errors.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => errors[n / 2],
-        n => (errors[n / 2 - 1] + errors[n / 2]) / 2.0,
-    };
-    let max = errors.last().copied().unwrap_or(f64::NAN);
+    let (median, max) = records::validation_errors(&v.rows);
     let mut sec = Section { heading: format!("Validation: {name}"), ..Section::default() };
     sec.notes.push(format!(
         "p50 step time, predicted by the simulator vs measured by real replays: median absolute error {median:.1}%, max {max:.1}% over {} configurations (from {}).",
-        points.len(),
+        v.rows.len(),
         v.dir.display()
     ));
+    let f = |x: f64, d: usize| format!("{x:.d$}");
     sec.tables.push(Table {
         name: format!("{slug}-errors"),
         title: "Error per configuration".into(),
-        header: v.header.clone(),
-        rows: v.rows.clone(),
+        header: [
+            "configuration",
+            "predicted p50 (s)",
+            "measured p50 (s)",
+            "p50 error (%)",
+            "predicted samples/s",
+            "measured samples/s",
+            "throughput error (%)",
+            "largest phase gap",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: v
+            .rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.configuration.clone(),
+                    f(r.pred_p50_s, 4),
+                    f(r.meas_p50_s, 4),
+                    f(r.ape_p50_pct, 1),
+                    f(r.pred_samples_per_s, 1),
+                    f(r.meas_samples_per_s, 1),
+                    f(r.ape_throughput_pct, 1),
+                    r.largest_phase_gap.clone(),
+                ]
+            })
+            .collect(),
     });
     let n = format!("{slug}-predicted-vs-measured");
     sec.charts.push(
@@ -583,7 +579,7 @@ fn validation_section(v: &ValidationInput, name: &str) -> Result<Section, Report
                 title: "p50 step time: predicted vs measured".into(),
                 x_label: "predicted p50 step time (s)".into(),
                 y_label: "measured p50 step time (s)".into(),
-                points: points.iter().map(|p| (p.0.clone(), p.1, p.2)).collect(),
+                points: v.rows.iter().map(|r| (r.configuration.clone(), r.pred_p50_s, r.meas_p50_s)).collect(),
             },
         )
         .map_err(chart_err(&n))?,

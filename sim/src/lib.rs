@@ -11,6 +11,8 @@
 //! - [`training`]: executes the core [`Plan`] (pulls, per-layer compute, pushes, aggregation,
 //!   apply, barrier) for sync, backup-worker, async and stale-synchronous training.
 //!
+//! - [`sweep`]: every configuration of a sweep in parallel, as sweep.csv records.
+//!
 //! [`simulate`] ties them together and returns a [`SimRun`]: step records (the same columns
 //! as a real replay), a [`RunSummary`] with a bottleneck in words, and a Chrome trace.
 //! Same scenario and seed, same bytes: nothing depends on wall-clock time, hash-map order or
@@ -22,6 +24,7 @@ pub mod fit;
 pub mod maxmin;
 pub mod network;
 pub mod rng;
+pub mod sweep;
 pub mod target;
 pub mod training;
 

@@ -6,12 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use rayon::prelude::*;
 use topolab_core::best;
-use topolab_core::records::{RunSummary, SweepRecord};
-use topolab_core::scenario::{PsHosts, Scenario, SweepPoint};
-use topolab_sim::SimOptions;
-use topolab_sim::target::{self, TimeToTarget};
+use topolab_core::records::SweepRecord;
+use topolab_core::scenario::{Scenario, SweepPoint};
+pub use topolab_sim::sweep::{Row, record, records};
 
 use super::BadInput;
 use crate::output::{Format, Table, print_json};
@@ -46,18 +44,6 @@ pub struct Args {
     report: Option<PathBuf>,
 }
 
-/// One configuration and what it gave.
-pub struct Row {
-    /// The axis values of this point.
-    pub point: SweepPoint,
-    /// The configuration.
-    pub scenario: Scenario,
-    /// The simulated summary.
-    pub summary: RunSummary,
-    /// Time to the target, if the scenario has one.
-    pub target: Option<TimeToTarget>,
-}
-
 /// The validated configurations of `base`'s sweep (just `base` without a sweep). All invalid
 /// configurations are reported at once, as bad input.
 pub fn configurations(base: &Scenario) -> anyhow::Result<Vec<(SweepPoint, Scenario)>> {
@@ -79,37 +65,9 @@ pub fn run_all(configs: Vec<(SweepPoint, Scenario)>, jobs: Option<usize>) -> any
     } else {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs.unwrap_or(0)).build()?;
-    let opts = SimOptions { trace: false, ..SimOptions::default() };
-    let results: Vec<anyhow::Result<Row>> = pool.install(|| {
-        configs
-            .into_par_iter()
-            .map(|(point, s)| {
-                let r = simulate_one(&s, &opts).map(|(summary, target)| Row { point, scenario: s, summary, target });
-                bar.inc(1);
-                r
-            })
-            .collect()
-    });
+    let rows = topolab_sim::sweep::run_all(configs, jobs.unwrap_or(0), &|| bar.inc(1));
     bar.finish_and_clear();
-    results.into_iter().collect()
-}
-
-fn simulate_one(s: &Scenario, opts: &SimOptions) -> anyhow::Result<(RunSummary, Option<TimeToTarget>)> {
-    let bad = |e: String| anyhow::Error::new(BadInput(format!("error: {}: {e}", s.spec.name)));
-    if s.spec.training.target.is_some() {
-        match target::time_to_target(s, opts) {
-            Ok((run, t)) => Ok((run.summary, Some(t))),
-            Err(target::TargetError::Sim(e)) if !e.is_bad_input() => Err(e.into()),
-            Err(e) => Err(bad(e.to_string())),
-        }
-    } else {
-        match topolab_sim::simulate(s, opts) {
-            Ok(run) => Ok((run.summary, None)),
-            Err(e) if e.is_bad_input() => Err(bad(e.to_string())),
-            Err(e) => Err(e.into()),
-        }
-    }
+    rows.map_err(|e| if e.is_bad_input() { BadInput(format!("error: {e}")).into() } else { anyhow::Error::new(e) })
 }
 
 /// The comparison table: one row per configuration.
@@ -195,28 +153,6 @@ pub fn json_rows(rows: &[Row]) -> Vec<serde_json::Value> {
             v
         })
         .collect()
-}
-
-/// The sweep.csv records of the rows.
-pub fn records(rows: &[Row]) -> Vec<SweepRecord> {
-    rows.iter().map(record).collect()
-}
-
-/// The sweep.csv record of a row.
-pub fn record(r: &Row) -> SweepRecord {
-    let s = &r.scenario;
-    SweepRecord {
-        workers: s.spec.topology.workers,
-        ps: s.spec.topology.ps,
-        nic: s.spec.network.nic.clone(),
-        batch: s.spec.batch,
-        gpu: s.gpu.name.clone(),
-        placement: s.spec.topology.placement.as_str().into(),
-        mode: s.spec.topology.mode.as_str().into(),
-        ps_hosts: if s.spec.topology.ps_hosts == PsHosts::Dedicated { "dedicated".into() } else { "colocated".into() },
-        summary: r.summary.clone(),
-        target: r.target.as_ref().map(TimeToTarget::record),
-    }
 }
 
 /// Writes sweep.csv (atomically): every axis and the summary (and target) fields, one row per

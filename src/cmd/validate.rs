@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use topolab_core::records::RunSummary;
+use topolab_core::records::{self, RunSummary, ValidationRecord};
 use topolab_core::scenario::Scenario;
 use topolab_core::units::Time;
 use topolab_runtime::launcher::{self, LauncherKind, ReplayError, ReplayOptions};
@@ -142,10 +142,6 @@ pub struct ValidateArgs {
     format: Format,
 }
 
-fn ape(pred: f64, meas: f64) -> f64 {
-    if meas.abs() > 0.0 { (pred - meas).abs() / meas.abs() * 100.0 } else { 0.0 }
-}
-
 /// Predicts a replayed configuration: the simulator on its effective scenario, with the profile.
 fn predict(effective: &Path, profile: &Path, launcher: LauncherKind) -> anyhow::Result<RunSummary> {
     let s = Scenario::load(effective).map_err(|e| BadInput(e.to_string()))?;
@@ -224,46 +220,31 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
         "largest_phase_gap",
     ])
     .right_align(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
-    let mut apes = Vec::new();
-    for (label, _, p, m) in &rows {
-        let e = ape(p.step_time_s.p50, m.step_time_s.p50);
-        apes.push(e);
-        let phases = [
-            ("compute", p.breakdown_s.compute, m.breakdown_s.compute),
-            ("exposed communication", p.breakdown_s.exposed_comm, m.breakdown_s.exposed_comm),
-            ("wait", p.breakdown_s.wait, m.breakdown_s.wait),
-        ];
-        let worst = phases.iter().max_by(|a, b| (a.1 - a.2).abs().total_cmp(&(b.1 - b.2).abs())).expect("three phases");
+    let records: Vec<ValidationRecord> =
+        rows.iter().map(|(label, _, p, m)| ValidationRecord::new(label, p, m)).collect();
+    for r in &records {
         t.row([
-            label.clone(),
-            num(p.step_time_s.p50, 4),
-            num(m.step_time_s.p50, 4),
-            num(e, 1),
-            num(p.throughput_samples_per_s, 1),
-            num(m.throughput_samples_per_s, 1),
-            num(ape(p.throughput_samples_per_s, m.throughput_samples_per_s), 1),
-            num(p.breakdown_s.compute, 4),
-            num(m.breakdown_s.compute, 4),
-            num(p.breakdown_s.exposed_comm, 4),
-            num(m.breakdown_s.exposed_comm, 4),
-            num(p.breakdown_s.wait, 4),
-            num(m.breakdown_s.wait, 4),
-            format!("{} ({:+.4} s)", worst.0, worst.1 - worst.2),
+            r.configuration.clone(),
+            num(r.pred_p50_s, 4),
+            num(r.meas_p50_s, 4),
+            num(r.ape_p50_pct, 1),
+            num(r.pred_samples_per_s, 1),
+            num(r.meas_samples_per_s, 1),
+            num(r.ape_throughput_pct, 1),
+            num(r.pred_compute_s, 4),
+            num(r.meas_compute_s, 4),
+            num(r.pred_comm_s, 4),
+            num(r.meas_comm_s, 4),
+            num(r.pred_wait_s, 4),
+            num(r.meas_wait_s, 4),
+            r.largest_phase_gap.clone(),
         ]);
     }
-    let mut sorted = apes.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = if sorted.is_empty() {
-        0.0
-    } else if sorted.len() % 2 == 1 {
-        sorted[sorted.len() / 2]
-    } else {
-        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
-    };
-    let max = sorted.last().copied().unwrap_or(0.0);
+    let apes: Vec<f64> = records.iter().map(|r| r.ape_p50_pct).collect();
+    let (median, max) = records::validation_errors(&records);
     let csv_path = a.out.join("validation.csv");
     let mut buf = Vec::new();
-    t.write_csv(&mut buf)?;
+    records::write_validation_csv(&records, &mut buf)?;
     topolab_sim::write_atomic(&csv_path, &buf)?;
     match a.format {
         Format::Json => print_json(&serde_json::json!({

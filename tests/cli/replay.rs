@@ -309,7 +309,7 @@ fn calibrate_writes_a_profile_and_validate_compares_each_configuration() {
     assert!(text.contains("p50 step time error: median") && text.contains("Hold-out protocol"), "{text}");
     // The report has the error table with median and max on top, and the scatter.
     let md = std::fs::read_to_string(d.join("report/report.md")).unwrap();
-    assert!(md.contains("median absolute error") && md.contains("ape_p50_pct"), "{md}");
+    assert!(md.contains("median absolute error") && md.contains("p50 error (%)"), "{md}");
     let svg = std::fs::read_to_string(d.join("report/charts/val-predicted-vs-measured.svg")).unwrap();
     assert!(svg.contains("predicted p50 step time (s)") && svg.contains("+-10%") && svg.contains("y = x"));
     let mut r = csv::Reader::from_path(out.join("validation.csv")).unwrap();
