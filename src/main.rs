@@ -66,9 +66,18 @@ enum Command {
     Scenarios(cmd::scenarios::Args),
 }
 
+extern "C" fn on_sigint(_: libc::c_int) {
+    topolab_runtime::launcher::interrupt();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or_else(|| Command::Run(cmd::run::Args::default()));
+    if matches!(command, Command::Replay(_) | Command::Validate(_)) {
+        // Ctrl-C stops the replay's tasks and removes its namespaces before the exit (130).
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    }
     if !matches!(command, Command::Replay(_) | Command::Node(_) | Command::Calibrate(_) | Command::Validate(_)) {
         // Commands that only print die quietly when their reader goes away (`topolab schema |
         // head -1`), as Unix tools do. Not those that run tasks: their sockets must see EPIPE as

@@ -24,13 +24,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     #[test]
     fn replaces_the_file_and_leaves_no_temporary() {
-        let d = std::env::temp_dir().join(format!("topolab-atomic-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+        let tmp = tempfile::Builder::new().prefix("topolab-atomic-").tempdir().unwrap();
+        let d = tmp.path();
         let f = d.join("a.json");
         super::write_atomic(&f, b"one").unwrap();
         super::write_atomic(&f, b"two").unwrap();
         assert_eq!(std::fs::read(&f).unwrap(), b"two");
-        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
-        std::fs::remove_dir_all(&d).ok();
+        assert_eq!(std::fs::read_dir(d).unwrap().count(), 1);
     }
 }

@@ -427,10 +427,8 @@ mod tests {
     /// A scenario on a two-layer model read from a layer table: layer `a` holds variables of
     /// 4000 B and 40 B, layer `b` one of 400 B (total 4440 B).
     fn scenario(extra: &str) -> Scenario {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("topolab-plan-test-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new().prefix("topolab-plan-test-").tempdir().unwrap();
+        let dir = tmp.path();
         std::fs::write(
             dir.join("toy.csv"),
             "layer,kind,macs,forward_flops,activation_bytes,variable,shape,bytes\n\
@@ -440,9 +438,7 @@ mod tests {
         )
         .unwrap();
         let text = format!("batch = 2\n[model]\nlayers = \"toy.csv\"\n{extra}");
-        let s = Scenario::parse(&text, "t.toml", "t", Some(&dir)).unwrap();
-        std::fs::remove_dir_all(&dir).ok();
-        s
+        Scenario::parse(&text, "t.toml", "t", Some(dir)).unwrap()
     }
 
     #[test]

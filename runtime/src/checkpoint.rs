@@ -71,43 +71,40 @@ pub fn latest_complete(dir: &Path, shards: u32) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("topolab-ckpt-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+    /// A scratch directory removed when the test ends, passed or failed.
+    fn tmp(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("topolab-ckpt-{name}-")).tempdir().unwrap()
     }
 
     #[test]
     fn complete_checkpoints_read_back() {
         let d = tmp("ok");
-        write(&d, 4, 0, &[1.0, 2.0]).unwrap();
-        write(&d, 4, 1, &[3.0]).unwrap();
-        assert_eq!(latest_complete(&d, 2), Some(4));
-        assert_eq!(read(&d, 4, 1).unwrap(), vec![3.0]);
-        std::fs::remove_dir_all(&d).ok();
+        write(d.path(), 4, 0, &[1.0, 2.0]).unwrap();
+        write(d.path(), 4, 1, &[3.0]).unwrap();
+        assert_eq!(latest_complete(d.path(), 2), Some(4));
+        assert_eq!(read(d.path(), 4, 1).unwrap(), vec![3.0]);
     }
 
     #[test]
     fn a_torn_checkpoint_leaves_the_previous_one_valid() {
         let d = tmp("torn");
         for sh in 0..2 {
-            write(&d, 2, sh, &[1.0, 2.0, 3.0]).unwrap();
+            write(d.path(), 2, sh, &[1.0, 2.0, 3.0]).unwrap();
         }
         // Step 4: shard 0 done; shard 1 crashed after writing its data file but before the
         // manifest (and left a temporary file behind).
-        write(&d, 4, 0, &[4.0, 5.0, 6.0]).unwrap();
-        std::fs::write(d.join("step-4/shard-1.bin"), crate::wire::f32_bytes(&[7.0, 8.0])).unwrap();
-        std::fs::write(d.join("step-4/shard-1.tmp"), b"partial").unwrap();
-        assert_eq!(latest_complete(&d, 2), Some(2));
+        write(d.path(), 4, 0, &[4.0, 5.0, 6.0]).unwrap();
+        std::fs::write(d.path().join("step-4/shard-1.bin"), crate::wire::f32_bytes(&[7.0, 8.0])).unwrap();
+        std::fs::write(d.path().join("step-4/shard-1.tmp"), b"partial").unwrap();
+        assert_eq!(latest_complete(d.path(), 2), Some(2));
         // Step 6: both manifests present but shard 1's data truncated after the fact.
         for sh in 0..2 {
-            write(&d, 6, sh, &[9.0, 9.0, 9.0]).unwrap();
+            write(d.path(), 6, sh, &[9.0, 9.0, 9.0]).unwrap();
         }
-        let f = d.join("step-6/shard-1.bin");
+        let f = d.path().join("step-6/shard-1.bin");
         let data = std::fs::read(&f).unwrap();
         std::fs::write(&f, &data[..data.len() - 4]).unwrap();
-        assert_eq!(latest_complete(&d, 2), Some(2));
-        assert!(read(&d, 6, 1).unwrap_err().contains("does not match its manifest"));
-        std::fs::remove_dir_all(&d).ok();
+        assert_eq!(latest_complete(d.path(), 2), Some(2));
+        assert!(read(d.path(), 6, 1).unwrap_err().contains("does not match its manifest"));
     }
 }

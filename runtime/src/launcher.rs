@@ -128,7 +128,10 @@ pub struct Pids {
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_sigint(_: libc::c_int) {
+/// Asks a running [`replay`] to stop: every task is stopped, the namespaces are removed, and
+/// it returns [`ReplayError::Interrupted`]. Async-signal-safe (one atomic store): the binary's
+/// SIGINT handler calls it; the library installs no handler of its own.
+pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
@@ -297,8 +300,6 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
     std::fs::create_dir_all(&logs).map_err(io)?;
     let token = Token::random();
     let mut latency_ns = s.spec.network.latency.0;
-    // SAFETY: the handler only stores to an atomic.
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     let mut cluster = None;
     let mut latency_method = if latency_ns == 0 { "none".to_string() } else { "emulated in the transport".to_string() };
     let mut congestion_control = host_congestion_control();

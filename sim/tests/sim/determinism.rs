@@ -6,7 +6,8 @@ use super::*;
 fn two_runs_write_byte_identical_files() {
     // Jitter and a straggler exercise the random numbers; backup mode the drop logic.
     let s = Scenario::load(&root().join("scenarios/examples/vgg-16-backup-partitioned.toml")).unwrap();
-    let base = std::env::temp_dir().join(format!("topolab-determinism-{}", std::process::id()));
+    let tmp = tempfile::Builder::new().prefix("topolab-determinism-").tempdir().unwrap();
+    let base = tmp.path();
     for i in 0..2 {
         topolab_sim::write_run_dir(&run(&s), &base.join(i.to_string())).unwrap();
     }
@@ -16,7 +17,6 @@ fn two_runs_write_byte_identical_files() {
         assert!(!a.is_empty(), "{f} is empty");
         assert!(a == b, "{f} differs between two runs of seed {}", s.spec.seed);
     }
-    std::fs::remove_dir_all(&base).ok();
 }
 
 #[test]
@@ -31,8 +31,9 @@ fn another_seed_changes_a_jittered_run() {
 fn output_files_are_well_formed() {
     let s = Scenario::load(&root().join("scenarios/examples/inception-v3-64w-8ps.toml")).unwrap();
     let r = run(&s);
-    let dir = std::env::temp_dir().join(format!("topolab-files-{}", std::process::id()));
-    topolab_sim::write_run_dir(&r, &dir).unwrap();
+    let tmp = tempfile::Builder::new().prefix("topolab-files-").tempdir().unwrap();
+    let dir = tmp.path();
+    topolab_sim::write_run_dir(&r, dir).unwrap();
     let steps = topolab_core::records::read_steps_csv(std::fs::File::open(dir.join("steps.csv")).unwrap(), "steps.csv")
         .unwrap();
     // One record per worker per step.
@@ -46,7 +47,6 @@ fn output_files_are_well_formed() {
     let summary =
         topolab_core::records::read_summary_json(std::fs::File::open(dir.join("summary.json")).unwrap(), "s").unwrap();
     assert_eq!(summary, r.summary);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

@@ -20,16 +20,12 @@ pub fn root() -> PathBuf {
 
 /// Parses a scenario written inline; `csv` (if any) is written next to it as `model.csv`.
 pub fn scenario(text: &str, csv: Option<&str>) -> Scenario {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("topolab-sim-test-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new().prefix("topolab-sim-test-").tempdir().unwrap();
+    let dir = tmp.path();
     if let Some(csv) = csv {
         std::fs::write(dir.join("model.csv"), csv).unwrap();
     }
-    let s = Scenario::parse(text, "test.toml", "test", Some(&dir)).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::remove_dir_all(&dir).ok();
-    s
+    Scenario::parse(text, "test.toml", "test", Some(dir)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn run(s: &Scenario) -> SimRun {
