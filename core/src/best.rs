@@ -5,9 +5,18 @@
 
 use crate::records::SweepRecord;
 
-/// A duration for people: hours below two days, days from there (one decimal).
+/// A duration for people: seconds below a minute, minutes below an hour, hours below two
+/// days, days from there (one decimal).
 pub fn human_duration(seconds: f64) -> String {
-    if seconds >= 2.0 * 86400.0 { format!("{:.1} d", seconds / 86400.0) } else { format!("{:.1} h", seconds / 3600.0) }
+    if seconds >= 2.0 * 86400.0 {
+        format!("{:.1} d", seconds / 86400.0)
+    } else if seconds >= 3600.0 {
+        format!("{:.1} h", seconds / 3600.0)
+    } else if seconds >= 60.0 {
+        format!("{:.1} min", seconds / 60.0)
+    } else {
+        format!("{seconds:.1} s")
+    }
 }
 
 /// The configuration that reaches the target soonest; without targets, the one with the
@@ -112,6 +121,8 @@ mod tests {
                 cost,
                 currency: "USD".into(),
                 simulated_steps: 20,
+                failure_overhead_s: 0.0,
+                goodput: 1.0,
             }),
         }
     }
@@ -136,5 +147,6 @@ mod tests {
         assert_eq!(human_duration(5.0 * 3600.0), "5.0 h");
         assert_eq!(human_duration(47.0 * 3600.0), "47.0 h");
         assert_eq!(human_duration(154.1 * 86400.0), "154.1 d");
+        assert_eq!((human_duration(90.0), human_duration(2.5)), ("1.5 min".to_string(), "2.5 s".to_string()));
     }
 }

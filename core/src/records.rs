@@ -540,11 +540,31 @@ pub struct TargetRecord {
     pub currency: String,
     /// Steps simulated before extrapolating.
     pub simulated_steps: u64,
+    /// Expected time lost to failures, checkpoints and restarts, seconds (included in
+    /// `time_to_target_s`; 0 without `faults.mtbf`).
+    #[serde(default)]
+    pub failure_overhead_s: f64,
+    /// Useful time over wall time (1 without failures).
+    #[serde(default = "one")]
+    pub goodput: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 const SWEEP_AXES: &[&str] = &["workers", "ps", "nic", "batch", "gpu", "placement", "mode", "ps_hosts"];
-const SWEEP_TARGET: &[&str] =
-    &["time_to_target_s", "steps_to_target", "epochs", "gpu_hours", "cost", "currency", "simulated_steps"];
+const SWEEP_TARGET: &[&str] = &[
+    "time_to_target_s",
+    "steps_to_target",
+    "epochs",
+    "gpu_hours",
+    "cost",
+    "currency",
+    "simulated_steps",
+    "failure_overhead_s",
+    "goodput",
+];
 
 /// Column names of sweep.csv: the axes, the summary columns (less workers and ps), the target.
 pub fn sweep_columns() -> Vec<&'static str> {
@@ -585,6 +605,8 @@ pub fn write_sweep_csv<W: Write>(rows: &[SweepRecord], out: W) -> Result<(), Rec
                 format!("{}", t.cost),
                 t.currency.clone(),
                 t.simulated_steps.to_string(),
+                format!("{}", t.failure_overhead_s),
+                format!("{}", t.goodput),
             ]),
             None => row.extend(std::iter::repeat_n(String::new(), SWEEP_TARGET.len())),
         }
@@ -657,6 +679,8 @@ pub fn read_sweep_csv<R: Read>(input: R, origin: &str) -> Result<Vec<SweepRecord
                 cost: num(t0 + 4)?,
                 currency: get(t0 + 5),
                 simulated_steps: get(t0 + 6).parse().map_err(|_| bad("simulated_steps"))?,
+                failure_overhead_s: num(t0 + 7)?,
+                goodput: num(t0 + 8)?,
             })
         };
         out.push(SweepRecord {
@@ -719,6 +743,8 @@ mod sweep_tests {
                     cost: 500.25,
                     currency: "USD".into(),
                     simulated_steps: 20,
+                    failure_overhead_s: 0.0,
+                    goodput: 1.0,
                 }),
             },
             SweepRecord {

@@ -606,15 +606,81 @@ pub struct FaultsSpec {
     /// Persistently slow workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stragglers: Option<Straggler>,
-    /// Mean time between failures of one host.
+    /// Mean time between failures of one host (worker or parameter server): with a
+    /// [training.target], the time to it includes the failures, restarts and checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtbf: Option<Time>,
-    /// Interval between checkpoints.
+    /// Work between two checkpoints, or "auto" (default with `mtbf`): Daly's optimum for the
+    /// checkpoint's write time and the job's MTBF.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint_interval: Option<Time>,
-    /// Bandwidth of checkpoint storage, shared by all shards.
+    pub checkpoint_interval: Option<CheckpointInterval>,
+    /// Bandwidth of checkpoint storage, shared by all shards (needed with `mtbf`): a
+    /// checkpoint writes the parameters and optimizer slots, a restart reads them back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_bandwidth: Option<BitRate>,
+    /// Time a restart takes after a failure before the checkpoint is read back (rescheduling,
+    /// starting the processes). Default 0: only the read-back is counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<Time>,
+}
+
+/// How often to checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CheckpointInterval {
+    /// Daly's optimum for the checkpoint's write time and the job's MTBF.
+    Auto,
+    /// After this much work.
+    Every(Time),
+}
+
+impl Serialize for CheckpointInterval {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CheckpointInterval::Auto => s.serialize_str("auto"),
+            CheckpointInterval::Every(t) => t.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CheckpointInterval {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = CheckpointInterval;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"auto\" or a time such as \"30 min\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CheckpointInterval, E> {
+                if v.trim().eq_ignore_ascii_case("auto") {
+                    return Ok(CheckpointInterval::Auto);
+                }
+                v.parse::<Time>().map(CheckpointInterval::Every).map_err(|e| E::custom(format!("{e}; or \"auto\"")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<CheckpointInterval, E> {
+                Err(E::custom(format!("bare number {v} has no unit; write e.g. \"{v} min\", or \"auto\"")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<CheckpointInterval, E> {
+                self.visit_i64(v as i64)
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<CheckpointInterval, E> {
+                Err(E::custom(format!("bare number {v} has no unit; write e.g. \"{v} min\", or \"auto\"")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for CheckpointInterval {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CheckpointInterval".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "\"auto\" (Daly's optimum) or a time with its unit",
+            "examples": ["auto", "30 min"],
+        })
+    }
 }
 
 /// Prices.
@@ -1102,6 +1168,20 @@ impl Scenario {
             v.check(c >= 1, "hardware.shared_cores", || "shared_cores must be >= 1".into());
         }
         no_effect(&spec, gpu.as_ref(), &mut v);
+        if let (Some(m), Some(bw), Some(CheckpointInterval::Every(t))) =
+            (&model, spec.faults.checkpoint_bandwidth, spec.faults.checkpoint_interval)
+            && bw.0 > 0.0
+        {
+            let write = checkpoint_bytes(m, spec.optimizer.kind).0 as f64 / bw.bytes_per_sec();
+            v.check(t.secs_f64() > write, "faults.checkpoint_interval", || {
+                format!(
+                    "a checkpoint every {t} is shorter than writing one ({:.1} s for {:.2} at {}): training would never progress",
+                    write,
+                    checkpoint_bytes(m, spec.optimizer.kind),
+                    crate::units::ByteRate(bw)
+                )
+            });
+        }
         if let (Some(t), Some(m)) = (&spec.training.target, &model)
             && t.metric == "top1"
             && t.value > 0.0
@@ -1279,6 +1359,11 @@ impl Scenario {
     }
 }
 
+/// Bytes a checkpoint writes: the parameters and the optimizer's slots (the shards' state).
+pub fn checkpoint_bytes(model: &Model, optimizer: OptimizerKind) -> Bytes {
+    Bytes(model.bytes().0 * (1 + optimizer.slots()))
+}
+
 /// GPU memory a worker replica needs: weights and gradients (FP32) plus the activations of
 /// one batch kept for the backward pass. Optimizer slots live on the parameter servers.
 pub fn gpu_memory_needed(model: &Model, batch: u64) -> Bytes {
@@ -1338,14 +1423,25 @@ fn no_effect(s: &ScenarioFile, gpu: Option<&Gpu>, v: &mut Problems) {
         );
     }
     let f = &s.faults;
-    if f.mtbf.is_some() {
-        not_yet(v, "faults.mtbf", "simulating host failures", "failures and restarts");
+    if f.mtbf.is_some() && s.training.target.is_none() {
+        no_effect_with(v, "faults.mtbf", "without [training.target] (failures lengthen the time to the target)");
     }
-    if f.checkpoint_interval.is_some() {
-        not_yet(v, "faults.checkpoint_interval", "simulating checkpoints", "failures and restarts");
-    }
-    if f.checkpoint_bandwidth.is_some() {
-        not_yet(v, "faults.checkpoint_bandwidth", "simulating checkpoint writes", "failures and restarts");
+    if f.mtbf.is_none() {
+        for (path, set) in [
+            ("faults.checkpoint_interval", f.checkpoint_interval.is_some()),
+            ("faults.checkpoint_bandwidth", f.checkpoint_bandwidth.is_some()),
+            ("faults.restart", f.restart.is_some()),
+        ] {
+            if set {
+                no_effect_with(v, path, "without faults.mtbf (checkpoints and restarts are paid for failures)");
+            }
+        }
+    } else if f.checkpoint_bandwidth.is_none() {
+        v.push(
+            "faults.mtbf",
+            "failures need `faults.checkpoint_bandwidth`: what a checkpoint and a restart cost depends on the storage",
+            Some("add e.g. `checkpoint_bandwidth = \"1 GB/s\"` (shared by all shards) under [faults]".into()),
+        );
     }
     let r = &s.runtime;
     if r.backend == Backend::Cuda {
@@ -1714,6 +1810,9 @@ fn validate(s: &ScenarioFile, v: &mut Problems) {
     }
     if let Some(m) = f.mtbf {
         v.check(m.0 > 0, "faults.mtbf", || "mtbf must be > 0".into());
+    }
+    if let Some(CheckpointInterval::Every(t)) = f.checkpoint_interval {
+        v.check(t.0 > 0, "faults.checkpoint_interval", || "checkpoint_interval must be > 0 (or \"auto\")".into());
     }
     if let Some(b) = f.checkpoint_bandwidth {
         v.check(b.0 > 0.0, "faults.checkpoint_bandwidth", || "checkpoint_bandwidth must be > 0".into());

@@ -11,6 +11,8 @@
 //! - [`training`]: executes the core [`Plan`] (pulls, per-layer compute, pushes, aggregation,
 //!   apply, barrier) for sync, backup-worker, async and stale-synchronous training.
 //!
+//! - [`failures`]: failures, checkpoints and restarts over a whole run (Young, Daly, and a
+//!   seeded event-by-event check of them), charged to the time to a target.
 //! - [`sweep`]: every configuration of a sweep in parallel, as sweep.csv records.
 //!
 //! [`simulate`] ties them together and returns a [`SimRun`]: step records (the same columns
@@ -20,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod engine;
+pub mod failures;
 pub mod fit;
 pub mod maxmin;
 pub mod network;

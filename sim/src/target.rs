@@ -7,9 +7,9 @@
 
 use serde::Serialize;
 use topolab_core::convergence::{self, ConvergenceError};
-use topolab_core::scenario::{Mode, PsHosts, Scenario};
+use topolab_core::scenario::{CheckpointInterval, Mode, PsHosts, Scenario};
 
-use crate::{SimError, SimOptions, SimRun, simulate};
+use crate::{SimError, SimOptions, SimRun, failures, simulate};
 
 /// Relative half-width of the 95% confidence interval we stop at.
 pub const PRECISION: f64 = 0.005;
@@ -51,6 +51,32 @@ pub struct TimeToTarget {
     pub step_time_ci: f64,
     /// Async: mean staleness in updates (0 otherwise).
     pub mean_staleness: f64,
+    /// Failures, checkpoints and restarts, when the scenario has `faults.mtbf`.
+    pub failures: Option<FailureCost>,
+}
+
+/// What failures add to the time to the target (see [`crate::failures`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailureCost {
+    /// Training time without failures, seconds.
+    pub useful_s: f64,
+    /// Mean time between failures of the whole job (host MTBF / hosts), seconds.
+    pub job_mtbf_s: f64,
+    /// Time to write one checkpoint (parameters and optimizer slots through the shared
+    /// checkpoint bandwidth), seconds.
+    pub checkpoint_s: f64,
+    /// Time a restart takes, the read-back included, seconds.
+    pub restart_s: f64,
+    /// Work between checkpoints, seconds (Daly's optimum with "auto").
+    pub interval_s: f64,
+    /// Whether the interval is Daly's optimum.
+    pub auto_interval: bool,
+    /// Expected failures over the run.
+    pub expected_failures: f64,
+    /// Expected wall time lost to failures, checkpoints and restarts, seconds.
+    pub overhead_s: f64,
+    /// Useful time over wall time.
+    pub goodput: f64,
 }
 
 impl TimeToTarget {
@@ -64,6 +90,8 @@ impl TimeToTarget {
             cost: self.cost,
             currency: self.currency.clone(),
             simulated_steps: self.simulated_steps,
+            failure_overhead_s: self.failures.as_ref().map_or(0.0, |f| f.overhead_s),
+            goodput: self.failures.as_ref().map_or(1.0, |f| f.goodput),
         }
     }
 }
@@ -152,10 +180,12 @@ pub fn time_to_target(s: &Scenario, opts: &SimOptions) -> Result<(SimRun, TimeTo
         Mode::Sync | Mode::Backup => global_batch / mean,
         Mode::Async | Mode::StaleSynchronous => run.summary.throughput_samples_per_s,
     };
-    let time = examples / useful;
-    let hours = time / 3600.0;
+    let useful_time = examples / useful;
     let gpus = f64::from(t.workers) * g;
     let ps_hosts = if t.ps_hosts == PsHosts::Dedicated { f64::from(t.ps) } else { 0.0 };
+    let failures = failure_cost(s, useful_time, f64::from(t.workers) + ps_hosts);
+    let time = failures.as_ref().map_or(useful_time, |f| f.useful_s + f.overhead_s);
+    let hours = time / 3600.0;
     let cost = hours * (gpus * s.spec.cost.gpu_hour + ps_hosts * s.spec.cost.ps_hour);
     let ttt = TimeToTarget {
         target: format!("{} >= {}", target.metric, target.value),
@@ -172,6 +202,34 @@ pub fn time_to_target(s: &Scenario, opts: &SimOptions) -> Result<(SimRun, TimeTo
         simulated_steps: run.summary.steps,
         step_time_ci: ci,
         mean_staleness: staleness,
+        failures,
     };
     Ok((run, ttt))
+}
+
+/// The expected cost of failures for `useful_s` of training on `hosts` hosts, when the
+/// scenario has `faults.mtbf` (validation makes sure the checkpoint bandwidth is there).
+fn failure_cost(s: &Scenario, useful_s: f64, hosts: f64) -> Option<FailureCost> {
+    let f = &s.spec.faults;
+    let (mtbf, bw) = (f.mtbf?, f.checkpoint_bandwidth?);
+    let job_mtbf_s = mtbf.secs_f64() / hosts.max(1.0);
+    let checkpoint_s =
+        topolab_core::scenario::checkpoint_bytes(&s.model, s.spec.optimizer.kind).0 as f64 / bw.bytes_per_sec();
+    let restart_s = f.restart.map_or(0.0, |r| r.secs_f64()) + checkpoint_s;
+    let (interval_s, auto_interval) = match f.checkpoint_interval {
+        Some(CheckpointInterval::Every(t)) => (t.secs_f64(), false),
+        None | Some(CheckpointInterval::Auto) => (failures::daly_interval(checkpoint_s, job_mtbf_s), true),
+    };
+    let wall = failures::expected_wall_time(useful_s, interval_s, checkpoint_s, restart_s, job_mtbf_s);
+    Some(FailureCost {
+        useful_s,
+        job_mtbf_s,
+        checkpoint_s,
+        restart_s,
+        interval_s,
+        auto_interval,
+        expected_failures: wall / job_mtbf_s,
+        overhead_s: wall - useful_s,
+        goodput: useful_s / wall,
+    })
 }

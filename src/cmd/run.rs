@@ -218,6 +218,21 @@ fn print_target(s: &Scenario, t: &TimeToTarget) -> anyhow::Result<()> {
         t.cost,
         t.currency
     )?;
+    if let Some(f) = &t.failures {
+        writeln!(
+            out,
+            "  failures: {:.1} expected (job MTBF {} = host MTBF / hosts); a checkpoint every {}{} takes {:.1} s, a restart {:.1} s: \
+             {} lost, goodput {:.3} (Daly 2006, expected wall time)",
+            f.expected_failures,
+            topolab_core::best::human_duration(f.job_mtbf_s),
+            topolab_core::best::human_duration(f.interval_s),
+            if f.auto_interval { " (Daly's optimum)" } else { "" },
+            f.checkpoint_s,
+            f.restart_s,
+            topolab_core::best::human_duration(f.overhead_s),
+            f.goodput
+        )?;
+    }
     for line in assumptions(std::slice::from_ref(s), t.simulated_steps) {
         writeln!(out, "  {line}")?;
     }
@@ -269,7 +284,11 @@ pub fn assumptions(scenarios: &[Scenario], simulated_steps: u64) -> Vec<String> 
         topolab_sim::target::PRECISION * 100.0,
         simulated_steps
     ));
-    v.push("not modelled: failures and restarts, input pipelines, learning-rate warm-up".into());
+    v.push(if s.spec.faults.mtbf.is_some() {
+        "failures: exponential per host at faults.mtbf, checkpoints and restarts through faults.checkpoint_bandwidth (Daly 2006); not modelled: input pipelines, learning-rate warm-up".into()
+    } else {
+        "not modelled: failures and restarts (set faults.mtbf), input pipelines, learning-rate warm-up".into()
+    });
     v
 }
 

@@ -46,6 +46,8 @@ use Expect::*;
 type Probe = (&'static str, &'static [(&'static str, &'static str)], &'static [(&'static str, &'static str)], Expect);
 
 const TARGET: (&str, &str) = ("training.target", "{ metric = \"top1\", value = 0.5 }");
+const MTBF: (&str, &str) = ("faults.mtbf", "\"500 h\"");
+const BANDWIDTH: (&str, &str) = ("faults.checkpoint_bandwidth", "\"1 GB/s\"");
 const PROFILE: (&str, &str) = ("hardware.profile", "\"@PROFILE@\"");
 
 const PROBES: &[Probe] = &[
@@ -57,10 +59,27 @@ const PROBES: &[Probe] = &[
     ("cost.ps_hour", &[TARGET], &[("cost.ps_hour", "0.5")], Effect),
     ("cost.ps_hour", &[TARGET, ("topology.ps_hosts", "\"colocated\"")], &[("cost.ps_hour", "0.5")], Refused(None)),
     ("description", &[], &[("description", "\"a probe of the description\"")], Printed),
-    ("faults.checkpoint_bandwidth", &[], &[("faults.checkpoint_bandwidth", "\"1 GB/s\"")], Refused(None)),
-    ("faults.checkpoint_interval", &[], &[("faults.checkpoint_interval", "\"1 h\"")], Refused(None)),
     ("faults.jitter", &[], &[("faults.jitter", "0.2")], Effect),
-    ("faults.mtbf", &[], &[("faults.mtbf", "\"24 h\"")], Refused(None)),
+    ("faults.mtbf", &[TARGET], &[("faults.mtbf", "\"100 h\""), BANDWIDTH], Effect),
+    ("faults.mtbf", &[], &[("faults.mtbf", "\"100 h\""), BANDWIDTH], Refused(None)),
+    ("faults.mtbf", &[TARGET], &[("faults.mtbf", "\"100 h\"")], Refused(None)),
+    (
+        "faults.checkpoint_bandwidth",
+        &[TARGET, MTBF, BANDWIDTH],
+        &[("faults.checkpoint_bandwidth", "\"100 MB/s\"")],
+        Effect,
+    ),
+    ("faults.checkpoint_bandwidth", &[TARGET], &[BANDWIDTH], Refused(None)),
+    ("faults.checkpoint_interval", &[TARGET, MTBF, BANDWIDTH], &[("faults.checkpoint_interval", "\"5 min\"")], Effect),
+    (
+        "faults.checkpoint_interval",
+        &[TARGET, MTBF, BANDWIDTH],
+        &[("faults.checkpoint_interval", "\"1 ms\"")],
+        Refused(None),
+    ),
+    ("faults.checkpoint_interval", &[TARGET], &[("faults.checkpoint_interval", "\"auto\"")], Refused(None)),
+    ("faults.restart", &[TARGET, MTBF, BANDWIDTH], &[("faults.restart", "\"10 min\"")], Effect),
+    ("faults.restart", &[TARGET], &[("faults.restart", "\"10 min\"")], Refused(None)),
     (
         "faults.stragglers.count",
         &[("faults.stragglers", "{ count = 1, slowdown = 2.0 }")],
