@@ -230,6 +230,29 @@ pub struct ReplayInfo {
     /// received), from an HDR histogram (3 significant digits).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latencies: Vec<Latency>,
+    /// Time from starting the tasks to the first completed step, seconds.
+    #[serde(default)]
+    pub startup_s: f64,
+    /// Kills the scenario asked for (`faults.kills`) and the restarts that followed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restarts: Vec<Restart>,
+}
+
+/// One injected failure and the restart from the last complete checkpoint that followed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Restart {
+    /// The task killed, e.g. "worker 1".
+    pub task: String,
+    /// When, seconds after the tasks first started.
+    pub at_s: f64,
+    /// Steps the furthest worker had completed at the kill.
+    pub steps_done: u64,
+    /// The checkpoint the job restarted from (0: from the start).
+    pub checkpoint_step: u64,
+    /// Steps done again: `steps_done - checkpoint_step`.
+    pub lost_steps: u64,
+    /// From the kill to the restarted job's first completed step, seconds.
+    pub restart_s: f64,
 }
 
 /// Percentiles of one kind of measured duration.

@@ -622,6 +622,35 @@ pub struct FaultsSpec {
     /// starting the processes). Default 0: only the read-back is counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<Time>,
+    /// Tasks a replay kills (SIGKILL) at given times after it started; the launcher then
+    /// restarts the whole job from the last complete checkpoint, as a TFJob restart policy
+    /// would, and measures the work lost and the restart's duration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kills: Vec<Kill>,
+}
+
+/// A task a replay kills.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Kill {
+    /// "worker N" or "ps N" (0-based).
+    pub task: String,
+    /// Time after the replay started its tasks.
+    pub at: Time,
+}
+
+impl Kill {
+    /// The task as (role, index): ("worker" | "ps", N), if it is written that way.
+    pub fn parsed(&self) -> Option<(&'static str, u32)> {
+        let mut it = self.task.split_whitespace();
+        let role = match it.next()? {
+            "worker" => "worker",
+            "ps" => "ps",
+            _ => return None,
+        };
+        let index = it.next()?.parse().ok()?;
+        it.next().is_none().then_some((role, index))
+    }
 }
 
 /// How often to checkpoint.
@@ -1810,6 +1839,27 @@ fn validate(s: &ScenarioFile, v: &mut Problems) {
     }
     if let Some(m) = f.mtbf {
         v.check(m.0 > 0, "faults.mtbf", || "mtbf must be > 0".into());
+    }
+    for (i, k) in f.kills.iter().enumerate() {
+        let path = format!("faults.kills[{i}].task");
+        match k.parsed() {
+            None => v.push(
+                &path,
+                &format!("`{}` names no task", k.task),
+                Some("write \"worker N\" or \"ps N\" (0-based)".into()),
+            ),
+            Some(("worker", n)) if n >= t.workers => v.push(
+                &path,
+                &format!("there is no worker {n}: the scenario has {} (worker 0 to {})", t.workers, t.workers - 1),
+                None,
+            ),
+            Some(("ps", n)) if n >= t.ps => v.push(
+                &path,
+                &format!("there is no ps {n}: the scenario has {} (ps 0 to {})", t.ps, t.ps.max(1) - 1),
+                None,
+            ),
+            Some(_) => {}
+        }
     }
     if let Some(CheckpointInterval::Every(t)) = f.checkpoint_interval {
         v.check(t.0 > 0, "faults.checkpoint_interval", || "checkpoint_interval must be > 0 (or \"auto\")".into());

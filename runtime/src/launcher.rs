@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use topolab_core::plan::Plan;
-use topolab_core::records::{self, Breakdown, ReplayInfo, RunSummary, StepRecord, Utilization};
+use topolab_core::records::{self, Breakdown, ReplayInfo, Restart, RunSummary, StepRecord, Utilization};
 use topolab_core::scenario::{Mode, Scenario, ScenarioFile};
 
 use crate::checkpoint;
@@ -223,6 +223,9 @@ pub struct ReplaySettings {
     pub checkpoint_every: u64,
     /// Seeds the initial parameters, the data and the teacher.
     pub seed: u64,
+    /// Tasks to kill and when (seconds after the tasks started), in time order; each kill is
+    /// followed by a restart of the job from the last complete checkpoint.
+    pub kills: Vec<(String, f64)>,
 }
 
 /// The largest SGD step the proxy model stays stable with (its layers regress onto a fixed
@@ -249,6 +252,12 @@ impl ReplaySettings {
             learning_rate: s.spec.optimizer.learning_rate.min(MAX_LEARNING_RATE) as f32,
             checkpoint_every: s.spec.runtime.checkpoint_every,
             seed: s.spec.seed,
+            kills: {
+                let mut k: Vec<(String, f64)> =
+                    s.spec.faults.kills.iter().map(|k| (k.task.clone(), k.at.secs_f64())).collect();
+                k.sort_by(|a, b| a.1.total_cmp(&b.1));
+                k
+            },
         }
     }
 }
@@ -335,18 +344,65 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
         timeout_s: opts.timeout_s,
         epoch_ns: monotonic_ns(),
     };
-    let mut tasks = Tasks { children: Vec::new() };
-    let result = run_tasks(&mut tasks, &eff, &job, opts, cluster.as_ref());
-    tasks.stop_all();
+    let mut job = job;
+    let mut watch = Watch {
+        started: Instant::now(),
+        kills: s.spec.faults.kills.iter().enumerate().map(|(i, k)| (i, k.task.clone(), k.at.secs_f64())).collect(),
+        first_step: None,
+    };
+    watch.kills.sort_by(|a, b| a.2.total_cmp(&b.2));
+    let mut restarts: Vec<Restart> = Vec::new();
+    let mut startup_s = 0.0;
+    let mut killed_at: Option<Instant> = None;
+    let result = loop {
+        let mut tasks = Tasks { children: Vec::new() };
+        let attempt = run_tasks(&mut tasks, &eff, &job, opts, cluster.as_ref(), &mut watch);
+        tasks.stop_all();
+        if let Some(first) = watch.first_step.take() {
+            match (killed_at.take(), restarts.last_mut()) {
+                (Some(k), Some(last)) => last.restart_s = first.duration_since(k).as_secs_f64(),
+                _ => startup_s = first.duration_since(watch.started).as_secs_f64(),
+            }
+        }
+        match attempt {
+            Ok(Attempt::Killed { task, at_s, steps_done, at }) => {
+                // As a TFJob restart policy would: the whole job again, from the last
+                // complete checkpoint (or the start).
+                let checkpoint_step = checkpoint::latest_complete(&job.checkpoint_dir, t.ps).unwrap_or(0);
+                restarts.push(Restart {
+                    task,
+                    at_s,
+                    steps_done,
+                    checkpoint_step,
+                    lost_steps: steps_done.saturating_sub(checkpoint_step),
+                    restart_s: 0.0,
+                });
+                killed_at = Some(at);
+                let _ = std::fs::remove_dir_all(&trace);
+                job.start_step = checkpoint_step;
+            }
+            Ok(Attempt::Finished) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
     // Namespaces, veths and qdiscs go once every task is stopped.
     drop(cluster);
     result?;
+    if let Some((i, task, at)) = watch.kills.first() {
+        return Err(refuse(format!(
+            "faults.kills[{i}]: the kill of {task} at {at} s never happened: the run ended after {:.1} s",
+            watch.started.elapsed().as_secs_f64()
+        )));
+    }
+    let start_step = job.start_step;
     let info = ReplayInfo {
         launcher: opts.launcher.name().into(),
         congestion_control,
         congestion_warning,
         latency_method,
         latencies: Vec::new(),
+        startup_s,
+        restarts,
     };
     collect(&eff, &opts.out, start_step, info)
 }
@@ -400,13 +456,31 @@ fn status_words(st: std::process::ExitStatus) -> String {
     }
 }
 
+/// What the watch loop of a replay keeps between attempts: when the tasks first started, the
+/// kills still to come (index in `faults.kills`, task, seconds after the start), and when the
+/// current attempt first completed a step.
+struct Watch {
+    started: Instant,
+    kills: Vec<(usize, String, f64)>,
+    first_step: Option<Instant>,
+}
+
+/// How one attempt of the job ended.
+enum Attempt {
+    /// Every task finished.
+    Finished,
+    /// A kill of `faults.kills` stopped it.
+    Killed { task: String, at_s: f64, steps_done: u64, at: Instant },
+}
+
 fn run_tasks(
     tasks: &mut Tasks,
     s: &Scenario,
     job: &Job,
     opts: &ReplayOptions,
     cluster: Option<&crate::netns::VirtualCluster>,
-) -> Result<(), ReplayError> {
+    watch: &mut Watch,
+) -> Result<Attempt, ReplayError> {
     let t = &s.spec.topology;
     let workers: Vec<String> = (0..t.workers).map(|i| format!("worker{i}")).collect();
     let mut addrs = Vec::new();
@@ -463,22 +537,38 @@ fn run_tasks(
     // Watch: any failure fails the job; success when every worker has exited 0.
     let mut workers_done: Option<Instant> = None;
     let total = u64::from(t.workers) * (s.spec.training.steps - job.start_step);
+    // Steps each worker has completed (its progress file), from the start of training.
+    let steps_of = |i: u32| {
+        std::fs::read_to_string(opts.out.join("trace").join(format!("worker-{i}.progress")))
+            .ok()
+            .and_then(|x| x.trim().parse::<u64>().ok())
+            .unwrap_or(job.start_step)
+    };
     let mut polls = 0u64;
     loop {
-        if let Some(tx) = &opts.progress
-            && polls.is_multiple_of(10)
-        {
-            let done: u64 = (0..t.workers)
-                .map(|i| {
-                    std::fs::read_to_string(opts.out.join("trace").join(format!("worker-{i}.progress")))
-                        .ok()
-                        .and_then(|x| x.trim().parse::<u64>().ok())
-                        .map_or(0, |step| step.saturating_sub(job.start_step))
-                })
-                .sum();
-            let _ = tx.send(Progress { done: done.min(total), total });
+        let fresh = polls.is_multiple_of(10) || watch.first_step.is_none();
+        if fresh {
+            let steps: Vec<u64> = (0..t.workers).map(steps_of).collect();
+            if watch.first_step.is_none() && steps.iter().any(|&x| x > job.start_step) {
+                watch.first_step = Some(Instant::now());
+            }
+            if let Some(tx) = &opts.progress {
+                let done: u64 = steps.iter().map(|x| x.saturating_sub(job.start_step)).sum();
+                let _ = tx.send(Progress { done: done.min(total), total });
+            }
         }
         polls += 1;
+        if let Some((_, task, at_s)) = watch.kills.first().cloned()
+            && watch.started.elapsed().as_secs_f64() >= at_s
+        {
+            watch.kills.remove(0);
+            let steps_done = (0..t.workers).map(steps_of).max().unwrap_or(job.start_step);
+            if let Some((_, _, c)) = tasks.children.iter_mut().find(|(name, _, _)| *name == task) {
+                // SIGKILL to a task this launcher started (its own child, by PID).
+                let _ = c.kill();
+            }
+            return Ok(Attempt::Killed { task, at_s, steps_done, at: Instant::now() });
+        }
         if INTERRUPTED.swap(false, Ordering::SeqCst) {
             return Err(ReplayError::Interrupted);
         }
@@ -501,7 +591,7 @@ fn run_tasks(
         }
         if running_workers == 0 {
             if running_ps == 0 {
-                return Ok(());
+                return Ok(Attempt::Finished);
             }
             // Shards exit once every worker said Done; give them a moment, then stop them.
             let since = *workers_done.get_or_insert_with(Instant::now);

@@ -93,15 +93,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     let sum = &outcome.summary;
+    let predicted = predict_restarts(&outcome)?;
     match a.format {
         Format::Json => {
             let mut v = serde_json::to_value(sum)?;
             v["start_step"] = serde_json::json!(outcome.start_step);
+            v["restarts_predicted"] = serde_json::json!(
+                predicted.iter().map(|p| serde_json::json!({"lost_steps": p.0, "restart_s": p.1})).collect::<Vec<_>>()
+            );
             v["effective"] = serde_json::json!(outcome.effective.display().to_string());
             print_json(&v)?;
         }
         Format::Csv => topolab_core::records::write_summaries_csv(std::slice::from_ref(sum), std::io::stdout().lock())?,
-        Format::Table => print_replay(&outcome),
+        Format::Table => print_replay(&outcome, &predicted),
     }
     if let Some(w) = &outcome.info.congestion_warning {
         eprintln!("warning: {w}; the measured run is recorded with the congestion control really in force");
@@ -112,8 +116,37 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_replay(outcome: &launcher::ReplayOutcome) {
+/// What the simulator predicts for each kill of the replay: the steps lost (done since the last
+/// checkpoint when the kill came, at the simulated step time of the effective scenario) and the
+/// restart's duration (a restart starts the job again: the measured first start-up).
+fn predict_restarts(outcome: &launcher::ReplayOutcome) -> anyhow::Result<Vec<(u64, f64)>> {
+    if outcome.info.restarts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let eff = topolab_core::scenario::Scenario::load(&outcome.effective).map_err(|e| BadInput(e.to_string()))?;
+    let step = super::run::simulate(&eff)?.summary.step_time_s.p50.max(1e-9);
+    let every = eff.spec.runtime.checkpoint_every;
+    let startup = outcome.info.startup_s;
+    Ok(outcome
+        .info
+        .restarts
+        .iter()
+        .map(|r| {
+            let k = if r.at_s < startup { 0 } else { 1 + ((r.at_s - startup) / step) as u64 };
+            let lost = if every > 0 { k % every } else { k };
+            (lost, startup)
+        })
+        .collect())
+}
+
+fn print_replay(outcome: &launcher::ReplayOutcome, predicted: &[(u64, f64)]) {
     let sum = &outcome.summary;
+    for (r, p) in outcome.info.restarts.iter().zip(predicted) {
+        println!(
+            "Killed        {} at {:.2} s after {} steps; restarted from the checkpoint at step {}: {} steps lost (predicted {}), restart {:.2} s (predicted {:.2} s)",
+            r.task, r.at_s, r.steps_done, r.checkpoint_step, r.lost_steps, p.0, r.restart_s, p.1
+        );
+    }
     println!(
         "Replayed {} ({} workers, {} PS) from step {}: {} step records",
         sum.scenario,

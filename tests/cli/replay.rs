@@ -432,3 +432,44 @@ fn cleanup_removes_what_a_crashed_replay_left() {
     }
     assert_eq!(ip_lines(&["netns", "list"]), netns_before, "namespaces left after --cleanup");
 }
+
+/// A kill in `[faults]` stops a worker mid-run; the launcher restarts the whole job from the
+/// last complete checkpoint and the run finishes, reporting the work lost and the restart.
+#[test]
+fn a_killed_worker_is_restarted_from_the_last_checkpoint_and_the_run_finishes() {
+    let d = tmp("injected-kill");
+    let f = tiny(&d, 150, 20);
+    let mut text = std::fs::read_to_string(&f).unwrap();
+    text.push_str("[faults]\nkills = [{ task = \"worker 1\", at = \"1500 ms\" }]\n");
+    std::fs::write(&f, text).unwrap();
+    let out = d.join("run");
+    let o = replay(&[&f, "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("Killed        worker 1 at 1.50 s"), "{}", stdout(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let r = &summary["replay"]["restarts"][0];
+    let (done, ckpt, lost) =
+        (r["steps_done"].as_u64().unwrap(), r["checkpoint_step"].as_u64().unwrap(), r["lost_steps"].as_u64().unwrap());
+    // Checkpoints every 20 steps: the restart point is one, and at most 20 steps are done again.
+    assert!(done > 0 && done < 150, "{r}");
+    assert!(ckpt % 20 == 0 && ckpt <= done && lost == done - ckpt && lost <= 20, "{r}");
+    assert!(r["restart_s"].as_f64().unwrap() > 0.0, "{r}");
+    // The last attempt ran every step from the checkpoint to the end, for both workers.
+    let steps = topolab_core::records::read_steps_csv(std::fs::File::open(out.join("steps.csv")).unwrap(), "steps.csv")
+        .unwrap();
+    assert_eq!(steps.len() as u64, 2 * (150 - ckpt));
+    assert_eq!(steps.iter().map(|s| s.step).max(), Some(149));
+}
+
+#[test]
+fn a_kill_after_the_run_ended_is_bad_input() {
+    let d = tmp("late-kill");
+    let f = tiny(&d, 5, 0);
+    let mut text = std::fs::read_to_string(&f).unwrap();
+    text.push_str("[faults]\nkills = [{ task = \"ps 0\", at = \"10 min\" }]\n");
+    std::fs::write(&f, text).unwrap();
+    let o = replay(&[&f, "--out", d.join("run").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("faults.kills[0]: the kill of ps 0 at 600 s never happened"), "{}", stderr(&o));
+}

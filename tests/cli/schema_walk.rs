@@ -79,6 +79,24 @@ const PROBES: &[Probe] = &[
     ),
     ("faults.checkpoint_interval", &[TARGET], &[("faults.checkpoint_interval", "\"auto\"")], Refused(None)),
     ("faults.restart", &[TARGET, MTBF, BANDWIDTH], &[("faults.restart", "\"10 min\"")], Effect),
+    (
+        "faults.kills[].task",
+        &[("faults.kills", "[{ task = \"worker 0\", at = \"2 s\" }]")],
+        &[("faults.kills", "[{ task = \"ps 1\", at = \"2 s\" }]")],
+        Effect,
+    ),
+    (
+        "faults.kills[].task",
+        &[],
+        &[("faults.kills", "[{ task = \"worker 9\", at = \"2 s\" }]")],
+        Refused(Some("faults.kills[0].task")),
+    ),
+    (
+        "faults.kills[].at",
+        &[("faults.kills", "[{ task = \"worker 0\", at = \"2 s\" }]")],
+        &[("faults.kills", "[{ task = \"worker 0\", at = \"3 s\" }]")],
+        Effect,
+    ),
     ("faults.restart", &[TARGET], &[("faults.restart", "\"10 min\"")], Refused(None)),
     (
         "faults.stragglers.count",
@@ -383,11 +401,12 @@ fn behaviour(s: &Scenario) -> String {
     let proxy = Proxy::new(s, r.params_scale, r.flops_scale);
     let init: f64 = proxy.init(r.seed).iter().flatten().map(|&x| f64::from(x)).sum();
     out.push_str(&format!(
-        "replay params {:?} macs {} lr {} checkpoint_every {} init {init}\n",
+        "replay params {:?} macs {} lr {} checkpoint_every {} init {init} kills {:?}\n",
         proxy.var_sizes(),
         proxy.layers.iter().map(|l| l.macs()).sum::<u64>(),
         r.learning_rate,
-        r.checkpoint_every
+        r.checkpoint_every,
+        r.kills
     ));
     out
 }
