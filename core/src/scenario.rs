@@ -303,6 +303,10 @@ pub struct NetworkSpec {
     pub queue: Time,
 }
 
+fn is_gaussian(n: &Noise) -> bool {
+    *n == Noise::Gaussian
+}
+
 fn is_zero_f64(x: &f64) -> bool {
     *x == 0.0
 }
@@ -586,6 +590,49 @@ impl Default for TrainingSpec {
     }
 }
 
+/// The distribution of the per-step compute noise (`faults.jitter` is its coefficient of
+/// variation). Each worker host draws its own, deterministic for the seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Noise {
+    /// `1 + jitter z` for a standard normal z (clamped at 0.1): symmetric, thin tails.
+    #[default]
+    Gaussian,
+    /// Log-normal with mean 1 and coefficient of variation `jitter`: skewed to slow steps, as
+    /// per-request and per-task times of shared machines are (Dean and Barroso, "The Tail at
+    /// Scale", CACM 56(2), 2013).
+    Lognormal,
+    /// Log-normal, and with probability `faults.tail.probability` a step `faults.tail.slowdown`
+    /// times slower (garbage collection, page faults, a background daemon: the rare slow
+    /// requests of Dean and Barroso 2013).
+    HeavyTailed,
+}
+
+/// The rare slow steps of `noise = "heavy-tailed"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tail {
+    /// Chance that a step is slow, in (0, 1).
+    pub probability: f64,
+    /// How much slower a slow step computes (>= 1).
+    pub slowdown: f64,
+}
+
+/// Slow-node episodes: every worker host is slowed now and then for a while (thermal
+/// throttling, a noisy neighbour, a failing disk), independently of the others: the slow
+/// servers of Chen et al., "Revisiting Distributed Synchronous SGD" (2016), that backup workers
+/// hide.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Episodes {
+    /// Mean time between episodes of one host (exponential gaps).
+    pub every: Time,
+    /// How long an episode lasts.
+    pub duration: Time,
+    /// Compute multiplier during an episode (>= 1).
+    pub slowdown: f64,
+}
+
 /// Slow workers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -603,6 +650,15 @@ pub struct FaultsSpec {
     /// Coefficient of variation of per-step compute time (0 = deterministic).
     #[serde(default)]
     pub jitter: f64,
+    /// Distribution of that noise.
+    #[serde(default, skip_serializing_if = "is_gaussian")]
+    pub noise: Noise,
+    /// The slow steps of `noise = "heavy-tailed"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<Tail>,
+    /// Slow-node episodes of every worker host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub episodes: Option<Episodes>,
     /// Persistently slow workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stragglers: Option<Straggler>,
@@ -1839,6 +1895,39 @@ fn validate(s: &ScenarioFile, v: &mut Problems) {
     }
     if let Some(m) = f.mtbf {
         v.check(m.0 > 0, "faults.mtbf", || "mtbf must be > 0".into());
+    }
+    if f.noise != Noise::Gaussian && f.jitter == 0.0 && f.noise != Noise::HeavyTailed {
+        v.push(
+            "faults.noise",
+            "`faults.noise` has no effect with jitter = 0 (it is the distribution of the jitter)",
+            None,
+        );
+    }
+    match (&f.tail, f.noise) {
+        (Some(_), n) if n != Noise::HeavyTailed => {
+            v.push("faults.tail", "`faults.tail` has no effect unless noise = \"heavy-tailed\"", None)
+        }
+        (None, Noise::HeavyTailed) => v.push(
+            "faults.noise",
+            "noise = \"heavy-tailed\" needs `faults.tail = { probability = 0.01, slowdown = 5.0 }` (your measured figures)",
+            None,
+        ),
+        (Some(tail), _) => {
+            v.check(tail.probability > 0.0 && tail.probability < 1.0, "faults.tail.probability", || {
+                format!("probability is a fraction in (0, 1), got {}", tail.probability)
+            });
+            v.check(tail.slowdown > 1.0, "faults.tail.slowdown", || {
+                format!("slowdown is a multiplier > 1 (1 would change nothing), got {}", tail.slowdown)
+            });
+        }
+        _ => {}
+    }
+    if let Some(e) = &f.episodes {
+        v.check(e.every.0 > 0, "faults.episodes.every", || "every must be > 0".into());
+        v.check(e.duration.0 > 0, "faults.episodes.duration", || "duration must be > 0".into());
+        v.check(e.slowdown > 1.0, "faults.episodes.slowdown", || {
+            format!("slowdown is a multiplier > 1 (1 would change nothing), got {}", e.slowdown)
+        });
     }
     for (i, k) in f.kills.iter().enumerate() {
         let path = format!("faults.kills[{i}].task");

@@ -24,9 +24,44 @@ pub fn normal(key: u64) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
+/// Whether `now` falls in one of the episodes of the sequence keyed by `key`: episodes of
+/// `duration` separated by exponential gaps of mean `every` (the first gap counted from 0).
+/// A pure function of its arguments, so it does not matter when or how often it is asked.
+pub fn in_episode(
+    key: u64,
+    every: topolab_core::units::Time,
+    duration: topolab_core::units::Time,
+    now: topolab_core::units::Time,
+) -> bool {
+    let (every, duration, now) = (every.0 as f64, duration.0 as f64, now.0 as f64);
+    let mut start = 0.0;
+    for k in 0u64.. {
+        start += -every * uniform(key ^ k.wrapping_mul(0xA24B_AED4_963E_E407)).ln();
+        if now < start {
+            return false;
+        }
+        if now < start + duration {
+            return true;
+        }
+        start += duration;
+    }
+    unreachable!("the loop returns once an episode starts after `now`")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn episodes_cover_their_share_of_the_time() {
+        // Episodes of 10 s every 30 s on average: a quarter of the time (10 / (30 + 10)).
+        use topolab_core::units::Time;
+        let (every, duration) = (Time(30_000_000_000), Time(10_000_000_000));
+        let n = 100_000u64;
+        let inside = (0..n).filter(|&i| in_episode(42, every, duration, Time(i * 1_000_000_000))).count();
+        let share = inside as f64 / n as f64;
+        assert!((share - 0.25).abs() < 0.02, "share {share}");
+    }
 
     #[test]
     fn normal_deviates_have_unit_variance() {

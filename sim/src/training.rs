@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use topolab_core::plan::{Host, Op, Plan};
 use topolab_core::records::{StepRecord, VERSION};
-use topolab_core::scenario::{Mode, PsHosts, Scenario, SwitchKind};
+use topolab_core::scenario::{Mode, Noise, PsHosts, Scenario, SwitchKind};
 use topolab_core::units::Time;
 
 use crate::engine::EventQueue;
@@ -292,6 +292,8 @@ impl<'a> Sim<'a> {
         let fifo = s.fifo();
         // Unequal sharing tells identical workers apart: one class each.
         let per_worker = spec.faults.jitter > 0.0
+            || spec.faults.tail.is_some()
+            || spec.faults.episodes.is_some()
             || unfairness > 0.0
             || ramping
             || fifo.0 > 0
@@ -334,7 +336,7 @@ impl<'a> Sim<'a> {
             classes.push(Class {
                 workers: g.clone(),
                 slowdown: slowdown(g[0]),
-                jitter: spec.faults.jitter > 0.0,
+                jitter: spec.faults.jitter > 0.0 || spec.faults.tail.is_some(),
                 egress: e,
                 ingress: i,
                 pull_flow: vec![],
@@ -644,14 +646,37 @@ impl<'a> Sim<'a> {
         SimError::Stuck { at, worker: 0, step: 0, what: "no event left".into() }
     }
 
-    fn jitter_factor(&self, class: usize, step: u64) -> f64 {
+    /// The compute multiplier of `class`'s step `step`, starting at `now`: its straggler
+    /// slowdown, its noise (per seed, worker and step, independent of event order), and a
+    /// slow-node episode if one is under way on its host.
+    fn jitter_factor(&self, class: usize, step: u64, now: Time) -> f64 {
         let c = &self.classes[class];
+        let faults = &self.s.spec.faults;
         let mut f = c.slowdown;
+        let worker = u64::from(c.workers[0]);
         if c.jitter {
-            // A normal deviate per (seed, worker, step): independent of event order.
-            let key = self.s.spec.seed ^ (u64::from(c.workers[0]) << 32) ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let key = self.s.spec.seed ^ (worker << 32) ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let z = crate::rng::normal(key);
-            f *= (1.0 + self.s.spec.faults.jitter * z).max(0.1);
+            let cv = faults.jitter;
+            f *= match faults.noise {
+                Noise::Gaussian => (1.0 + cv * z).max(0.1),
+                // Mean 1, coefficient of variation cv: sigma^2 = ln(1 + cv^2), mu = -sigma^2 / 2.
+                Noise::Lognormal | Noise::HeavyTailed => {
+                    let s2 = (1.0 + cv * cv).ln();
+                    (-s2 / 2.0 + s2.sqrt() * z).exp()
+                }
+            };
+            if let (Noise::HeavyTailed, Some(tail)) = (faults.noise, &faults.tail) {
+                let u = crate::rng::uniform(crate::rng::splitmix64(key ^ 0x7A11));
+                if u < tail.probability {
+                    f *= tail.slowdown;
+                }
+            }
+        }
+        if let Some(e) = &faults.episodes
+            && crate::rng::in_episode(self.s.spec.seed ^ (worker << 20) ^ 0xE915, e.every, e.duration, now)
+        {
+            f *= e.slowdown;
         }
         f
     }
@@ -659,7 +684,7 @@ impl<'a> Sim<'a> {
     fn start_step(&mut self, class: usize) {
         let now = self.q.now();
         let parts_by_layer: Vec<u32> = self.layer_parts.iter().map(|p| p.len() as u32).collect();
-        let factor = self.jitter_factor(class, self.state[class].step);
+        let factor = self.jitter_factor(class, self.state[class].step, now);
         {
             let st = &mut self.state[class];
             st.step_start = now;

@@ -46,6 +46,9 @@ use Expect::*;
 type Probe = (&'static str, &'static [(&'static str, &'static str)], &'static [(&'static str, &'static str)], Expect);
 
 const TARGET: (&str, &str) = ("training.target", "{ metric = \"top1\", value = 0.5 }");
+const HEAVY: (&str, &str) = ("faults.noise", "\"heavy-tailed\"");
+const TAIL: (&str, &str) = ("faults.tail", "{ probability = 0.1, slowdown = 5.0 }");
+const EPISODES: (&str, &str) = ("faults.episodes", "{ every = \"1 s\", duration = \"500 ms\", slowdown = 2.0 }");
 const MTBF: (&str, &str) = ("faults.mtbf", "\"500 h\"");
 const BANDWIDTH: (&str, &str) = ("faults.checkpoint_bandwidth", "\"1 GB/s\"");
 const PROFILE: (&str, &str) = ("hardware.profile", "\"@PROFILE@\"");
@@ -60,6 +63,41 @@ const PROBES: &[Probe] = &[
     ("cost.ps_hour", &[TARGET, ("topology.ps_hosts", "\"colocated\"")], &[("cost.ps_hour", "0.5")], Refused(None)),
     ("description", &[], &[("description", "\"a probe of the description\"")], Printed),
     ("faults.jitter", &[], &[("faults.jitter", "0.2")], Effect),
+    ("faults.noise", &[("faults.jitter", "0.2")], &[("faults.noise", "\"lognormal\"")], Effect),
+    ("faults.noise", &[], &[("faults.noise", "\"lognormal\"")], Refused(None)),
+    ("faults.tail.probability", &[HEAVY, TAIL], &[("faults.tail", "{ probability = 0.3, slowdown = 5.0 }")], Effect),
+    ("faults.tail.slowdown", &[HEAVY, TAIL], &[("faults.tail", "{ probability = 0.1, slowdown = 9.0 }")], Effect),
+    ("faults.tail.probability", &[], &[TAIL], Refused(Some("faults.tail"))),
+    (
+        "faults.tail.slowdown",
+        &[HEAVY, TAIL],
+        &[("faults.tail", "{ probability = 0.1, slowdown = 1.0 }")],
+        Refused(None),
+    ),
+    (
+        "faults.episodes.every",
+        &[EPISODES],
+        &[("faults.episodes", "{ every = \"2 s\", duration = \"500 ms\", slowdown = 2.0 }")],
+        Effect,
+    ),
+    (
+        "faults.episodes.duration",
+        &[EPISODES],
+        &[("faults.episodes", "{ every = \"1 s\", duration = \"1 s\", slowdown = 2.0 }")],
+        Effect,
+    ),
+    (
+        "faults.episodes.slowdown",
+        &[EPISODES],
+        &[("faults.episodes", "{ every = \"1 s\", duration = \"500 ms\", slowdown = 3.0 }")],
+        Effect,
+    ),
+    (
+        "faults.episodes.slowdown",
+        &[],
+        &[("faults.episodes", "{ every = \"1 s\", duration = \"500 ms\", slowdown = 1.0 }")],
+        Refused(None),
+    ),
     ("faults.mtbf", &[TARGET], &[("faults.mtbf", "\"100 h\""), BANDWIDTH], Effect),
     ("faults.mtbf", &[], &[("faults.mtbf", "\"100 h\""), BANDWIDTH], Refused(None)),
     ("faults.mtbf", &[TARGET], &[("faults.mtbf", "\"100 h\"")], Refused(None)),

@@ -7,12 +7,16 @@ use super::*;
 use topolab_sim::SimOptions;
 
 fn paper(topology: &str, csv: &str, extra: &str) -> Scenario {
+    paper_steps(topology, csv, extra, 5)
+}
+
+fn paper_steps(topology: &str, csv: &str, extra: &str, steps: u64) -> Scenario {
     let text = format!(
         "batch = 1\n[model]\nlayers = \"model.csv\"\n\
          [hardware]\ngpu = \"paper-gpu\"\nefficiency = 1.0\nps_memory_bandwidth = \"37.5 GB/s\"\n\
          [hardware.gpu_spec]\nfp32 = \"1 TFLOP/s\"\nmemory = \"64 GiB\"\nsource = \"test\"\n\
          [network]\nnic = \"1 Gbit/s\"\nlatency = \"0 us\"\ngoodput = 1.0\nmessage_overhead = \"0 ns\"\n{extra}\n\
-         [topology]\n{topology}\n[training]\nsteps = 5\n"
+         [topology]\n{topology}\n[training]\nsteps = {steps}\n"
     );
     scenario(&text, Some(csv))
 }
@@ -186,4 +190,50 @@ fn moving_bytes_on_one_shared_core_halves_a_link_that_needs_two() {
     let free = step("");
     let costly = step("cpu_ns_per_byte = 16.0");
     close(costly - free, 2.0, 1e-3);
+}
+
+/// Compute time of every step of one worker with `faults` (one 4-byte variable: the network
+/// is negligible), over `steps` steps.
+fn compute_times(faults: &str, steps: u64) -> Vec<f64> {
+    let csv = format!("{HEADER}l,dense,0,100000000000,4,l.w,1,4\n");
+    let s = paper_steps("workers = 1\nps = 1", &csv, &format!("[faults]\n{faults}"), steps);
+    let mut v: Vec<f64> = run(&s).steps.iter().map(|r| r.compute_ns as f64 / 1e9).collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+#[test]
+fn noise_models_keep_the_mean_and_differ_in_the_tail() {
+    // Compute is 0.3 s a step (3 x 1e11 FLOP at 1 TFLOP/s). With a coefficient of variation of
+    // 0.3 both noises keep the mean at 0.3 s; the log-normal is skewed: its p99 / p50 is
+    // exp(2.33 s) / 1 with s^2 = ln(1.09): 1.99, against (1 + 2.33 x 0.3) / 1 = 1.70 for the
+    // normal.
+    let n = 4000;
+    let q = |v: &[f64], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let g = compute_times("jitter = 0.3", n);
+    let l = compute_times("jitter = 0.3\nnoise = \"lognormal\"", n);
+    assert!((mean(&g) / 0.3 - 1.0).abs() < 0.03 && (mean(&l) / 0.3 - 1.0).abs() < 0.03, "{} {}", mean(&g), mean(&l));
+    let (rg, rl) = (q(&g, 0.99) / q(&g, 0.5), q(&l, 0.99) / q(&l, 0.5));
+    eprintln!("p99/p50 normal {rg:.3}, log-normal {rl:.3}, means {:.4} {:.4}", mean(&g), mean(&l));
+    assert!((rg - 1.70).abs() < 0.1 && (rl - 1.99).abs() < 0.15, "p99/p50 normal {rg:.2}, log-normal {rl:.2}");
+    // Heavy-tailed: 2% of steps 10x slower (nothing else slows a step by more than 3x here).
+    let h = compute_times("jitter = 0.05\nnoise = \"heavy-tailed\"\ntail = { probability = 0.02, slowdown = 10.0 }", n);
+    let slow = h.iter().filter(|&&t| t > 0.9).count() as f64 / n as f64;
+    assert!((slow - 0.02).abs() < 0.008, "slow share {slow}");
+}
+
+#[test]
+fn slow_node_episodes_slow_their_share_of_the_steps() {
+    // Episodes of 3 s every 9 s on average slow a quarter of the time (3 / (9 + 3)) by 2x; a
+    // step that starts inside one computes 0.6 s instead of 0.3 s. Slowed steps last longer,
+    // so they are a little less than a quarter of the steps: time share 0.25 = 0.6 k /
+    // (0.6 k + 0.3 (1 - k)) gives k = 1/7 of the steps, about 0.14 (episodes that begin during
+    // a step add a little).
+    let v = compute_times("episodes = { every = \"9 s\", duration = \"3 s\", slowdown = 2.0 }", 6000);
+    let slow = v.iter().filter(|&&t| t > 0.45).count() as f64 / v.len() as f64;
+    eprintln!("episodes: slow share {slow:.3}");
+    assert!((0.11..0.19).contains(&slow), "share of slow steps {slow}");
+    // Deterministic in the seed.
+    assert_eq!(v, compute_times("episodes = { every = \"9 s\", duration = \"3 s\", slowdown = 2.0 }", 6000));
 }
