@@ -330,7 +330,84 @@ fn run_section(r: &RunInput) -> Result<Section, ReportError> {
         let n = format!("{name}-timeline");
         sec.charts.push(charts::timeline(&n, &t).map_err(chart_err(&n))?);
     }
+    if let Some(c) = step_distribution(&r.steps) {
+        let n = format!("{name}-step-times");
+        sec.charts.push(charts::lines(&n, &c).map_err(chart_err(&n))?);
+    }
+    if let Some(c) = failure_curve(&r.dir)? {
+        let n = format!("{name}-failures");
+        sec.charts.push(charts::lines(&n, &c).map_err(chart_err(&n))?);
+    }
     Ok(sec)
+}
+
+/// The distribution of step times (a CDF): all workers, and the slowest and fastest worker by
+/// median when they differ by more than 10%, so that stragglers show.
+fn step_distribution(steps: &[StepRecord]) -> Option<LineChart> {
+    if steps.len() < 2 {
+        return None;
+    }
+    let cdf = |mut v: Vec<f64>| -> Vec<(f64, f64)> {
+        v.sort_by(f64::total_cmp);
+        let n = v.len() as f64;
+        v.iter().enumerate().map(|(i, &x)| (x, (i + 1) as f64 / n)).collect()
+    };
+    let dur = |r: &StepRecord| (r.end_ns.saturating_sub(r.start_ns)) as f64 / 1e9;
+    let mut series = vec![Series { label: "all workers".into(), points: cdf(steps.iter().map(dur).collect()) }];
+    let mut by: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    for r in steps {
+        by.entry(r.worker).or_default().push(dur(r));
+    }
+    let median = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let slowest = by.iter().max_by(|a, b| median(a.1).total_cmp(&median(b.1)));
+    let fastest = by.iter().min_by(|a, b| median(a.1).total_cmp(&median(b.1)));
+    if let (Some((ws, vs)), Some((wf, vf))) = (slowest, fastest)
+        && median(vs) > 1.1 * median(vf)
+    {
+        series.push(Series { label: format!("slowest: worker {ws}"), points: cdf(vs.clone()) });
+        series.push(Series { label: format!("fastest: worker {wf}"), points: cdf(vf.clone()) });
+    }
+    Some(LineChart {
+        title: "Step-time distribution (fraction of steps at most x)".into(),
+        x_label: "step time (s)".into(),
+        y_label: "fraction of steps".into(),
+        series,
+    })
+}
+
+/// Time lost to failures, checkpoints and restarts against the checkpoint interval, from the
+/// failures.csv that `topolab run --out` writes for a scenario with `faults.mtbf`.
+fn failure_curve(dir: &Path) -> Result<Option<LineChart>, ReportError> {
+    let path = dir.join("failures.csv");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let mut r = csv::Reader::from_path(&path).map_err(|e| read_err(&path, e))?;
+    let (mut curve, mut chosen) = (Vec::new(), Vec::new());
+    for rec in r.records() {
+        let rec = rec.map_err(|e| read_err(&path, e))?;
+        let num =
+            |i: usize| rec.get(i).and_then(|x| x.parse::<f64>().ok()).ok_or_else(|| read_err(&path, "not a number"));
+        let p = (num(0)? / 60.0, num(1)? / 3600.0);
+        curve.push(p);
+        if rec.get(2) == Some("true") {
+            chosen.push(p);
+        }
+    }
+    let mut series = vec![Series { label: "expected time lost (Daly 2006)".into(), points: curve }];
+    if !chosen.is_empty() {
+        series.push(Series { label: "the scenario's interval".into(), points: chosen });
+    }
+    Ok(Some(LineChart {
+        title: "Failures: time lost against the checkpoint interval".into(),
+        x_label: "checkpoint interval (min)".into(),
+        y_label: "time lost to failures, checkpoints and restarts (h)".into(),
+        series,
+    }))
 }
 
 /// The timeline of the first step in the trace: one row per host lane.

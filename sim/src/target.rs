@@ -207,6 +207,26 @@ pub fn time_to_target(s: &Scenario, opts: &SimOptions) -> Result<(SimRun, TimeTo
     Ok((run, ttt))
 }
 
+impl FailureCost {
+    /// Expected time lost (failures, checkpoints, restarts) at intervals from a quarter to four
+    /// times this one: (interval s, lost s), for the report's chart.
+    pub fn curve(&self) -> Vec<(f64, f64)> {
+        (0..=16)
+            .map(|i| self.interval_s * 2f64.powf(f64::from(i) / 4.0 - 2.0))
+            .map(|tau| {
+                let wall = failures::expected_wall_time(
+                    self.useful_s,
+                    tau,
+                    self.checkpoint_s,
+                    self.restart_s,
+                    self.job_mtbf_s,
+                );
+                (tau, wall - self.useful_s)
+            })
+            .collect()
+    }
+}
+
 /// The expected cost of failures for `useful_s` of training on `hosts` hosts, when the
 /// scenario has `faults.mtbf` (validation makes sure the checkpoint bandwidth is there).
 fn failure_cost(s: &Scenario, useful_s: f64, hosts: f64) -> Option<FailureCost> {

@@ -72,6 +72,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             std::slice::from_ref(&s),
             ttt.as_ref().map_or(s.spec.training.steps, |t| t.simulated_steps),
         )?;
+        if let Some(f) = ttt.as_ref().and_then(|t| t.failures.as_ref()) {
+            // Time lost against the checkpoint interval, for the report's chart.
+            let mut csv = String::from("interval_s,lost_s,chosen\n");
+            for (tau, lost) in f.curve() {
+                csv.push_str(&format!("{tau},{lost},{}\n", (tau / f.interval_s - 1.0).abs() < 1e-9));
+            }
+            topolab_sim::write_atomic(&dir.join("failures.csv"), csv.as_bytes())?;
+        }
     }
     match a.format {
         Format::Json => {

@@ -157,3 +157,38 @@ fn a_headless_browser_renders_the_html_with_every_chart() {
     // Charts, text and tables: far from a blank page.
     assert!(non_white * 100 > total * 3, "screenshot is nearly blank: {non_white} of {total} pixels drawn");
 }
+
+/// A run with failures gets the time-lost-against-interval chart, with its minimum at the
+/// scenario's (Daly-optimal) interval, and every run the step-time distribution.
+#[test]
+fn a_run_with_failures_charts_time_lost_against_the_interval() {
+    let d = tmp("failures");
+    let (run, rep) = (d.join("run"), d.join("report"));
+    let out = topolab(&[
+        "run",
+        "scenarios/examples/inception-v3-100w-failures.toml",
+        "--out",
+        run.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("(Daly's optimum)") && stdout(&out).contains("goodput"), "{}", stdout(&out));
+    let csv = std::fs::read_to_string(run.join("failures.csv")).unwrap();
+    let rows: Vec<(f64, bool)> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[1].parse().unwrap(), f[2] == "true")
+        })
+        .collect();
+    let least = rows.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
+    let chosen = rows.iter().find(|r| r.1).unwrap().0;
+    // Daly's interval is the optimum of his own expected wall time (up to his approximation).
+    assert!(chosen <= least * 1.001, "chosen {chosen} vs least {least}");
+    for chart in ["failures", "step-times"] {
+        let svg = std::fs::read_to_string(rep.join(format!("charts/inception-v3-100w-failures-{chart}.svg"))).unwrap();
+        assert!(svg.contains("<svg"), "{chart}");
+    }
+}
