@@ -23,22 +23,7 @@ use topolab_sim::{SimOptions, simulate};
 // flight), pseudo-random delays of 0..4095 ns.
 #[library_benchmark]
 fn event_queue() -> u64 {
-    let mut q: EventQueue<u64> = EventQueue::new();
-    let mut x: u64 = 0x9E37_79B9;
-    for i in 0..1024 {
-        q.schedule(Time(i), i);
-    }
-    let mut n = 0;
-    while let Some((t, e)) = q.pop() {
-        n += 1;
-        if n + 1024 <= 100_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            q.schedule(t + Time(x & 4095), e);
-        }
-    }
-    black_box(n)
+    black_box(topolab_benches::event_queue_workload(100_000, 1024))
 }
 
 // One max-min solve of the 1,024 flows of a 64-worker, 8-shard step.

@@ -4,6 +4,8 @@
 use std::path::Path;
 
 use topolab_core::scenario::Scenario;
+use topolab_core::units::Time;
+use topolab_sim::engine::EventQueue;
 use topolab_sim::maxmin::Use;
 
 /// A path inside the repository.
@@ -55,4 +57,26 @@ pub fn incast_paths() -> (Vec<Vec<Use>>, Vec<f64>) {
     caps[nic(workers + 4, false)] = 0.625;
     caps[nic(workers + 4, true)] = 0.625;
     (paths, caps)
+}
+
+/// The event engine's workload: `pending` events scheduled, then pop-and-reschedule with
+/// pseudo-random delays of 0..4095 ns (xorshift) until `events` have been popped. Returns the
+/// count popped.
+pub fn event_queue_workload(events: u64, pending: u64) -> u64 {
+    let mut q: EventQueue<u64> = EventQueue::new();
+    let mut x: u64 = 0x9E37_79B9;
+    for i in 0..pending {
+        q.schedule(Time(i), i);
+    }
+    let mut n = 0;
+    while let Some((t, e)) = q.pop() {
+        n += 1;
+        if n + pending <= events {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            q.schedule(t + Time(x & 4095), e);
+        }
+    }
+    n
 }

@@ -82,7 +82,7 @@ pub fn describe(r: &SweepRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{Breakdown, RunSummary, StepTime, TargetRecord, Utilization, VERSION};
+    use crate::records::{RunSummary, TargetRecord};
 
     fn row(workers: u32, time_h: f64, cost: f64) -> SweepRecord {
         SweepRecord {
@@ -94,25 +94,7 @@ mod tests {
             placement: "greedy".into(),
             mode: "sync".into(),
             ps_hosts: "dedicated".into(),
-            summary: RunSummary {
-                scenario: "s".into(),
-                scenario_hash: "h".into(),
-                seed: 1,
-                version: VERSION.into(),
-                source: "sim".into(),
-                workers,
-                ps: 1,
-                steps: 1,
-                step_time_s: StepTime::default(),
-                throughput_samples_per_s: f64::from(workers),
-                breakdown_s: Breakdown::default(),
-                utilization: Utilization::default(),
-                bottleneck: String::new(),
-                events: 0,
-                wall_s: None,
-                target: None,
-                replay: None,
-            },
+            summary: RunSummary::example(workers, 1.0, f64::from(workers)),
             target: Some(TargetRecord {
                 time_to_target_s: time_h * 3600.0,
                 steps_to_target: 1.0,

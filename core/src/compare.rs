@@ -254,31 +254,9 @@ pub fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{Breakdown, StepTime, Utilization, VERSION};
 
     fn run(step: f64, throughput: f64) -> Labelled {
-        Labelled {
-            configuration: String::new(),
-            summary: RunSummary {
-                scenario: "s".into(),
-                scenario_hash: "h".into(),
-                seed: 1,
-                version: VERSION.into(),
-                source: "sim".into(),
-                workers: 1,
-                ps: 1,
-                steps: 10,
-                step_time_s: StepTime { mean: step, p50: step, p90: step, p99: step },
-                throughput_samples_per_s: throughput,
-                breakdown_s: Breakdown::default(),
-                utilization: Utilization::default(),
-                bottleneck: String::new(),
-                events: 1,
-                wall_s: None,
-                target: None,
-                replay: None,
-            },
-        }
+        Labelled { configuration: String::new(), summary: RunSummary::example(1, step, throughput) }
     }
 
     #[test]

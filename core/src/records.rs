@@ -303,6 +303,31 @@ pub const SUMMARY_COLUMNS: &[&str] = &[
 ];
 
 impl RunSummary {
+    /// A simulated run of `workers` workers whose every step takes `step_s`, at `throughput`
+    /// samples/s: a fixture for the tests of the modules that compare and choose runs.
+    #[cfg(test)]
+    pub(crate) fn example(workers: u32, step_s: f64, throughput: f64) -> RunSummary {
+        RunSummary {
+            scenario: "s".into(),
+            scenario_hash: "h".into(),
+            seed: 1,
+            version: VERSION.into(),
+            source: "sim".into(),
+            workers,
+            ps: 1,
+            steps: 10,
+            step_time_s: StepTime { mean: step_s, p50: step_s, p90: step_s, p99: step_s },
+            throughput_samples_per_s: throughput,
+            breakdown_s: Breakdown { compute: step_s / 2.0, exposed_comm: step_s / 2.0, wait: 0.0 },
+            utilization: Utilization::default(),
+            bottleneck: String::new(),
+            events: 1,
+            wall_s: None,
+            target: None,
+            replay: None,
+        }
+    }
+
     fn row(&self) -> Vec<String> {
         let f = |x: f64| format!("{x}");
         vec![
@@ -894,25 +919,7 @@ mod validation_tests {
 
     #[test]
     fn validation_records_round_trip_and_give_median_and_max() {
-        let s = |p50: f64| RunSummary {
-            scenario: "s".into(),
-            scenario_hash: "h".into(),
-            seed: 1,
-            version: VERSION.into(),
-            source: "sim".into(),
-            workers: 1,
-            ps: 1,
-            steps: 1,
-            step_time_s: StepTime { mean: p50, p50, p90: p50, p99: p50 },
-            throughput_samples_per_s: 1.0 / p50,
-            breakdown_s: Breakdown { compute: p50 / 2.0, exposed_comm: p50 / 2.0, wait: 0.0 },
-            utilization: Utilization::default(),
-            bottleneck: String::new(),
-            events: 1,
-            wall_s: None,
-            target: None,
-            replay: None,
-        };
+        let s = |p50: f64| RunSummary::example(1, p50, 1.0 / p50);
         // Errors 10%, 20% and 5%: median 10, max 20.
         let rows = vec![
             ValidationRecord::new("a, b", &s(1.1), &s(1.0)),
