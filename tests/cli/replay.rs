@@ -433,15 +433,21 @@ fn cleanup_removes_what_a_crashed_replay_left() {
     assert_eq!(ip_lines(&["netns", "list"]), netns_before, "namespaces left after --cleanup");
 }
 
+/// [`tiny`] with one kill of `task` at `at` in its `[faults]`.
+fn tiny_with_kill(dir: &std::path::Path, steps: u64, every: u64, task: &str, at: &str) -> String {
+    let f = tiny(dir, steps, every);
+    let mut text = std::fs::read_to_string(&f).unwrap();
+    text.push_str(&format!("[faults]\nkills = [{{ task = \"{task}\", at = \"{at}\" }}]\n"));
+    std::fs::write(&f, text).unwrap();
+    f
+}
+
 /// A kill in `[faults]` stops a worker mid-run; the launcher restarts the whole job from the
 /// last complete checkpoint and the run finishes, reporting the work lost and the restart.
 #[test]
 fn a_killed_worker_is_restarted_from_the_last_checkpoint_and_the_run_finishes() {
     let d = tmp("injected-kill");
-    let f = tiny(&d, 150, 20);
-    let mut text = std::fs::read_to_string(&f).unwrap();
-    text.push_str("[faults]\nkills = [{ task = \"worker 1\", at = \"1500 ms\" }]\n");
-    std::fs::write(&f, text).unwrap();
+    let f = tiny_with_kill(&d, 150, 20, "worker 1", "1500 ms");
     let out = d.join("run");
     let o = replay(&[&f, "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
@@ -465,10 +471,7 @@ fn a_killed_worker_is_restarted_from_the_last_checkpoint_and_the_run_finishes() 
 #[test]
 fn a_kill_after_the_run_ended_is_bad_input() {
     let d = tmp("late-kill");
-    let f = tiny(&d, 5, 0);
-    let mut text = std::fs::read_to_string(&f).unwrap();
-    text.push_str("[faults]\nkills = [{ task = \"ps 0\", at = \"10 min\" }]\n");
-    std::fs::write(&f, text).unwrap();
+    let f = tiny_with_kill(&d, 5, 0, "ps 0", "10 min");
     let o = replay(&[&f, "--out", d.join("run").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("faults.kills[0]: the kill of ps 0 at 600 s never happened"), "{}", stderr(&o));
