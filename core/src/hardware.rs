@@ -18,6 +18,9 @@ pub struct Gpu {
     /// Peak half-precision rate (FP16/BF16, tensor cores where present, dense); `None` if
     /// the part has no fast half-precision path.
     pub fp16: Option<FlopRate>,
+    /// Peak TF32 tensor-core rate (FP32 storage, 10-bit mantissa products, dense); `None` before
+    /// Ampere.
+    pub tf32: Option<FlopRate>,
     /// Device memory bandwidth (stored as a bit rate; printed in bytes per second).
     pub memory_bandwidth: BitRate,
     /// Device memory capacity.
@@ -47,6 +50,7 @@ fn gpu(
         name: name.to_string(),
         fp32: FlopRate(fp32_t * 1e12),
         fp16: fp16_t.map(|t| FlopRate(t * 1e12)),
+        tf32: None,
         memory_bandwidth: BitRate::from_bytes_per_sec(mem_bw_gbs * 1e9),
         memory: Bytes(mem_gib * (1 << 30)),
         efficiency,
@@ -57,6 +61,12 @@ fn gpu(
 }
 
 impl Gpu {
+    fn with_tf32(mut self, tf32_t: f64, source: &str) -> Gpu {
+        self.tf32 = Some(FlopRate(tf32_t * 1e12));
+        self.source = format!("{}; {source}", self.source);
+        self
+    }
+
     fn with_fp16_efficiency(mut self, e: f64, source: &str) -> Gpu {
         self.fp16_efficiency = Some(e);
         self.fp16_efficiency_source = Some(source.into());
@@ -82,6 +92,10 @@ pub const A100_FP16_EFFICIENCY: f64 = 2470.0 * RESNET50_TRAIN_FLOP / 312e12;
 
 const V100_FP16_SOURCE: &str = "mixed precision: NVIDIA DeepLearningExamples, ResNet50 v1.5 for PyTorch, 1,200 img/s on one V100 16GB (DGX-1, pytorch-21.03) = 29.4 TFLOP/s of 125";
 const A100_FP16_SOURCE: &str = "mixed precision: NVIDIA DeepLearningExamples, ResNet50 v1.5 for PyTorch, 2,470 img/s on one A100 80GB (DGX A100, pytorch-21.03) = 60.6 TFLOP/s of 312";
+
+const A100_TF32_SOURCE: &str =
+    "TF32: A100 datasheet, 156 TFLOP/s TF32 tensor core dense (312 with structured sparsity)";
+const HOPPER_TF32_SOURCE: &str = "TF32: datasheet 989 TFLOP/s TF32 tensor core with structured sparsity; the NVIDIA H100 Tensor Core GPU Architecture whitepaper gives 494.7 dense (SXM5), which the H200 shares (same GH100 die and clocks)";
 
 /// Default efficiency of the K40, from the anchor in topolab's default scenario: TensorFlow of
 /// 2016 trained Inception-v3 on one K40 at about 9.5 images/s at batch 32 (Google's
@@ -145,6 +159,7 @@ pub fn gpus() -> Vec<Gpu> {
             MODERN_EFFICIENCY,
             "NVIDIA A100 Tensor Core GPU datasheet (SXM4 40GB): 19.5 TFLOP/s FP32, 312 TFLOP/s BF16 dense, 1555 GB/s",
         )
+        .with_tf32(156.0, A100_TF32_SOURCE)
         .with_fp16_efficiency(A100_FP16_EFFICIENCY, A100_FP16_SOURCE),
         gpu(
             "a100-80gb",
@@ -155,6 +170,7 @@ pub fn gpus() -> Vec<Gpu> {
             MODERN_EFFICIENCY,
             "NVIDIA A100 Tensor Core GPU datasheet (SXM4 80GB): 19.5 TFLOP/s FP32, 312 TFLOP/s BF16 dense, 2039 GB/s",
         )
+        .with_tf32(156.0, A100_TF32_SOURCE)
         .with_fp16_efficiency(A100_FP16_EFFICIENCY, A100_FP16_SOURCE),
         gpu(
             "h100",
@@ -164,7 +180,8 @@ pub fn gpus() -> Vec<Gpu> {
             80,
             MODERN_EFFICIENCY,
             "NVIDIA H100 Tensor Core GPU datasheet (SXM5): 67 TFLOP/s FP32 (66.9 in the architecture whitepaper), 989 TFLOP/s BF16 dense, 3.35 TB/s, 80 GB",
-        ),
+        )
+        .with_tf32(494.7, HOPPER_TF32_SOURCE),
         gpu(
             "h200",
             66.9,
@@ -173,7 +190,8 @@ pub fn gpus() -> Vec<Gpu> {
             141,
             MODERN_EFFICIENCY,
             "NVIDIA H200 Tensor Core GPU datasheet (SXM): 67 TFLOP/s FP32, 989 TFLOP/s BF16 dense, 4.8 TB/s, 141 GB",
-        ),
+        )
+        .with_tf32(494.7, HOPPER_TF32_SOURCE),
     ]
 }
 

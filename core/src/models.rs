@@ -122,6 +122,23 @@ pub struct Layer {
     pub activation_bytes: Bytes,
 }
 
+impl Layer {
+    /// The layer's forward pass as one GEMM `(m x k) (k x n)` for `batch` samples, its first
+    /// variable as the `k x n` matrix (a convolution's kernel `[.., c_out]` as its im2col GEMM:
+    /// `k` the product of every dimension but the last, `n` the last) and `m` the rows its
+    /// multiply-adds imply; `None` for a layer without variables.
+    pub fn gemm_shape(&self, batch: u64) -> Option<(u64, u64, u64)> {
+        let shape = &self.variables.first()?.shape;
+        let (k, n) = match shape.as_slice() {
+            [] => return None,
+            [k] => (*k, 1),
+            [rest @ .., n] => (rest.iter().product::<u64>(), *n),
+        };
+        let rows = self.macs.checked_div(k * n).unwrap_or(0);
+        Some((batch * rows.max(1), k.max(1), n.max(1)))
+    }
+}
+
 /// A model: an ordered list of layers.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Model {

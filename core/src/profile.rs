@@ -80,6 +80,215 @@ pub struct Fitted {
     /// simulator interpolates them at a scenario's NIC rate.
     #[serde(default)]
     pub links: Vec<LinkFit>,
+    /// What `topolab calibrate --backend cuda` measured on a GPU: with it, the simulator times
+    /// each layer's kernels and copies from these rates instead of one efficiency number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuFit>,
+}
+
+/// GEMM precision of a measured rate (the scenario's `hardware.precision` maps onto it:
+/// fp32, tf32, and fp16 as BF16 products with FP32 accumulation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GemmPrecision {
+    /// FP32 inputs and math.
+    Fp32,
+    /// FP32 inputs, TF32 tensor-core math.
+    Tf32,
+    /// BF16 inputs, FP32 accumulation and output.
+    Bf16,
+}
+
+impl GemmPrecision {
+    /// The GEMM precision a training precision runs its products at.
+    pub fn of(p: crate::scenario::Precision) -> GemmPrecision {
+        match p {
+            crate::scenario::Precision::Fp32 => GemmPrecision::Fp32,
+            crate::scenario::Precision::Tf32 => GemmPrecision::Tf32,
+            crate::scenario::Precision::Fp16 => GemmPrecision::Bf16,
+        }
+    }
+
+    /// Every precision, in the order calibration measures them.
+    pub const ALL: [GemmPrecision; 3] = [GemmPrecision::Fp32, GemmPrecision::Tf32, GemmPrecision::Bf16];
+}
+
+/// One measured GEMM shape class: `C (m x n) = A (m x k) B (k x n)`, row-major as the proxy
+/// stores its matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GemmPoint {
+    /// Precision.
+    pub precision: GemmPrecision,
+    /// Rows of A and C.
+    pub m: u64,
+    /// Inner dimension.
+    pub k: u64,
+    /// Columns of B and C.
+    pub n: u64,
+    /// Measured rate (2 m k n per GEMM, timed with CUDA events).
+    pub rate: FlopRate,
+}
+
+/// One step of a proxy layer on a GPU, as the cuda backend runs it and the simulator times it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GpuOp {
+    /// Host-to-device copy of this many bytes (one call).
+    CopyIn(u64),
+    /// Device-to-host copy into pinned memory (one call).
+    CopyOut(u64),
+    /// A GEMM `m x k` by `k x n` at the layer's precision.
+    Gemm {
+        /// Rows.
+        m: u64,
+        /// Inner dimension.
+        k: u64,
+        /// Columns.
+        n: u64,
+    },
+    /// An FP32 GEMM (a rank-1 update: the bias columns).
+    GemmFp32 {
+        /// Rows.
+        m: u64,
+        /// Inner dimension.
+        k: u64,
+        /// Columns.
+        n: u64,
+    },
+    /// A memory-bound kernel (cuBLAS level 1/2, a conversion) moving this many bytes.
+    Elementwise(u64),
+    /// The host waits for the stream (a result read back, the end of a layer).
+    Sync,
+}
+
+/// The kernels and copies of one proxy layer (`m = batch x rows` rows, `W` of `k x n`, with or
+/// without bias-like `extras`), forward then backward: the one list the cuda backend executes
+/// in this order and the simulator times with a [`GpuFit`].
+pub fn proxy_layer_ops(m: u64, k: u64, n: u64, extras: bool, bf16: bool) -> (Vec<GpuOp>, Vec<GpuOp>) {
+    use GpuOp::*;
+    let f = 4;
+    let mut fwd = vec![CopyIn(k * n * f)];
+    if bf16 {
+        // W to BF16 (X was converted once, at start-up).
+        fwd.push(Elementwise(k * n * (f + 2)));
+    }
+    if extras {
+        // The bias of each column, folded on the host, then added as a rank-1 update.
+        fwd.push(CopyIn(n * f));
+        fwd.push(GemmFp32 { m, k: 1, n });
+    }
+    fwd.push(Gemm { m, k, n });
+    fwd.push(Sync);
+    // Backward: D = Y - T (axpy), loss = D.D (dot, read back), dY = 2 D / m (scal), then
+    // dW = X^T dY and dX = dY W^T, and the column sums of dY for the extras (gemv).
+    let mut bwd = vec![Elementwise(3 * m * n * f), Elementwise(2 * m * n * f), Sync, Elementwise(2 * m * n * f)];
+    if bf16 {
+        bwd.push(Elementwise(m * n * (f + 2)));
+    }
+    bwd.push(Gemm { m: k, k: m, n });
+    bwd.push(Gemm { m, k: n, n: k });
+    if extras {
+        bwd.push(Elementwise(m * n * f));
+        bwd.push(CopyOut(n * f));
+    }
+    bwd.push(CopyOut(k * n * f));
+    bwd.push(Sync);
+    (fwd, bwd)
+}
+
+/// What one GPU showed under `topolab calibrate --backend cuda`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuFit {
+    /// The device's name, as the driver gives it.
+    pub device: String,
+    /// Compute capability, e.g. "9.0".
+    pub compute_capability: String,
+    /// GEMM rate per shape class and precision (a grid in m, k, n); a layer's GEMM takes the
+    /// rate interpolated in log m, log k, log n at its precision.
+    pub gemm: Vec<GemmPoint>,
+    /// Host-to-device copy bandwidth (pageable host memory, 64 MiB).
+    pub h2d: BitRate,
+    /// Device-to-host copy bandwidth (pinned host memory, 64 MiB).
+    pub d2h: BitRate,
+    /// Fixed cost of one copy call (a 4-byte copy, each way's mean).
+    pub copy_latency: Time,
+    /// Cost of one kernel launch, back to back on a stream.
+    pub launch: Time,
+    /// Cost of the host waiting for an idle stream (launch, then synchronize).
+    pub sync: Time,
+    /// Device memory bandwidth a memory-bound cuBLAS kernel (axpy) reaches.
+    pub elementwise: BitRate,
+}
+
+impl GpuFit {
+    /// GEMM rate at `precision` for an `m x k` by `k x n` product: log-linear in each dimension
+    /// between the measured classes, clamped at the grid's edges; `None` without measurements
+    /// at that precision.
+    pub fn gemm_rate(&self, precision: GemmPrecision, m: u64, k: u64, n: u64) -> Option<FlopRate> {
+        let pts: Vec<&GemmPoint> = self.gemm.iter().filter(|p| p.precision == precision && p.rate.0 > 0.0).collect();
+        if pts.is_empty() {
+            return None;
+        }
+        let axis = |get: fn(&GemmPoint) -> u64| {
+            let mut v: Vec<u64> = pts.iter().map(|p| get(p)).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let (ms, ks, ns) = (axis(|p| p.m), axis(|p| p.k), axis(|p| p.n));
+        // Two neighbours and the weight of the upper one, in log space.
+        let bracket = |grid: &[u64], x: u64| -> [(u64, f64); 2] {
+            let x = (x.max(1) as f64).ln();
+            let lg: Vec<f64> = grid.iter().map(|&g| (g as f64).ln()).collect();
+            let i = lg.iter().position(|&g| g >= x).unwrap_or(lg.len() - 1).max(1).min(lg.len().saturating_sub(1));
+            if grid.len() == 1 {
+                return [(grid[0], 1.0), (grid[0], 0.0)];
+            }
+            let w = ((x - lg[i - 1]) / (lg[i] - lg[i - 1])).clamp(0.0, 1.0);
+            [(grid[i - 1], 1.0 - w), (grid[i], w)]
+        };
+        let (bm, bk, bn) = (bracket(&ms, m), bracket(&ks, k), bracket(&ns, n));
+        // Interpolate the log of the rate over the corners that were measured.
+        let (mut sum, mut weight) = (0.0, 0.0);
+        for &(gm, wm) in &bm {
+            for &(gk, wk) in &bk {
+                for &(gn, wn) in &bn {
+                    let w = wm * wk * wn;
+                    if w <= 0.0 {
+                        continue;
+                    }
+                    if let Some(p) = pts.iter().find(|p| p.m == gm && p.k == gk && p.n == gn) {
+                        sum += w * p.rate.0.ln();
+                        weight += w;
+                    }
+                }
+            }
+        }
+        (weight > 0.0).then(|| FlopRate((sum / weight).exp()))
+    }
+
+    /// Time of `ops` at `precision`, ns.
+    pub fn time_ns(&self, precision: GemmPrecision, ops: &[GpuOp]) -> f64 {
+        let bps = |r: BitRate| r.bytes_per_sec().max(1.0) / 1e9;
+        let gemm = |p: GemmPrecision, m: u64, k: u64, n: u64| {
+            let rate = self
+                .gemm_rate(p, m, k, n)
+                .or_else(|| self.gemm_rate(GemmPrecision::Fp32, m, k, n))
+                .map_or(f64::INFINITY, |r| r.0 / 1e9);
+            self.launch.0 as f64 + 2.0 * (m * k * n) as f64 / rate
+        };
+        ops.iter()
+            .map(|op| match *op {
+                GpuOp::CopyIn(b) => self.copy_latency.0 as f64 + b as f64 / bps(self.h2d),
+                GpuOp::CopyOut(b) => self.copy_latency.0 as f64 + b as f64 / bps(self.d2h),
+                GpuOp::Gemm { m, k, n } => gemm(precision, m, k, n),
+                GpuOp::GemmFp32 { m, k, n } => gemm(GemmPrecision::Fp32, m, k, n),
+                GpuOp::Elementwise(b) => self.launch.0 as f64 + b as f64 / bps(self.elementwise),
+                GpuOp::Sync => self.sync.0 as f64,
+            })
+            .sum()
+    }
 }
 
 /// The share ratio `rho` (first flow's over second's while both were busy) that explains two
@@ -231,6 +440,7 @@ mod tests {
             layer_overhead: Time::ZERO,
             copy_ns_per_byte: 0.0,
             links,
+            gpu: None,
         }
     }
 

@@ -139,6 +139,9 @@ pub enum Precision {
     /// FP32 everywhere.
     #[default]
     Fp32,
+    /// FP32 storage, GEMMs on TF32 tensor cores (Ampere and later; cuBLAS's
+    /// `CUBLAS_COMPUTE_32F_FAST_TF32`).
+    Tf32,
     /// Mixed precision: FP16/BF16 math (tensor cores), FP32 variables.
     Fp16,
 }
@@ -202,6 +205,11 @@ pub struct HardwareSpec {
     /// machine): compute is max-min shared among them. Unset: every worker has its own device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_cores: Option<u32>,
+    /// The workers' compute runs on this many GPUs of one machine, time-shared among the worker
+    /// processes (a CUDA replay's GPUs; compute is max-min shared over them, while the cores of
+    /// `shared_cores` carry the network's CPU work). Unset: every worker has its own GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_gpus: Option<u32>,
 }
 
 fn default_gpu() -> String {
@@ -229,6 +237,7 @@ impl Default for HardwareSpec {
             precision: Precision::Fp32,
             gpus_per_host: 1,
             shared_cores: None,
+            shared_gpus: None,
             host_bus: default_bus(),
             local_aggregation: true,
             ps_memory_bandwidth: default_ps_mem_bw(),
@@ -307,6 +316,9 @@ fn is_gaussian(n: &Noise) -> bool {
     *n == Noise::Gaussian
 }
 
+fn is_zero_u32(x: &u32) -> bool {
+    *x == 0
+}
 fn is_zero_f64(x: &f64) -> bool {
     *x == 0.0
 }
@@ -1073,6 +1085,10 @@ pub struct RuntimeSpec {
     /// Compute backend.
     #[serde(default)]
     pub backend: Backend,
+    /// CUDA device ordinal the workers of every host use (the cuda backend); several workers on
+    /// one machine share it.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub device: u32,
     /// Checkpoint every this many steps (0 = never).
     #[serde(default)]
     pub checkpoint_every: u64,
@@ -1249,6 +1265,9 @@ impl Scenario {
             }
             None => None,
         };
+        if let Some(c) = spec.hardware.shared_gpus {
+            v.check(c >= 1, "hardware.shared_gpus", || "shared_gpus must be >= 1".into());
+        }
         if let Some(c) = spec.hardware.shared_cores {
             v.check(c >= 1, "hardware.shared_cores", || "shared_cores must be >= 1".into());
         }
@@ -1306,6 +1325,8 @@ impl Scenario {
             (true, Some(model), Some(gpu), Some(nic), Some(host_bus)) => {
                 let efficiency = spec.hardware.efficiency.unwrap_or(match spec.hardware.precision {
                     Precision::Fp32 => gpu.efficiency,
+                    // Checked above: an explicit efficiency or a profile (none is catalogued).
+                    Precision::Tf32 => gpu.efficiency,
                     // Checked above: present, or an explicit efficiency or a profile.
                     Precision::Fp16 => gpu.fp16_efficiency.unwrap_or(gpu.efficiency),
                 });
@@ -1360,6 +1381,7 @@ impl Scenario {
     pub fn peak(&self) -> FlopRate {
         match self.spec.hardware.precision {
             Precision::Fp32 => self.gpu.fp32,
+            Precision::Tf32 => self.gpu.tf32.unwrap_or(self.gpu.fp32),
             Precision::Fp16 => self.gpu.fp16.unwrap_or(self.gpu.fp32),
         }
     }
@@ -1427,6 +1449,11 @@ impl Scenario {
     /// Cores shared by every process of the job, if they share one machine.
     pub fn shared_cores(&self) -> Option<u32> {
         self.spec.hardware.shared_cores
+    }
+
+    /// GPUs of one machine the workers' compute time-shares, if they share any.
+    pub fn shared_gpus(&self) -> Option<u32> {
+        self.spec.hardware.shared_gpus
     }
 
     /// A one-line description for tables.
@@ -1529,8 +1556,8 @@ fn no_effect(s: &ScenarioFile, gpu: Option<&Gpu>, v: &mut Problems) {
         );
     }
     let r = &s.runtime;
-    if r.backend == Backend::Cuda {
-        not_yet(v, "runtime.backend", "the cuda backend", "the CUDA compute backend; replays run on the CPU");
+    if r.backend == Backend::Cpu && r.device != 0 {
+        no_effect_with(v, "runtime.device", "with backend = \"cpu\" (it picks the CUDA device)");
     }
     if r.target_step_time.is_some() && r.scale.flops != 1.0 {
         no_effect_with(v, "runtime.scale.flops", "with runtime.target_step_time (which chooses the FLOP scale)");
@@ -1571,6 +1598,21 @@ fn no_effect(s: &ScenarioFile, gpu: Option<&Gpu>, v: &mut Problems) {
             ),
             Some("set `hardware.efficiency` (a fraction of the FP16 peak, with your source) or use precision = \"fp32\"".into()),
         );
+    }
+    if h.precision == Precision::Tf32 {
+        if gpu.is_some_and(|g| g.tf32.is_none()) {
+            v.push(
+                "hardware.precision",
+                &format!("the {} has no TF32 tensor cores (Ampere and later have them)", h.gpu),
+                Some("pick an A100, H100 or H200, or use precision = \"fp32\"".into()),
+            );
+        } else if h.efficiency.is_none() && h.profile.is_none() {
+            v.push(
+                "hardware.precision",
+                "no published TF32 training efficiency is catalogued, and the FP32 one does not carry over to the TF32 peak",
+                Some("set `hardware.efficiency` (a fraction of the TF32 peak, with your source), or a profile from `topolab calibrate --backend cuda`".into()),
+            );
+        }
     }
     if h.precision == Precision::Fp16 && gpu.is_some_and(|g| g.fp16.is_none()) {
         v.push(
@@ -1756,6 +1798,7 @@ fn resolve_gpu(h: &HardwareSpec, v: &mut Problems) -> Option<Gpu> {
                 name: h.gpu.clone(),
                 fp32: FlopRate(0.0),
                 fp16: None,
+                tf32: None,
                 memory_bandwidth: BitRate(0.0),
                 memory: Bytes(0),
                 efficiency: hardware::MODERN_EFFICIENCY,

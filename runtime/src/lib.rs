@@ -5,8 +5,9 @@
 //! - [`wire`]: length-delimited frames over TCP, raw little-endian f32 payloads, a frame cap
 //!   checked before allocating, an HMAC-SHA256 handshake with the job's token, read timeouts,
 //!   and latency emulation in the transport.
-//! - [`proxy`]: the scenario's model as real ndarray GEMMs, scaled to fit the machine, whose
-//!   loss really falls.
+//! - [`proxy`]: the scenario's model as real GEMMs, scaled to fit the machine, whose loss
+//!   really falls; [`compute`]: the backend trait that runs it, on the CPU (ndarray) or on a
+//!   GPU ([`cuda`]: cuBLAS through cudarc, loaded at run time).
 //! - [`ps`] and [`worker`]: the two task roles; [`cluster`]: the spec each task reads from one
 //!   environment variable, like TF_CONFIG.
 //! - [`checkpoint`]: atomic shard checkpoints with manifests and checksums.
@@ -21,6 +22,8 @@
 pub mod calibrate;
 pub mod checkpoint;
 pub mod cluster;
+pub mod compute;
+pub mod cuda;
 pub mod launcher;
 pub mod netns;
 pub mod proxy;
@@ -40,6 +43,9 @@ pub enum NodeError {
     /// The wire.
     #[error(transparent)]
     Wire(#[from] wire::WireError),
+    /// The compute backend failed (or could not open its device).
+    #[error("compute: {0}")]
+    Compute(#[from] compute::ComputeError),
     /// A peer broke the protocol.
     #[error("protocol: {0}")]
     Protocol(String),

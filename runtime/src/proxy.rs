@@ -186,6 +186,13 @@ pub struct Data {
 }
 
 impl Data {
+    /// Layer `layer`'s input batch and teacher outputs for `step` (row-major, `batch x rows`
+    /// rows); empty for a layer without variables.
+    pub fn batch(&self, layer: usize, step: u64) -> (&Array2<f32>, &Array2<f32>) {
+        let which = (step % 2) as usize;
+        (&self.inputs[layer][which], &self.targets[layer][which])
+    }
+
     /// Data of `worker` (deterministic in `seed` and `worker`; the teacher depends on `seed` only).
     pub fn new(p: &Proxy, seed: u64, worker: u32) -> Data {
         let mut inputs = Vec::new();
@@ -235,8 +242,32 @@ pub struct Cache {
 }
 
 /// Number of columns of output that share extra-variable element `j mod s`.
-fn share(n: usize, s: usize, j: usize) -> f32 {
+pub fn share(n: usize, s: usize, j: usize) -> f32 {
     (n / s + usize::from(j % s < n % s)).max(1) as f32
+}
+
+/// What the extra variables add to each of `n` output columns: column `j` gets
+/// `e[j mod s] / (columns sharing it)` of each extra `e` (as [`forward`] adds them).
+pub fn bias_columns(n: usize, extras: &[&[f32]]) -> Vec<f32> {
+    let mut b = vec![0.0f32; n];
+    for extra in extras {
+        let s = extra.len();
+        for (j, v) in b.iter_mut().enumerate() {
+            *v += extra[j % s] / share(n, s, j);
+        }
+    }
+    b
+}
+
+/// The gradient of an extra variable of `s` elements from the column sums of `dY` (as
+/// [`backward`] folds them).
+pub fn fold_columns(colsum: &[f32], s: usize) -> Vec<f32> {
+    let n = colsum.len();
+    let mut g = vec![0.0f32; s];
+    for (j, v) in colsum.iter().enumerate() {
+        g[j % s] += v / share(n, s, j);
+    }
+    g
 }
 
 /// Forward pass of layer `li` for `step`; `params` are its variables (W first).

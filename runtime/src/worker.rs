@@ -23,7 +23,8 @@ use topolab_core::records::{self, StepRecord};
 use topolab_core::scenario::{Mode, Scenario};
 
 use crate::cluster::ClusterSpec;
-use crate::proxy::{self, Data, Proxy};
+use crate::compute;
+use crate::proxy::Proxy;
 use crate::wire::{self, BARRIER_ONLY, Frame, Kind, Token, monotonic_ns};
 use crate::{NodeError, OpRecord, ps};
 
@@ -47,7 +48,8 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
     let proxy = Proxy::from_effective(&s);
     let index = spec.task.index;
     let token = Token::from_hex(&spec.job.token).ok_or_else(|| NodeError::Setup("bad token".into()))?;
-    let data = Data::new(&proxy, s.spec.seed, index);
+    let r = &s.spec.runtime;
+    let mut backend = compute::open(r.backend, &proxy, s.spec.seed, index, r.device, s.spec.hardware.precision)?;
     let timeout = Duration::from_secs(spec.job.timeout_s);
     let latency = spec.job.latency_ns;
     let epoch = spec.job.epoch_ns;
@@ -155,7 +157,6 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         let mut compute_ns = 0u64;
         let mut received = 0u64;
         let mut sent_bytes = 0u64;
-        let mut caches = Vec::with_capacity(layers);
         let mut loss = 0.0f32;
         // Forward, each layer as soon as its variables are here.
         for l in 0..layers {
@@ -180,7 +181,8 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
             }
             let t0 = monotonic_ns();
             let views = layer_views(&vars, var_offset[l], proxy.layers[l].vars.len());
-            caches.push(proxy::forward(&proxy.layers[l], &data, l, step, &views));
+            backend.load(l, &views)?;
+            backend.forward(l, step)?;
             let t1 = monotonic_ns();
             compute_ns += t1 - t0;
             ops.push(OpRecord {
@@ -197,9 +199,7 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         let mut pushes = 0usize;
         for l in (0..layers).rev() {
             let t0 = monotonic_ns();
-            let views = layer_views(&vars, var_offset[l], proxy.layers[l].vars.len());
-            let (layer_loss, grads) =
-                proxy::backward(&proxy.layers[l], &data, l, step, &views, caches.pop().expect("one cache per layer"));
+            let (layer_loss, grads) = backend.backward(l, step)?;
             loss += layer_loss;
             let t1 = monotonic_ns();
             compute_ns += t1 - t0;

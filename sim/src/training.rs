@@ -242,20 +242,37 @@ impl<'a> Sim<'a> {
                 per_value * (l.activation_bytes.0 / 4) as f64 * spec.batch as f64 + per_call
             }
         };
-        let fwd_ns: Vec<u64> = s
-            .model
-            .layers
-            .iter()
-            .map(|l| rate.compute_time(l.forward_flops * spec.batch as f64).0 + (extra(l) / 3.0).round() as u64)
-            .collect();
-        let bwd_ns: Vec<u64> = s
-            .model
-            .layers
-            .iter()
-            .map(|l| {
-                rate.compute_time(2.0 * l.forward_flops * spec.batch as f64).0 + (extra(l) * 2.0 / 3.0).round() as u64
-            })
-            .collect();
+        let (fwd_ns, bwd_ns): (Vec<u64>, Vec<u64>) = match s.profile.as_ref().and_then(|p| p.fitted.gpu.as_ref()) {
+            // A GPU profile: each layer's kernels and copies, as the cuda backend runs them,
+            // timed at the measured rates of their shape classes.
+            Some(g) => {
+                let precision = topolab_core::profile::GemmPrecision::of(spec.hardware.precision);
+                let bf16 = precision == topolab_core::profile::GemmPrecision::Bf16;
+                s.model
+                    .layers
+                    .iter()
+                    .map(|l| match l.gemm_shape(spec.batch) {
+                        Some((m, k, n)) => {
+                            let (f, b) = topolab_core::profile::proxy_layer_ops(m, k, n, l.variables.len() > 1, bf16);
+                            (g.time_ns(precision, &f).round() as u64, g.time_ns(precision, &b).round() as u64)
+                        }
+                        None => (0, 0),
+                    })
+                    .unzip()
+            }
+            None => s
+                .model
+                .layers
+                .iter()
+                .map(|l| {
+                    (
+                        rate.compute_time(l.forward_flops * spec.batch as f64).0 + (extra(l) / 3.0).round() as u64,
+                        rate.compute_time(2.0 * l.forward_flops * spec.batch as f64).0
+                            + (extra(l) * 2.0 / 3.0).round() as u64,
+                    )
+                })
+                .unzip(),
+        };
         let mut layer_parts = vec![Vec::new(); layers];
         for (i, p) in plan.placement.parts.iter().enumerate() {
             layer_parts[p.layer].push(i);
@@ -348,11 +365,14 @@ impl<'a> Sim<'a> {
         // Shared cores: one machine's cores, max-min shared by the workers' compute (each
         // worker process runs on at most one core at a time).
         let machine = s.shared_cores().map(|cores| net.add_resource(f64::from(cores)));
-        if let Some(machine) = machine {
+        // Shared GPUs: the workers' compute time-shares them (the cores keep the network's CPU
+        // work); else compute shares the cores.
+        let compute_pool = s.shared_gpus().map(|gpus| net.add_resource(f64::from(gpus))).or(machine);
+        if let Some(pool) = compute_pool {
             for class in &mut classes {
                 let own = net.add_resource(1.0);
                 let k = class.workers.len() as f64;
-                let f = net.add_flow(vec![Use { resource: own, weight: 1.0 }, Use { resource: machine, weight: k }]);
+                let f = net.add_flow(vec![Use { resource: own, weight: 1.0 }, Use { resource: pool, weight: k }]);
                 net.set_fair(f);
                 class.compute_flow = Some(f);
             }
@@ -1086,7 +1106,7 @@ impl<'a> Sim<'a> {
                 (format!("worker{}", self.classes[class].workers[0]), "nic-in", format!("token step {step}"))
             }
             Tag::Compute { class } => {
-                (format!("worker{}", self.classes[class].workers[0]), "gpu", "compute (shared cores)".into())
+                (format!("worker{}", self.classes[class].workers[0]), "gpu", if self.s.shared_gpus().is_some() { "compute (shared GPU)".into() } else { "compute (shared cores)".into() })
             }
         };
         self.trace.push(Span { pid, tid, name, start, end: now });
