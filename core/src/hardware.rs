@@ -195,6 +195,18 @@ pub fn gpus() -> Vec<Gpu> {
     ]
 }
 
+/// The catalogue GPU a CUDA driver's device name stands for (e.g. "NVIDIA H200" is the h200,
+/// "NVIDIA A100-SXM4-80GB" the a100-80gb), if any.
+pub fn gpu_for_device(device: &str) -> Option<Gpu> {
+    let d = device.to_ascii_lowercase();
+    let name = if d.contains("a100") {
+        if d.contains("80gb") { "a100-80gb" } else { "a100-40gb" }
+    } else {
+        ["h200", "h100", "v100", "p100", "k80", "k40"].into_iter().find(|n| d.contains(n))?
+    };
+    gpu_by_name(name)
+}
+
 /// Looks a GPU up by catalogue name (case-insensitive).
 pub fn gpu_by_name(name: &str) -> Option<Gpu> {
     gpus().into_iter().find(|g| g.name.eq_ignore_ascii_case(name))

@@ -236,6 +236,27 @@ pub struct ReplayInfo {
     /// Kills the scenario asked for (`faults.kills`) and the restarts that followed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restarts: Vec<Restart>,
+    /// Where the workers computed: the backend and, on a GPU, the device and who shared it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<ComputeInfo>,
+}
+
+/// The compute device of a replay's workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComputeInfo {
+    /// "cpu" or "cuda".
+    pub backend: String,
+    /// Device name (the driver's, for a GPU).
+    pub device: String,
+    /// CUDA ordinal.
+    pub ordinal: u32,
+    /// Compute capability ("" on the CPU).
+    #[serde(default)]
+    pub compute_capability: String,
+    /// Worker processes that time-share the device (1: it had the device to itself).
+    pub workers_per_device: u32,
+    /// GEMM precision the workers ran at (fp32, tf32, bf16).
+    pub precision: String,
 }
 
 /// One injected failure and the restart from the last complete checkpoint that followed.

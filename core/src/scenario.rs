@@ -156,6 +156,9 @@ pub struct GpuOverride {
     /// Peak FP16/BF16 rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fp16: Option<FlopRate>,
+    /// Peak TF32 tensor-core rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tf32: Option<FlopRate>,
     /// Device memory bandwidth, e.g. "288 GB/s".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bandwidth: Option<BitRate>,
@@ -1556,6 +1559,13 @@ fn no_effect(s: &ScenarioFile, gpu: Option<&Gpu>, v: &mut Problems) {
         );
     }
     let r = &s.runtime;
+    if r.backend == Backend::Cuda && r.target_step_time.is_some() {
+        v.push(
+            "runtime.target_step_time",
+            "the FLOP scale it chooses comes from this machine's CPU GEMM rate, not the GPU's",
+            Some("with backend = \"cuda\", set runtime.scale.flops instead".into()),
+        );
+    }
     if r.backend == Backend::Cpu && r.device != 0 {
         no_effect_with(v, "runtime.device", "with backend = \"cpu\" (it picks the CUDA device)");
     }
@@ -1813,6 +1823,9 @@ fn resolve_gpu(h: &HardwareSpec, v: &mut Problems) -> Option<Gpu> {
     }
     if let Some(x) = o.fp16 {
         gpu.fp16 = Some(x);
+    }
+    if let Some(x) = o.tf32 {
+        gpu.tf32 = Some(x);
     }
     if let Some(x) = o.memory_bandwidth {
         gpu.memory_bandwidth = x;

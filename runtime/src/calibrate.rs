@@ -390,7 +390,8 @@ fn cpu_busy_s() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn cpu_model() -> String {
+/// The CPU model, as /proc/cpuinfo names it.
+pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {

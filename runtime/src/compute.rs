@@ -41,7 +41,9 @@ pub enum ComputeError {
         count: u32,
     },
     /// The device has too little free memory.
-    #[error("CUDA device {device} ({name}) has {free_mib} MiB free but the replay needs about {need_mib} MiB ({workers} worker(s) sharing it); lower runtime.scale")]
+    #[error(
+        "CUDA device {device} ({name}) has {free_mib} MiB free but the replay needs about {need_mib} MiB ({workers} worker(s) sharing it); lower runtime.scale"
+    )]
     OutOfMemory {
         /// Ordinal.
         device: u32,

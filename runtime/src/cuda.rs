@@ -245,11 +245,9 @@ impl Device {
         let (xp, _gx) = x.device_ptr(&self.stream);
         let (yp, _gy) = y.device_ptr_mut(&self.stream);
         // SAFETY: both buffers hold at least n floats.
-        unsafe {
-            blas::cublasSaxpy_v2(*self.blas.handle(), n as i32, &alpha, xp as *const f32, 1, yp as *mut f32, 1)
-        }
-        .result()
-        .map_err(dev("cublasSaxpy"))
+        unsafe { blas::cublasSaxpy_v2(*self.blas.handle(), n as i32, &alpha, xp as *const f32, 1, yp as *mut f32, 1) }
+            .result()
+            .map_err(dev("cublasSaxpy"))
     }
 
     fn dot(&self, n: usize, x: &CudaSlice<f32>) -> Result<f32, ComputeError> {
@@ -257,9 +255,11 @@ impl Device {
         let mut out = 0.0f32;
         // SAFETY: x holds n floats; the result goes to host memory (the default pointer mode),
         // so the call returns once it is computed.
-        unsafe { blas::cublasSdot_v2(*self.blas.handle(), n as i32, xp as *const f32, 1, xp as *const f32, 1, &mut out) }
-            .result()
-            .map_err(dev("cublasSdot"))?;
+        unsafe {
+            blas::cublasSdot_v2(*self.blas.handle(), n as i32, xp as *const f32, 1, xp as *const f32, 1, &mut out)
+        }
+        .result()
+        .map_err(dev("cublasSdot"))?;
         Ok(out)
     }
 
@@ -310,7 +310,13 @@ pub struct CudaBackend {
 
 impl CudaBackend {
     /// The backend of `worker` on device `device` (its data as the cpu backend's, copied once).
-    pub fn new(p: &Proxy, seed: u64, worker: u32, device: u32, precision: Precision) -> Result<CudaBackend, ComputeError> {
+    pub fn new(
+        p: &Proxy,
+        seed: u64,
+        worker: u32,
+        device: u32,
+        precision: Precision,
+    ) -> Result<CudaBackend, ComputeError> {
         let gp = GemmPrecision::of(precision);
         let d = Device::open(device, gp)?;
         let info = info(&d.ctx, device)?;
@@ -348,7 +354,8 @@ impl CudaBackend {
             };
             let half = gp == GemmPrecision::Bf16;
             // SAFETY: pinned buffers are written by a device-to-host copy before they are read.
-            let pinned = |len: usize| unsafe { d.ctx.alloc_pinned::<f32>(len) }.map_err(dev("allocating pinned memory"));
+            let pinned =
+                |len: usize| unsafe { d.ctx.alloc_pinned::<f32>(len) }.map_err(dev("allocating pinned memory"));
             layers.push(Some(LayerBuffers {
                 m,
                 k,
@@ -636,7 +643,18 @@ pub fn calibrate(device: u32) -> Result<(GpuFit, Vec<SquareGemm>), ComputeError>
         // Row-major C (m x n) = A (m x k) B (k x n), as the proxy's forward GEMM.
         let secs = time_gemm(&d, || unsafe {
             // SAFETY: the buffers hold the largest operands of every shape measured.
-            d.gemm(p, (false, false), (n as usize, m as usize, k as usize), bp, n as usize, ap, k as usize, 0.0, cp, n as usize)
+            d.gemm(
+                p,
+                (false, false),
+                (n as usize, m as usize, k as usize),
+                bp,
+                n as usize,
+                ap,
+                k as usize,
+                0.0,
+                cp,
+                n as usize,
+            )
         })?;
         Ok(FlopRate(2.0 * (m * k * n) as f64 / secs))
     };
@@ -737,4 +755,57 @@ pub fn quick_rates(device: u32) -> Result<Vec<(GemmPrecision, FlopRate)>, Comput
         out.push((p, FlopRate(2.0 * (SIDE as f64).powi(3) / secs)));
     }
     Ok(out)
+}
+
+/// The cuda and cpu backends trained side by side on the same proxy and seed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agreement {
+    /// Precision the cuda backend ran at.
+    pub precision: GemmPrecision,
+    /// Loss per step, cpu backend.
+    pub cpu: Vec<f32>,
+    /// Loss per step, cuda backend.
+    pub cuda: Vec<f32>,
+    /// Largest relative difference of the two curves.
+    pub max_relative_difference: f64,
+}
+
+/// Relative tolerance of the loss curves at `p`: FP32 differs only in summation order; TF32
+/// keeps 10 mantissa bits and BF16 7 in the products.
+pub fn tolerance(p: GemmPrecision) -> f64 {
+    match p {
+        GemmPrecision::Fp32 => 1e-3,
+        GemmPrecision::Tf32 => 2e-2,
+        GemmPrecision::Bf16 => 5e-2,
+    }
+}
+
+/// Trains a small AlexNet proxy (batch 8) for `steps` steps of local SGD on both backends and
+/// compares the loss curves.
+pub fn agreement(device: u32, precision: Precision, steps: u64) -> Result<Agreement, ComputeError> {
+    let s = topolab_core::scenario::Scenario::parse(
+        "batch = 8\n[model]\nname = \"alexnet\"\n",
+        "<agreement check>",
+        "agreement",
+        None,
+    )
+    .expect("the built-in check scenario is valid");
+    let p = Proxy::new(&s, 0.01, 0.001);
+    const SEED: u64 = 7;
+    const LR: f32 = 0.2;
+    let mut cpu = crate::compute::CpuBackend::new(&p, SEED, 0);
+    let cpu_curve = crate::compute::train_local(&mut cpu, &p, SEED, steps, LR)?;
+    let mut gpu = CudaBackend::new(&p, SEED, 0, device, precision)?;
+    let gpu_curve = crate::compute::train_local(&mut gpu, &p, SEED, steps, LR)?;
+    let max = cpu_curve
+        .iter()
+        .zip(&gpu_curve)
+        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs() / f64::from(a.abs()).max(1e-12))
+        .fold(0.0, f64::max);
+    Ok(Agreement {
+        precision: GemmPrecision::of(precision),
+        cpu: cpu_curve,
+        cuda: gpu_curve,
+        max_relative_difference: max,
+    })
 }

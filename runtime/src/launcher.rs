@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use topolab_core::plan::Plan;
-use topolab_core::records::{self, Breakdown, ReplayInfo, Restart, RunSummary, StepRecord, Utilization};
-use topolab_core::scenario::{Mode, Scenario, ScenarioFile};
+use topolab_core::profile::GemmPrecision;
+use topolab_core::records::{self, Breakdown, ComputeInfo, ReplayInfo, Restart, RunSummary, StepRecord, Utilization};
+use topolab_core::scenario::{Backend as BackendKind, Mode, Scenario, ScenarioFile};
 
 use crate::checkpoint;
 use crate::cluster::{ClusterSpec, ENV, Job, Task};
@@ -145,12 +146,56 @@ fn mem_available() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
+/// Where a replay's workers compute.
+#[derive(Debug, Clone)]
+pub enum ReplayCompute {
+    /// ndarray on the machine's cores.
+    Cpu,
+    /// One CUDA device, shared by every worker.
+    Cuda {
+        /// The device, as probed before the tasks started.
+        device: crate::compute::DeviceInfo,
+        /// Its measured 4096^3 GEMM rate per precision it runs.
+        rates: Vec<(GemmPrecision, topolab_core::units::FlopRate)>,
+    },
+}
+
+impl ReplayCompute {
+    /// What the summary records.
+    pub fn info(&self, workers: u32, precision: topolab_core::scenario::Precision) -> ComputeInfo {
+        match self {
+            ReplayCompute::Cpu => ComputeInfo {
+                backend: "cpu".into(),
+                device: crate::calibrate::cpu_model(),
+                ordinal: 0,
+                compute_capability: String::new(),
+                workers_per_device: 1,
+                precision: "fp32".into(),
+            },
+            ReplayCompute::Cuda { device, .. } => ComputeInfo {
+                backend: "cuda".into(),
+                device: device.name.clone(),
+                ordinal: device.ordinal,
+                compute_capability: device.compute_capability.clone(),
+                workers_per_device: workers,
+                precision: match GemmPrecision::of(precision) {
+                    GemmPrecision::Fp32 => "fp32",
+                    GemmPrecision::Tf32 => "tf32",
+                    GemmPrecision::Bf16 => "bf16",
+                }
+                .into(),
+            },
+        }
+    }
+}
+
 /// Writes the effective scenario (the proxy as a layer table, scale 1) next to the run.
 pub fn effective_scenario(
     s: &Scenario,
     proxy: &Proxy,
     out: &Path,
     launcher: LauncherKind,
+    compute: &ReplayCompute,
 ) -> Result<(PathBuf, Scenario), ReplayError> {
     let csv = out.join("effective-model.csv");
     let mut buf = Vec::new();
@@ -171,6 +216,7 @@ pub fn effective_scenario(
     f.hardware.gpu_spec = Some(topolab_core::scenario::GpuOverride {
         fp32: Some(topolab_core::units::FlopRate(rate)),
         fp16: None,
+        tf32: None,
         memory_bandwidth: None,
         memory: Some(topolab_core::units::Bytes(mem_available().unwrap_or(1 << 34))),
         source: Some(format!("measured by topolab replay: f32 GEMM 256x256x256 on one core, {cores} cores")),
@@ -179,6 +225,25 @@ pub fn effective_scenario(
     f.hardware.precision = topolab_core::scenario::Precision::Fp32;
     f.hardware.gpus_per_host = 1;
     f.hardware.shared_cores = Some(cores);
+    if let ReplayCompute::Cuda { device, rates } = compute {
+        // The workers' GPU, as measured: its GEMM rate at each precision it runs, time-shared
+        // by every worker (one device); the cores keep the network's CPU work.
+        let rate = |p: GemmPrecision| rates.iter().find(|r| r.0 == p).map(|r| r.1);
+        f.hardware.gpu = "replay-cuda".into();
+        f.hardware.gpu_spec = Some(topolab_core::scenario::GpuOverride {
+            fp32: rate(GemmPrecision::Fp32),
+            tf32: rate(GemmPrecision::Tf32),
+            fp16: rate(GemmPrecision::Bf16),
+            memory_bandwidth: None,
+            memory: Some(topolab_core::units::Bytes(device.memory)),
+            source: Some(format!(
+                "measured by topolab replay: 4096^3 GEMMs (fp32, tf32, bf16 where present) on {} (CUDA device {}, compute capability {})",
+                device.name, device.ordinal, device.compute_capability
+            )),
+        });
+        f.hardware.precision = s.spec.hardware.precision;
+        f.hardware.shared_gpus = Some(1);
+    }
     let links = match launcher {
         // The shaped links' drop-tail queue is stated, not set: `network.queue` takes effect only
         // with a queue-order time constant, which a calibrated profile fits (validate adds both).
@@ -226,6 +291,10 @@ pub struct ReplaySettings {
     /// Tasks to kill and when (seconds after the tasks started), in time order; each kill is
     /// followed by a restart of the job from the last complete checkpoint.
     pub kills: Vec<(String, f64)>,
+    /// The workers' compute backend (`runtime.backend`).
+    pub backend: BackendKind,
+    /// Their CUDA device (`runtime.device`; the cuda backend).
+    pub device: u32,
 }
 
 /// The largest SGD step the proxy model stays stable with (its layers regress onto a fixed
@@ -258,6 +327,8 @@ impl ReplaySettings {
                 k.sort_by(|a, b| a.1.total_cmp(&b.1));
                 k
             },
+            backend: s.spec.runtime.backend,
+            device: s.spec.runtime.device,
         }
     }
 }
@@ -275,7 +346,6 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
         return Err(refuse("the runtime replays one replica per worker host; set hardware.gpus_per_host = 1".into()));
     }
     Plan::new(s).map_err(|e| refuse(e.to_string()))?;
-    std::fs::create_dir_all(&opts.out).map_err(io)?;
     let settings = ReplaySettings::of(s);
     let proxy = Proxy::new(s, settings.params_scale, settings.flops_scale);
     let params_bytes: u64 = proxy.var_sizes().iter().map(|&n| n as u64 * 4).sum();
@@ -289,7 +359,20 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
             topolab_core::units::Bytes(avail)
         )));
     }
-    let (effective, eff) = effective_scenario(s, &proxy, &opts.out, opts.launcher)?;
+    // The GPU, before anything starts: libraries, device, memory for every worker sharing it.
+    let compute = match s.spec.runtime.backend {
+        BackendKind::Cpu => ReplayCompute::Cpu,
+        BackendKind::Cuda => {
+            let precision = s.spec.hardware.precision;
+            let device = crate::cuda::preflight(s.spec.runtime.device, precision, &proxy, t.workers)
+                .map_err(|e| refuse(format!("runtime.backend = \"cuda\": {e}")))?;
+            let rates = crate::cuda::quick_rates(device.ordinal)
+                .map_err(|e| refuse(format!("runtime.backend = \"cuda\": {e}")))?;
+            ReplayCompute::Cuda { device, rates }
+        }
+    };
+    std::fs::create_dir_all(&opts.out).map_err(io)?;
+    let (effective, eff) = effective_scenario(s, &proxy, &opts.out, opts.launcher, &compute)?;
     let ckpt = opts.out.join("checkpoints");
     let start_step = if opts.resume {
         checkpoint::latest_complete(&ckpt, t.ps)
@@ -403,6 +486,7 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
         latencies: Vec::new(),
         startup_s,
         restarts,
+        compute: Some(compute.info(t.workers, s.spec.hardware.precision)),
     };
     collect(&eff, &opts.out, start_step, info)
 }

@@ -1105,9 +1105,15 @@ impl<'a> Sim<'a> {
             Tag::Token { class, step } => {
                 (format!("worker{}", self.classes[class].workers[0]), "nic-in", format!("token step {step}"))
             }
-            Tag::Compute { class } => {
-                (format!("worker{}", self.classes[class].workers[0]), "gpu", if self.s.shared_gpus().is_some() { "compute (shared GPU)".into() } else { "compute (shared cores)".into() })
-            }
+            Tag::Compute { class } => (
+                format!("worker{}", self.classes[class].workers[0]),
+                "gpu",
+                if self.s.shared_gpus().is_some() {
+                    "compute (shared GPU)".into()
+                } else {
+                    "compute (shared cores)".into()
+                },
+            ),
         };
         self.trace.push(Span { pid, tid, name, start, end: now });
     }

@@ -18,6 +18,25 @@ pub enum Launcher {
     Netns,
 }
 
+/// Compute backend of a replay's workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// ndarray on the machine's cores.
+    Cpu,
+    /// cuBLAS on a CUDA device (the NVIDIA driver and CUDA 12 libraries at run time).
+    Cuda,
+}
+
+impl BackendArg {
+    /// The scenario's backend this stands for.
+    pub fn kind(self) -> topolab_core::scenario::Backend {
+        match self {
+            BackendArg::Cpu => topolab_core::scenario::Backend::Cpu,
+            BackendArg::Cuda => topolab_core::scenario::Backend::Cuda,
+        }
+    }
+}
+
 /// Replay a scenario for real: parameter servers and workers as processes over TCP.
 #[derive(clap::Args)]
 #[command(after_help = "\
@@ -32,7 +51,14 @@ Examples:
   topolab run runs/tiny/effective.toml --out runs/tiny-sim     # the simulator on what was replayed
   topolab report runs/tiny-sim runs/tiny --out reports/tiny    # predicted vs measured
   topolab replay scenarios/examples/tiny-mlp-custom-gpu.toml --launcher netns --out runs/ns   # as root
-  topolab replay --cleanup --out runs/tiny                     # stop leftovers of a crashed run")]
+  topolab replay --cleanup --out runs/tiny                     # stop leftovers of a crashed run
+  topolab replay scenarios/gpu/inception-v3-gpu.toml --backend cuda --out runs/gpu   # on a GPU
+
+With --backend cuda (or [runtime] backend = \"cuda\") the workers compute on CUDA device
+runtime.device (default 0), all of them on the same one (the driver time-slices them; the
+summary says how many shared it); precision fp32, tf32 or fp16 (BF16 products) as the
+scenario's hardware.precision says. Without a driver, a device or enough device memory it
+exits 2 before any task starts.")]
 pub struct Args {
     /// Scenario file.
     #[arg(required_unless_present = "cleanup")]
@@ -40,6 +66,12 @@ pub struct Args {
     /// Where the tasks run.
     #[arg(long, value_enum, default_value = "local")]
     launcher: Launcher,
+    /// Compute backend of the workers (default: the scenario's runtime.backend).
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
+    /// CUDA device of the workers (default: the scenario's runtime.device).
+    #[arg(long, value_name = "N")]
+    device: Option<u32>,
     /// Run directory.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -70,7 +102,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let s = super::load_scenario(a.scenario.as_deref())?;
+    let mut s = super::load_scenario(a.scenario.as_deref())?;
+    if a.backend.is_some() || a.device.is_some() {
+        s = s
+            .with(|f| {
+                if let Some(b) = a.backend {
+                    f.runtime.backend = b.kind();
+                }
+                if let Some(d) = a.device {
+                    f.runtime.device = d;
+                }
+            })
+            .map_err(super::problems)?;
+    }
     let kind = match a.launcher {
         Launcher::Local => launcher::LauncherKind::Local,
         Launcher::Netns => launcher::LauncherKind::Netns,
@@ -169,6 +213,19 @@ fn print_replay(outcome: &launcher::ReplayOutcome, predicted: &[(u64, f64)]) {
             "Latency of {:<4} p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  ({} measured)",
             l.what, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
         );
+    }
+    if let Some(c) = &outcome.info.compute {
+        let shared = match c.workers_per_device {
+            1 => String::new(),
+            n => format!(", shared by {n} worker processes (time-sliced)"),
+        };
+        match c.backend.as_str() {
+            "cuda" => println!(
+                "Compute       cuda: {} (device {}, compute capability {}), {}{shared}",
+                c.device, c.ordinal, c.compute_capability, c.precision
+            ),
+            _ => println!("Compute       cpu: {}", c.device),
+        }
     }
     println!("Launcher      {}", outcome.info.launcher);
     println!("Latency       {}", outcome.info.latency_method);

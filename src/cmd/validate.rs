@@ -29,13 +29,27 @@ bursts on warm connections, one a little late (whether the link's drop-tail queu
 first come, first served); ramp-up and queue order are fitted by simulating the probes with the
 simulator's network. Takes about a minute.
 
+With --backend cuda it also measures CUDA device --device (default 0): GEMM rates on a grid of
+shape classes (m x k x n) at every precision the device has (fp32, tf32, bf16), host-to-device
+and device-to-host copy bandwidth, the cost of a copy call, a kernel launch and a wait, and a
+memory-bound kernel's bandwidth; it checks first that the cuda and cpu backends train a proxy
+to the same loss curve, and quotes large square GEMMs against the catalogue peak. With such a
+profile the simulator times each layer's kernels and copies at the measured rates.
+
 Examples:
   topolab calibrate --launcher netns --out profile.toml     # as root: shaped 100 Mbit/s and 1 Gbit/s links
-  topolab calibrate --launcher local --out profile.toml")]
+  topolab calibrate --launcher local --out profile.toml
+  topolab calibrate --backend cuda --launcher local --out gpu-profile.toml   # on a machine with a GPU")]
 pub struct CalibrateArgs {
     /// Links to measure: loopback (local) or shaped virtual links (netns, root).
     #[arg(long, value_enum, default_value = "local")]
     launcher: Launcher,
+    /// Also measure a CUDA device (cuda).
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: super::replay::BackendArg,
+    /// CUDA device to measure.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    device: u32,
     /// Profile file to write (TOML).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
@@ -52,6 +66,13 @@ fn kind(l: Launcher) -> LauncherKind {
 }
 
 pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
+    let cuda = a.backend == super::replay::BackendArg::Cuda;
+    // The device first: without one, say so before a minute of CPU measurements.
+    let device = if cuda {
+        Some(topolab_runtime::cuda::probe(a.device).map_err(|e| BadInput(format!("error: --backend cuda: {e}")))?)
+    } else {
+        None
+    };
     let exe = std::env::current_exe()?;
     let (mut p, probes) =
         topolab_runtime::calibrate::calibrate(kind(a.launcher), &exe).map_err(|e| BadInput(format!("error: {e}")))?;
@@ -73,6 +94,10 @@ pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
                 Time::from_secs_f64(topolab_sim::fit::fifo(probe.goodput, probe.burst, probe.burst_late, mean, se2));
         }
     }
+    let gpu = match &device {
+        Some(d) => Some(calibrate_gpu(&mut p, d)?),
+        None => None,
+    };
     let text = format!(
         "# topolab hardware profile: measured by `topolab calibrate`; reference it from a scenario\n# with hardware.profile = \"{}\"\n{}",
         a.out.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
@@ -91,6 +116,11 @@ pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     println!("  message overhead {}", f.message_overhead);
     println!("  PS apply         {:.3}", topolab_core::units::ByteRate(f.ps_memory_bandwidth));
     println!("  start-up         {:.3}", f.startup);
+    if let Some(lines) = gpu {
+        for l in lines {
+            println!("  {l}");
+        }
+    }
     for l in &f.links {
         println!(
             "  link {:<11} CPU {:.2} ns/B, unfairness {:.2}, ramp-up {}, bursts {}",
@@ -110,6 +140,93 @@ pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Measures the GPU into `p` (its fit and raw figures) after checking that the cuda backend
+/// computes what the cpu backend does; returns the lines to print.
+fn calibrate_gpu(
+    p: &mut topolab_core::profile::Profile,
+    d: &topolab_runtime::compute::DeviceInfo,
+) -> anyhow::Result<Vec<String>> {
+    use topolab_core::profile::{GemmPrecision, Measurement};
+    use topolab_core::scenario::Precision;
+    use topolab_runtime::cuda;
+    let mut lines = vec![format!(
+        "GPU              {} (device {}, compute capability {}, {:.1} GiB)",
+        d.name,
+        d.ordinal,
+        d.compute_capability,
+        d.memory as f64 / f64::from(1u32 << 30)
+    )];
+    let tensor = d.compute_capability.split('.').next().and_then(|m| m.parse::<u32>().ok()).unwrap_or(0) >= 8;
+    let precisions: &[Precision] =
+        if tensor { &[Precision::Fp32, Precision::Tf32, Precision::Fp16] } else { &[Precision::Fp32] };
+    const STEPS: u64 = 20;
+    for &prec in precisions {
+        let ag =
+            cuda::agreement(d.ordinal, prec, STEPS).map_err(|e| BadInput(format!("error: --backend cuda: {e}")))?;
+        let tol = cuda::tolerance(ag.precision);
+        let name = format!("{:?}", ag.precision).to_lowercase();
+        p.raw.push(Measurement {
+            what: format!("cuda vs cpu loss curve, {name}, {STEPS} steps: largest relative difference"),
+            value: ag.max_relative_difference,
+            unit: "fraction".into(),
+        });
+        lines.push(format!(
+            "agreement {name:<6} cuda and cpu loss curves within {:.2e} over {STEPS} steps (tolerance {tol:.0e}); loss {:.4} -> {:.4}",
+            ag.max_relative_difference,
+            ag.cuda.first().copied().unwrap_or(0.0),
+            ag.cuda.last().copied().unwrap_or(0.0)
+        ));
+        if ag.max_relative_difference > tol {
+            anyhow::bail!(
+                "the cuda backend ({name}) disagrees with the cpu backend: loss curves differ by {:.3e} (tolerance {tol:.0e}); cpu {:?}, cuda {:?}; no profile written",
+                ag.max_relative_difference,
+                ag.cpu,
+                ag.cuda
+            );
+        }
+    }
+    let (fit, squares) = cuda::calibrate(d.ordinal).map_err(|e| anyhow::anyhow!("--backend cuda: {e}"))?;
+    let catalogue = topolab_core::hardware::gpu_for_device(&d.name);
+    for sq in &squares {
+        let peak = catalogue.as_ref().and_then(|g| match sq.precision {
+            GemmPrecision::Fp32 => Some(g.fp32),
+            GemmPrecision::Tf32 => g.tf32,
+            GemmPrecision::Bf16 => g.fp16,
+        });
+        let name = format!("{:?}", sq.precision).to_lowercase();
+        p.raw.push(Measurement {
+            what: format!("cuda GEMM {0}x{0}x{0} {name}", sq.size),
+            value: sq.rate.0,
+            unit: "FLOP/s".into(),
+        });
+        lines.push(format!(
+            "GEMM {0}^3 {name:<5} {1:.1} TFLOP/s{2}",
+            sq.size,
+            sq.rate.0 / 1e12,
+            match (peak, &catalogue) {
+                (Some(pk), Some(g)) =>
+                    format!(" = {:.1}% of the {}'s {:.1} TFLOP/s peak", 100.0 * sq.rate.0 / pk.0, g.name, pk.0 / 1e12),
+                _ => " (no catalogue peak for this device)".into(),
+            }
+        ));
+    }
+    lines.push(format!(
+        "copies           to the device {:.2}, back (pinned) {:.2}, {} per call",
+        topolab_core::units::ByteRate(fit.h2d),
+        topolab_core::units::ByteRate(fit.d2h),
+        fit.copy_latency
+    ));
+    lines.push(format!(
+        "kernels          launch {}, wait {}, memory-bound {:.0}; {} GEMM shape classes",
+        fit.launch,
+        fit.sync,
+        topolab_core::units::ByteRate(fit.elementwise),
+        fit.gemm.len()
+    ));
+    p.fitted.gpu = Some(fit);
+    Ok(lines)
 }
 
 /// Replay every configuration of a scenario's sweep and compare it with the simulator's prediction.

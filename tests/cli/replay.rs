@@ -153,9 +153,14 @@ fn a_peer_with_the_wrong_token_is_refused_and_logged() {
     // Prepare the effective scenario the way a replay does.
     let s = topolab_core::scenario::Scenario::load(std::path::Path::new(&f)).unwrap();
     let proxy = topolab_runtime::proxy::Proxy::new(&s, 1.0, 1.0);
-    let (eff, _) =
-        topolab_runtime::launcher::effective_scenario(&s, &proxy, &d, topolab_runtime::launcher::LauncherKind::Local)
-            .unwrap();
+    let (eff, _) = topolab_runtime::launcher::effective_scenario(
+        &s,
+        &proxy,
+        &d,
+        topolab_runtime::launcher::LauncherKind::Local,
+        &topolab_runtime::launcher::ReplayCompute::Cpu,
+    )
+    .unwrap();
     let token = topolab_runtime::wire::Token::random();
     let spec = topolab_runtime::cluster::ClusterSpec {
         ps: vec![],

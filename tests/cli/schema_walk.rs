@@ -52,6 +52,9 @@ const EPISODES: (&str, &str) = ("faults.episodes", "{ every = \"1 s\", duration 
 const MTBF: (&str, &str) = ("faults.mtbf", "\"500 h\"");
 const BANDWIDTH: (&str, &str) = ("faults.checkpoint_bandwidth", "\"1 GB/s\"");
 const PROFILE: (&str, &str) = ("hardware.profile", "\"@PROFILE@\"");
+const CUDA: (&str, &str) = ("runtime.backend", "\"cuda\"");
+const A100: (&str, &str) = ("hardware.gpu", "\"a100-40gb\"");
+const EFFICIENCY: (&str, &str) = ("hardware.efficiency", "0.3");
 
 const PROBES: &[Probe] = &[
     ("batch", &[], &[("batch", "32")], Effect),
@@ -189,6 +192,17 @@ const PROBES: &[Probe] = &[
     ("hardware.ps_memory_bandwidth", &[], &[("hardware.ps_memory_bandwidth", "\"1 GB/s\"")], Effect),
     ("hardware.ps_memory_bandwidth", &[PROFILE], &[("hardware.ps_memory_bandwidth", "\"1 GB/s\"")], Refused(None)),
     ("hardware.shared_cores", &[], &[("hardware.shared_cores", "2")], Effect),
+    ("hardware.shared_gpus", &[], &[("hardware.shared_gpus", "1")], Effect),
+    ("hardware.shared_gpus", &[], &[("hardware.shared_gpus", "0")], Refused(None)),
+    ("hardware.precision", &[A100, EFFICIENCY], &[("hardware.precision", "\"tf32\"")], Effect),
+    ("hardware.precision", &[A100], &[("hardware.precision", "\"tf32\"")], Refused(None)),
+    ("hardware.precision", &[EFFICIENCY], &[("hardware.precision", "\"tf32\"")], Refused(None)),
+    (
+        "hardware.gpu_spec.tf32",
+        &[A100, EFFICIENCY, ("hardware.precision", "\"tf32\"")],
+        &[("hardware.gpu_spec", "{ tf32 = \"100 TFLOP/s\" }")],
+        Effect,
+    ),
     ("model.layers", &[], &[("model.name", "!"), ("model.layers", "\"@LAYERS@\"")], Effect),
     ("model.name", &[], &[("model.name", "\"alexnet\"")], Effect),
     ("name", &[], &[("name", "\"renamed\"")], Effect),
@@ -248,7 +262,10 @@ const PROBES: &[Probe] = &[
     ("network.unfairness", &[PROFILE], &[("network.unfairness", "0.5")], Refused(None)),
     ("optimizer.kind", &[], &[("optimizer.kind", "\"adam\"")], Effect),
     ("optimizer.learning_rate", &[], &[("optimizer.learning_rate", "0.05")], Effect),
-    ("runtime.backend", &[], &[("runtime.backend", "\"cuda\"")], Refused(None)),
+    ("runtime.backend", &[], &[("runtime.backend", "\"cuda\"")], Effect),
+    ("runtime.device", &[CUDA], &[("runtime.device", "1")], Effect),
+    ("runtime.device", &[], &[("runtime.device", "1")], Refused(None)),
+    ("runtime.target_step_time", &[CUDA], &[("runtime.target_step_time", "\"1 ms\"")], Refused(None)),
     ("runtime.checkpoint_every", &[], &[("runtime.checkpoint_every", "5")], Effect),
     ("runtime.scale.flops", &[], &[("runtime.scale", "{ params = 0.001, flops = 0.5 }")], Effect),
     (
