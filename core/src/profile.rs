@@ -444,6 +444,64 @@ mod tests {
         }
     }
 
+    fn gpu_fit(points: Vec<GemmPoint>) -> GpuFit {
+        GpuFit {
+            device: "test GPU".into(),
+            compute_capability: "9.0".into(),
+            gemm: points,
+            h2d: BitRate::from_bytes_per_sec(10e9),
+            d2h: BitRate::from_bytes_per_sec(20e9),
+            copy_latency: Time(5_000),
+            launch: Time(3_000),
+            sync: Time(10_000),
+            elementwise: BitRate::from_bytes_per_sec(1e12),
+        }
+    }
+
+    fn point(precision: GemmPrecision, m: u64, k: u64, n: u64, tflops: f64) -> GemmPoint {
+        GemmPoint { precision, m, k, n, rate: FlopRate(tflops * 1e12) }
+    }
+
+    #[test]
+    fn gemm_rates_interpolate_in_log_shape_and_clamp_at_the_grid() {
+        use GemmPrecision::*;
+        // Two classes along m only: 1 TFLOP/s at m = 100, 100 TFLOP/s at m = 10,000.
+        let f = gpu_fit(vec![point(Fp32, 100, 64, 64, 1.0), point(Fp32, 10_000, 64, 64, 100.0)]);
+        // m = 1,000 is halfway in log m: the log-rate halfway, 10 TFLOP/s.
+        let mid = f.gemm_rate(Fp32, 1_000, 64, 64).unwrap().0;
+        assert!((mid - 10e12).abs() / 10e12 < 1e-9, "{mid}");
+        // Outside the grid: the edge classes.
+        assert!((f.gemm_rate(Fp32, 10, 64, 64).unwrap().0 - 1e12).abs() < 1.0);
+        assert!((f.gemm_rate(Fp32, 1 << 30, 1, 1).unwrap().0 - 100e12).abs() < 1.0);
+        // No measurement at a precision: none (the device has no such tensor cores).
+        assert_eq!(f.gemm_rate(Bf16, 1_000, 64, 64), None);
+    }
+
+    #[test]
+    fn a_proxy_layer_costs_its_kernels_and_copies() {
+        // One class: 10 TFLOP/s. A layer of m = 1000, k = 100, n = 50, no extras, FP32.
+        let f = gpu_fit(vec![point(GemmPrecision::Fp32, 1000, 100, 50, 10.0)]);
+        let (fwd, bwd) = proxy_layer_ops(1000, 100, 50, false, false);
+        // Forward: copy W in (5 us + 20,000 B / 10 GB/s = 2 us), the GEMM (3 us launch +
+        // 2 x 5e6 FLOP / 10 TFLOP/s = 1 us), the wait (10 us): 21 us.
+        assert!((f.time_ns(GemmPrecision::Fp32, &fwd) - 21_000.0).abs() < 1e-6);
+        // Backward: axpy 600 kB, dot 400 kB, scal 400 kB at 1 TB/s (0.6 + 0.4 + 0.4 us) plus three
+        // launches (9 us); a wait (10 us); two GEMMs (2 x 4 us); W's gradient out (5 us + 20 kB
+        // / 20 GB/s = 1 us); the final wait (10 us): 44.4 us.
+        assert!(
+            (f.time_ns(GemmPrecision::Fp32, &bwd) - 44_400.0).abs() < 1e-6,
+            "{}",
+            f.time_ns(GemmPrecision::Fp32, &bwd)
+        );
+        // Extras add a bias copy and a rank-1 GEMM forward, a gemv and a copy back.
+        let (fwd_b, bwd_b) = proxy_layer_ops(1000, 100, 50, true, false);
+        assert_eq!(fwd_b.len(), fwd.len() + 2);
+        assert_eq!(bwd_b.len(), bwd.len() + 2);
+        // BF16 converts W forward and dY backward.
+        let (fwd_h, bwd_h) = proxy_layer_ops(1000, 100, 50, false, true);
+        assert_eq!((fwd_h.len(), bwd_h.len()), (fwd.len() + 1, bwd.len() + 1));
+    }
+
     #[test]
     fn link_fits_interpolate_in_log_rate_and_clamp_outside() {
         let l = |rate: f64, cpu: f64, sigma: f64, tau_ms: u64| LinkFit {

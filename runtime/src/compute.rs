@@ -256,6 +256,32 @@ mod tests {
     }
 
     #[test]
+    fn the_agreement_check_s_proxy_learns_on_the_cpu() {
+        // What the GPU test below expects of the cuda backend's curve.
+        let p = crate::cuda::agreement_proxy();
+        let mut b = CpuBackend::new(&p, crate::cuda::AGREEMENT_SEED, 0);
+        let c = train_local(&mut b, &p, crate::cuda::AGREEMENT_SEED, 20, crate::cuda::AGREEMENT_LR).unwrap();
+        assert!(c[19] < 0.7 * c[0], "{c:?}");
+    }
+
+    #[test]
+    fn on_a_gpu_the_cuda_backend_trains_the_cpu_backend_s_loss_curve() {
+        let Ok(info) = crate::cuda::probe(0) else {
+            eprintln!("skipped: no CUDA device on this machine");
+            return;
+        };
+        let tensor = info.compute_capability.split('.').next().and_then(|m| m.parse::<u32>().ok()).unwrap_or(0) >= 8;
+        let precisions: &[Precision] =
+            if tensor { &[Precision::Fp32, Precision::Tf32, Precision::Fp16] } else { &[Precision::Fp32] };
+        for &p in precisions {
+            let a = crate::cuda::agreement(0, p, 20).unwrap();
+            let tol = crate::cuda::tolerance(a.precision);
+            assert!(a.max_relative_difference <= tol, "{p:?} on {}: {a:?}", info.name);
+            assert!(a.cuda[19] < 0.7 * a.cuda[0], "{p:?}: the loss falls on the GPU: {:?}", a.cuda);
+        }
+    }
+
+    #[test]
     fn opening_the_cuda_backend_without_cuda_is_an_error_not_a_panic() {
         // CI has no NVIDIA driver: one clear error. (With a GPU, a backend.)
         let p = proxy();

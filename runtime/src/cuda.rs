@@ -780,9 +780,15 @@ pub fn tolerance(p: GemmPrecision) -> f64 {
     }
 }
 
-/// Trains a small AlexNet proxy (batch 8) for `steps` steps of local SGD on both backends and
-/// compares the loss curves.
-pub fn agreement(device: u32, precision: Precision, steps: u64) -> Result<Agreement, ComputeError> {
+/// Seed and SGD step of the agreement check.
+pub const AGREEMENT_SEED: u64 = 7;
+/// SGD step of the agreement check.
+pub const AGREEMENT_LR: f32 = 0.2;
+const SEED: u64 = AGREEMENT_SEED;
+const LR: f32 = AGREEMENT_LR;
+
+/// The proxy the agreement check trains: AlexNet at batch 8, parameters x 0.01, FLOPs x 0.001.
+pub fn agreement_proxy() -> Proxy {
     let s = topolab_core::scenario::Scenario::parse(
         "batch = 8\n[model]\nname = \"alexnet\"\n",
         "<agreement check>",
@@ -790,9 +796,13 @@ pub fn agreement(device: u32, precision: Precision, steps: u64) -> Result<Agreem
         None,
     )
     .expect("the built-in check scenario is valid");
-    let p = Proxy::new(&s, 0.01, 0.001);
-    const SEED: u64 = 7;
-    const LR: f32 = 0.2;
+    Proxy::new(&s, 0.01, 0.001)
+}
+
+/// Trains a small AlexNet proxy (batch 8) for `steps` steps of local SGD on both backends and
+/// compares the loss curves.
+pub fn agreement(device: u32, precision: Precision, steps: u64) -> Result<Agreement, ComputeError> {
+    let p = agreement_proxy();
     let mut cpu = crate::compute::CpuBackend::new(&p, SEED, 0);
     let cpu_curve = crate::compute::train_local(&mut cpu, &p, SEED, steps, LR)?;
     let mut gpu = CudaBackend::new(&p, SEED, 0, device, precision)?;

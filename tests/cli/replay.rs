@@ -220,6 +220,58 @@ fn a_scenario_that_cannot_be_replayed_is_refused_before_anything_starts() {
     assert!(!d.join("run/pids.json").exists(), "nothing started");
 }
 
+/// Whether this machine has a CUDA device the cuda backend can open.
+fn has_gpu() -> bool {
+    topolab_runtime::cuda::probe(0).is_ok()
+}
+
+#[test]
+fn a_cuda_replay_without_a_gpu_exits_2_with_the_reason_before_anything_starts() {
+    if has_gpu() {
+        eprintln!("skipped: this machine has a CUDA device, so the no-GPU path cannot be exercised");
+        return;
+    }
+    let d = tmp("cuda-none");
+    let f = tiny(&d, 3, 0);
+    let run = d.join("run");
+    let o = replay(&[&f, "--backend", "cuda", "--out", run.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    assert!(e.contains("runtime.backend = \"cuda\"") && e.contains("NVIDIA driver"), "{e}");
+    assert!(!run.exists(), "nothing started, nothing written");
+    // The scenario's own field, and calibration, say the same.
+    let g = d.join("gpu.toml");
+    std::fs::write(&g, std::fs::read_to_string(&f).unwrap().replace("[runtime]", "[runtime]\nbackend = \"cuda\""))
+        .unwrap();
+    let o = replay(&[g.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = topolab(&["calibrate", "--backend", "cuda", "--out", d.join("p.toml").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("NVIDIA driver"), "{}", stderr(&o));
+    assert!(!d.join("p.toml").exists());
+}
+
+#[test]
+fn a_cuda_replay_on_a_gpu_trains_and_records_the_device() {
+    if !has_gpu() {
+        eprintln!(
+            "skipped: no CUDA device on this machine (the GPU check, scripts/gpu-check.sh, runs this where one is)"
+        );
+        return;
+    }
+    let d = tmp("cuda");
+    let f = tiny(&d, 6, 0);
+    let run = d.join("run");
+    let o = replay(&[&f, "--backend", "cuda", "--out", run.to_str().unwrap(), "--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["replay"]["compute"]["backend"], "cuda");
+    assert_eq!(v["replay"]["compute"]["workers_per_device"], 2);
+    let eff = std::fs::read_to_string(run.join("effective.toml")).unwrap();
+    assert!(eff.contains("shared_gpus = 1") && eff.contains("replay-cuda"), "{eff}");
+}
+
 fn ip_lines(args: &[&str]) -> Vec<String> {
     let out = Command::new("ip").args(args).output().unwrap();
     let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();

@@ -237,3 +237,65 @@ fn slow_node_episodes_slow_their_share_of_the_steps() {
     // Deterministic in the seed.
     assert_eq!(v, compute_times("episodes = { every = \"9 s\", duration = \"3 s\", slowdown = 2.0 }", 6000));
 }
+
+/// A profile of a paper GPU: one GEMM class of 10 TFLOP/s, copies in at 10 GB/s and out at
+/// 20 GB/s (5 us per call), launches of 3 us, waits of 10 us, memory-bound kernels at 1 TB/s.
+const GPU_PROFILE: &str = r#"
+raw = []
+[machine]
+cpu = "paper"
+cores = 2
+memory = "24 GiB"
+date = "2026-12-01T00:00:00Z"
+launcher = "local"
+[fitted]
+compute_rate = "1 GFLOP/s"
+cores = 2
+goodput = 1.0
+message_overhead = "0 ns"
+ps_memory_bandwidth = "37.5 GB/s"
+startup = "0 ns"
+[fitted.gpu]
+device = "paper GPU"
+compute_capability = "9.0"
+h2d = "10 GB/s"
+d2h = "20 GB/s"
+copy_latency = "5 us"
+launch = "3 us"
+sync = "10 us"
+elementwise = "1 TB/s"
+gemm = [{ precision = "fp32", m = 1000, k = 100, n = 50, rate = "10 TFLOP/s" }]
+"#;
+
+fn gpu_scenario(workers: u32, extra_hardware: &str) -> Scenario {
+    let tmp = tempfile::Builder::new().prefix("topolab-sim-test-").tempdir().unwrap();
+    let dir = tmp.path();
+    // One layer: W of 100 x 50 (20 kB), 1000 GEMM rows per sample: 5e6 MAC.
+    std::fs::write(dir.join("model.csv"), format!("{HEADER}l,dense,5000000,10000000,200000,l.w,100x50,20000\n"))
+        .unwrap();
+    std::fs::write(dir.join("profile.toml"), GPU_PROFILE).unwrap();
+    let text = format!(
+        "batch = 1\n[model]\nlayers = \"model.csv\"\n\
+         [hardware]\ngpu = \"paper-gpu\"\nprofile = \"profile.toml\"\n{extra_hardware}\n\
+         [hardware.gpu_spec]\nfp32 = \"1 TFLOP/s\"\nmemory = \"64 GiB\"\nsource = \"test\"\n\
+         [network]\nnic = \"1 Gbit/s\"\nlatency = \"0 us\"\n\
+         [topology]\nworkers = {workers}\nps = 1\n[training]\nsteps = 5\n"
+    );
+    Scenario::parse(&text, "test.toml", "test", Some(dir)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_gpu_profile_times_each_layer_by_its_kernels_and_copies() {
+    // m = 1000, k = 100, n = 50 at 10 TFLOP/s (core's profile tests work the parts out):
+    // forward: W in (5 + 2 us), GEMM (3 + 1 us), wait (10 us)                          = 21 us
+    // backward: axpy, dot, scal (9 us launches + 1.4 us of bytes at 1 TB/s), two waits
+    // (20 us), dW and dX GEMMs (2 x 4 us), dW out (5 + 1 us)                          = 44.4 us
+    let r = run(&gpu_scenario(1, ""));
+    close(r.summary.breakdown_s.compute, 65.4e-6, 1e-6);
+    // Two workers time-sharing one GPU: both compute at once, each at half the device.
+    let shared = run(&gpu_scenario(2, "shared_gpus = 1"));
+    close(shared.summary.breakdown_s.compute, 2.0 * 65.4e-6, 1e-3);
+    // Each on its own GPU: as fast as one.
+    let own = run(&gpu_scenario(2, ""));
+    close(own.summary.breakdown_s.compute, 65.4e-6, 1e-6);
+}
