@@ -353,9 +353,11 @@ impl CudaBackend {
                 _ => None,
             };
             let half = gp == GemmPrecision::Bf16;
+            // Page-locked, cached (not write-combined: the host reads these).
             // SAFETY: pinned buffers are written by a device-to-host copy before they are read.
-            let pinned =
-                |len: usize| unsafe { d.ctx.alloc_pinned::<f32>(len) }.map_err(dev("allocating pinned memory"));
+            let pinned = |len: usize| {
+                unsafe { d.ctx.alloc_pinned_with_flags::<f32>(len, 0) }.map_err(dev("allocating pinned memory"))
+            };
             layers.push(Some(LayerBuffers {
                 m,
                 k,
@@ -678,7 +680,8 @@ pub fn calibrate(device: u32) -> Result<(GpuFit, Vec<SquareGemm>), ComputeError>
     let host = vec![0.25f32; BIG];
     let mut big = alloc(BIG)?;
     // SAFETY: written by the device-to-host copies before it is read.
-    let mut pinned = unsafe { d.ctx.alloc_pinned::<f32>(BIG) }.map_err(dev("allocating pinned memory"))?;
+    let mut pinned =
+        unsafe { d.ctx.alloc_pinned_with_flags::<f32>(BIG, 0) }.map_err(dev("allocating pinned memory"))?;
     let timed = |f: &mut dyn FnMut() -> Result<(), ComputeError>, reps: usize| -> Result<f64, ComputeError> {
         f()?;
         d.sync()?;

@@ -36,6 +36,7 @@ fn all_invalid_scenarios_at_once_exit_2_and_name_each_file() {
 fn every_example_scenario_is_valid_and_has_a_plan() {
     let mut examples = files("scenarios/examples", "toml");
     examples.extend(files("scenarios/bench", "toml"));
+    examples.extend(files("scenarios/gpu", "toml"));
     assert!(examples.len() >= 5);
     for f in &examples {
         let out = topolab(&["check", f]);

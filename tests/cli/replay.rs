@@ -225,13 +225,18 @@ fn has_gpu() -> bool {
     topolab_runtime::cuda::probe(0).is_ok()
 }
 
-#[test]
-fn a_cuda_replay_without_a_gpu_exits_2_with_the_reason_before_anything_starts() {
+/// A scratch directory for a test of the no-GPU path, or `None` (said) where a GPU is present.
+fn without_gpu(name: &str) -> Option<super::TempDir> {
     if has_gpu() {
         eprintln!("skipped: this machine has a CUDA device, so the no-GPU path cannot be exercised");
-        return;
+        return None;
     }
-    let d = tmp("cuda-none");
+    Some(tmp(name))
+}
+
+#[test]
+fn a_cuda_replay_without_a_gpu_exits_2_with_the_reason_before_anything_starts() {
+    let Some(d) = without_gpu("cuda-none") else { return };
     let f = tiny(&d, 3, 0);
     let run = d.join("run");
     let o = replay(&[&f, "--backend", "cuda", "--out", run.to_str().unwrap()]);
@@ -250,6 +255,22 @@ fn a_cuda_replay_without_a_gpu_exits_2_with_the_reason_before_anything_starts() 
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("NVIDIA driver"), "{}", stderr(&o));
     assert!(!d.join("p.toml").exists());
+}
+
+#[test]
+fn the_gpu_check_script_runs_and_says_why_it_stopped_without_a_gpu() {
+    let Some(d) = without_gpu("gpu-check") else { return };
+    let out = d.join("out");
+    let o = Command::new("bash")
+        .args(["scripts/gpu-check.sh", env!("CARGO_BIN_EXE_topolab"), out.to_str().unwrap()])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let results = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(results.contains("# topolab GPU check") && results.contains("NVIDIA driver"), "{results}");
+    assert!(results.contains("calibration failed (exit 2)"), "{results}");
+    assert!(!out.join("gpu-profile.toml").exists());
 }
 
 #[test]
