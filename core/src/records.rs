@@ -239,6 +239,13 @@ pub struct ReplayInfo {
     /// Where the workers computed: the backend and, on a GPU, the device and who shared it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compute: Option<ComputeInfo>,
+    /// What ran the tasks: "topolab", or "tensorflow VERSION".
+    #[serde(default = "topolab_engine")]
+    pub engine: String,
+}
+
+fn topolab_engine() -> String {
+    "topolab".into()
 }
 
 /// The compute device of a replay's workers.

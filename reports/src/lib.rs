@@ -681,12 +681,17 @@ fn comparison(a: &RunInput, b: &RunInput) -> Result<Section, ReportError> {
     let rel = |x: f64, y: f64| if x.abs() > 0.0 { format!("{:+.1}%", (y - x) / x * 100.0) } else { "-".into() };
     let mut sec =
         Section { heading: format!("Comparison: {} (A) vs {} (B)", sa.scenario, sb.scenario), ..Section::default() };
+    // A replay says what ran it (topolab's runtime or TensorFlow) and where.
+    let origin = |s: &RunSummary| match &s.replay {
+        Some(r) => format!("{} by {}, {} launcher", s.source, r.engine, r.launcher),
+        None => s.source.clone(),
+    };
     sec.notes.push(format!(
         "A = {} ({}), B = {} ({}); difference = (B - A) / A.",
         a.dir.display(),
-        sa.source,
+        origin(sa),
         b.dir.display(),
-        sb.source
+        origin(sb)
     ));
     sec.tables.push(Table {
         name: "comparison".into(),

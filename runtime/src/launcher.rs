@@ -43,11 +43,32 @@ impl LauncherKind {
     }
 }
 
+/// What runs the tasks of a replay.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Engine {
+    /// topolab's own runtime (`topolab node`).
+    Topolab,
+    /// Real TensorFlow (its v1 distributed runtime), with this Python.
+    Tensorflow(crate::tensorflow::TensorFlow),
+}
+
+impl Engine {
+    /// The engine's name in summaries, with TensorFlow's version.
+    pub fn describe(&self) -> String {
+        match self {
+            Engine::Topolab => "topolab".into(),
+            Engine::Tensorflow(tf) => format!("tensorflow {}", tf.version),
+        }
+    }
+}
+
 /// How to run a replay.
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
     /// Local processes or a virtual cluster.
     pub launcher: LauncherKind,
+    /// What runs the tasks.
+    pub engine: Engine,
     /// The `topolab` executable (its `node` subcommand runs a task).
     pub exe: PathBuf,
     /// Output directory.
@@ -345,7 +366,12 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
     if s.spec.hardware.gpus_per_host > 1 {
         return Err(refuse("the runtime replays one replica per worker host; set hardware.gpus_per_host = 1".into()));
     }
-    Plan::new(s).map_err(|e| refuse(e.to_string()))?;
+    let plan = Plan::new(s).map_err(|e| refuse(e.to_string()))?;
+    if matches!(opts.engine, Engine::Tensorflow(_))
+        && let Some(why) = crate::tensorflow::refusal(s, &plan, opts.resume, opts.launcher == LauncherKind::Netns)
+    {
+        return Err(refuse(format!("with --engine tensorflow: {why}")));
+    }
     let settings = ReplaySettings::of(s);
     let proxy = Proxy::new(s, settings.params_scale, settings.flops_scale);
     let params_bytes: u64 = proxy.var_sizes().iter().map(|&n| n as u64 * 4).sum();
@@ -405,6 +431,11 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
             .map_err(|e| if crate::netns::is_root() { ReplayError::Io(e) } else { refuse(e) })?;
         if c.kernel_latency() {
             latency_ns = 0;
+        } else if matches!(opts.engine, Engine::Tensorflow(_))
+            && let Some(why) = crate::tensorflow::refusal(s, &plan, opts.resume, false)
+        {
+            // The namespaces go with `c`.
+            return Err(refuse(format!("with --engine tensorflow: {why}")));
         }
         latency_method = c.latency_method.clone();
         congestion_control = c.congestion_control.clone();
@@ -428,6 +459,22 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
         epoch_ns: monotonic_ns(),
     };
     let mut job = job;
+    if let Engine::Tensorflow(_) = &opts.engine {
+        // The task program and its job, next to the run (the effective scenario's proxy and Plan).
+        let eff_plan = Plan::new(&eff).map_err(|e| refuse(e.to_string()))?;
+        let eff_proxy = Proxy::from_effective(&eff);
+        checkpoint::write_atomic(&opts.out.join(TF_PROGRAM), crate::tensorflow::TASK_PROGRAM.as_bytes()).map_err(io)?;
+        let j = crate::tensorflow::job(
+            &eff,
+            &eff_plan,
+            &eff_proxy,
+            &trace,
+            job.epoch_ns,
+            f64::from(settings.learning_rate),
+            opts.timeout_s,
+        );
+        checkpoint::write_atomic(&opts.out.join(TF_JOB), j.to_string().as_bytes()).map_err(io)?;
+    }
     let mut watch = Watch {
         started: Instant::now(),
         kills: s.spec.faults.kills.iter().enumerate().map(|(i, k)| (i, k.task.clone(), k.at.secs_f64())).collect(),
@@ -487,6 +534,7 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
         startup_s,
         restarts,
         compute: Some(compute.info(t.workers, s.spec.hardware.precision)),
+        engine: opts.engine.describe(),
     };
     collect(&eff, &opts.out, start_step, info)
 }
@@ -504,6 +552,56 @@ impl Tasks {
                 let _ = c.kill();
             }
             let _ = c.wait();
+        }
+    }
+}
+
+/// The TensorFlow task program and its job file, in the run directory.
+const TF_PROGRAM: &str = "tf_task.py";
+const TF_JOB: &str = "tf_job.json";
+/// First port of the TensorFlow tasks on a virtual cluster (each host has its own address;
+/// a co-located shard and its worker differ by port).
+const TF_BASE_PORT: u16 = 20_000;
+
+/// Starts a TensorFlow task: the task program under the engine's Python, its cluster spec in
+/// TF_CONFIG, in its host's namespace.
+fn spawn_tf(
+    tf: &crate::tensorflow::TensorFlow,
+    out: &Path,
+    tf_config: String,
+    log: &Path,
+    host: Option<(&crate::netns::VirtualCluster, usize)>,
+) -> Result<Child, ReplayError> {
+    let err = std::fs::File::create(log).map_err(io)?;
+    let mut cmd = match host {
+        Some((c, i)) => c.command(i, &tf.python),
+        None => Command::new(&tf.python),
+    };
+    cmd.arg(out.join(TF_PROGRAM))
+        .env("TF_CONFIG", tf_config)
+        .env("TOPOLAB_TF_JOB", out.join(TF_JOB))
+        .env("TF_CPP_MIN_LOG_LEVEL", "2")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err);
+    cmd.spawn().map_err(|e| ReplayError::Io(format!("cannot start {}: {e}", tf.python.display())))
+}
+
+/// Addresses of the TensorFlow tasks, shards then workers: on loopback, ports reserved by
+/// binding port 0 (released just before the tasks start); on a virtual cluster, each host's
+/// address.
+fn tf_addresses(hosts: &[usize], cluster: Option<&crate::netns::VirtualCluster>) -> Result<Vec<String>, ReplayError> {
+    match cluster {
+        Some(c) => {
+            Ok(hosts.iter().enumerate().map(|(k, &h)| format!("{}:{}", c.addrs[h], TF_BASE_PORT + k as u16)).collect())
+        }
+        None => {
+            let listeners: Vec<std::net::TcpListener> = hosts
+                .iter()
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+                .collect::<Result<_, _>>()
+                .map_err(io)?;
+            listeners.iter().map(|l| l.local_addr().map(|a| a.to_string()).map_err(io)).collect()
         }
     }
 }
@@ -580,7 +678,33 @@ fn run_tasks(
         if t.ps_hosts == topolab_core::scenario::PsHosts::Dedicated { (t.workers + j) as usize } else { j as usize }
     };
     let bind = |host: usize| cluster.map_or_else(|| job.bind.clone(), |c| format!("{}:0", c.addrs[host]));
-    for i in 0..t.ps {
+    let tensorflow = match &opts.engine {
+        Engine::Tensorflow(tf) => Some(tf),
+        Engine::Topolab => None,
+    };
+    if let Some(tf) = tensorflow {
+        let hosts: Vec<usize> = (0..t.ps).map(ps_host).chain((0..t.workers).map(|i| i as usize)).collect();
+        let all = tf_addresses(&hosts, cluster)?;
+        let (ps, workers) = all.split_at(t.ps as usize);
+        for (k, &h) in hosts.iter().enumerate() {
+            let (kind, index, name) = if k < t.ps as usize {
+                ("ps", k as u32, format!("ps {k}"))
+            } else {
+                let i = (k - t.ps as usize) as u32;
+                ("worker", i, format!("worker {i}"))
+            };
+            let log = opts.out.join("logs").join(format!("{}.log", name.replace(' ', "-")));
+            let config = crate::tensorflow::tf_config(ps, workers, kind, index);
+            let child = spawn_tf(tf, &opts.out, config, &log, cluster.map(|c| (c, h)))?;
+            if kind == "ps" {
+                pids.ps.push(child.id())
+            } else {
+                pids.worker.push(child.id())
+            }
+            tasks.children.push((name, log, child));
+        }
+    }
+    for i in (0..t.ps).filter(|_| tensorflow.is_none()) {
         let log = opts.out.join("logs").join(format!("ps-{i}.log"));
         let host = cluster.map(|c| (c, ps_host(i)));
         let mut child = spawn(&opts.exe, &spec_for("ps", i, Vec::new(), bind(ps_host(i))), &log, true, host)?;
@@ -609,7 +733,7 @@ fn run_tasks(
             }
         }
     }
-    for i in 0..t.workers {
+    for i in (0..t.workers).filter(|_| tensorflow.is_none()) {
         let log = opts.out.join("logs").join(format!("worker-{i}.log"));
         let host = cluster.map(|c| (c, i as usize));
         let child = spawn(&opts.exe, &spec_for("worker", i, addrs.clone(), bind(i as usize)), &log, false, host)?;
@@ -674,7 +798,8 @@ fn run_tasks(
             }
         }
         if running_workers == 0 {
-            if running_ps == 0 {
+            // TensorFlow's shards serve until stopped (stop_all does, by PID).
+            if running_ps == 0 || tensorflow.is_some() {
                 return Ok(Attempt::Finished);
             }
             // Shards exit once every worker said Done; give them a moment, then stop them.
@@ -835,9 +960,11 @@ fn cleanup_tasks(out: &Path) -> Result<usize, ReplayError> {
     for pid in pids.ps.iter().chain(&pids.worker) {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let ours = args.len() >= 2 && args[1] == b"node" && args[0].ends_with(b"topolab");
+        let ours = (args.len() >= 2 && args[1] == b"node" && args[0].ends_with(b"topolab"))
+            || args.iter().any(|a| a.ends_with(TF_PROGRAM.as_bytes()));
         if ours {
-            // SAFETY: kill(2) on a PID we started, checked to still be a `topolab node`.
+            // SAFETY: kill(2) on a PID we started, checked to still be a `topolab node` or our
+            // TensorFlow task program.
             unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
             stopped += 1;
             killed.push(*pid);

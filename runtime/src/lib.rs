@@ -28,6 +28,7 @@ pub mod launcher;
 pub mod netns;
 pub mod proxy;
 pub mod ps;
+pub mod tensorflow;
 pub mod wire;
 pub mod worker;
 

@@ -37,6 +37,29 @@ impl BackendArg {
     }
 }
 
+/// What runs a replay's tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum EngineArg {
+    /// topolab's own runtime.
+    #[default]
+    Topolab,
+    /// Real TensorFlow (tensorflow-cpu in a virtual environment: scripts/setup-tensorflow.sh).
+    Tensorflow,
+}
+
+impl EngineArg {
+    /// The engine, TensorFlow found and its version checked (bad input when it is missing).
+    pub fn engine(self) -> anyhow::Result<launcher::Engine> {
+        Ok(match self {
+            EngineArg::Topolab => launcher::Engine::Topolab,
+            EngineArg::Tensorflow => launcher::Engine::Tensorflow(
+                topolab_runtime::tensorflow::find()
+                    .map_err(|e| BadInput(format!("error: --engine tensorflow: {e}")))?,
+            ),
+        })
+    }
+}
+
 /// Replay a scenario for real: parameter servers and workers as processes over TCP.
 #[derive(clap::Args)]
 #[command(after_help = "\
@@ -53,6 +76,14 @@ Examples:
   topolab replay scenarios/examples/tiny-mlp-custom-gpu.toml --launcher netns --out runs/ns   # as root
   topolab replay --cleanup --out runs/tiny                     # stop leftovers of a crashed run
   topolab replay scenarios/gpu/inception-v3-gpu.toml --backend cuda --out runs/gpu   # on a GPU
+  topolab replay scenarios/examples/tiny-mlp-tensorflow.toml --engine tensorflow --launcher netns --out runs/tf
+
+With --engine tensorflow the same tasks are real TensorFlow processes (tensorflow-cpu from a
+virtual environment that `bash scripts/setup-tensorflow.sh` creates in .venv-tensorflow, or the
+Python in TOPOLAB_TF_PYTHON): one tf.distribute.Server per task, variables placed by
+replica_device_setter on the Plan's shards, SyncReplicasOptimizer for sync and backup, plain
+SGD for async. What TensorFlow cannot express (split variables, stale-synchronous mode,
+checkpoints and kills, latency without netem) is refused before anything starts.
 
 With --backend cuda (or [runtime] backend = \"cuda\") the workers compute on CUDA device
 runtime.device (default 0), all of them on the same one (the driver time-slices them; the
@@ -66,6 +97,9 @@ pub struct Args {
     /// Where the tasks run.
     #[arg(long, value_enum, default_value = "local")]
     launcher: Launcher,
+    /// What runs the tasks: topolab's runtime, or real TensorFlow (same cluster, same files).
+    #[arg(long, value_enum, default_value_t)]
+    engine: EngineArg,
     /// Compute backend of the workers (default: the scenario's runtime.backend).
     #[arg(long, value_enum)]
     backend: Option<BackendArg>,
@@ -120,8 +154,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Launcher::Netns => launcher::LauncherKind::Netns,
     };
     let (progress, bar) = progress_bar(&s.spec.name);
+    let engine = a.engine.engine()?;
     let opts = ReplayOptions {
         launcher: kind,
+        engine,
         exe: std::env::current_exe()?,
         out: a.out.clone(),
         resume: a.resume,
@@ -227,6 +263,7 @@ fn print_replay(outcome: &launcher::ReplayOutcome, predicted: &[(u64, f64)]) {
             _ => println!("Compute       cpu: {}", c.device),
         }
     }
+    println!("Engine        {}", outcome.info.engine);
     println!("Launcher      {}", outcome.info.launcher);
     println!("Latency       {}", outcome.info.latency_method);
     println!("TCP           {} congestion control", outcome.info.congestion_control);

@@ -248,6 +248,9 @@ pub struct ValidateArgs {
     /// Where the replays run.
     #[arg(long, value_enum, default_value = "netns")]
     launcher: Launcher,
+    /// What runs the replays: topolab's runtime, or real TensorFlow.
+    #[arg(long, value_enum, default_value_t)]
+    engine: super::replay::EngineArg,
     /// Directory for the comparison (validation.csv) and every run.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -283,6 +286,7 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
     let configs = super::sweep::configurations(&base)?;
     std::fs::create_dir_all(&a.out)?;
     let exe = std::env::current_exe()?;
+    let engine = a.engine.engine()?;
     let mut rows = Vec::new();
     for (i, (point, s)) in configs.iter().enumerate() {
         let label: Vec<String> = point.values().iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -292,6 +296,7 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
         let (progress, bar) = super::replay::progress_bar(&label);
         let opts = ReplayOptions {
             launcher: kind(a.launcher),
+            engine: engine.clone(),
             exe: exe.clone(),
             out: dir.join("replay"),
             resume: false,

@@ -554,3 +554,120 @@ fn a_kill_after_the_run_ended_is_bad_input() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("faults.kills[0]: the kill of ps 0 at 600 s never happened"), "{}", stderr(&o));
 }
+
+/// The Python with TensorFlow that CI installs (`scripts/setup-tensorflow.sh`).
+fn tensorflow_python() -> std::path::PathBuf {
+    root().join(topolab_runtime::tensorflow::VENV).join("bin/python")
+}
+
+#[test]
+fn the_tensorflow_engine_without_tensorflow_exits_2_and_says_how_to_install_it() {
+    let d = tmp("tf-missing");
+    let out = d.join("run");
+    let o = Command::new(env!("CARGO_BIN_EXE_topolab"))
+        .args(["replay", "scenarios/examples/tiny-mlp-tensorflow.toml", "--engine", "tensorflow", "--out"])
+        .arg(&out)
+        .env(topolab_runtime::tensorflow::PYTHON_ENV, d.join("no-such-python"))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains("TensorFlow is not installed") && e.contains("scripts/setup-tensorflow.sh"), "{e}");
+    assert!(!out.exists(), "nothing started");
+}
+
+/// A TensorFlow replay in network namespaces of the tiny MLP, `mode` and `ps` as given.
+fn tensorflow_netns_replay(mode: &str, ps: u32) -> (super::TempDir, std::path::PathBuf, std::process::Output) {
+    let d = tmp(&format!("tf-{mode}"));
+    std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
+    let text = std::fs::read_to_string(root().join("scenarios/examples/tiny-mlp-tensorflow.toml"))
+        .unwrap()
+        .replace("mode = \"sync\"", &format!("mode = \"{mode}\""))
+        .replace("ps = 1", &format!("ps = {ps}"))
+        .replace("steps = 20", "steps = 6");
+    let f = d.join("tf.toml");
+    std::fs::write(&f, text).unwrap();
+    let out = d.join("run");
+    let o = topolab(&[
+        "replay",
+        f.to_str().unwrap(),
+        "--engine",
+        "tensorflow",
+        "--launcher",
+        "netns",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    (d, out, o)
+}
+
+#[test]
+#[ignore = "needs root (network namespaces) and TensorFlow (scripts/setup-tensorflow.sh): as root, cargo test -- --ignored"]
+fn tensorflow_replays_sync_and_async_in_namespaces_and_leaves_nothing_behind() {
+    assert!(topolab_runtime::netns::is_root(), "this test needs root (the netns launcher)");
+    assert!(tensorflow_python().exists(), "TensorFlow is not installed: run bash scripts/setup-tensorflow.sh");
+    let _guard = netns_lock();
+    let netns_before = ip_lines(&["netns", "list"]);
+    let links_before = ip_lines(&["-o", "link"]);
+    for (mode, ps) in [("sync", 1), ("async", 2)] {
+        let (_d, out, o) = tensorflow_netns_replay(mode, ps);
+        assert!(o.status.success(), "{mode}: {}\n{}", stderr(&o), stdout(&o));
+        assert!(stdout(&o).contains("Engine        tensorflow 2."), "{}", stdout(&o));
+        // The step records: the simulator's columns, both workers, every step of their run.
+        let f = std::fs::File::open(out.join("steps.csv")).unwrap();
+        let steps = topolab_core::records::read_steps_csv(f, "steps.csv").unwrap();
+        for w in 0..2 {
+            let mine: Vec<_> = steps.iter().filter(|r| r.worker == w).collect();
+            assert!(!mine.is_empty(), "{mode}: worker {w} has no step records");
+            assert!(mine.iter().all(|r| r.end_ns > r.start_ns && r.compute_ns <= r.end_ns - r.start_ns));
+        }
+        // Async: each worker its own 6 steps; sync: the global step reached 6 (a fast worker's
+        // gradient may count twice, so per-worker counts differ but add up to at least 6).
+        match mode {
+            "async" => assert_eq!(steps.len(), 12, "{mode}"),
+            _ => assert!(steps.len() >= 6, "{mode}: {}", steps.len()),
+        }
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        assert!(summary["replay"]["engine"].as_str().unwrap().starts_with("tensorflow 2."), "{summary}");
+        // The placement TensorFlow reported: round-robin over the shards in creation order.
+        let placement = topolab_runtime::tensorflow::placement(&out.join("trace")).expect("placement.json");
+        let vars = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "out.weight", "out.bias"];
+        for (i, v) in vars.iter().enumerate() {
+            let want = format!("/job:ps/task:{}", i as u32 % ps);
+            assert_eq!(placement["variables"][v], want.as_str(), "{mode}: {v}: {placement}");
+        }
+        let pids: topolab_runtime::launcher::Pids =
+            serde_json::from_str(&std::fs::read_to_string(out.join("pids.json")).unwrap()).unwrap();
+        assert_eq!((pids.ps.len(), pids.worker.len()), (ps as usize, 2));
+        for pid in pids.ps.iter().chain(&pids.worker) {
+            assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "{mode}: task {pid} still running");
+        }
+    }
+    assert_eq!(ip_lines(&["netns", "list"]), netns_before, "a namespace was left behind");
+    assert_eq!(ip_lines(&["-o", "link"]), links_before, "a link was left behind");
+}
+
+#[test]
+#[ignore = "needs TensorFlow (scripts/setup-tensorflow.sh): cargo test -- --ignored"]
+fn what_tensorflow_cannot_express_is_refused_before_anything_starts() {
+    assert!(tensorflow_python().exists(), "TensorFlow is not installed: run bash scripts/setup-tensorflow.sh");
+    let d = tmp("tf-refuse");
+    std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
+    let base = std::fs::read_to_string(root().join("scenarios/examples/tiny-mlp-tensorflow.toml")).unwrap();
+    for (change, why) in [
+        (("latency = \"0 us\"", "latency = \"1 ms\""), "no user-space latency emulation"),
+        (("ps = 1", "ps = 2\nplacement = \"partitioned\"\npartition_threshold = \"1 KiB\""), "splits variables"),
+        (("steps = 20", "steps = 20\n[runtime]\ncheckpoint_every = 5"), "checkpoints"),
+    ] {
+        let f = d.join("refused.toml");
+        std::fs::write(&f, base.replace(change.0, change.1)).unwrap();
+        let out = d.join("run");
+        let o = topolab(&["replay", f.to_str().unwrap(), "--engine", "tensorflow", "--out", out.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{why}: {}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{why}: {}", stderr(&o));
+        assert!(!out.join("pids.json").exists(), "{why}: nothing started");
+    }
+}
