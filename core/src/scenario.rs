@@ -677,10 +677,23 @@ pub struct FaultsSpec {
     /// Persistently slow workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stragglers: Option<Straggler>,
+    /// Network noise: coefficient of variation of a worker host's transfer times, log-normal
+    /// with mean 1, one draw per host and step shared by all its pulls and pushes of that step
+    /// (shared-cloud links vary per instance and over time: Schad, Dittrich and Quiané-Ruiz,
+    /// "Runtime measurements in the cloud", PVLDB 3(1), 2010). 0: none.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub network_noise: f64,
     /// Mean time between failures of one host (worker or parameter server): with a
     /// [training.target], the time to it includes the failures, restarts and checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtbf: Option<Time>,
+    /// Instead of `mtbf`: failures per GPU, as the GPU-hours between two interruptions of a
+    /// job ("50677 h"), or "llama3" for the published large-scale rate ([`LLAMA3_GPU_MTBF_H`]);
+    /// the job fails every `gpu_mtbf / GPUs` (parameter-server hosts, without GPUs, are not
+    /// counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub gpu_mtbf: Option<GpuMtbf>,
     /// Work between two checkpoints, or "auto" (default with `mtbf`): Daly's optimum for the
     /// checkpoint's write time and the job's MTBF.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -698,6 +711,56 @@ pub struct FaultsSpec {
     /// would, and measures the work lost and the restart's duration.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kills: Vec<Kill>,
+}
+
+/// GPU-hours between two unexpected interruptions of a large training job: Meta's Llama 3
+/// pre-training saw 419 in a 54-day snapshot on 16,384 H100 GPUs (Dubey et al., "The Llama 3
+/// Herd of Models", 2024, section 3.3.4): 16,384 x 54 x 24 / 419 = 50,677 GPU-hours.
+pub const LLAMA3_GPU_MTBF_H: f64 = 16_384.0 * 54.0 * 24.0 / 419.0;
+
+/// Failures per GPU: a published rate by name, or a time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GpuMtbf {
+    /// The Llama 3 pre-training rate ([`LLAMA3_GPU_MTBF_H`]).
+    Llama3,
+    /// GPU-hours (as a time) between two interruptions.
+    Every(Time),
+}
+
+impl GpuMtbf {
+    /// The GPU-time between two interruptions.
+    pub fn time(self) -> Time {
+        match self {
+            GpuMtbf::Llama3 => Time::from_secs_f64(LLAMA3_GPU_MTBF_H * 3600.0),
+            GpuMtbf::Every(t) => t,
+        }
+    }
+}
+
+/// Serializes a value written either as a keyword or as a time.
+fn keyword_or_time<S: serde::Serializer>(s: S, keyword: &str, time: Option<&Time>) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(t) => t.serialize(s),
+        None => s.serialize_str(keyword),
+    }
+}
+
+impl Serialize for GpuMtbf {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        keyword_or_time(s, "llama3", if let GpuMtbf::Every(t) = self { Some(t) } else { None })
+    }
+}
+
+impl<'de> Deserialize<'de> for GpuMtbf {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().eq_ignore_ascii_case("llama3") {
+            return Ok(GpuMtbf::Llama3);
+        }
+        text.parse::<Time>()
+            .map(GpuMtbf::Every)
+            .map_err(|e| serde::de::Error::custom(format!("{e}; or \"llama3\" for the published Llama 3 rate")))
+    }
 }
 
 /// A task a replay kills.
@@ -735,10 +798,7 @@ pub enum CheckpointInterval {
 
 impl Serialize for CheckpointInterval {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            CheckpointInterval::Auto => s.serialize_str("auto"),
-            CheckpointInterval::Every(t) => t.serialize(s),
-        }
+        keyword_or_time(s, "auto", if let CheckpointInterval::Every(t) = self { Some(t) } else { None })
     }
 }
 
@@ -1538,22 +1598,36 @@ fn no_effect(s: &ScenarioFile, gpu: Option<&Gpu>, v: &mut Problems) {
         );
     }
     let f = &s.faults;
-    if f.mtbf.is_some() && s.training.target.is_none() {
-        no_effect_with(v, "faults.mtbf", "without [training.target] (failures lengthen the time to the target)");
+    // `gpu_mtbf` stands in for `mtbf` everywhere below, under its own name.
+    let rate_field = if f.mtbf.is_none() && f.gpu_mtbf.is_some() { "faults.gpu_mtbf" } else { "faults.mtbf" };
+    if f.mtbf.is_some() && f.gpu_mtbf.is_some() {
+        v.push(
+            "faults.gpu_mtbf",
+            "give failures either per host (`mtbf`) or per GPU (`gpu_mtbf`), not both",
+            Some("remove one of them".into()),
+        );
     }
-    if f.mtbf.is_none() {
+    let failures = f.mtbf.is_some() || f.gpu_mtbf.is_some();
+    if failures && s.training.target.is_none() {
+        no_effect_with(v, rate_field, "without [training.target] (failures lengthen the time to the target)");
+    }
+    if !failures {
         for (path, set) in [
             ("faults.checkpoint_interval", f.checkpoint_interval.is_some()),
             ("faults.checkpoint_bandwidth", f.checkpoint_bandwidth.is_some()),
             ("faults.restart", f.restart.is_some()),
         ] {
             if set {
-                no_effect_with(v, path, "without faults.mtbf (checkpoints and restarts are paid for failures)");
+                no_effect_with(
+                    v,
+                    path,
+                    "without faults.mtbf or faults.gpu_mtbf (checkpoints and restarts are paid for failures)",
+                );
             }
         }
     } else if f.checkpoint_bandwidth.is_none() {
         v.push(
-            "faults.mtbf",
+            rate_field,
             "failures need `faults.checkpoint_bandwidth`: what a checkpoint and a restart cost depends on the storage",
             Some("add e.g. `checkpoint_bandwidth = \"1 GB/s\"` (shared by all shards) under [faults]".into()),
         );
@@ -1952,6 +2026,12 @@ fn validate(s: &ScenarioFile, v: &mut Problems) {
     if let Some(m) = f.mtbf {
         v.check(m.0 > 0, "faults.mtbf", || "mtbf must be > 0".into());
     }
+    if let Some(m) = f.gpu_mtbf {
+        v.check(m.time().0 > 0, "faults.gpu_mtbf", || "gpu_mtbf must be > 0".into());
+    }
+    v.check(f.network_noise >= 0.0 && f.network_noise <= 10.0, "faults.network_noise", || {
+        format!("network_noise is a coefficient of variation in [0, 10], got {}", f.network_noise)
+    });
     if f.noise != Noise::Gaussian && f.jitter == 0.0 && f.noise != Noise::HeavyTailed {
         v.push(
             "faults.noise",

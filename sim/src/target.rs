@@ -183,7 +183,7 @@ pub fn time_to_target(s: &Scenario, opts: &SimOptions) -> Result<(SimRun, TimeTo
     let useful_time = examples / useful;
     let gpus = f64::from(t.workers) * g;
     let ps_hosts = if t.ps_hosts == PsHosts::Dedicated { f64::from(t.ps) } else { 0.0 };
-    let failures = failure_cost(s, useful_time, f64::from(t.workers) + ps_hosts);
+    let failures = failure_cost(s, useful_time, f64::from(t.workers) + ps_hosts, gpus);
     let time = failures.as_ref().map_or(useful_time, |f| f.useful_s + f.overhead_s);
     let hours = time / 3600.0;
     let cost = hours * (gpus * s.spec.cost.gpu_hour + ps_hosts * s.spec.cost.ps_hour);
@@ -227,12 +227,17 @@ impl FailureCost {
     }
 }
 
-/// The expected cost of failures for `useful_s` of training on `hosts` hosts, when the
-/// scenario has `faults.mtbf` (validation makes sure the checkpoint bandwidth is there).
-fn failure_cost(s: &Scenario, useful_s: f64, hosts: f64) -> Option<FailureCost> {
+/// The expected cost of failures for `useful_s` of training on `hosts` hosts with `gpus`
+/// GPUs, when the scenario has `faults.mtbf` (per host) or `faults.gpu_mtbf` (per GPU;
+/// validation makes sure the checkpoint bandwidth is there).
+fn failure_cost(s: &Scenario, useful_s: f64, hosts: f64, gpus: f64) -> Option<FailureCost> {
     let f = &s.spec.faults;
-    let (mtbf, bw) = (f.mtbf?, f.checkpoint_bandwidth?);
-    let job_mtbf_s = mtbf.secs_f64() / hosts.max(1.0);
+    let bw = f.checkpoint_bandwidth?;
+    let job_mtbf_s = match (f.mtbf, f.gpu_mtbf) {
+        (Some(m), _) => m.secs_f64() / hosts.max(1.0),
+        (None, Some(g)) => g.time().secs_f64() / gpus.max(1.0),
+        (None, None) => return None,
+    };
     let checkpoint_s =
         topolab_core::scenario::checkpoint_bytes(&s.model, s.spec.optimizer.kind).0 as f64 / bw.bytes_per_sec();
     let restart_s = f.restart.map_or(0.0, |r| r.secs_f64()) + checkpoint_s;

@@ -314,6 +314,7 @@ impl<'a> Sim<'a> {
             || unfairness > 0.0
             || ramping
             || fifo.0 > 0
+            || spec.faults.network_noise > 0.0
             || !synchronous(t.mode)
             || opts.no_classes;
         let mut keys: BTreeMap<(u64, u32, Option<u32>, u32), Vec<u32>> = BTreeMap::new();
@@ -537,6 +538,7 @@ impl<'a> Sim<'a> {
         let now = self.q.now();
         match flow {
             Some(f) => {
+                let bytes = bytes * self.network_factor(tag);
                 let timers =
                     self.net.send(now, f, Message { bytes: bytes * self.copy_factor + self.overhead_bytes, tag });
                 self.schedule_timers(timers);
@@ -664,6 +666,23 @@ impl<'a> Sim<'a> {
             return SimError::Stuck { at, worker: w, step: st.step, what };
         }
         SimError::Stuck { at, worker: 0, step: 0, what: "no event left".into() }
+    }
+
+    /// Network noise (`faults.network_noise`): the stretch of a pull or push of a worker in its
+    /// current step, log-normal with mean 1 and the given coefficient of variation, one draw
+    /// per host and step (every transfer of that host in that step shares it: the host's
+    /// link is slow for a while), independent of event order.
+    fn network_factor(&self, tag: Tag) -> f64 {
+        let cv = self.s.spec.faults.network_noise;
+        let class = match tag {
+            Tag::Pull { class, .. } | Tag::Push { class, .. } if cv > 0.0 => class,
+            _ => return 1.0,
+        };
+        let worker = u64::from(self.classes[class].workers[0]);
+        let step = self.state[class].step;
+        let key = self.s.spec.seed ^ 0x4E77_0000 ^ (worker << 32) ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let s2 = (1.0 + cv * cv).ln();
+        (-s2 / 2.0 + s2.sqrt() * crate::rng::normal(key)).exp()
     }
 
     /// The compute multiplier of `class`'s step `step`, starting at `now`: its straggler

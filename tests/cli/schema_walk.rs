@@ -50,6 +50,7 @@ const HEAVY: (&str, &str) = ("faults.noise", "\"heavy-tailed\"");
 const TAIL: (&str, &str) = ("faults.tail", "{ probability = 0.1, slowdown = 5.0 }");
 const EPISODES: (&str, &str) = ("faults.episodes", "{ every = \"1 s\", duration = \"500 ms\", slowdown = 2.0 }");
 const MTBF: (&str, &str) = ("faults.mtbf", "\"500 h\"");
+const LLAMA3: (&str, &str) = ("faults.gpu_mtbf", "\"llama3\"");
 const BANDWIDTH: (&str, &str) = ("faults.checkpoint_bandwidth", "\"1 GB/s\"");
 const PROFILE: (&str, &str) = ("hardware.profile", "\"@PROFILE@\"");
 const CUDA: (&str, &str) = ("runtime.backend", "\"cuda\"");
@@ -101,6 +102,12 @@ const PROBES: &[Probe] = &[
         &[("faults.episodes", "{ every = \"1 s\", duration = \"500 ms\", slowdown = 1.0 }")],
         Refused(None),
     ),
+    ("faults.gpu_mtbf", &[TARGET], &[("faults.gpu_mtbf", "\"llama3\""), BANDWIDTH], Effect),
+    ("faults.gpu_mtbf", &[TARGET, LLAMA3, BANDWIDTH], &[("faults.gpu_mtbf", "\"100 h\"")], Effect),
+    ("faults.gpu_mtbf", &[], &[("faults.gpu_mtbf", "\"llama3\""), BANDWIDTH], Refused(None)),
+    ("faults.gpu_mtbf", &[TARGET, MTBF, BANDWIDTH], &[("faults.gpu_mtbf", "\"llama3\"")], Refused(None)),
+    ("faults.network_noise", &[], &[("faults.network_noise", "0.3")], Effect),
+    ("faults.network_noise", &[], &[("faults.network_noise", "-0.3")], Refused(None)),
     ("faults.mtbf", &[TARGET], &[("faults.mtbf", "\"100 h\""), BANDWIDTH], Effect),
     ("faults.mtbf", &[], &[("faults.mtbf", "\"100 h\""), BANDWIDTH], Refused(None)),
     ("faults.mtbf", &[TARGET], &[("faults.mtbf", "\"100 h\"")], Refused(None)),

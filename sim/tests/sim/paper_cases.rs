@@ -299,3 +299,42 @@ fn a_gpu_profile_times_each_layer_by_its_kernels_and_copies() {
     let own = run(&gpu_scenario(2, ""));
     close(own.summary.breakdown_s.compute, 65.4e-6, 1e-6);
 }
+
+#[test]
+fn network_noise_stretches_each_host_s_transfers_by_a_mean_one_factor_per_step() {
+    // One worker, one PS (the first case): compute 0.3 s, pull and push 0.1 s each. With
+    // network noise of CV 0.3 the pull and push of a step share one log-normal factor f of
+    // mean 1: step = 0.3 + 0.2 f + 0.001. Over 400 steps the mean of f is 1 within
+    // 3 x 0.3 / sqrt(400) = 4.5%, so the mean step within 0.2 x 4.5% / 0.5 = 1.8%.
+    let noisy = |seed: u64| {
+        let extra = "[faults]\nnetwork_noise = 0.3\n[training]\nsteps = 400\n[topology]\nworkers = 1\nps = 1\n";
+        scenario(
+            &format!(
+                "seed = {seed}\nbatch = 1\n[model]\nlayers = \"model.csv\"\n\
+                 [hardware]\ngpu = \"paper-gpu\"\nefficiency = 1.0\nps_memory_bandwidth = \"37.5 GB/s\"\n\
+                 [hardware.gpu_spec]\nfp32 = \"1 TFLOP/s\"\nmemory = \"64 GiB\"\nsource = \"test\"\n\
+                 [network]\nnic = \"1 Gbit/s\"\nlatency = \"0 us\"\ngoodput = 1.0\nmessage_overhead = \"0 ns\"\n{extra}"
+            ),
+            Some(&one_var()),
+        )
+    };
+    let r = run(&noisy(1));
+    close(r.summary.step_time_s.mean, 0.501, 0.018);
+    close(r.summary.breakdown_s.compute, 0.3, 1e-6);
+    // The spread is the network's: p90 - p10 of 0.2 f, f log-normal with CV 0.3, is about
+    // 0.2 x (1.43 - 0.67) = 0.15 s (sigma^2 = ln 1.09: quantiles exp(-sigma^2/2 +- 1.2816 sigma)).
+    assert!(r.summary.step_time_s.p90 - r.summary.step_time_s.p50 > 0.04, "{:?}", r.summary.step_time_s);
+    // Deterministic for a seed, different for another.
+    assert_eq!(run(&noisy(1)).summary.step_time_s, r.summary.step_time_s);
+    assert_ne!(run(&noisy(2)).summary.step_time_s.p90, r.summary.step_time_s.p90);
+    // Four synchronous workers on one PS NIC: without noise their pulls, computes and pushes
+    // run in lock-step (4e8 + 3e8 + 4e8 ns). Noise desynchronizes them: a worker whose pull was
+    // short computes and pushes (PS ingress) while the others still pull (PS egress), so the
+    // full-duplex link is better used and the mean step is shorter, not longer.
+    let quiet = run(&paper_steps("workers = 4\nps = 1", &one_var(), "", 100)).summary.step_time_s.mean;
+    let loud = run(&paper_steps("workers = 4\nps = 1", &one_var(), "[faults]\nnetwork_noise = 0.3", 100))
+        .summary
+        .step_time_s
+        .mean;
+    assert!(loud < quiet * 0.97, "noise {loud} vs none {quiet}");
+}

@@ -97,3 +97,33 @@ fn async_pays_a_staleness_penalty_and_backup_shrinks_the_batch() {
     .1;
     assert_eq!(backup.global_batch, 6.0 * 32.0);
 }
+
+#[test]
+fn failures_per_gpu_are_the_per_host_rate_divided_among_a_host_s_gpus() {
+    // 100 workers of 8 GPUs each, shards co-located: at the Llama 3 rate of one interruption
+    // per 16,384 x 54 x 24 / 419 = 50,677 GPU-hours, the job fails every 50,677 / 800 h =
+    // 63.3 h, as with a per-host MTBF of 50,677 / 8 h on its 100 hosts.
+    assert!((topolab_core::scenario::LLAMA3_GPU_MTBF_H - 50_677.0).abs() < 1.0);
+    let base = Scenario::load(&root().join("scenarios/examples/inception-v3-100w-failures.toml")).unwrap();
+    let per_gpu = base
+        .with(|f| {
+            f.hardware.gpus_per_host = 8;
+            f.topology.ps_hosts = topolab_core::scenario::PsHosts::Colocated;
+            f.faults.mtbf = None;
+            f.faults.gpu_mtbf = Some(topolab_core::scenario::GpuMtbf::Llama3);
+        })
+        .unwrap();
+    let per_host = per_gpu
+        .with(|f| {
+            f.faults.gpu_mtbf = None;
+            f.faults.mtbf = Some(topolab_core::units::Time::from_secs_f64(
+                topolab_core::scenario::LLAMA3_GPU_MTBF_H * 3600.0 / 8.0,
+            ));
+        })
+        .unwrap();
+    let a = time_to_target(&per_gpu, &SimOptions::default()).unwrap().1.failures.unwrap();
+    let b = time_to_target(&per_host, &SimOptions::default()).unwrap().1.failures.unwrap();
+    close(a.job_mtbf_s / 3600.0, 50_677.0 / 800.0, 1e-3);
+    close(a.job_mtbf_s, b.job_mtbf_s, 1e-9);
+    close(a.overhead_s, b.overhead_s, 1e-9);
+}
