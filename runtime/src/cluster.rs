@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 /// Name of the environment variable holding the [`ClusterSpec`] as JSON.
 pub const ENV: &str = "TOPOLAB_CLUSTER";
 
+/// Names a file holding the job token (a mounted Kubernetes Secret), when the spec's
+/// `job.token` is empty: the token then never sits in an environment variable.
+pub const TOKEN_FILE_ENV: &str = "TOPOLAB_TOKEN_FILE";
+
 /// `{"ps": [...], "worker": [...], "task": {"type": "worker", "index": 0}, "job": {...}}`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterSpec {
@@ -58,6 +62,15 @@ impl ClusterSpec {
     pub fn from_env() -> Result<ClusterSpec, String> {
         let text = std::env::var(ENV)
             .map_err(|_| format!("{ENV} is not set; `topolab node` is started by `topolab replay`"))?;
-        serde_json::from_str(&text).map_err(|e| format!("{ENV} is not a valid cluster spec: {e}"))
+        let mut spec: ClusterSpec =
+            serde_json::from_str(&text).map_err(|e| format!("{ENV} is not a valid cluster spec: {e}"))?;
+        if spec.job.token.is_empty()
+            && let Some(path) = std::env::var_os(TOKEN_FILE_ENV)
+        {
+            let token = std::fs::read_to_string(&path)
+                .map_err(|e| format!("{TOKEN_FILE_ENV}: cannot read the job token {}: {e}", path.to_string_lossy()))?;
+            spec.job.token = token.trim().to_string();
+        }
+        Ok(spec)
     }
 }

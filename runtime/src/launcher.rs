@@ -31,6 +31,8 @@ pub enum LauncherKind {
     Local,
     /// Processes in network namespaces with shaped links (root).
     Netns,
+    /// Pods of a Kubernetes cluster ([`crate::k8s`]).
+    K8s,
 }
 
 impl LauncherKind {
@@ -39,6 +41,7 @@ impl LauncherKind {
         match self {
             LauncherKind::Local => "local",
             LauncherKind::Netns => "netns",
+            LauncherKind::K8s => "k8s",
         }
     }
 }
@@ -245,7 +248,9 @@ pub fn effective_scenario(
     f.hardware.efficiency = Some(1.0);
     f.hardware.precision = topolab_core::scenario::Precision::Fp32;
     f.hardware.gpus_per_host = 1;
-    f.hardware.shared_cores = Some(cores);
+    // On Kubernetes each task has a core of its own (its request), on nodes assumed as fast as
+    // this machine; elsewhere every task shares this machine's cores.
+    f.hardware.shared_cores = (launcher != LauncherKind::K8s).then_some(cores);
     if let ReplayCompute::Cuda { device, rates } = compute {
         // The workers' GPU, as measured: its GEMM rate at each precision it runs, time-shared
         // by every worker (one device); the cores keep the network's CPU work.
@@ -272,6 +277,9 @@ pub fn effective_scenario(
             "# Links: tc tbf at the scenario's NIC rate, drop-tail queue of {} (network.queue with a profile).\n",
             crate::netns::QUEUE
         ),
+        LauncherKind::K8s => {
+            "# Links: the Kubernetes cluster's own network (not shaped by topolab): set nic to its rate.\n".to_string()
+        }
         LauncherKind::Local => {
             // Loopback is not shaped: the NIC the tasks really had is this machine's loopback.
             let rate = crate::calibrate::loopback_rate().map_err(ReplayError::Io)?;
@@ -367,6 +375,11 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
         return Err(refuse("the runtime replays one replica per worker host; set hardware.gpus_per_host = 1".into()));
     }
     let plan = Plan::new(s).map_err(|e| refuse(e.to_string()))?;
+    if opts.launcher == LauncherKind::K8s {
+        return Err(refuse(
+            "replays through the Kubernetes API are not built yet; `topolab k8s manifests` writes the job's objects for kubectl".into(),
+        ));
+    }
     if matches!(opts.engine, Engine::Tensorflow(_))
         && let Some(why) = crate::tensorflow::refusal(s, &plan, opts.resume, opts.launcher == LauncherKind::Netns)
     {

@@ -24,6 +24,7 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod compute;
 pub mod cuda;
+pub mod k8s;
 pub mod launcher;
 pub mod netns;
 pub mod proxy;

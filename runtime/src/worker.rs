@@ -322,6 +322,7 @@ fn layer_views(vars: &[Vec<f32>], offset: usize, count: usize) -> Vec<&[f32]> {
 
 async fn connect(addr: &str, token: &Token, index: u32, timeout: Duration) -> Result<TcpStream, NodeError> {
     let deadline = Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(20);
     loop {
         match TcpStream::connect(addr).await {
             Ok(mut s) => {
@@ -329,9 +330,12 @@ async fn connect(addr: &str, token: &Token, index: u32, timeout: Duration) -> Re
                 wire::connect(&mut s, token, index, timeout).await?;
                 return Ok(s);
             }
+            // Refused, or the shard's name does not resolve yet (a Kubernetes Service appears
+            // a moment after its pod): retry with back-off until the deadline.
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
             Err(e) => return Err(NodeError::Setup(format!("cannot reach shard at {addr}: {e}"))),
         }

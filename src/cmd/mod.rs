@@ -3,6 +3,7 @@
 pub mod check;
 pub mod compare;
 pub mod hardware;
+pub mod k8s;
 pub mod models;
 pub mod placement;
 pub mod plan;

@@ -16,6 +16,8 @@ pub enum Launcher {
     Local,
     /// A network namespace per host, links shaped by tc to the scenario's NIC rate (root).
     Netns,
+    /// Pods of a Kubernetes cluster (kubeconfig; see `topolab k8s manifests`).
+    K8s,
 }
 
 /// Compute backend of a replay's workers.
@@ -109,6 +111,15 @@ pub struct Args {
     /// Run directory.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Kubernetes context (--launcher k8s; default: the kubeconfig's current one).
+    #[arg(long, value_name = "C")]
+    context: Option<String>,
+    /// Kubernetes namespace (--launcher k8s).
+    #[arg(long, default_value = "default", value_name = "NS")]
+    namespace: String,
+    /// Container image of the pods (--launcher k8s; see the Dockerfile).
+    #[arg(long, default_value = "topolab:latest", value_name = "IMG")]
+    image: String,
     /// Continue from the last complete checkpoint in DIR/checkpoints.
     #[arg(long)]
     resume: bool,
@@ -152,6 +163,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let kind = match a.launcher {
         Launcher::Local => launcher::LauncherKind::Local,
         Launcher::Netns => launcher::LauncherKind::Netns,
+        Launcher::K8s => {
+            // The cluster first: no kubeconfig, an unreachable API server or a missing
+            // namespace is one clear line, before anything is created.
+            k8s_preflight(&a)?;
+            launcher::LauncherKind::K8s
+        }
     };
     let (progress, bar) = progress_bar(&s.spec.name);
     let engine = a.engine.engine()?;
@@ -194,6 +211,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         super::report::make(std::slice::from_ref(&a.out), dir)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks the inputs and the cluster of a Kubernetes replay before anything is created.
+fn k8s_preflight(a: &Args) -> anyhow::Result<()> {
+    use topolab_runtime::k8s;
+    k8s::check_label("namespace", &a.namespace, 63).map_err(|e| BadInput(format!("error: --namespace: {e}")))?;
+    k8s::check_image(&a.image).map_err(|e| BadInput(format!("error: --image: {e}")))?;
+    let version = k8s::connect(a.context.as_deref(), &a.namespace)
+        .map_err(|e| BadInput(format!("error: --launcher k8s: {e}")))?;
+    eprintln!("Kubernetes {version}, namespace {}", a.namespace);
+    Ok(())
 }
 
 /// What the simulator predicts for each kill of the replay: the steps lost (done since the last
@@ -316,6 +344,7 @@ impl Launcher {
         match self {
             Launcher::Local => "local",
             Launcher::Netns => "netns",
+            Launcher::K8s => "k8s",
         }
     }
 }

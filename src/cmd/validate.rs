@@ -62,10 +62,14 @@ fn kind(l: Launcher) -> LauncherKind {
     match l {
         Launcher::Local => LauncherKind::Local,
         Launcher::Netns => LauncherKind::Netns,
+        Launcher::K8s => LauncherKind::K8s,
     }
 }
 
 pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
+    if a.launcher == Launcher::K8s {
+        return Err(BadInput("error: calibrate measures this machine: --launcher local or netns".into()).into());
+    }
     let cuda = a.backend == super::replay::BackendArg::Cuda;
     // The device first: without one, say so before a minute of CPU measurements.
     let device = if cuda {

@@ -4,6 +4,7 @@ mod check_scenarios;
 mod compare;
 mod conformance;
 mod inspect_commands;
+mod k8s;
 mod replay;
 mod reports;
 mod schema_walk;
@@ -18,6 +19,28 @@ pub fn topolab(args: &[&str]) -> Output {
         .current_dir(root())
         .output()
         .expect("the topolab binary runs")
+}
+
+/// Runs the topolab binary from the repository root with environment changes `env`
+/// (a value of `None` removes the variable).
+pub fn topolab_env(args: &[&str], env: &[(&str, Option<&std::ffi::OsStr>)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_topolab"));
+    c.args(args).current_dir(root());
+    for (k, v) in env {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.output().expect("the topolab binary runs")
+}
+
+/// The one line a refusal prints, asserting exit status 2 (bad input).
+pub fn bad_input_line(o: &Output) -> String {
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    e
 }
 
 /// The repository root.

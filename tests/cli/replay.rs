@@ -564,16 +564,19 @@ fn tensorflow_python() -> std::path::PathBuf {
 fn the_tensorflow_engine_without_tensorflow_exits_2_and_says_how_to_install_it() {
     let d = tmp("tf-missing");
     let out = d.join("run");
-    let o = Command::new(env!("CARGO_BIN_EXE_topolab"))
-        .args(["replay", "scenarios/examples/tiny-mlp-tensorflow.toml", "--engine", "tensorflow", "--out"])
-        .arg(&out)
-        .env(topolab_runtime::tensorflow::PYTHON_ENV, d.join("no-such-python"))
-        .current_dir(root())
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let e = stderr(&o);
-    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    let python = d.join("no-such-python");
+    let o = super::topolab_env(
+        &[
+            "replay",
+            "scenarios/examples/tiny-mlp-tensorflow.toml",
+            "--engine",
+            "tensorflow",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[(topolab_runtime::tensorflow::PYTHON_ENV, Some(python.as_os_str()))],
+    );
+    let e = super::bad_input_line(&o);
     assert!(e.contains("TensorFlow is not installed") && e.contains("scripts/setup-tensorflow.sh"), "{e}");
     assert!(!out.exists(), "nothing started");
 }
