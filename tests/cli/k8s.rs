@@ -181,3 +181,149 @@ fn manifests_pass_strict_validation_against_the_kubernetes_schemas() {
 
 /// The Kubernetes version the manifests are validated against (k8s-openapi's `v1_33`).
 const KUBERNETES_VERSION: &str = "1.33";
+
+/// Removes the per-namespace hosts files of the executed-manifests test, also when it fails,
+/// and /etc/netns itself if the test created it.
+struct HostsFiles {
+    dirs: Vec<std::path::PathBuf>,
+    created_root: bool,
+}
+
+impl Drop for HostsFiles {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        if self.created_root {
+            let _ = std::fs::remove_dir("/etc/netns");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root (network namespaces): as root, cargo test -- --ignored"]
+fn the_generated_pods_run_as_processes_in_namespaces_and_train_with_a_late_dns_name() {
+    use topolab_runtime::cluster::{ClusterSpec, ENV, TOKEN_FILE_ENV};
+    assert!(topolab_runtime::netns::is_root(), "this test needs root (network namespaces)");
+    let _guard = super::replay::netns_lock();
+    let d = tmp("executed");
+    let o = manifests(&d.join("k8s"), &["--namespace", "training"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let docs = documents(&d.join("k8s/job.yaml"));
+    // The volumes as directories: the ConfigMap's files, the Secret's token, the checkpoints
+    // and each pod's emptyDir.
+    let config = d.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    for (k, v) in docs[0]["data"].as_object().unwrap() {
+        std::fs::write(config.join(k), v.as_str().unwrap()).unwrap();
+    }
+    let secret = d.join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    let token = docs.iter().find(|o| o["kind"] == "Secret").unwrap()["stringData"]["token"].as_str().unwrap();
+    std::fs::write(secret.join("token"), token).unwrap();
+    let pods: Vec<&serde_json::Value> = docs.iter().filter(|o| o["kind"] == "Pod").collect();
+    let services: Vec<&serde_json::Value> = docs.iter().filter(|o| o["kind"] == "Service").collect();
+    assert_eq!(pods.len(), 4);
+    // One virtual host per pod; each Service name resolves to its pod's address through the
+    // namespace's hosts file (`ip netns exec` bind-mounts /etc/netns/NS/hosts over /etc/hosts).
+    let s =
+        topolab_core::scenario::Scenario::load(&root().join("scenarios/examples/tiny-mlp-custom-gpu.toml")).unwrap();
+    let cluster = topolab_runtime::netns::VirtualCluster::create(
+        &format!("{}-k8s", std::process::id()),
+        pods.len(),
+        s.nic,
+        topolab_core::units::Time::ZERO,
+    )
+    .unwrap();
+    let mut hosts_files = HostsFiles { dirs: Vec::new(), created_root: !std::path::Path::new("/etc/netns").exists() };
+    let names: Vec<String> = pods.iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    let table = |with_ps: bool| {
+        let mut t = String::from("127.0.0.1 localhost\n");
+        for (i, n) in names.iter().enumerate() {
+            if with_ps || !n.contains("-ps-") {
+                t.push_str(&format!("{} {n}.training.svc.cluster.local {n}\n", cluster.addrs[i]));
+            }
+        }
+        t
+    };
+    assert_eq!(services.len(), names.len());
+    let late = names.iter().position(|n| n.ends_with("-worker-0")).unwrap();
+    for (i, ns) in cluster.hosts.iter().enumerate() {
+        let dir = std::path::Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        hosts_files.dirs.push(dir.clone());
+        // Worker 0 starts before the shards' names resolve on its host.
+        std::fs::write(dir.join("hosts"), table(i != late)).unwrap();
+    }
+    let mut children = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(c["command"], serde_json::json!(["/usr/local/bin/topolab", "node"]));
+        let env = c["env"].as_array().unwrap();
+        let value = |name: &str| env.iter().find(|e| e["name"] == name).unwrap()["value"].as_str().unwrap().to_string();
+        let mut spec: ClusterSpec = serde_json::from_str(&value(ENV)).unwrap();
+        // Mount points become the directories above.
+        spec.job.scenario = config.join("scenario.toml");
+        spec.job.out = d.join(format!("out-{}", names[i]));
+        spec.job.checkpoint_dir = d.join("checkpoints");
+        let token_file = value(TOKEN_FILE_ENV).replace(topolab_runtime::k8s::SECRET_DIR, secret.to_str().unwrap());
+        let log = std::fs::File::create(d.join(format!("{}.log", names[i]))).unwrap();
+        let mut cmd = cluster.command(i, std::path::Path::new(env!("CARGO_BIN_EXE_topolab")));
+        cmd.arg("node")
+            .env(ENV, serde_json::to_string(&spec).unwrap())
+            .env(TOKEN_FILE_ENV, token_file)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        children.push((names[i].clone(), cmd.spawn().unwrap()));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let resolved_at = topolab_runtime::wire::monotonic_ns();
+    std::fs::write(std::path::Path::new("/etc/netns").join(&cluster.hosts[late]).join("hosts"), table(true)).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut statuses = Vec::new();
+    for (name, mut child) in children {
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        statuses.push((name, st));
+    }
+    drop(cluster);
+    for (name, st) in &statuses {
+        let log = std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap_or_default();
+        assert!(st.is_some_and(|s| s.success()), "{name}: {st:?}\n{log}");
+    }
+    // Both workers trained every step, as under the netns launcher; the late one started
+    // only once its shards' names resolved.
+    let steps = s.spec.training.steps as usize;
+    for (w, name) in names.iter().filter(|n| n.contains("-worker-")).enumerate() {
+        let p = d.join(format!("out-{name}/trace/worker-{w}.steps.csv"));
+        let f = std::fs::File::open(&p).unwrap();
+        let recs = topolab_core::records::read_steps_csv(f, "steps").unwrap();
+        assert_eq!(recs.len(), steps, "{name}");
+        if name.ends_with("-worker-0") {
+            assert!(recs[0].start_ns >= resolved_at, "worker 0 began before its shards' names resolved");
+        }
+    }
+    let worker1 = names.iter().find(|n| n.ends_with("-worker-1")).unwrap();
+    let loss = std::fs::read_to_string(d.join(format!("out-{worker1}/trace/worker-1.loss.csv"))).unwrap();
+    let values: Vec<f64> = loss.lines().skip(1).filter_map(|l| l.split(',').nth(2)?.parse().ok()).collect();
+    assert!(values[values.len() - 1] < values[0], "the loss falls: {values:?}");
+    drop(hosts_files);
+    for ns in ip_netns() {
+        assert!(!ns.contains(&format!("{}-k8s", std::process::id())), "namespace {ns} left behind");
+    }
+}
+
+fn ip_netns() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+}

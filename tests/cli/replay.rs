@@ -9,7 +9,7 @@ use super::*;
 /// they must not overlap.
 static NETNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn netns_lock() -> std::sync::MutexGuard<'static, ()> {
+pub(super) fn netns_lock() -> std::sync::MutexGuard<'static, ()> {
     NETNS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
