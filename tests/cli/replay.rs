@@ -560,11 +560,10 @@ fn tensorflow_python() -> std::path::PathBuf {
     root().join(topolab_runtime::tensorflow::VENV).join("bin/python")
 }
 
-#[test]
-fn the_tensorflow_engine_without_tensorflow_exits_2_and_says_how_to_install_it() {
-    let d = tmp("tf-missing");
+/// The one-line refusal of a TensorFlow replay of the tiny MLP run with `python` as the
+/// engine's interpreter (nothing may start).
+fn tensorflow_refusal(d: &std::path::Path, python: &std::path::Path) -> String {
     let out = d.join("run");
-    let python = d.join("no-such-python");
     let o = super::topolab_env(
         &[
             "replay",
@@ -577,8 +576,27 @@ fn the_tensorflow_engine_without_tensorflow_exits_2_and_says_how_to_install_it()
         &[(topolab_runtime::tensorflow::PYTHON_ENV, Some(python.as_os_str()))],
     );
     let e = super::bad_input_line(&o);
-    assert!(e.contains("TensorFlow is not installed") && e.contains("scripts/setup-tensorflow.sh"), "{e}");
     assert!(!out.exists(), "nothing started");
+    e
+}
+
+#[test]
+fn the_tensorflow_engine_without_tensorflow_exits_2_and_says_how_to_install_it() {
+    let d = tmp("tf-missing");
+    let e = tensorflow_refusal(&d, &d.join("no-such-python"));
+    assert!(e.contains("TensorFlow is not installed") && e.contains("scripts/setup-tensorflow.sh"), "{e}");
+}
+
+#[test]
+fn a_tensorflow_older_than_the_task_program_supports_is_refused() {
+    // A stand-in interpreter that reports TensorFlow 2.9.0 for `import tensorflow`.
+    let d = tmp("tf-old");
+    let python = d.join("python");
+    std::fs::write(&python, "#!/bin/sh\necho 2.9.0\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let e = tensorflow_refusal(&d, &python);
+    assert!(e.contains("TensorFlow 2.9.0") && e.contains("older than 2.12"), "{e}");
 }
 
 /// A TensorFlow replay in network namespaces of the tiny MLP, `mode` and `ps` as given.
