@@ -17,6 +17,13 @@
 //!
 //! Each task's cluster spec is one environment variable ([`crate::cluster::ENV`]), as for the
 //! other launchers; requests are the scenario's (a core per task, the proxy's memory).
+//!
+//! Through the API ([`create`], [`wait`], [`delete`]): the objects are created parent first,
+//! the others with owner references to it; the job's pods are watched (one watch, no polling)
+//! until every worker succeeded or a pod fails or cannot start ([`pod_failure`]: its reason and
+//! message); deleting the parent in the foreground deletes everything. Tested against a fake
+//! API server in-process; `topolab replay --launcher k8s` does not drive them yet (trace
+//! collection from the pods is still to build).
 
 use serde_json::{Value, json};
 use topolab_core::scenario::Scenario;
@@ -397,4 +404,361 @@ pub fn connect(context: Option<&str>, namespace: &str) -> Result<String, Cluster
             None => Err(ClusterError::NoNamespace(namespace.into())),
         }
     })
+}
+
+/// Why a Kubernetes request or a job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum K8sError {
+    /// The API server refused or failed a request.
+    #[error("{what}: {source}")]
+    Api {
+        /// What was being done.
+        what: String,
+        /// The client's error.
+        source: kube::Error,
+    },
+    /// An object of a kind this launcher does not create.
+    #[error("cannot create a {0}")]
+    Kind(String),
+    /// An object did not match its Kubernetes type.
+    #[error("{kind} {name}: {detail}")]
+    Object {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// How a job's pods ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    /// Every worker pod succeeded.
+    Succeeded,
+    /// A pod failed or cannot start: the pod, its reason (OOMKilled, ErrImagePull,
+    /// Unschedulable, ...) and the message Kubernetes gave.
+    Failed {
+        /// Pod name.
+        pod: String,
+        /// Kubernetes' reason.
+        reason: String,
+        /// Kubernetes' message.
+        message: String,
+    },
+}
+
+fn api_error(what: String) -> impl FnOnce(kube::Error) -> K8sError {
+    move |source| K8sError::Api { what, source }
+}
+
+async fn create_typed<K>(client: &kube::Client, ns: &str, object: Value) -> Result<K, K8sError>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let kind = object["kind"].as_str().unwrap_or("?").to_string();
+    let name = object["metadata"]["name"].as_str().unwrap_or("?").to_string();
+    let typed: K = serde_json::from_value(object).map_err(|e| K8sError::Object {
+        kind: kind.clone(),
+        name: name.clone(),
+        detail: e.to_string(),
+    })?;
+    kube::Api::<K>::namespaced(client.clone(), ns)
+        .create(&kube::api::PostParams::default(), &typed)
+        .await
+        .map_err(api_error(format!("creating {kind} {name}")))
+}
+
+/// Creates `objects` (from [`objects`], the parent first) in namespace `ns`: every other object
+/// gets an owner reference to the parent, so that deleting it deletes everything.
+pub async fn create(client: &kube::Client, ns: &str, objects: &[Value]) -> Result<(), K8sError> {
+    use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let Some((parent, rest)) = objects.split_first() else { return Ok(()) };
+    let parent: ConfigMap = create_typed(client, ns, parent.clone()).await?;
+    let owner = json!([{
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": parent.metadata.name,
+        "uid": parent.metadata.uid,
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }]);
+    for o in rest {
+        let mut o = o.clone();
+        o["metadata"]["ownerReferences"] = owner.clone();
+        match o["kind"].as_str().unwrap_or("") {
+            "Secret" => drop(create_typed::<Secret>(client, ns, o).await?),
+            "PersistentVolumeClaim" => drop(create_typed::<PersistentVolumeClaim>(client, ns, o).await?),
+            "NetworkPolicy" => drop(create_typed::<NetworkPolicy>(client, ns, o).await?),
+            "Service" => drop(create_typed::<Service>(client, ns, o).await?),
+            "Pod" => drop(create_typed::<Pod>(client, ns, o).await?),
+            other => return Err(K8sError::Kind(other.into())),
+        }
+    }
+    Ok(())
+}
+
+/// Why `pod` cannot finish, if it cannot: failed (its container's termination reason), stuck
+/// pulling its image, crash-looping, or unschedulable.
+pub fn pod_failure(pod: &k8s_openapi::api::core::v1::Pod) -> Option<(String, String)> {
+    let status = pod.status.as_ref()?;
+    for c in status.container_statuses.iter().flatten() {
+        let state = c.state.as_ref();
+        if let Some(t) = state.and_then(|s| s.terminated.as_ref())
+            && t.exit_code != 0
+        {
+            return Some((
+                t.reason.clone().unwrap_or_else(|| "Error".into()),
+                t.message.clone().unwrap_or_else(|| format!("exit code {}", t.exit_code)),
+            ));
+        }
+        if let Some(w) = state.and_then(|s| s.waiting.as_ref())
+            && let Some(r) = &w.reason
+            && [
+                "ErrImagePull",
+                "ImagePullBackOff",
+                "InvalidImageName",
+                "CrashLoopBackOff",
+                "CreateContainerConfigError",
+            ]
+            .contains(&r.as_str())
+        {
+            return Some((r.clone(), w.message.clone().unwrap_or_default()));
+        }
+    }
+    for c in status.conditions.iter().flatten() {
+        if c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable") {
+            return Some(("Unschedulable".into(), c.message.clone().unwrap_or_default()));
+        }
+    }
+    (status.phase.as_deref() == Some("Failed"))
+        .then(|| (status.reason.clone().unwrap_or_else(|| "Failed".into()), status.message.clone().unwrap_or_default()))
+}
+
+/// Watches job `job`'s pods (a watch, not polling) until its `workers` worker pods succeeded,
+/// or one pod fails or cannot start.
+pub async fn wait(client: &kube::Client, ns: &str, job: &str, workers: usize) -> Result<JobOutcome, K8sError> {
+    use futures::{StreamExt, TryStreamExt};
+    use k8s_openapi::api::core::v1::Pod;
+    let api = kube::Api::<Pod>::namespaced(client.clone(), ns);
+    let params = kube::api::WatchParams::default().labels(&format!("{JOB_LABEL}={job}"));
+    let mut stream = api.watch(&params, "0").await.map_err(api_error(format!("watching the pods of {job}")))?.boxed();
+    let mut succeeded = std::collections::BTreeSet::new();
+    while let Some(event) = stream.try_next().await.map_err(api_error(format!("watching the pods of {job}")))? {
+        let pod = match event {
+            kube::api::WatchEvent::Added(p) | kube::api::WatchEvent::Modified(p) => p,
+            _ => continue,
+        };
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if let Some((reason, message)) = pod_failure(&pod) {
+            return Ok(JobOutcome::Failed { pod: name, reason, message });
+        }
+        let role = pod.metadata.labels.as_ref().and_then(|l| l.get(ROLE_LABEL)).cloned().unwrap_or_default();
+        if role == "worker" && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded") {
+            succeeded.insert(name);
+            if succeeded.len() == workers {
+                return Ok(JobOutcome::Succeeded);
+            }
+        }
+    }
+    Err(K8sError::Object {
+        kind: "watch".into(),
+        name: job.into(),
+        detail: "the watch ended before the job did".into(),
+    })
+}
+
+/// Deletes job `job`: the parent in the foreground (its dependents go first), then whatever
+/// still carries the job's label (pods of a job whose parent was already gone).
+pub async fn delete(client: &kube::Client, ns: &str, job: &str) -> Result<(), K8sError> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    let parents = kube::Api::<ConfigMap>::namespaced(client.clone(), ns);
+    match parents.delete(job, &kube::api::DeleteParams::foreground()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(api_error(format!("deleting {job}"))(e)),
+    }
+    let pods = kube::Api::<Pod>::namespaced(client.clone(), ns);
+    pods.delete_collection(
+        &kube::api::DeleteParams::default(),
+        &kube::api::ListParams::default().labels(&format!("{JOB_LABEL}={job}")),
+    )
+    .await
+    .map_err(api_error(format!("deleting the pods of {job}")))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The launcher's request sequence against a fake API server in-process (kube-rs's own
+    //! tower mock pattern): create with owner references, a watch whose events end the job,
+    //! a pod that fails with its reason, and deletion.
+    use super::*;
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn fake() -> (kube::Client, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (kube::Client::new(service, "training"), handle)
+    }
+
+    fn scenario() -> (Scenario, String, String) {
+        let s = Scenario::parse(
+            "name = \"fake\"\nbatch = 8\n[model]\nname = \"alexnet\"\n[topology]\nworkers = 2\nps = 1\n[runtime]\nscale = { params = 0.001, flops = 0.0001 }\n",
+            "fake.toml",
+            "fake",
+            None,
+        )
+        .unwrap();
+        (s, "name = \"fake\"\n".into(), "layer,kind\n".into())
+    }
+
+    fn options() -> ManifestOptions {
+        ManifestOptions {
+            job: "fake".into(),
+            namespace: "training".into(),
+            image: "topolab:test".into(),
+            checkpoints: CheckpointVolume::HostPath("/var/lib/topolab/checkpoints".into()),
+            timeout_s: 60,
+        }
+    }
+
+    /// Answers the next request, which must be `method` on a path containing `path`, with
+    /// `reply(body)`; returns the request's JSON body.
+    async fn expect(h: &mut Handle, method: Method, path: &str, reply: impl FnOnce(&Value) -> Vec<u8>) -> Value {
+        let (req, send) = h.next_request().await.expect("a request");
+        assert_eq!(req.method(), method, "{}", req.uri());
+        assert!(req.uri().to_string().contains(path), "{} does not contain {path}", req.uri());
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        send.send_response(Response::new(Body::from(reply(&body))));
+        body
+    }
+
+    fn pod_event(kind: &str, name: &str, role: &str, status: Value) -> Value {
+        json!({"type": kind, "object": {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "training", "labels": {JOB_LABEL: "fake", ROLE_LABEL: role}},
+            "status": status,
+        }})
+    }
+
+    async fn serve_create(h: &mut Handle, objects: &[Value]) {
+        // The parent first; the server gives it a UID that every other object must own.
+        let plural = |kind: &str| match kind {
+            "NetworkPolicy" => "networkpolicies".to_string(),
+            "PersistentVolumeClaim" => "persistentvolumeclaims".to_string(),
+            k => format!("{}s", k.to_lowercase()),
+        };
+        let body = expect(h, Method::POST, "/api/v1/namespaces/training/configmaps", |b| {
+            let mut b = b.clone();
+            b["metadata"]["uid"] = json!("uid-parent");
+            serde_json::to_vec(&b).unwrap()
+        })
+        .await;
+        assert_eq!(body["metadata"]["name"], "fake");
+        for o in &objects[1..] {
+            let kind = o["kind"].as_str().unwrap();
+            let body = expect(h, Method::POST, &format!("/namespaces/training/{}", plural(kind)), |b| {
+                serde_json::to_vec(b).unwrap()
+            })
+            .await;
+            assert_eq!(body["kind"], kind);
+            assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-parent", "{kind} is owned by the parent");
+            assert_eq!(body["metadata"]["ownerReferences"][0]["kind"], "ConfigMap");
+        }
+    }
+
+    async fn serve_delete(h: &mut Handle) {
+        let body = expect(h, Method::DELETE, "/api/v1/namespaces/training/configmaps/fake", |_| {
+            serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fake"}})).unwrap()
+        })
+        .await;
+        assert_eq!(body["propagationPolicy"], "Foreground", "dependents go with the parent");
+        expect(h, Method::DELETE, "/api/v1/namespaces/training/pods?", |_| {
+            serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []})).unwrap()
+        })
+        .await;
+    }
+
+    /// Runs the launcher's create, wait and delete against the fake server, which answers the
+    /// watch with `events` (and checks the watch's selector); the job's outcome.
+    async fn run_job(events: Vec<Value>) -> JobOutcome {
+        let (s, toml, csv) = scenario();
+        let objects = objects(&s, &toml, &csv, &options()).unwrap();
+        let (client, mut h) = fake();
+        let server_objects = objects.clone();
+        let server = tokio::spawn(async move {
+            serve_create(&mut h, &server_objects).await;
+            let (req, send) = h.next_request().await.unwrap();
+            let uri = req.uri().to_string();
+            assert!(uri.contains("watch=true") && uri.contains("labelSelector=topolab.dev%2Fjob%3Dfake"), "{uri}");
+            let lines: String = events.iter().map(|e| format!("{e}\n")).collect();
+            send.send_response(Response::new(Body::from(lines.into_bytes())));
+            serve_delete(&mut h).await;
+        });
+        create(&client, "training", &objects).await.unwrap();
+        let outcome = wait(&client, "training", "fake", 2).await.unwrap();
+        delete(&client, "training", "fake").await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), server).await.unwrap().unwrap();
+        outcome
+    }
+
+    #[tokio::test]
+    async fn a_job_is_created_owned_by_its_parent_watched_to_the_end_and_deleted() {
+        // The shard runs, then both workers succeed (one reported twice).
+        let outcome = run_job(vec![
+            pod_event("ADDED", "fake-ps-0", "ps", json!({"phase": "Running"})),
+            pod_event("MODIFIED", "fake-worker-0", "worker", json!({"phase": "Succeeded"})),
+            pod_event("MODIFIED", "fake-worker-0", "worker", json!({"phase": "Succeeded"})),
+            pod_event("MODIFIED", "fake-worker-1", "worker", json!({"phase": "Succeeded"})),
+        ])
+        .await;
+        assert_eq!(outcome, JobOutcome::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn a_pod_that_fails_fails_the_job_with_its_reason_and_everything_is_deleted() {
+        let killed = json!({"phase": "Running", "containerStatuses": [{
+            "name": "task", "image": "topolab:test", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "message": "memory limit 96Mi"}},
+        }]});
+        let outcome = run_job(vec![
+            pod_event("ADDED", "fake-worker-1", "worker", json!({"phase": "Pending"})),
+            pod_event("MODIFIED", "fake-worker-1", "worker", killed),
+        ])
+        .await;
+        assert_eq!(
+            outcome,
+            JobOutcome::Failed {
+                pod: "fake-worker-1".into(),
+                reason: "OOMKilled".into(),
+                message: "memory limit 96Mi".into()
+            }
+        );
+    }
+
+    #[test]
+    fn pods_that_cannot_start_say_why() {
+        let pod = |status: Value| -> k8s_openapi::api::core::v1::Pod {
+            serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).unwrap()
+        };
+        let pull = pod(json!({"phase": "Pending", "containerStatuses": [{"name": "task", "image": "x", "imageID": "",
+            "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ErrImagePull", "message": "pull access denied for x"}}}]}));
+        assert_eq!(pod_failure(&pull), Some(("ErrImagePull".into(), "pull access denied for x".into())));
+        let unschedulable = pod(json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": "0/3 nodes are available: 3 Insufficient memory."}]}));
+        assert_eq!(pod_failure(&unschedulable).unwrap().0, "Unschedulable");
+        assert_eq!(pod_failure(&pod(json!({"phase": "Running"}))), None);
+    }
 }
