@@ -299,6 +299,19 @@ struct LayerBuffers {
     extra_grads: Vec<Vec<f32>>,
 }
 
+/// A GEMM operand in the precision's input type: its BF16 copy where there is one (fields, not
+/// the whole layer, so that the output buffers can be borrowed mutably beside it).
+fn operand<'a>(
+    full: &'a CudaSlice<f32>,
+    half: Option<&'a CudaSlice<u16>>,
+    s: &'a CudaStream,
+) -> (u64, cudarc::driver::SyncOnDrop<'a>) {
+    match half {
+        Some(h) => h.device_ptr(s),
+        None => full.device_ptr(s),
+    }
+}
+
 /// The cuda backend of one worker.
 pub struct CudaBackend {
     device: Device,
@@ -430,14 +443,8 @@ impl Backend for CudaBackend {
             unsafe { d.gemm(GemmPrecision::Fp32, (false, false), (n, m, 1), bp, n, op, 1, 0.0, yp, n)? };
         }
         let beta = if extras { 1.0 } else { 0.0 };
-        let (wp, _gw) = match &l.w16 {
-            Some(w16) => w16.device_ptr(s),
-            None => l.w.device_ptr(s),
-        };
-        let (xp, _gx) = match &l.x16 {
-            Some(x16) => x16[which].device_ptr(s),
-            None => l.x[which].device_ptr(s),
-        };
+        let (wp, _gw) = operand(&l.w, l.w16.as_ref(), s);
+        let (xp, _gx) = operand(&l.x[which], l.x16.as_ref().map(|x| &x[which]), s);
         // Y^T (n x m) += W^T (n x k) X^T (k x m).
         // SAFETY: W is k x n, X m x k, Y m x n (row-major), in the GEMM's input type.
         unsafe { d.gemm(self.precision, (false, false), (n, m, k), wp, n, xp, k, beta, yp, n)? };
@@ -459,18 +466,9 @@ impl Backend for CudaBackend {
             d.to_bf16(&l.y, dy16)?;
         }
         {
-            let (dyp, _g1) = match &l.dy16 {
-                Some(dy16) => dy16.device_ptr(s),
-                None => l.y.device_ptr(s),
-            };
-            let (xp, _g2) = match &l.x16 {
-                Some(x16) => x16[which].device_ptr(s),
-                None => l.x[which].device_ptr(s),
-            };
-            let (wp, _g3) = match &l.w16 {
-                Some(w16) => w16.device_ptr(s),
-                None => l.w.device_ptr(s),
-            };
+            let (dyp, _g1) = operand(&l.y, l.dy16.as_ref(), s);
+            let (xp, _g2) = operand(&l.x[which], l.x16.as_ref().map(|x| &x[which]), s);
+            let (wp, _g3) = operand(&l.w, l.w16.as_ref(), s);
             let (dwp, _g4) = l.dw.device_ptr_mut(s);
             let (dxp, _g5) = l.dx.device_ptr_mut(s);
             // dW^T (n x k) = dY^T (n x m) X (m x k).
