@@ -22,8 +22,8 @@
 //! the others with owner references to it; the job's pods are watched (one watch, no polling)
 //! until every worker succeeded or a pod fails or cannot start ([`pod_failure`]: its reason and
 //! message); deleting the parent in the foreground deletes everything. Tested against a fake
-//! API server in-process; `topolab replay --launcher k8s` does not drive them yet (trace
-//! collection from the pods is still to build).
+//! API server in-process. `topolab replay --launcher k8s` drives them through
+//! [`crate::pods::Pods`], which also follows the pods' logs for their traces.
 
 use serde_json::{Value, json};
 use topolab_core::scenario::Scenario;
@@ -303,6 +303,8 @@ pub fn objects(
                     "env": [
                         {"name": ENV, "value": serde_json::to_string(&spec).expect("JSON")},
                         {"name": TOKEN_FILE_ENV, "value": format!("{SECRET_DIR}/token")},
+                        // Progress and traces in the pod's log too: its files go with it.
+                        {"name": crate::tracelog::ENV, "value": "1"},
                     ],
                     "ports": ports,
                     "resources": {
@@ -374,6 +376,32 @@ pub enum ClusterError {
     NoNamespace(String),
 }
 
+/// Where the client of `context` looks for its configuration, in words.
+fn tried() -> String {
+    format!(
+        "{}, ~/.kube/config, the in-cluster service account",
+        std::env::var("KUBECONFIG").map_or_else(|_| "KUBECONFIG (unset)".into(), |k| format!("KUBECONFIG={k}"))
+    )
+}
+
+/// A client for the cluster of `context` (the kubeconfig's current one if `None`), and the
+/// API server's URL.
+pub async fn client(context: Option<&str>) -> Result<(kube::Client, String), ClusterError> {
+    let options = kube::config::KubeConfigOptions { context: context.map(String::from), ..Default::default() };
+    let config = match context {
+        Some(_) => kube::Config::from_kubeconfig(&options).await.map_err(|e| e.to_string()),
+        None => kube::Config::infer().await.map_err(|e| e.to_string()),
+    }
+    .map_err(|detail| ClusterError::NoConfig { detail, tried: tried() })?;
+    let server = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config).map_err(|e| ClusterError::Unreachable {
+        context: context.unwrap_or("(current)").into(),
+        server: server.clone(),
+        detail: e.to_string(),
+    })?;
+    Ok((client, server))
+}
+
 /// Connects to the cluster of `context` (the kubeconfig's current one if `None`) and checks
 /// that `namespace` exists: the API server's version.
 pub fn connect(context: Option<&str>, namespace: &str) -> Result<String, ClusterError> {
@@ -382,21 +410,10 @@ pub fn connect(context: Option<&str>, namespace: &str) -> Result<String, Cluster
         .build()
         .map_err(|e| ClusterError::NoConfig { detail: e.to_string(), tried: "nothing (no async runtime)".into() })?;
     rt.block_on(async {
-        let tried = format!(
-            "{}, ~/.kube/config, the in-cluster service account",
-            std::env::var("KUBECONFIG").map_or_else(|_| "KUBECONFIG (unset)".into(), |k| format!("KUBECONFIG={k}"))
-        );
-        let options = kube::config::KubeConfigOptions { context: context.map(String::from), ..Default::default() };
-        let config = match context {
-            Some(_) => kube::Config::from_kubeconfig(&options).await.map_err(|e| e.to_string()),
-            None => kube::Config::infer().await.map_err(|e| e.to_string()),
-        }
-        .map_err(|detail| ClusterError::NoConfig { detail, tried: tried.clone() })?;
-        let server = config.cluster_url.to_string();
+        let (client, server) = client(context).await?;
         let context = context.unwrap_or("(current)").to_string();
         let unreachable =
             |detail: String| ClusterError::Unreachable { context: context.clone(), server: server.clone(), detail };
-        let client = kube::Client::try_from(config).map_err(|e| unreachable(e.to_string()))?;
         let version = client.apiserver_version().await.map_err(|e| unreachable(e.to_string()))?;
         let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
         match namespaces.get_opt(namespace).await.map_err(|e| unreachable(e.to_string()))? {
@@ -404,6 +421,15 @@ pub fn connect(context: Option<&str>, namespace: &str) -> Result<String, Cluster
             None => Err(ClusterError::NoNamespace(namespace.into())),
         }
     })
+}
+
+/// A scenario name as a DNS label (at most 40 characters), for job names.
+pub fn dns_label(name: &str) -> String {
+    let mut s: String =
+        name.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    s.truncate(40);
+    let s = s.trim_matches('-').to_string();
+    if s.is_empty() { "job".into() } else { s }
 }
 
 /// Why a Kubernetes request or a job failed.

@@ -7,9 +7,7 @@
 //! of its log, and every other task is stopped (by PID; only processes this launcher started).
 //! Ctrl-C stops the job the same way.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -20,7 +18,7 @@ use topolab_core::records::{self, Breakdown, ComputeInfo, ReplayInfo, Restart, R
 use topolab_core::scenario::{Backend as BackendKind, Mode, Scenario, ScenarioFile};
 
 use crate::checkpoint;
-use crate::cluster::{ClusterSpec, ENV, Job, Task};
+use crate::cluster::Job;
 use crate::proxy::Proxy;
 use crate::wire::{Token, monotonic_ns};
 
@@ -362,8 +360,89 @@ impl ReplaySettings {
     }
 }
 
-/// Replays `s` with the launcher of `opts`.
+/// Where a job's tasks run: local processes, network namespaces, pods. The coordinator
+/// ([`replay_with`]) owns everything else: the checks, the effective scenario, the job and its
+/// token, the watch loop (progress, `faults.kills`, Ctrl-C, failures, the shards' exit),
+/// restarts, and merging the traces into the run's files and summary.
+///
+/// Contract: [`Launcher::start`] starts every task of one attempt of the job (after it, the
+/// tasks run or it failed and nothing of the attempt runs); [`Launcher::poll`] says how many
+/// tasks still run, or fails with the first task that failed (its status in words and the
+/// last lines of its log); [`Launcher::stop`] leaves nothing of the attempt running (and is
+/// safe to call twice); [`Launcher::collect`] makes every worker's trace files
+/// (`worker-I.steps.csv`, `.ops.csv`, `.loss.csv`) exist in the run's `trace` directory.
+/// Every task's log goes to the run's `logs/ROLE-INDEX.log`.
+pub trait Launcher {
+    /// Which launcher this is (in summaries).
+    fn kind(&self) -> LauncherKind;
+    /// How its network behaves.
+    fn network(&self) -> NetworkInfo;
+    /// Why this launcher cannot replay `s` as `opts` asks, checked before anything starts.
+    fn refusal(&self, _s: &Scenario, _opts: &ReplayOptions) -> Option<String> {
+        None
+    }
+    /// Makes what the tasks will run on (namespaces, a client), once the run directory
+    /// exists and every check has passed; before [`Launcher::network`].
+    fn prepare(&mut self, _s: &Scenario) -> Result<(), ReplayError> {
+        Ok(())
+    }
+    /// Starts every task of the job `job` of the effective scenario `s`.
+    fn start(&mut self, s: &Scenario, job: &Job) -> Result<(), ReplayError>;
+    /// Steps each worker has completed, from the start of training (the job's start step for
+    /// a worker that has not reported yet).
+    fn progress(&mut self) -> Vec<u64>;
+    /// How many tasks still run; a task that failed fails the job.
+    fn poll(&mut self) -> Result<TaskCounts, ReplayError>;
+    /// Kills task `task` ("worker 1", "ps 0") now.
+    fn kill(&mut self, task: &str) -> Result<(), ReplayError>;
+    /// Stops every task still running.
+    fn stop(&mut self) -> Result<(), ReplayError>;
+    /// Puts every worker's traces into `trace`.
+    fn collect(&mut self, trace: &Path) -> Result<(), ReplayError>;
+}
+
+/// How a launcher's network behaves, for the job and the summary.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NetworkInfo {
+    /// The kernel adds the scenario's latency (netem): the transport must not.
+    pub kernel_latency: bool,
+    /// How latency is produced, when the launcher decides it ("netem"); empty: by the
+    /// transport, or none.
+    pub latency_method: String,
+    /// TCP congestion control of the tasks' connections.
+    pub congestion_control: String,
+    /// Why the congestion control is not the one asked for, if it is not.
+    pub congestion_warning: Option<String>,
+}
+
+/// Tasks of a job still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TaskCounts {
+    /// Workers not finished.
+    pub workers_running: usize,
+    /// Shards not finished.
+    pub ps_running: usize,
+}
+
+/// Replays `s` with the launcher `opts` names (local or netns; a Kubernetes replay needs its
+/// cluster: [`crate::pods::Pods`] through [`replay_with`]).
 pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, ReplayError> {
+    let refuse = |reason: String| ReplayError::Refused { scenario: s.spec.name.clone(), reason };
+    match opts.launcher {
+        LauncherKind::Local => {
+            let mut l = crate::processes::Processes::local(opts.engine.clone(), &opts.exe, &opts.out, opts.timeout_s);
+            replay_with(s, opts, &mut l)
+        }
+        LauncherKind::Netns => {
+            let mut l = crate::processes::Processes::netns(opts.engine.clone(), &opts.exe, &opts.out, opts.timeout_s);
+            replay_with(s, opts, &mut l)
+        }
+        LauncherKind::K8s => Err(refuse("a Kubernetes replay needs its cluster: topolab replay --launcher k8s".into())),
+    }
+}
+
+/// What every launcher refuses: modes and hosts the runtime does not replay.
+fn check(s: &Scenario, opts: &ReplayOptions) -> Result<Plan, ReplayError> {
     let refuse = |reason: String| ReplayError::Refused { scenario: s.spec.name.clone(), reason };
     let t = &s.spec.topology;
     if t.mode == Mode::StaleSynchronous {
@@ -375,21 +454,34 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
         return Err(refuse("the runtime replays one replica per worker host; set hardware.gpus_per_host = 1".into()));
     }
     let plan = Plan::new(s).map_err(|e| refuse(e.to_string()))?;
-    if opts.launcher == LauncherKind::K8s {
-        return Err(refuse(
-            "replays through the Kubernetes API are not built yet; `topolab k8s manifests` writes the job's objects for kubectl".into(),
-        ));
-    }
     if matches!(opts.engine, Engine::Tensorflow(_))
         && let Some(why) = crate::tensorflow::refusal(s, &plan, opts.resume, opts.launcher == LauncherKind::Netns)
     {
         return Err(refuse(format!("with --engine tensorflow: {why}")));
     }
+    Ok(plan)
+}
+
+/// Replays `s` on `launcher`: checks, the effective scenario, the job, then attempts until
+/// the job finishes (a kill of `faults.kills` restarts it from the last complete checkpoint),
+/// then the traces are merged and summarized.
+pub fn replay_with(
+    s: &Scenario,
+    opts: &ReplayOptions,
+    launcher: &mut dyn Launcher,
+) -> Result<ReplayOutcome, ReplayError> {
+    let refuse = |reason: String| ReplayError::Refused { scenario: s.spec.name.clone(), reason };
+    let t = &s.spec.topology;
+    check(s, opts)?;
+    if let Some(why) = launcher.refusal(s, opts) {
+        return Err(refuse(why));
+    }
     let settings = ReplaySettings::of(s);
     let proxy = Proxy::new(s, settings.params_scale, settings.flops_scale);
     let params_bytes: u64 = proxy.var_sizes().iter().map(|&n| n as u64 * 4).sum();
     let need = u64::from(t.workers) * (proxy.worker_memory() + 3 * params_bytes) + 3 * params_bytes;
-    if let Some(avail) = mem_available()
+    if launcher.kind() != LauncherKind::K8s
+        && let Some(avail) = mem_available()
         && need > avail / 5 * 4
     {
         return Err(refuse(format!(
@@ -411,7 +503,7 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
         }
     };
     std::fs::create_dir_all(&opts.out).map_err(io)?;
-    let (effective, eff) = effective_scenario(s, &proxy, &opts.out, opts.launcher, &compute)?;
+    let (effective, eff) = effective_scenario(s, &proxy, &opts.out, launcher.kind(), &compute)?;
     let ckpt = opts.out.join("checkpoints");
     let start_step = if opts.resume {
         checkpoint::latest_complete(&ckpt, t.ps)
@@ -429,39 +521,24 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
     let trace = opts.out.join("trace");
     let _ = std::fs::remove_dir_all(&trace);
     std::fs::create_dir_all(&logs).map_err(io)?;
-    let token = Token::random();
+    launcher.prepare(s)?;
+    let net = launcher.network();
     let mut latency_ns = s.spec.network.latency.0;
-    let mut cluster = None;
     let mut latency_method = if latency_ns == 0 { "none".to_string() } else { "emulated in the transport".to_string() };
-    let mut congestion_control = host_congestion_control();
-    let mut congestion_warning = None;
-    if opts.launcher == LauncherKind::Netns {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let id = format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
-        let hosts = t.workers as usize
-            + if t.ps_hosts == topolab_core::scenario::PsHosts::Dedicated { t.ps as usize } else { 0 };
-        let c = crate::netns::VirtualCluster::create(&id, hosts, s.nic, s.spec.network.latency)
-            .map_err(|e| if crate::netns::is_root() { ReplayError::Io(e) } else { refuse(e) })?;
-        if c.kernel_latency() {
-            latency_ns = 0;
-        } else if matches!(opts.engine, Engine::Tensorflow(_))
-            && let Some(why) = crate::tensorflow::refusal(s, &plan, opts.resume, false)
-        {
-            // The namespaces go with `c`.
-            return Err(refuse(format!("with --engine tensorflow: {why}")));
-        }
-        latency_method = c.latency_method.clone();
-        congestion_control = c.congestion_control.clone();
-        congestion_warning = c.congestion_warning.clone();
-        checkpoint::write_atomic(
-            &opts.out.join("netns.json"),
-            serde_json::to_string(&c.hosts).expect("JSON").as_bytes(),
-        )
-        .map_err(io)?;
-        cluster = Some(c);
+    if !net.latency_method.is_empty() {
+        latency_method = net.latency_method.clone();
     }
-    let job = Job {
-        token: token.hex(),
+    if net.kernel_latency {
+        latency_ns = 0;
+    } else if launcher.kind() == LauncherKind::Netns
+        && matches!(opts.engine, Engine::Tensorflow(_))
+        && let Some(why) =
+            crate::tensorflow::refusal(s, &Plan::new(s).map_err(|e| refuse(e.to_string()))?, opts.resume, false)
+    {
+        return Err(refuse(format!("with --engine tensorflow: {why}")));
+    }
+    let mut job = Job {
+        token: Token::random().hex(),
         scenario: effective.clone(),
         out: opts.out.clone(),
         checkpoint_dir: ckpt,
@@ -471,7 +548,6 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
         timeout_s: opts.timeout_s,
         epoch_ns: monotonic_ns(),
     };
-    let mut job = job;
     if let Engine::Tensorflow(_) = &opts.engine {
         // The task program and its job, next to the run (the effective scenario's proxy and Plan).
         let eff_plan = Plan::new(&eff).map_err(|e| refuse(e.to_string()))?;
@@ -497,10 +573,16 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
     let mut restarts: Vec<Restart> = Vec::new();
     let mut startup_s = 0.0;
     let mut killed_at: Option<Instant> = None;
+    let tensorflow = matches!(opts.engine, Engine::Tensorflow(_));
     let result = loop {
-        let mut tasks = Tasks { children: Vec::new() };
-        let attempt = run_tasks(&mut tasks, &eff, &job, opts, cluster.as_ref(), &mut watch);
-        tasks.stop_all();
+        let attempt =
+            launcher.start(&eff, &job).and_then(|()| watch_attempt(launcher, &eff, &job, opts, &mut watch, tensorflow));
+        // Traces before the tasks go: a pod's log goes with its pod.
+        let attempt = match attempt {
+            Ok(Attempt::Finished) => launcher.collect(&trace).map(|()| Attempt::Finished),
+            other => other,
+        };
+        let stopped = launcher.stop();
         if let Some(first) = watch.first_step.take() {
             match (killed_at.take(), restarts.last_mut()) {
                 (Some(k), Some(last)) => last.restart_s = first.duration_since(k).as_secs_f64(),
@@ -509,6 +591,7 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
         }
         match attempt {
             Ok(Attempt::Killed { task, at_s, steps_done, at }) => {
+                stopped?;
                 // As a TFJob restart policy would: the whole job again, from the last
                 // complete checkpoint (or the start).
                 let checkpoint_step = checkpoint::latest_complete(&job.checkpoint_dir, t.ps).unwrap_or(0);
@@ -524,12 +607,10 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
                 let _ = std::fs::remove_dir_all(&trace);
                 job.start_step = checkpoint_step;
             }
-            Ok(Attempt::Finished) => break Ok(()),
+            Ok(Attempt::Finished) => break stopped,
             Err(e) => break Err(e),
         }
     };
-    // Namespaces, veths and qdiscs go once every task is stopped.
-    drop(cluster);
     result?;
     if let Some((i, task, at)) = watch.kills.first() {
         return Err(refuse(format!(
@@ -539,9 +620,9 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
     }
     let start_step = job.start_step;
     let info = ReplayInfo {
-        launcher: opts.launcher.name().into(),
-        congestion_control,
-        congestion_warning,
+        launcher: launcher.kind().name().into(),
+        congestion_control: net.congestion_control,
+        congestion_warning: net.congestion_warning,
         latency_method,
         latencies: Vec::new(),
         startup_s,
@@ -552,104 +633,9 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
     collect(&eff, &opts.out, start_step, info)
 }
 
-struct Tasks {
-    /// (name, log file, child)
-    children: Vec<(String, PathBuf, Child)>,
-}
-
-impl Tasks {
-    /// Kills every task still running (only our own children, by PID) and reaps them.
-    fn stop_all(&mut self) {
-        for (_, _, c) in &mut self.children {
-            if matches!(c.try_wait(), Ok(None)) {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
-        }
-    }
-}
-
 /// The TensorFlow task program and its job file, in the run directory.
-const TF_PROGRAM: &str = "tf_task.py";
-const TF_JOB: &str = "tf_job.json";
-/// First port of the TensorFlow tasks on a virtual cluster (each host has its own address;
-/// a co-located shard and its worker differ by port).
-const TF_BASE_PORT: u16 = 20_000;
-
-/// Starts a TensorFlow task: the task program under the engine's Python, its cluster spec in
-/// TF_CONFIG, in its host's namespace.
-fn spawn_tf(
-    tf: &crate::tensorflow::TensorFlow,
-    out: &Path,
-    tf_config: String,
-    log: &Path,
-    host: Option<(&crate::netns::VirtualCluster, usize)>,
-) -> Result<Child, ReplayError> {
-    let err = std::fs::File::create(log).map_err(io)?;
-    let mut cmd = match host {
-        Some((c, i)) => c.command(i, &tf.python),
-        None => Command::new(&tf.python),
-    };
-    cmd.arg(out.join(TF_PROGRAM))
-        .env("TF_CONFIG", tf_config)
-        .env("TOPOLAB_TF_JOB", out.join(TF_JOB))
-        .env("TF_CPP_MIN_LOG_LEVEL", "2")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err);
-    cmd.spawn().map_err(|e| ReplayError::Io(format!("cannot start {}: {e}", tf.python.display())))
-}
-
-/// Addresses of the TensorFlow tasks, shards then workers: on loopback, ports reserved by
-/// binding port 0 (released just before the tasks start); on a virtual cluster, each host's
-/// address.
-fn tf_addresses(hosts: &[usize], cluster: Option<&crate::netns::VirtualCluster>) -> Result<Vec<String>, ReplayError> {
-    match cluster {
-        Some(c) => {
-            Ok(hosts.iter().enumerate().map(|(k, &h)| format!("{}:{}", c.addrs[h], TF_BASE_PORT + k as u16)).collect())
-        }
-        None => {
-            let listeners: Vec<std::net::TcpListener> = hosts
-                .iter()
-                .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-                .collect::<Result<_, _>>()
-                .map_err(io)?;
-            listeners.iter().map(|l| l.local_addr().map(|a| a.to_string()).map_err(io)).collect()
-        }
-    }
-}
-
-fn spawn(
-    exe: &Path,
-    spec: &ClusterSpec,
-    log: &Path,
-    stdout: bool,
-    host: Option<(&crate::netns::VirtualCluster, usize)>,
-) -> Result<Child, ReplayError> {
-    let err = std::fs::File::create(log).map_err(io)?;
-    let mut cmd = match host {
-        Some((c, i)) => c.command(i, exe),
-        None => Command::new(exe),
-    };
-    cmd.arg("node").env(ENV, serde_json::to_string(spec).expect("JSON")).stdin(Stdio::null()).stderr(err);
-    cmd.stdout(if stdout { Stdio::piped() } else { Stdio::null() });
-    cmd.spawn().map_err(|e| ReplayError::Io(format!("cannot start {}: {e}", exe.display())))
-}
-
-fn tail(log: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn status_words(st: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (st.code(), st.signal()) {
-        (Some(c), _) => format!("exit code {c}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => "unknown status".into(),
-    }
-}
+pub(crate) const TF_PROGRAM: &str = "tf_task.py";
+pub(crate) const TF_JOB: &str = "tf_job.json";
 
 /// What the watch loop of a replay keeps between attempts: when the tasks first started, the
 /// kills still to come (index in `faults.kills`, task, seconds after the start), and when the
@@ -668,108 +654,24 @@ enum Attempt {
     Killed { task: String, at_s: f64, steps_done: u64, at: Instant },
 }
 
-fn run_tasks(
-    tasks: &mut Tasks,
+/// Watches one attempt: progress, kills, Ctrl-C; any failure fails the job; success when every
+/// worker has finished and the shards have exited (TensorFlow's shards serve until stopped).
+fn watch_attempt(
+    launcher: &mut dyn Launcher,
     s: &Scenario,
     job: &Job,
     opts: &ReplayOptions,
-    cluster: Option<&crate::netns::VirtualCluster>,
     watch: &mut Watch,
+    tensorflow: bool,
 ) -> Result<Attempt, ReplayError> {
     let t = &s.spec.topology;
-    let workers: Vec<String> = (0..t.workers).map(|i| format!("worker{i}")).collect();
-    let mut addrs = Vec::new();
-    let mut pids = Pids::default();
-    let spec_for = |kind: &str, index: u32, ps: Vec<String>, bind: String| ClusterSpec {
-        ps,
-        worker: workers.clone(),
-        task: Task { kind: kind.into(), index },
-        job: Job { bind, ..job.clone() },
-    };
-    // Hosts: worker i on host i; shard j on host workers + j, or on worker j's host when co-located.
-    let ps_host = |j: u32| {
-        if t.ps_hosts == topolab_core::scenario::PsHosts::Dedicated { (t.workers + j) as usize } else { j as usize }
-    };
-    let bind = |host: usize| cluster.map_or_else(|| job.bind.clone(), |c| format!("{}:0", c.addrs[host]));
-    let tensorflow = match &opts.engine {
-        Engine::Tensorflow(tf) => Some(tf),
-        Engine::Topolab => None,
-    };
-    if let Some(tf) = tensorflow {
-        let hosts: Vec<usize> = (0..t.ps).map(ps_host).chain((0..t.workers).map(|i| i as usize)).collect();
-        let all = tf_addresses(&hosts, cluster)?;
-        let (ps, workers) = all.split_at(t.ps as usize);
-        for (k, &h) in hosts.iter().enumerate() {
-            let (kind, index, name) = if k < t.ps as usize {
-                ("ps", k as u32, format!("ps {k}"))
-            } else {
-                let i = (k - t.ps as usize) as u32;
-                ("worker", i, format!("worker {i}"))
-            };
-            let log = opts.out.join("logs").join(format!("{}.log", name.replace(' ', "-")));
-            let config = crate::tensorflow::tf_config(ps, workers, kind, index);
-            let child = spawn_tf(tf, &opts.out, config, &log, cluster.map(|c| (c, h)))?;
-            if kind == "ps" {
-                pids.ps.push(child.id())
-            } else {
-                pids.worker.push(child.id())
-            }
-            tasks.children.push((name, log, child));
-        }
-    }
-    for i in (0..t.ps).filter(|_| tensorflow.is_none()) {
-        let log = opts.out.join("logs").join(format!("ps-{i}.log"));
-        let host = cluster.map(|c| (c, ps_host(i)));
-        let mut child = spawn(&opts.exe, &spec_for("ps", i, Vec::new(), bind(ps_host(i))), &log, true, host)?;
-        pids.ps.push(child.id());
-        let stdout = child.stdout.take().expect("piped");
-        tasks.children.push((format!("ps {i}"), log.clone(), child));
-        // The shard reports the address it bound.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(opts.timeout_s)).unwrap_or_default();
-        match line.trim().strip_prefix("LISTENING ") {
-            Some(a) => addrs.push(a.to_string()),
-            None => {
-                let (name, log, c) = tasks.children.last_mut().expect("just pushed");
-                let status = c.try_wait().ok().flatten().map_or("did not report its address".into(), status_words);
-                return Err(ReplayError::TaskFailed {
-                    task: name.clone(),
-                    status,
-                    log: log.display().to_string(),
-                    tail: tail(log, 10),
-                });
-            }
-        }
-    }
-    for i in (0..t.workers).filter(|_| tensorflow.is_none()) {
-        let log = opts.out.join("logs").join(format!("worker-{i}.log"));
-        let host = cluster.map(|c| (c, i as usize));
-        let child = spawn(&opts.exe, &spec_for("worker", i, addrs.clone(), bind(i as usize)), &log, false, host)?;
-        pids.worker.push(child.id());
-        tasks.children.push((format!("worker {i}"), log, child));
-    }
-    checkpoint::write_atomic(&opts.out.join("pids.json"), serde_json::to_string(&pids).expect("JSON").as_bytes())
-        .map_err(io)?;
-    // Watch: any failure fails the job; success when every worker has exited 0.
     let mut workers_done: Option<Instant> = None;
     let total = u64::from(t.workers) * (s.spec.training.steps - job.start_step);
-    // Steps each worker has completed (its progress file), from the start of training.
-    let steps_of = |i: u32| {
-        std::fs::read_to_string(opts.out.join("trace").join(format!("worker-{i}.progress")))
-            .ok()
-            .and_then(|x| x.trim().parse::<u64>().ok())
-            .unwrap_or(job.start_step)
-    };
     let mut polls = 0u64;
     loop {
         let fresh = polls.is_multiple_of(10) || watch.first_step.is_none();
         if fresh {
-            let steps: Vec<u64> = (0..t.workers).map(steps_of).collect();
+            let steps = launcher.progress();
             if watch.first_step.is_none() && steps.iter().any(|&x| x > job.start_step) {
                 watch.first_step = Some(Instant::now());
             }
@@ -783,36 +685,16 @@ fn run_tasks(
             && watch.started.elapsed().as_secs_f64() >= at_s
         {
             watch.kills.remove(0);
-            let steps_done = (0..t.workers).map(steps_of).max().unwrap_or(job.start_step);
-            if let Some((_, _, c)) = tasks.children.iter_mut().find(|(name, _, _)| *name == task) {
-                // SIGKILL to a task this launcher started (its own child, by PID).
-                let _ = c.kill();
-            }
+            let steps_done = launcher.progress().into_iter().max().unwrap_or(job.start_step);
+            launcher.kill(&task)?;
             return Ok(Attempt::Killed { task, at_s, steps_done, at: Instant::now() });
         }
         if INTERRUPTED.swap(false, Ordering::SeqCst) {
             return Err(ReplayError::Interrupted);
         }
-        let mut running_workers = 0;
-        let mut running_ps = 0;
-        for (name, log, c) in &mut tasks.children {
-            match c.try_wait().map_err(io)? {
-                Some(st) if !st.success() => {
-                    return Err(ReplayError::TaskFailed {
-                        task: name.clone(),
-                        status: status_words(st),
-                        log: log.display().to_string(),
-                        tail: tail(log, 10),
-                    });
-                }
-                Some(_) => {}
-                None if name.starts_with("worker") => running_workers += 1,
-                None => running_ps += 1,
-            }
-        }
-        if running_workers == 0 {
-            // TensorFlow's shards serve until stopped (stop_all does, by PID).
-            if running_ps == 0 || tensorflow.is_some() {
+        let n = launcher.poll()?;
+        if n.workers_running == 0 {
+            if n.ps_running == 0 || tensorflow {
                 return Ok(Attempt::Finished);
             }
             // Shards exit once every worker said Done; give them a moment, then stop them.
@@ -828,6 +710,12 @@ fn run_tasks(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether [`interrupt`] was called and not yet seen by a replay (for launchers waiting on
+/// their own, as while collecting traces).
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 /// Percentiles of `durations_ns` through an HDR histogram (1 ns to 1 h, 3 significant digits).

@@ -11,9 +11,11 @@
 //! - [`ps`] and [`worker`]: the two task roles; [`cluster`]: the spec each task reads from one
 //!   environment variable, like TF_CONFIG.
 //! - [`checkpoint`]: atomic shard checkpoints with manifests and checksums.
-//! - [`launcher`]: the coordinator that starts tasks as processes (on 127.0.0.1), watches
-//!   them, collects their traces, stops the shards and fails the job with the failing task's
-//!   status and last log lines.
+//! - [`launcher`]: the coordinator (checks, effective scenario, job, watch loop, restarts,
+//!   merged traces and summary) over the [`launcher::Launcher`] trait (start, progress, poll,
+//!   kill, stop, collect), with three launchers: [`processes`] (local processes on 127.0.0.1,
+//!   or in the network namespaces of [`netns`]) and [`pods`] (a Kubernetes cluster through
+//!   kube-rs, the objects of [`k8s`], traces back through the pods' logs by [`tracelog`]).
 //!
 //! The runtime executes the same core Plan the simulator times: the same variable parts, the
 //! same shards, the same pulls and pushes, in the same order.
@@ -27,9 +29,12 @@ pub mod cuda;
 pub mod k8s;
 pub mod launcher;
 pub mod netns;
+pub mod pods;
+pub mod processes;
 pub mod proxy;
 pub mod ps;
 pub mod tensorflow;
+pub mod tracelog;
 pub mod wire;
 pub mod worker;
 

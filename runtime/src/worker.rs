@@ -12,7 +12,6 @@
 //! and the end of the step.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
@@ -153,6 +152,9 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
     // Steps done so far, for the launcher's progress bar (a few bytes rewritten per step).
     let progress = spec.job.out.join("trace").join(format!("worker-{index}.progress"));
     std::fs::create_dir_all(spec.job.out.join("trace")).map_err(NodeError::Io)?;
+    // Progress and traces on stdout too, where the launcher reads the task's log instead of
+    // its files (pods).
+    let to_stdout = std::env::var_os(crate::tracelog::ENV).is_some();
     for step in start..total {
         let mut compute_ns = 0u64;
         let mut received = 0u64;
@@ -284,6 +286,9 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         });
         step_start = end;
         let _ = std::fs::write(&progress, (step + 1).to_string());
+        if to_stdout {
+            crate::tracelog::progress(&mut std::io::stdout().lock(), step + 1).map_err(NodeError::Io)?;
+        }
     }
     for sh in 0..shards {
         send(&outs, sh, Kind::Done, 0, total, Vec::new())?;
@@ -299,17 +304,25 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
     std::fs::create_dir_all(&dir).map_err(NodeError::Io)?;
     let mut buf = Vec::new();
     records::write_steps_csv(&steps_out, &mut buf).map_err(|e| NodeError::Setup(e.to_string()))?;
-    std::fs::write(dir.join(format!("worker-{index}.steps.csv")), buf).map_err(NodeError::Io)?;
-    let mut f = std::fs::File::create(dir.join(format!("worker-{index}.ops.csv"))).map_err(NodeError::Io)?;
-    writeln!(f, "worker,step,op,index,bytes,start_ns,end_ns").map_err(NodeError::Io)?;
+    let steps_csv = String::from_utf8(buf).expect("CSV is UTF-8");
+    let mut ops_csv = String::from("worker,step,op,index,bytes,start_ns,end_ns\n");
     for o in &ops {
-        writeln!(f, "{},{},{},{},{},{},{}", o.worker, o.step, o.op, o.index, o.bytes, o.start_ns, o.end_ns)
-            .map_err(NodeError::Io)?;
+        ops_csv.push_str(&format!(
+            "{},{},{},{},{},{},{}\n",
+            o.worker, o.step, o.op, o.index, o.bytes, o.start_ns, o.end_ns
+        ));
     }
-    let mut f = std::fs::File::create(dir.join(format!("worker-{index}.loss.csv"))).map_err(NodeError::Io)?;
-    writeln!(f, "worker,step,loss").map_err(NodeError::Io)?;
+    let mut loss_csv = String::from("worker,step,loss\n");
     for (st, l) in &losses {
-        writeln!(f, "{index},{st},{l}").map_err(NodeError::Io)?;
+        loss_csv.push_str(&format!("{index},{st},{l}\n"));
+    }
+    for (kind, text) in [("steps", &steps_csv), ("ops", &ops_csv), ("loss", &loss_csv)] {
+        let name = format!("worker-{index}.{kind}.csv");
+        std::fs::write(dir.join(&name), text).map_err(NodeError::Io)?;
+        if to_stdout {
+            crate::tracelog::file(&mut std::io::BufWriter::new(std::io::stdout().lock()), &name, text)
+                .map_err(NodeError::Io)?;
+        }
     }
     eprintln!("worker{index}: {} steps in {:.2} s", total - start, wall.elapsed().as_secs_f64());
     Ok(())

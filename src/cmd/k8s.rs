@@ -67,12 +67,15 @@ pub struct ManifestArgs {
 /// The host directory kind's nodes mount for checkpoints (kind/cluster.yaml, extraMounts).
 pub const KIND_CHECKPOINTS: &str = "/var/lib/topolab/checkpoints";
 
-/// A scenario name as a DNS label.
-fn dns_label(name: &str) -> String {
-    let mut s: String =
-        name.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    s.truncate(40);
-    s.trim_matches('-').to_string()
+/// Where a job's checkpoints go: on kind a hostPath, else a claim for every shard's
+/// checkpoint twice (the one being written and the last complete one) of `params` bytes of
+/// parameters (with their optimizer state: 3x).
+pub fn checkpoint_volume(kind: bool, params: u64) -> CheckpointVolume {
+    if kind {
+        CheckpointVolume::HostPath(KIND_CHECKPOINTS.into())
+    } else {
+        CheckpointVolume::Claim { bytes: 2 * 3 * params }
+    }
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -90,7 +93,7 @@ fn manifests(a: ManifestArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     let s = super::load_scenario(Some(&a.scenario))?;
-    let job = a.job.clone().unwrap_or_else(|| dns_label(&s.spec.name));
+    let job = a.job.clone().unwrap_or_else(|| k8s::dns_label(&s.spec.name));
     // The same checks as the objects make, before anything is written.
     k8s::check_label("job name", &job, 40).map_err(|e| BadInput(format!("error: --job: {e}")))?;
     k8s::check_label("namespace", &a.namespace, 63).map_err(|e| BadInput(format!("error: --namespace: {e}")))?;
@@ -106,12 +109,7 @@ fn manifests(a: ManifestArgs) -> anyhow::Result<ExitCode> {
         job: job.clone(),
         namespace: a.namespace.clone(),
         image: a.image.clone(),
-        // Every shard's checkpoint, twice (the one being written and the last complete one).
-        checkpoints: if a.kind {
-            CheckpointVolume::HostPath(KIND_CHECKPOINTS.into())
-        } else {
-            CheckpointVolume::Claim { bytes: 2 * 3 * params }
-        },
+        checkpoints: checkpoint_volume(a.kind, params),
         timeout_s: a.timeout,
     };
     let objects = k8s::objects(&eff, &eff_toml, &layers, &opts)

@@ -77,6 +77,8 @@ Examples:
   topolab report runs/tiny-sim runs/tiny --out reports/tiny    # predicted vs measured
   topolab replay scenarios/examples/tiny-mlp-custom-gpu.toml --launcher netns --out runs/ns   # as root
   topolab replay --cleanup --out runs/tiny                     # stop leftovers of a crashed run
+  topolab replay scenarios/examples/tiny-mlp-custom-gpu.toml --launcher k8s --kind --image topolab:dev --out runs/k8s
+  topolab replay --cleanup --launcher k8s --namespace default  # delete what a killed k8s replay left
   topolab replay scenarios/gpu/inception-v3-gpu.toml --backend cuda --out runs/gpu   # on a GPU
   topolab replay scenarios/examples/tiny-mlp-tensorflow.toml --engine tensorflow --launcher netns --out runs/tf
 
@@ -108,9 +110,9 @@ pub struct Args {
     /// CUDA device of the workers (default: the scenario's runtime.device).
     #[arg(long, value_name = "N")]
     device: Option<u32>,
-    /// Run directory.
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    /// Run directory (not needed by --cleanup --launcher k8s).
+    #[arg(long, value_name = "DIR", required_unless_present = "cleanup")]
+    out: Option<PathBuf>,
     /// Kubernetes context (--launcher k8s; default: the kubeconfig's current one).
     #[arg(long, value_name = "C")]
     context: Option<String>,
@@ -120,10 +122,15 @@ pub struct Args {
     /// Container image of the pods (--launcher k8s; see the Dockerfile).
     #[arg(long, default_value = "topolab:latest", value_name = "IMG")]
     image: String,
+    /// --launcher k8s on kind: checkpoints on a hostPath backed by the kind config's
+    /// extraMounts (kind/cluster.yaml) instead of a ReadWriteMany PersistentVolumeClaim.
+    #[arg(long)]
+    kind: bool,
     /// Continue from the last complete checkpoint in DIR/checkpoints.
     #[arg(long)]
     resume: bool,
-    /// Stop the leftover tasks of a crashed run in DIR and exit.
+    /// Stop the leftover tasks of a crashed run in DIR and exit (with --launcher k8s: delete
+    /// every topolab job left in the namespace).
     #[arg(long)]
     cleanup: bool,
     /// Seconds a task waits for a peer before giving up.
@@ -138,11 +145,25 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if a.cleanup && a.launcher == Launcher::K8s {
+        k8s_preflight(&a)?;
+        let jobs = topolab_runtime::pods::cleanup(a.context.as_deref(), &a.namespace)?;
+        eprintln!(
+            "deleted {} topolab job(s) in namespace {}{}",
+            jobs.len(),
+            a.namespace,
+            if jobs.is_empty() { String::new() } else { format!(": {}", jobs.join(", ")) }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(out) = a.out.clone() else {
+        return Err(BadInput("error: --out DIR is required (the run directory)".into()).into());
+    };
     if a.cleanup {
-        let (n, namespaces) = launcher::cleanup(&a.out)?;
+        let (n, namespaces) = launcher::cleanup(&out)?;
         eprintln!(
             "stopped {n} leftover task(s) of {}; removed {} network namespace(s)",
-            a.out.display(),
+            out.display(),
             namespaces.len()
         );
         return Ok(ExitCode::SUCCESS);
@@ -160,6 +181,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             })
             .map_err(super::problems)?;
     }
+    if a.kind && a.launcher != Launcher::K8s {
+        return Err(BadInput(
+            "error: --kind is for --launcher k8s (checkpoints on the kind nodes' extraMounts)".into(),
+        )
+        .into());
+    }
     let kind = match a.launcher {
         Launcher::Local => launcher::LauncherKind::Local,
         Launcher::Netns => launcher::LauncherKind::Netns,
@@ -176,12 +203,29 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         launcher: kind,
         engine,
         exe: std::env::current_exe()?,
-        out: a.out.clone(),
+        out: out.clone(),
         resume: a.resume,
         timeout_s: a.timeout,
         progress: Some(progress),
     };
-    let outcome = launcher::replay(&s, &opts);
+    let outcome = match kind {
+        launcher::LauncherKind::K8s => {
+            let settings = launcher::ReplaySettings::of(&s);
+            let proxy = topolab_runtime::proxy::Proxy::new(&s, settings.params_scale, settings.flops_scale);
+            let params: u64 = proxy.var_sizes().iter().map(|&n| n as u64 * 4).sum();
+            let target = topolab_runtime::pods::Target {
+                context: a.context.clone(),
+                namespace: a.namespace.clone(),
+                image: a.image.clone(),
+                checkpoints: super::k8s::checkpoint_volume(a.kind, params),
+            };
+            topolab_runtime::pods::Pods::connect(target, &s.spec.name, &out, a.timeout).and_then(|mut pods| {
+                eprintln!("job {} in namespace {}", pods.job(), a.namespace);
+                launcher::replay_with(&s, &opts, &mut pods)
+            })
+        }
+        _ => launcher::replay(&s, &opts),
+    };
     drop(opts);
     let _ = bar.join();
     let outcome = match outcome {
@@ -208,7 +252,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         eprintln!("warning: {w}; the measured run is recorded with the congestion control really in force");
     }
     if let Some(dir) = &a.report {
-        super::report::make(std::slice::from_ref(&a.out), dir)?;
+        super::report::make(std::slice::from_ref(&out), dir)?;
     }
     Ok(ExitCode::SUCCESS)
 }

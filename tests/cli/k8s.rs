@@ -267,13 +267,17 @@ fn the_generated_pods_run_as_processes_in_namespaces_and_train_with_a_late_dns_n
         spec.job.out = d.join(format!("out-{}", names[i]));
         spec.job.checkpoint_dir = d.join("checkpoints");
         let token_file = value(TOKEN_FILE_ENV).replace(topolab_runtime::k8s::SECRET_DIR, secret.to_str().unwrap());
+        // One log for stdout and stderr, as a container's.
         let log = std::fs::File::create(d.join(format!("{}.log", names[i]))).unwrap();
         let mut cmd = cluster.command(i, std::path::Path::new(env!("CARGO_BIN_EXE_topolab")));
-        cmd.arg("node")
-            .env(ENV, serde_json::to_string(&spec).unwrap())
+        cmd.arg("node");
+        for e in env {
+            cmd.env(e["name"].as_str().unwrap(), e["value"].as_str().unwrap());
+        }
+        cmd.env(ENV, serde_json::to_string(&spec).unwrap())
             .env(TOKEN_FILE_ENV, token_file)
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log);
         children.push((names[i].clone(), cmd.spawn().unwrap()));
     }
@@ -311,6 +315,27 @@ fn the_generated_pods_run_as_processes_in_namespaces_and_train_with_a_late_dns_n
         assert_eq!(recs.len(), steps, "{name}");
         if name.ends_with("-worker-0") {
             assert!(recs[0].start_ns >= resolved_at, "worker 0 began before its shards' names resolved");
+        }
+    }
+    // The launcher reads the traces back from the pods' logs: there they are whole, equal
+    // to the files, between the runtime's own lines.
+    for (w, name) in names.iter().filter(|n| n.contains("-worker-")).enumerate() {
+        let log = std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap();
+        let mut reader = topolab_runtime::tracelog::Reader::new();
+        let mut files = std::collections::BTreeMap::new();
+        let mut progress = 0;
+        for line in log.lines() {
+            match reader.line(line).unwrap() {
+                topolab_runtime::tracelog::Line::File(f, text) => drop(files.insert(f, text)),
+                topolab_runtime::tracelog::Line::Progress(n) => progress = n,
+                _ => {}
+            }
+        }
+        assert_eq!(progress, steps as u64, "{name}'s last progress line");
+        for kind in ["steps", "ops", "loss"] {
+            let f = format!("worker-{w}.{kind}.csv");
+            let on_disk = std::fs::read_to_string(d.join(format!("out-{name}/trace/{f}"))).unwrap();
+            assert_eq!(files.get(&f), Some(&on_disk), "{f} from {name}'s log");
         }
     }
     let worker1 = names.iter().find(|n| n.ends_with("-worker-1")).unwrap();
