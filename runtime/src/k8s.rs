@@ -75,7 +75,18 @@ pub struct ManifestOptions {
     pub checkpoints: CheckpointVolume,
     /// Seconds a task waits for a peer (its name to resolve, its connection).
     pub timeout_s: u64,
+    /// Real TensorFlow instead of topolab's runtime: the task program's job file
+    /// ([`crate::tensorflow::job`], its trace directory [`OUT_DIR`]`/trace`); the image then
+    /// needs Python with TensorFlow (Dockerfile.tensorflow), the program comes in the parent.
+    pub tensorflow: Option<Value>,
 }
+
+/// Memory a TensorFlow task needs before any model: tensorflow-cpu 2.21's peak resident set
+/// with its server started, measured with `ru_maxrss` on the development machine (513 MB),
+/// rounded up.
+pub const TF_RUNTIME_MEMORY: u64 = 520 << 20;
+/// The container name a Kubeflow TFJob requires.
+pub const TFJOB_CONTAINER: &str = "tensorflow";
 
 /// Why objects could not be made.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -208,20 +219,31 @@ pub fn objects(
     let dns = |role: &str, i: u32| format!("{}.{ns}.svc.cluster.local", task_name(job, role, i));
     let ps_addrs: Vec<String> = (0..t.ps).map(|j| format!("{}:{PS_PORT}", dns("ps", j))).collect();
     let workers: Vec<String> = (0..t.workers).map(|i| task_name(job, "worker", i)).collect();
+    let tf_workers: Vec<String> = (0..t.workers).map(|i| format!("{}:{PS_PORT}", dns("worker", i))).collect();
+    let mut data = json!({"scenario.toml": eff_toml, "effective-model.csv": layers_csv});
+    if let Some(j) = &o.tensorflow {
+        data["tf_task.py"] = json!(crate::tensorflow::TASK_PROGRAM);
+        data["tf_job.json"] = json!(j.to_string());
+    }
     let mut out = vec![json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": job, "namespace": ns, "labels": labels(job, None)},
-        "data": {"scenario.toml": eff_toml, "effective-model.csv": layers_csv},
+        "data": data,
     })];
-    out.push(json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": format!("{job}-token"), "namespace": ns, "labels": labels(job, None)},
-        "type": "Opaque",
-        "stringData": {"token": "@TOKEN@"},
-    }));
+    // TensorFlow's servers take no token: the NetworkPolicy is what keeps others out.
+    if o.tensorflow.is_none() {
+        out.push(json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": format!("{job}-token"), "namespace": ns, "labels": labels(job, None)},
+            "type": "Opaque",
+            "stringData": {"token": "@TOKEN@"},
+        }))
+    };
     let checkpoint_volume = match &o.checkpoints {
+        // The TensorFlow engine takes no checkpoints (refused before): no volume.
+        _ if o.tensorflow.is_some() => Value::Null,
         CheckpointVolume::Claim { bytes } => {
             out.push(json!({
                 "apiVersion": "v1",
@@ -268,8 +290,58 @@ pub fn objects(
                 epoch_ns: 0,
             },
         };
-        let memory = if role == "ps" { 3 * params_bytes } else { proxy.worker_memory() + 3 * params_bytes };
-        let ports = if role == "ps" { json!([{"name": "ps", "containerPort": PS_PORT}]) } else { json!([]) };
+        let mut memory = if role == "ps" { 3 * params_bytes } else { proxy.worker_memory() + 3 * params_bytes };
+        let mut command = json!(["/usr/local/bin/topolab", "node"]);
+        let mut env = vec![
+            json!({"name": ENV, "value": serde_json::to_string(&spec).expect("JSON")}),
+            json!({"name": TOKEN_FILE_ENV, "value": format!("{SECRET_DIR}/token")}),
+            // Progress and traces in the pod's log too: its files go with it.
+            json!({"name": crate::tracelog::ENV, "value": "1"}),
+        ];
+        // Every TensorFlow task runs a server (workers too); topolab's workers listen on nothing.
+        let mut ports = if role == "ps" { json!([{"name": "ps", "containerPort": PS_PORT}]) } else { json!([]) };
+        if o.tensorflow.is_some() {
+            memory += TF_RUNTIME_MEMORY;
+            command = json!(["python3", format!("{CONFIG_DIR}/tf_task.py")]);
+            env = vec![
+                json!({"name": "TF_CONFIG", "value": crate::tensorflow::tf_config(&ps_addrs, &tf_workers, role, index)}),
+                json!({"name": "TOPOLAB_TF_JOB", "value": format!("{CONFIG_DIR}/tf_job.json")}),
+                json!({"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}),
+                json!({"name": "HOME", "value": "/tmp"}),
+                json!({"name": crate::tracelog::ENV, "value": "1"}),
+            ];
+            ports = json!([{"name": "tfjob-port", "containerPort": PS_PORT}]);
+        }
+        let (mounts, volumes) = if o.tensorflow.is_some() {
+            // Python and TensorFlow write temporary files; the root file system stays read-only.
+            (
+                json!([
+                    {"name": "scenario", "mountPath": CONFIG_DIR, "readOnly": true},
+                    {"name": "out", "mountPath": OUT_DIR},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                ]),
+                json!([
+                    {"name": "scenario", "configMap": {"name": job}},
+                    {"name": "out", "emptyDir": {}},
+                    {"name": "tmp", "emptyDir": {}},
+                ]),
+            )
+        } else {
+            (
+                json!([
+                    {"name": "scenario", "mountPath": CONFIG_DIR, "readOnly": true},
+                    {"name": "token", "mountPath": SECRET_DIR, "readOnly": true},
+                    {"name": "out", "mountPath": OUT_DIR},
+                    {"name": "checkpoints", "mountPath": CHECKPOINT_DIR},
+                ]),
+                json!([
+                    {"name": "scenario", "configMap": {"name": job}},
+                    {"name": "token", "secret": {"secretName": format!("{job}-token"), "defaultMode": 0o400}},
+                    {"name": "out", "emptyDir": {}},
+                    checkpoint_volume.clone(),
+                ]),
+            )
+        };
         out.push(json!({
             "apiVersion": "v1",
             "kind": "Service",
@@ -299,13 +371,8 @@ pub fn objects(
                     "name": "task",
                     "image": o.image,
                     "imagePullPolicy": "IfNotPresent",
-                    "command": ["/usr/local/bin/topolab", "node"],
-                    "env": [
-                        {"name": ENV, "value": serde_json::to_string(&spec).expect("JSON")},
-                        {"name": TOKEN_FILE_ENV, "value": format!("{SECRET_DIR}/token")},
-                        // Progress and traces in the pod's log too: its files go with it.
-                        {"name": crate::tracelog::ENV, "value": "1"},
-                    ],
+                    "command": command,
+                    "env": env,
                     "ports": ports,
                     "resources": {
                         "requests": {"cpu": "1", "memory": mib(memory)},
@@ -317,22 +384,62 @@ pub fn objects(
                         "runAsNonRoot": true,
                         "capabilities": {"drop": ["ALL"]},
                     },
-                    "volumeMounts": [
-                        {"name": "scenario", "mountPath": CONFIG_DIR, "readOnly": true},
-                        {"name": "token", "mountPath": SECRET_DIR, "readOnly": true},
-                        {"name": "out", "mountPath": OUT_DIR},
-                        {"name": "checkpoints", "mountPath": CHECKPOINT_DIR},
-                    ],
+                    "volumeMounts": mounts,
                 }],
-                "volumes": [
-                    {"name": "scenario", "configMap": {"name": job}},
-                    {"name": "token", "secret": {"secretName": format!("{job}-token"), "defaultMode": 0o400}},
-                    {"name": "out", "emptyDir": {}},
-                    checkpoint_volume.clone(),
-                ],
+                "volumes": volumes,
             },
         }));
     }
+    Ok(out)
+}
+
+/// The objects of a TensorFlow replay (from [`objects`] with [`ManifestOptions::tensorflow`])
+/// as a Kubeflow TFJob (`kubeflow.org/v1`, the training operator): the parent ConfigMap and
+/// the NetworkPolicy as they are, and one TFJob whose PS and Worker replica templates are the
+/// pods' (the operator creates the pods and their Services and sets TF_CONFIG itself, with the
+/// same `NAME-ROLE-INDEX` names and port 2222). `cleanPodPolicy: All` deletes every pod when
+/// the job ends, shards included; the job succeeds when every worker has.
+pub fn tfjob(objects: &[Value], o: &ManifestOptions) -> Result<Vec<Value>, ManifestError> {
+    if o.tensorflow.is_none() {
+        return Err(ManifestError::Refused("a TFJob runs TensorFlow: use --engine tensorflow".into()));
+    }
+    let job = &o.job;
+    let mut out: Vec<Value> =
+        objects.iter().filter(|x| x["kind"] == "ConfigMap" || x["kind"] == "NetworkPolicy").cloned().collect();
+    let mut replicas = serde_json::Map::new();
+    for (role, key) in [("ps", "PS"), ("worker", "Worker")] {
+        let pods: Vec<&Value> =
+            objects.iter().filter(|x| x["kind"] == "Pod" && x["metadata"]["labels"][ROLE_LABEL] == role).collect();
+        let Some(first) = pods.first() else { continue };
+        let mut spec = first["spec"].clone();
+        let restart = spec.as_object_mut().and_then(|m| m.remove("restartPolicy")).unwrap_or(json!("Never"));
+        let c = &mut spec["containers"][0];
+        c["name"] = json!(TFJOB_CONTAINER);
+        if let Some(env) = c["env"].as_array_mut() {
+            // The operator's TF_CONFIG names the tasks as the pods here do.
+            env.retain(|e| e["name"] != "TF_CONFIG");
+        }
+        let mut l = labels(job, None);
+        l[ROLE_LABEL] = json!(role);
+        replicas.insert(
+            key.into(),
+            json!({
+                "replicas": pods.len(),
+                "restartPolicy": restart,
+                "template": {"metadata": {"labels": l}, "spec": spec},
+            }),
+        );
+    }
+    out.push(json!({
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "TFJob",
+        "metadata": {"name": job, "namespace": o.namespace, "labels": labels(job, None)},
+        "spec": {
+            "runPolicy": {"cleanPodPolicy": "All", "backoffLimit": 0},
+            "successPolicy": "AllWorkers",
+            "tfReplicaSpecs": replicas,
+        },
+    }));
     Ok(out)
 }
 
@@ -655,6 +762,7 @@ mod tests {
             image: "topolab:test".into(),
             checkpoints: CheckpointVolume::HostPath("/var/lib/topolab/checkpoints".into()),
             timeout_s: 60,
+            tensorflow: None,
         }
     }
 

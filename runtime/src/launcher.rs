@@ -472,10 +472,10 @@ pub fn replay_with(
 ) -> Result<ReplayOutcome, ReplayError> {
     let refuse = |reason: String| ReplayError::Refused { scenario: s.spec.name.clone(), reason };
     let t = &s.spec.topology;
-    check(s, opts)?;
     if let Some(why) = launcher.refusal(s, opts) {
         return Err(refuse(why));
     }
+    check(s, opts)?;
     let settings = ReplaySettings::of(s);
     let proxy = Proxy::new(s, settings.params_scale, settings.flops_scale);
     let params_bytes: u64 = proxy.var_sizes().iter().map(|&n| n as u64 * 4).sum();

@@ -79,6 +79,8 @@ pub struct Pods {
     watcher: Option<tokio::task::JoinHandle<()>>,
     /// Objects of the job may exist in the cluster.
     created: bool,
+    /// The pods run real TensorFlow (an image with it) instead of `topolab node`.
+    tensorflow: bool,
 }
 
 fn io(e: impl std::fmt::Display) -> ReplayError {
@@ -92,12 +94,20 @@ fn runtime() -> Result<tokio::runtime::Runtime, ReplayError> {
 impl Pods {
     /// A launcher for the cluster of `target.context`; the job's objects are named after
     /// `scenario` with a random suffix, so that two replays never share a name.
-    pub fn connect(target: Target, scenario: &str, out: &Path, timeout_s: u64) -> Result<Pods, ReplayError> {
+    pub fn connect(
+        target: Target,
+        engine: &Engine,
+        scenario: &str,
+        out: &Path,
+        timeout_s: u64,
+    ) -> Result<Pods, ReplayError> {
         let rt = runtime()?;
         let (client, _) = rt
             .block_on(k8s::client(target.context.as_deref()))
             .map_err(|e| ReplayError::Refused { scenario: scenario.into(), reason: e.to_string() })?;
-        Ok(Pods::with_client(rt, client, target, scenario, out, timeout_s))
+        let mut pods = Pods::with_client(rt, client, target, scenario, out, timeout_s);
+        pods.tensorflow = matches!(engine, Engine::Tensorflow(_));
+        Ok(pods)
     }
 
     fn with_client(
@@ -124,6 +134,7 @@ impl Pods {
             state: Arc::default(),
             watcher: None,
             created: false,
+            tensorflow: false,
         }
     }
 
@@ -158,8 +169,10 @@ impl Launcher for Pods {
             "faults.kills on Kubernetes: a restart starts from the last checkpoint on the cluster's volume, which the launcher does not read yet; replay kills with --launcher local or netns"
         } else if opts.resume {
             "--resume on Kubernetes: the checkpoints are on the cluster's volume, which the launcher does not read yet"
-        } else if matches!(opts.engine, Engine::Tensorflow(_)) {
-            "--engine tensorflow on Kubernetes needs an image with TensorFlow: `topolab k8s manifests --engine tensorflow` writes its pods or a TFJob"
+        } else if matches!(opts.engine, Engine::Tensorflow(_)) != self.tensorflow {
+            "the launcher was made for another engine than the replay's"
+        } else if self.tensorflow && s.spec.network.latency.0 > 0 {
+            "network.latency with --engine tensorflow on Kubernetes: topolab does not shape the cluster's network and TensorFlow's gRPC cannot emulate latency; set latency = \"0 us\" or use the topolab engine"
         } else if s.spec.runtime.backend == BackendKind::Cuda {
             "runtime.backend = \"cuda\" on Kubernetes is not built yet (the pods would need nvidia.com/gpu and a CUDA image)"
         } else {
@@ -180,6 +193,7 @@ impl Launcher for Pods {
             image: self.target.image.clone(),
             checkpoints: self.target.checkpoints.clone(),
             timeout_s: self.timeout_s,
+            tensorflow: if self.tensorflow { Some(pod_tf_job(&self.out)?) } else { None },
         };
         let mut objects = k8s::objects(s, &eff_toml, &layers, &opts)
             .map_err(|e| ReplayError::Refused { scenario: s.spec.name.clone(), reason: e.to_string() })?;
@@ -295,6 +309,17 @@ impl Launcher for Pods {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The TensorFlow task program's job as the coordinator wrote it next to the run, for pods:
+/// traces in the pod's own directory, times from the node's monotonic clock.
+fn pod_tf_job(out: &Path) -> Result<serde_json::Value, ReplayError> {
+    let p = out.join(crate::launcher::TF_JOB);
+    let text = std::fs::read_to_string(&p).map_err(|e| io(format!("{}: {e}", p.display())))?;
+    let mut j: serde_json::Value = serde_json::from_str(&text).map_err(|e| io(format!("{}: {e}", p.display())))?;
+    j["trace_dir"] = serde_json::json!(format!("{}/trace", k8s::OUT_DIR));
+    j["epoch_ns"] = serde_json::json!(0);
+    Ok(j)
 }
 
 /// The task ("worker 1") a pod runs, from its labels.
@@ -471,30 +496,36 @@ async fn gone(client: &kube::Client, ns: &str, job: &str, timeout: Duration) -> 
 /// Deletes every job topolab left in namespace `ns` of the cluster of `context` (found by
 /// the `app.kubernetes.io/managed-by=topolab` label): the jobs' names.
 pub fn cleanup(context: Option<&str>, ns: &str) -> Result<Vec<String>, ReplayError> {
-    use k8s_openapi::api::core::v1::ConfigMap;
     let rt = runtime()?;
     rt.block_on(async {
         let (client, _) = k8s::client(context).await.map_err(io)?;
-        let selector = "app.kubernetes.io/managed-by=topolab";
-        let mut jobs = BTreeSet::new();
-        let parents = Api::<ConfigMap>::namespaced(client.clone(), ns)
-            .list(&ListParams::default().labels(selector))
-            .await
-            .map_err(|e| io(format!("listing topolab's objects in {ns}: {e}")))?;
-        let pods = Api::<Pod>::namespaced(client.clone(), ns)
-            .list(&ListParams::default().labels(selector))
-            .await
-            .map_err(|e| io(format!("listing topolab's pods in {ns}: {e}")))?;
-        for m in parents.items.iter().map(|c| &c.metadata).chain(pods.items.iter().map(|p| &p.metadata)) {
-            if let Some(j) = m.labels.as_ref().and_then(|l| l.get(JOB_LABEL)) {
-                jobs.insert(j.clone());
-            }
-        }
-        for j in &jobs {
-            k8s::delete(&client, ns, j).await.map_err(io)?;
-        }
-        Ok(jobs.into_iter().collect())
+        cleanup_with(&client, ns).await
     })
+}
+
+/// [`cleanup`] with a client: every job named by a parent or a pod that carries topolab's
+/// label, deleted as [`k8s::delete`] does.
+async fn cleanup_with(client: &kube::Client, ns: &str) -> Result<Vec<String>, ReplayError> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let selector = "app.kubernetes.io/managed-by=topolab";
+    let mut jobs = BTreeSet::new();
+    let parents = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|e| io(format!("listing topolab's objects in {ns}: {e}")))?;
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|e| io(format!("listing topolab's pods in {ns}: {e}")))?;
+    for m in parents.items.iter().map(|c| &c.metadata).chain(pods.items.iter().map(|p| &p.metadata)) {
+        if let Some(j) = m.labels.as_ref().and_then(|l| l.get(JOB_LABEL)) {
+            jobs.insert(j.clone());
+        }
+    }
+    for j in &jobs {
+        k8s::delete(client, ns, j).await.map_err(io)?;
+    }
+    Ok(jobs.into_iter().collect())
 }
 
 #[cfg(test)]
@@ -658,15 +689,35 @@ mod tests {
         Pods::with_client(rt, client, target, "fake", out, 30)
     }
 
+    /// Replays in this module one at a time: an interrupt is process-wide.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     fn run(
         events: Vec<Value>,
         logs: BTreeMap<String, String>,
         out: &Path,
     ) -> (Result<crate::launcher::ReplayOutcome, ReplayError>, Vec<String>) {
+        run_interrupted(events, logs, out, None)
+    }
+
+    /// [`run`], with Ctrl-C `after` this long.
+    fn run_interrupted(
+        events: Vec<Value>,
+        logs: BTreeMap<String, String>,
+        out: &Path,
+        after: Option<Duration>,
+    ) -> (Result<crate::launcher::ReplayOutcome, ReplayError>, Vec<String>) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let server_rt = runtime().unwrap();
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let server = server_rt.spawn(serve(handle, events, logs));
         let mut pods = fake_pods(service, out);
+        let ctrl_c = after.map(|d| {
+            std::thread::spawn(move || {
+                std::thread::sleep(d);
+                crate::launcher::interrupt();
+            })
+        });
         let opts = ReplayOptions {
             launcher: LauncherKind::K8s,
             engine: Engine::Topolab,
@@ -677,6 +728,9 @@ mod tests {
             progress: None,
         };
         let outcome = crate::launcher::replay_with(&scenario(), &opts, &mut pods);
+        if let Some(c) = ctrl_c {
+            c.join().unwrap();
+        }
         drop(pods);
         let seen =
             server_rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap() });
@@ -767,5 +821,74 @@ mod tests {
         };
         assert!(pods.refusal(&scenario(), &opts).unwrap().contains("--resume"));
         assert!(pods.job().starts_with("fake-") && pods.job().len() == 11, "{}", pods.job());
+    }
+
+    #[test]
+    fn ctrl_c_during_a_kubernetes_replay_deletes_the_job() {
+        let out = out_dir("interrupt");
+        // The pods run and never finish; Ctrl-C comes after the first step.
+        let events = vec![
+            pod("fake-ps-0", "ps", 0, 1, json!({"phase": "Running"})),
+            pod("fake-worker-0", "worker", 0, 2, json!({"phase": "Running"})),
+        ];
+        let logs: BTreeMap<String, String> =
+            [("fake-worker-0".to_string(), "@topolab progress 1\n".to_string())].into();
+        let (outcome, seen) = run_interrupted(events, logs, &out, Some(Duration::from_millis(500)));
+        assert!(matches!(outcome, Err(ReplayError::Interrupted)), "{outcome:?}");
+        assert!(seen.iter().any(|r| r.starts_with("DELETE") && r.contains("/configmaps/fake-")), "{seen:?}");
+        assert!(seen.iter().any(|r| r.starts_with("DELETE") && r.ends_with("/pods")), "{seen:?}");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+
+    #[tokio::test]
+    async fn cleanup_deletes_every_job_found_by_label_parents_and_orphan_pods() {
+        let (service, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "training");
+        let server = tokio::spawn(async move {
+            let mut deleted = Vec::new();
+            while let Some((req, send)) = h.next_request().await {
+                let uri = req.uri().to_string();
+                let reply = |v: Value| Response::new(Body::from(serde_json::to_vec(&v).unwrap()));
+                if req.method() == Method::GET {
+                    assert!(uri.contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dtopolab"), "{uri}");
+                    let (kind, job) =
+                        if uri.contains("/configmaps") { ("ConfigMap", "left-1") } else { ("Pod", "orphan-2") };
+                    send.send_response(reply(
+                        json!({"apiVersion": "v1", "kind": format!("{kind}List"), "metadata": {},
+                        "items": [{"metadata": {"name": format!("{job}-x"), "labels": {JOB_LABEL: job}}}]}),
+                    ));
+                } else {
+                    assert_eq!(req.method(), Method::DELETE);
+                    deleted.push(uri.split('?').next().unwrap().to_string());
+                    if uri.contains("/configmaps/") {
+                        // The orphan's parent is gone already.
+                        let code = if uri.contains("orphan-2") { 404 } else { 200 };
+                        let mut r = reply(
+                            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": if code == 200 { "Success" } else { "Failure" }, "reason": "NotFound", "code": code}),
+                        );
+                        *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
+                        send.send_response(r);
+                    } else {
+                        send.send_response(reply(
+                            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+                        ));
+                    }
+                }
+            }
+            deleted
+        });
+        let jobs = cleanup_with(&client, "training").await.unwrap();
+        drop(client);
+        assert_eq!(jobs, vec!["left-1".to_string(), "orphan-2".to_string()]);
+        let deleted = server.await.unwrap();
+        assert_eq!(
+            deleted,
+            vec![
+                "/api/v1/namespaces/training/configmaps/left-1",
+                "/api/v1/namespaces/training/pods",
+                "/api/v1/namespaces/training/configmaps/orphan-2",
+                "/api/v1/namespaces/training/pods",
+            ]
+        );
     }
 }

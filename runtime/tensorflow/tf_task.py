@@ -221,6 +221,9 @@ def main():
                 fail(f"worker {index}: no step completed in {timeout:.0f} s")
 
     threading.Thread(target=watchdog, daemon=True).start()
+    # Progress and traces on stdout too (the framing of topolab's runtime/src/tracelog.rs),
+    # where the launcher reads the pod's log instead of its files.
+    to_stdout = bool(os.environ.get("TOPOLAB_TRACE_STDOUT"))
     step = 0
     while True:
         start = time.monotonic_ns()
@@ -232,6 +235,8 @@ def main():
         step += 1
         with open(progress, "w") as f:
             f.write(str(step))
+        if to_stdout:
+            print(f"@topolab progress {step}", flush=True)
         if not sync:
             if step >= steps:
                 break
@@ -257,6 +262,14 @@ def main():
             f.write(f"{index},{step},{l}\n")
     with open(os.path.join(trace, f"worker-{index}.ops.csv"), "w") as f:
         f.write("worker,step,op,index,bytes,start_ns,end_ns\n")
+    if to_stdout:
+        for kind in ("steps", "ops", "loss"):
+            name = f"worker-{index}.{kind}.csv"
+            with open(os.path.join(trace, name)) as f:
+                text = f.read()
+            lines = text.splitlines()
+            out = "".join(f"@topolab line {name} {line}\n" for line in lines)
+            sys.stdout.write(out + f"@topolab end {name} {len(lines)} {len(text.encode())}\n")
     sys.stdout.flush()
     sys.stderr.flush()
     # Exit at once: closing a synchronous session can block on the other workers' tokens.

@@ -43,18 +43,25 @@ pub struct ManifestArgs {
     /// Directory to write job.yaml and the effective scenario into.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Container image with /usr/local/bin/topolab (see the Dockerfile).
-    #[arg(long, default_value = "topolab:latest", value_name = "IMG")]
-    image: String,
+    /// Container image: with /usr/local/bin/topolab (Dockerfile; default topolab:latest), or
+    /// with --engine tensorflow Python with TensorFlow (Dockerfile.tensorflow; default
+    /// topolab-tensorflow:latest).
+    #[arg(long, value_name = "IMG")]
+    image: Option<String>,
     /// Namespace of the objects.
     #[arg(long, default_value = "default", value_name = "NS")]
     namespace: String,
     /// Job name: prefixes every object (default: the scenario's name, as a DNS label).
     #[arg(long)]
     job: Option<String>,
-    /// What the pods run (tensorflow: not built yet for Kubernetes).
+    /// What the pods run: `topolab node`, or real TensorFlow (the task program in the parent
+    /// ConfigMap, TF_CONFIG per pod).
     #[arg(long, value_enum, default_value_t)]
     engine: super::replay::EngineArg,
+    /// What to write: pods and services (`pods`), or with --engine tensorflow one Kubeflow
+    /// TFJob (`tfjob`, for the training operator).
+    #[arg(long, value_enum, default_value_t)]
+    format: ManifestFormat,
     /// Checkpoints on a hostPath backed by the kind config's extraMounts (kind/cluster.yaml)
     /// instead of a ReadWriteMany PersistentVolumeClaim.
     #[arg(long)]
@@ -62,6 +69,24 @@ pub struct ManifestArgs {
     /// Seconds a task waits for its peers (their names to resolve, their connections).
     #[arg(long, default_value_t = 120, value_name = "S")]
     timeout: u64,
+}
+
+/// What `topolab k8s manifests` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum ManifestFormat {
+    /// A Pod and a headless Service per task.
+    #[default]
+    Pods,
+    /// A Kubeflow TFJob (kubeflow.org/v1), with --engine tensorflow.
+    Tfjob,
+}
+
+/// The default image of an engine's pods.
+pub fn default_image(engine: super::replay::EngineArg) -> &'static str {
+    match engine {
+        super::replay::EngineArg::Topolab => "topolab:latest",
+        super::replay::EngineArg::Tensorflow => "topolab-tensorflow:latest",
+    }
 }
 
 /// The host directory kind's nodes mount for checkpoints (kind/cluster.yaml, extraMounts).
@@ -85,19 +110,31 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn manifests(a: ManifestArgs) -> anyhow::Result<ExitCode> {
-    if a.engine == super::replay::EngineArg::Tensorflow {
-        return Err(BadInput(
-            "error: --engine tensorflow on Kubernetes (pods, or a Kubeflow TFJob with --format tfjob) is not built yet; the topolab engine's manifests are"
-                .into(),
-        )
-        .into());
+    use super::replay::EngineArg;
+    let tensorflow = a.engine == EngineArg::Tensorflow;
+    if a.format == ManifestFormat::Tfjob && !tensorflow {
+        return Err(BadInput("error: --format tfjob: a TFJob runs TensorFlow; add --engine tensorflow".into()).into());
     }
     let s = super::load_scenario(Some(&a.scenario))?;
+    let image = a.image.clone().unwrap_or_else(|| default_image(a.engine).into());
     let job = a.job.clone().unwrap_or_else(|| k8s::dns_label(&s.spec.name));
     // The same checks as the objects make, before anything is written.
     k8s::check_label("job name", &job, 40).map_err(|e| BadInput(format!("error: --job: {e}")))?;
     k8s::check_label("namespace", &a.namespace, 63).map_err(|e| BadInput(format!("error: --namespace: {e}")))?;
-    k8s::check_image(&a.image).map_err(|e| BadInput(format!("error: --image: {e}")))?;
+    k8s::check_image(&image).map_err(|e| BadInput(format!("error: --image: {e}")))?;
+    if tensorflow {
+        let plan = topolab_core::plan::Plan::new(&s).map_err(|e| BadInput(format!("error: {e}")))?;
+        if s.spec.network.latency.0 > 0 {
+            return Err(BadInput(format!(
+                "error: --engine tensorflow: network.latency = {}: topolab does not shape a cluster's network and TensorFlow's gRPC cannot emulate latency; set latency = \"0 us\"",
+                s.spec.network.latency
+            ))
+            .into());
+        }
+        if let Some(why) = topolab_runtime::tensorflow::refusal(&s, &plan, false, false) {
+            return Err(BadInput(format!("error: --engine tensorflow: {why}")).into());
+        }
+    }
     std::fs::create_dir_all(&a.out)?;
     let settings = ReplaySettings::of(&s);
     let proxy = Proxy::new(&s, settings.params_scale, settings.flops_scale);
@@ -105,32 +142,56 @@ fn manifests(a: ManifestArgs) -> anyhow::Result<ExitCode> {
     let eff_toml = std::fs::read_to_string(&eff_path)?;
     let layers = std::fs::read_to_string(a.out.join("effective-model.csv"))?;
     let params: u64 = proxy.var_sizes().iter().map(|&n| n as u64 * 4).sum();
+    let tf_job = tensorflow.then(|| -> anyhow::Result<serde_json::Value> {
+        let eff_plan = topolab_core::plan::Plan::new(&eff)?;
+        let eff_proxy = Proxy::from_effective(&eff);
+        let trace = std::path::PathBuf::from(format!("{}/trace", k8s::OUT_DIR));
+        let lr = f64::from(settings.learning_rate);
+        Ok(topolab_runtime::tensorflow::job(&eff, &eff_plan, &eff_proxy, &trace, 0, lr, a.timeout))
+    });
     let opts = ManifestOptions {
         job: job.clone(),
         namespace: a.namespace.clone(),
-        image: a.image.clone(),
+        image,
         checkpoints: checkpoint_volume(a.kind, params),
         timeout_s: a.timeout,
+        tensorflow: tf_job.transpose()?,
     };
-    let objects = k8s::objects(&eff, &eff_toml, &layers, &opts)
+    let mut objects = k8s::objects(&eff, &eff_toml, &layers, &opts)
         .map_err(|e| BadInput(format!("error: cannot make manifests: {e}")))?;
+    if a.format == ManifestFormat::Tfjob {
+        objects = k8s::tfjob(&objects, &opts).map_err(|e| BadInput(format!("error: {e}")))?;
+    }
     let token = topolab_runtime::wire::Token::random().hex();
     let path = a.out.join("job.yaml");
     topolab_sim::write_atomic(&path, k8s::to_yaml(&objects, &token).as_bytes())?;
     let count = |kind: &str| objects.iter().filter(|o| o["kind"] == kind).count();
+    let what = if a.format == ManifestFormat::Tfjob {
+        "a Kubeflow TFJob".to_string()
+    } else {
+        format!("{} pods and {} headless services", count("Pod"), count("Service"))
+    };
+    let storage = if tensorflow {
+        ""
+    } else if a.kind {
+        "; checkpoints on the kind nodes' extraMounts"
+    } else {
+        ", a PersistentVolumeClaim"
+    };
     println!(
-        "wrote {} ({} pods and {} headless services for {} PS and {} workers, a ConfigMap, a Secret, a NetworkPolicy{}) for namespace {}",
+        "wrote {} ({what} for {} PS and {} workers{}, a ConfigMap{}, a NetworkPolicy{storage}) for namespace {}",
         path.display(),
-        count("Pod"),
-        count("Service"),
         s.spec.topology.ps,
         s.spec.topology.workers,
-        if a.kind { "; checkpoints on the kind nodes' extraMounts" } else { ", a PersistentVolumeClaim" },
+        if tensorflow { " running TensorFlow" } else { "" },
+        if tensorflow { "" } else { ", a Secret" },
         a.namespace
     );
     println!(
-        "apply: kubectl apply -f {}; remove: kubectl delete all,cm,secret,networkpolicy,pvc -l topolab.dev/job={job}",
-        path.display()
+        "apply: kubectl apply -f {}; remove: kubectl delete {},cm,networkpolicy{} -l topolab.dev/job={job}",
+        path.display(),
+        if a.format == ManifestFormat::Tfjob { "tfjob" } else { "all" },
+        if tensorflow { "" } else { ",secret,pvc" },
     );
     Ok(ExitCode::SUCCESS)
 }

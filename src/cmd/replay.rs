@@ -119,9 +119,10 @@ pub struct Args {
     /// Kubernetes namespace (--launcher k8s).
     #[arg(long, default_value = "default", value_name = "NS")]
     namespace: String,
-    /// Container image of the pods (--launcher k8s; see the Dockerfile).
-    #[arg(long, default_value = "topolab:latest", value_name = "IMG")]
-    image: String,
+    /// Container image of the pods (--launcher k8s; default topolab:latest, or
+    /// topolab-tensorflow:latest with --engine tensorflow: Dockerfile, Dockerfile.tensorflow).
+    #[arg(long, value_name = "IMG")]
+    image: Option<String>,
     /// --launcher k8s on kind: checkpoints on a hostPath backed by the kind config's
     /// extraMounts (kind/cluster.yaml) instead of a ReadWriteMany PersistentVolumeClaim.
     #[arg(long)]
@@ -198,7 +199,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let (progress, bar) = progress_bar(&s.spec.name);
-    let engine = a.engine.engine()?;
+    // On Kubernetes TensorFlow is the image's, not this machine's.
+    let engine = match (a.launcher, a.engine) {
+        (Launcher::K8s, EngineArg::Tensorflow) => {
+            launcher::Engine::Tensorflow(topolab_runtime::tensorflow::TensorFlow {
+                python: "python3".into(),
+                version: format!("(image {})", image(&a)),
+            })
+        }
+        _ => a.engine.engine()?,
+    };
     let opts = ReplayOptions {
         launcher: kind,
         engine,
@@ -216,13 +226,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             let target = topolab_runtime::pods::Target {
                 context: a.context.clone(),
                 namespace: a.namespace.clone(),
-                image: a.image.clone(),
+                image: image(&a),
                 checkpoints: super::k8s::checkpoint_volume(a.kind, params),
             };
-            topolab_runtime::pods::Pods::connect(target, &s.spec.name, &out, a.timeout).and_then(|mut pods| {
-                eprintln!("job {} in namespace {}", pods.job(), a.namespace);
-                launcher::replay_with(&s, &opts, &mut pods)
-            })
+            topolab_runtime::pods::Pods::connect(target, &opts.engine, &s.spec.name, &out, a.timeout).and_then(
+                |mut pods| {
+                    eprintln!("job {} in namespace {}", pods.job(), a.namespace);
+                    launcher::replay_with(&s, &opts, &mut pods)
+                },
+            )
         }
         _ => launcher::replay(&s, &opts),
     };
@@ -257,11 +269,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The pods' image: --image, or the default image of the engine.
+fn image(a: &Args) -> String {
+    a.image.clone().unwrap_or_else(|| super::k8s::default_image(a.engine).into())
+}
+
 /// Checks the inputs and the cluster of a Kubernetes replay before anything is created.
 fn k8s_preflight(a: &Args) -> anyhow::Result<()> {
     use topolab_runtime::k8s;
     k8s::check_label("namespace", &a.namespace, 63).map_err(|e| BadInput(format!("error: --namespace: {e}")))?;
-    k8s::check_image(&a.image).map_err(|e| BadInput(format!("error: --image: {e}")))?;
+    k8s::check_image(&image(a)).map_err(|e| BadInput(format!("error: --image: {e}")))?;
     let version = k8s::connect(a.context.as_deref(), &a.namespace)
         .map_err(|e| BadInput(format!("error: --launcher k8s: {e}")))?;
     eprintln!("Kubernetes {version}, namespace {}", a.namespace);

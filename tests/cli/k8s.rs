@@ -132,6 +132,113 @@ fn a_kubernetes_replay_without_a_cluster_exits_2_naming_what_was_tried() {
     assert!(!d.join("run").exists(), "nothing created");
 }
 
+/// A kubeconfig whose one cluster is a closed port on loopback.
+fn unreachable_kubeconfig(d: &std::path::Path) -> std::path::PathBuf {
+    let p = d.join("kubeconfig");
+    std::fs::create_dir_all(d).unwrap();
+    std::fs::write(
+        &p,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: https://127.0.0.1:1\ncontexts:\n- name: gone\n  context:\n    cluster: gone\n    user: u\ncurrent-context: gone\nusers:\n- name: u\n  user:\n    token: t\n",
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn an_unreachable_cluster_is_one_line_naming_the_context_for_replay_and_cleanup() {
+    let d = tmp("unreachable");
+    let kubeconfig = unreachable_kubeconfig(&d);
+    let run = d.join("run");
+    let env = [("KUBECONFIG", Some(kubeconfig.as_os_str())), ("KUBERNETES_SERVICE_HOST", None)];
+    let replay = [
+        "replay",
+        "scenarios/examples/tiny-mlp-custom-gpu.toml",
+        "--launcher",
+        "k8s",
+        "--context",
+        "gone",
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    let cleanup = ["replay", "--cleanup", "--launcher", "k8s", "--context", "gone"];
+    for args in [&replay[..], &cleanup[..]] {
+        let o = super::topolab_env(args, &env);
+        let e = super::bad_input_line(&o);
+        assert!(e.contains("context `gone`") && e.contains("https://127.0.0.1:1") && e.contains("unreachable"), "{e}");
+    }
+    assert!(!run.exists(), "nothing created");
+}
+
+#[test]
+fn on_a_real_cluster_a_replay_trains_brings_its_traces_back_and_leaves_nothing_behind() {
+    // Runs where a kubeconfig points at a reachable cluster with the image loaded (README:
+    // kind); TOPOLAB_IMAGE names the image (default topolab:latest), TOPOLAB_NAMESPACE the
+    // namespace (default), TOPOLAB_KIND=1 puts checkpoints on kind's extraMounts.
+    let ns = std::env::var("TOPOLAB_NAMESPACE").unwrap_or_else(|_| "default".into());
+    if let Err(e) = topolab_runtime::k8s::connect(None, &ns) {
+        eprintln!("skipped: no reachable Kubernetes cluster ({e})");
+        return;
+    }
+    let image = std::env::var("TOPOLAB_IMAGE").unwrap_or_else(|_| "topolab:latest".into());
+    let d = tmp("real-cluster");
+    let run = d.join("run");
+    let mut args = vec![
+        "replay",
+        "scenarios/examples/tiny-mlp-custom-gpu.toml",
+        "--launcher",
+        "k8s",
+        "--namespace",
+        &ns,
+        "--image",
+        &image,
+        "--timeout",
+        "300",
+        "--format",
+        "json",
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    if std::env::var_os("TOPOLAB_KIND").is_some() {
+        args.push("--kind");
+    }
+    let o = topolab(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(summary["replay"]["launcher"], "k8s");
+    let s =
+        topolab_core::scenario::Scenario::load(&root().join("scenarios/examples/tiny-mlp-custom-gpu.toml")).unwrap();
+    let rows = std::fs::read_to_string(run.join("steps.csv")).unwrap().lines().count() - 1;
+    assert_eq!(rows as u64, u64::from(s.spec.topology.workers) * s.spec.training.steps);
+    // Nothing of the job is left: no pod, no parent.
+    let job = stderr(&o).lines().find_map(|l| l.strip_prefix("job ")?.split(' ').next().map(String::from)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let left = rt.block_on(async {
+        let (client, _) = topolab_runtime::k8s::client(None).await.unwrap();
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, &ns);
+        pods.list(&kube::api::ListParams::default().labels(&format!("topolab.dev/job={job}")))
+            .await
+            .unwrap()
+            .items
+            .len()
+    });
+    assert_eq!(left, 0, "pods of {job} left behind");
+}
+
+#[test]
+fn the_tensorflow_image_installs_the_engines_version_and_runs_as_the_same_non_root_user() {
+    let text = std::fs::read_to_string(root().join("Dockerfile.tensorflow")).unwrap();
+    let setup = std::fs::read_to_string(root().join("scripts/setup-tensorflow.sh")).unwrap();
+    let version = setup.lines().find_map(|l| l.strip_prefix("VERSION=${TENSORFLOW_VERSION:-")).unwrap();
+    let version = version.trim_end_matches('}');
+    assert!(text.contains(&format!("ARG TENSORFLOW_VERSION={version}")), "the image pins tensorflow-cpu {version}");
+    assert!(text.contains("\"tensorflow-cpu==${TENSORFLOW_VERSION}\""));
+    let user = text.lines().rev().find(|l| l.starts_with("USER ")).expect("a USER");
+    let uid = user.trim_start_matches("USER ").split(':').next().unwrap();
+    assert_eq!(uid.parse::<i64>().ok(), Some(topolab_runtime::k8s::USER), "{user}");
+    // The pods run python3 from the PATH.
+    assert!(text.lines().any(|l| l.starts_with("FROM python:3")), "{text}");
+}
+
 #[test]
 fn the_dockerfile_builds_in_one_stage_and_runs_the_binary_as_a_non_root_user_in_another() {
     let text = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
@@ -153,6 +260,84 @@ fn the_dockerfile_builds_in_one_stage_and_runs_the_binary_as_a_non_root_user_in_
     assert!(!run.iter().any(|l| l.starts_with("RUN cargo")), "no toolchain in the runtime image");
     let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l.trim() == "target"));
+}
+
+fn tf_manifests(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "k8s",
+        "manifests",
+        "scenarios/examples/tiny-mlp-tensorflow.toml",
+        "--engine",
+        "tensorflow",
+        "--out",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    topolab(&args)
+}
+
+#[test]
+fn tensorflow_pods_run_the_task_program_with_tf_config_naming_every_task_by_its_service() {
+    let d = tmp("tf-pods");
+    let o = tf_manifests(&d, &["--namespace", "training", "--job", "tfj"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let docs = documents(&d.join("job.yaml"));
+    assert!(!docs.iter().any(|x| x["kind"] == "Secret"), "TensorFlow's servers take no token");
+    let config = &docs[0]["data"];
+    assert_eq!(config["tf_task.py"].as_str().unwrap(), topolab_runtime::tensorflow::TASK_PROGRAM);
+    let job: serde_json::Value = serde_json::from_str(config["tf_job.json"].as_str().unwrap()).unwrap();
+    assert_eq!(job["trace_dir"], format!("{}/trace", topolab_runtime::k8s::OUT_DIR));
+    let pods: Vec<&serde_json::Value> = docs.iter().filter(|x| x["kind"] == "Pod").collect();
+    assert_eq!(pods.len(), 3, "1 PS and 2 workers");
+    let dns = |role: &str, i: u32| format!("tfj-{role}-{i}.training.svc.cluster.local:2222");
+    for pod in pods {
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(c["command"], serde_json::json!(["python3", "/etc/topolab/tf_task.py"]));
+        // Every TensorFlow task serves, workers too.
+        assert_eq!(c["ports"][0]["containerPort"], 2222);
+        let env = c["env"].as_array().unwrap();
+        let tf: serde_json::Value =
+            serde_json::from_str(env.iter().find(|e| e["name"] == "TF_CONFIG").unwrap()["value"].as_str().unwrap())
+                .unwrap();
+        assert_eq!(tf["cluster"]["ps"], serde_json::json!([dns("ps", 0)]));
+        assert_eq!(tf["cluster"]["worker"], serde_json::json!([dns("worker", 0), dns("worker", 1)]));
+        let name = format!("tfj-{}-{}", tf["task"]["type"].as_str().unwrap(), tf["task"]["index"]);
+        assert_eq!(pod["metadata"]["name"], name);
+        assert!(env.iter().any(|e| e["name"] == "TOPOLAB_TRACE_STDOUT"), "traces come back through the log");
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert!(c["image"].as_str().unwrap().starts_with("topolab-tensorflow:"));
+    }
+}
+
+#[test]
+fn a_tfjob_has_ps_and_worker_replicas_whose_pods_all_go_when_it_ends() {
+    let d = tmp("tfjob");
+    let o = tf_manifests(&d, &["--format", "tfjob", "--job", "tfj"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let docs = documents(&d.join("job.yaml"));
+    let kinds: Vec<&str> = docs.iter().map(|x| x["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ConfigMap", "NetworkPolicy", "TFJob"]);
+    let tfjob = &docs[2];
+    assert_eq!(tfjob["apiVersion"], "kubeflow.org/v1");
+    // No shard keeps running after the workers finish; the job succeeds when all of them have.
+    assert_eq!(tfjob["spec"]["runPolicy"]["cleanPodPolicy"], "All");
+    assert_eq!(tfjob["spec"]["successPolicy"], "AllWorkers");
+    let replicas = &tfjob["spec"]["tfReplicaSpecs"];
+    assert_eq!(replicas["PS"]["replicas"], 1);
+    assert_eq!(replicas["Worker"]["replicas"], 2);
+    for r in ["PS", "Worker"] {
+        let c = &replicas[r]["template"]["spec"]["containers"][0];
+        // The operator requires this container name and sets TF_CONFIG itself.
+        assert_eq!(c["name"], "tensorflow");
+        assert!(!c["env"].as_array().unwrap().iter().any(|e| e["name"] == "TF_CONFIG"), "{r}");
+        assert_eq!(
+            replicas[r]["template"]["metadata"]["labels"]["topolab.dev/job"], "tfj",
+            "the NetworkPolicy admits it"
+        );
+    }
+    // A TFJob runs TensorFlow only.
+    let o = manifests(&d.join("no"), &["--format", "tfjob"]);
+    assert!(super::bad_input_line(&o).contains("--engine tensorflow"));
 }
 
 #[test]
@@ -177,6 +362,33 @@ fn manifests_pass_strict_validation_against_the_kubernetes_schemas() {
             String::from_utf8_lossy(&v.stderr)
         );
     }
+    // TensorFlow's pods; and a TFJob's pod templates (the TFJob itself is a custom resource,
+    // outside Kubernetes' schemas), each as the Pod the operator makes of it.
+    let out = d.join("tensorflow");
+    let o = tf_manifests(&out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tfjob = d.join("tfjob");
+    let o = tf_manifests(&tfjob, &["--format", "tfjob"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut templates = String::new();
+    for doc in documents(&tfjob.join("job.yaml")) {
+        for (role, r) in doc["spec"]["tfReplicaSpecs"].as_object().into_iter().flatten() {
+            let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("t-{}", role.to_lowercase()), "labels": r["template"]["metadata"]["labels"]},
+                "spec": r["template"]["spec"]});
+            templates.push_str(&format!("---\n{}", serde_yaml::to_string(&pod).unwrap()));
+        }
+    }
+    assert_eq!(templates.matches("kind: Pod").count(), 2);
+    std::fs::write(tfjob.join("templates.yaml"), templates).unwrap();
+    for file in [out.join("job.yaml"), tfjob.join("templates.yaml")] {
+        let v = Command::new(&validator)
+            .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(v.status.success(), "{}: {}", file.display(), String::from_utf8_lossy(&v.stdout));
+    }
 }
 
 /// The Kubernetes version the manifests are validated against (k8s-openapi's `v1_33`).
@@ -200,16 +412,29 @@ impl Drop for HostsFiles {
     }
 }
 
-#[test]
-#[ignore = "needs root (network namespaces): as root, cargo test -- --ignored"]
-fn the_generated_pods_run_as_processes_in_namespaces_and_train_with_a_late_dns_name() {
+/// Pods of a job.yaml run for real: each container a process in its own network namespace,
+/// the Services' names in the namespaces' hosts files, the ConfigMap, the Secret and the
+/// emptyDirs as directories under `d`; one log per pod (stdout and stderr, as a container's).
+struct ExecutedPods {
+    /// Pod names, in the manifests' order.
+    names: Vec<String>,
+    /// Each pod's exit status (`None`: still running at the deadline, then killed).
+    statuses: Vec<(String, Option<std::process::ExitStatus>)>,
+    /// When the late pod's peers became resolvable.
+    resolved_at: u64,
+}
+
+/// Runs the pods of `job_yaml` (the program of each container as `program` says) until the
+/// workers exit; the pod named `*-{late}` starts before its shards' names resolve. Every
+/// namespace and hosts file is removed, also when a pod fails.
+fn execute_pods(
+    d: &std::path::Path,
+    job_yaml: &std::path::Path,
+    late: &str,
+    program: &dyn Fn(&serde_json::Value) -> Command,
+) -> ExecutedPods {
     use topolab_runtime::cluster::{ClusterSpec, ENV, TOKEN_FILE_ENV};
-    assert!(topolab_runtime::netns::is_root(), "this test needs root (network namespaces)");
-    let _guard = super::replay::netns_lock();
-    let d = tmp("executed");
-    let o = manifests(&d.join("k8s"), &["--namespace", "training"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let docs = documents(&d.join("k8s/job.yaml"));
+    let docs = documents(job_yaml);
     // The volumes as directories: the ConfigMap's files, the Secret's token, the checkpoints
     // and each pod's emptyDir.
     let config = d.join("config");
@@ -219,79 +444,112 @@ fn the_generated_pods_run_as_processes_in_namespaces_and_train_with_a_late_dns_n
     }
     let secret = d.join("secret");
     std::fs::create_dir_all(&secret).unwrap();
-    let token = docs.iter().find(|o| o["kind"] == "Secret").unwrap()["stringData"]["token"].as_str().unwrap();
-    std::fs::write(secret.join("token"), token).unwrap();
+    if let Some(sec) = docs.iter().find(|o| o["kind"] == "Secret") {
+        std::fs::write(secret.join("token"), sec["stringData"]["token"].as_str().unwrap()).unwrap();
+    }
     let pods: Vec<&serde_json::Value> = docs.iter().filter(|o| o["kind"] == "Pod").collect();
-    let services: Vec<&serde_json::Value> = docs.iter().filter(|o| o["kind"] == "Service").collect();
-    assert_eq!(pods.len(), 4);
+    let services = docs.iter().filter(|o| o["kind"] == "Service").count();
     // One virtual host per pod; each Service name resolves to its pod's address through the
     // namespace's hosts file (`ip netns exec` bind-mounts /etc/netns/NS/hosts over /etc/hosts).
-    let s =
-        topolab_core::scenario::Scenario::load(&root().join("scenarios/examples/tiny-mlp-custom-gpu.toml")).unwrap();
     let cluster = topolab_runtime::netns::VirtualCluster::create(
         &format!("{}-k8s", std::process::id()),
         pods.len(),
-        s.nic,
+        topolab_core::units::BitRate(1e9),
         topolab_core::units::Time::ZERO,
     )
     .unwrap();
     let mut hosts_files = HostsFiles { dirs: Vec::new(), created_root: !std::path::Path::new("/etc/netns").exists() };
     let names: Vec<String> = pods.iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    let ns = pods[0]["metadata"]["namespace"].as_str().unwrap().to_string();
     let table = |with_ps: bool| {
         let mut t = String::from("127.0.0.1 localhost\n");
         for (i, n) in names.iter().enumerate() {
             if with_ps || !n.contains("-ps-") {
-                t.push_str(&format!("{} {n}.training.svc.cluster.local {n}\n", cluster.addrs[i]));
+                t.push_str(&format!("{} {n}.{ns}.svc.cluster.local {n}\n", cluster.addrs[i]));
             }
         }
         t
     };
-    assert_eq!(services.len(), names.len());
-    let late = names.iter().position(|n| n.ends_with("-worker-0")).unwrap();
-    for (i, ns) in cluster.hosts.iter().enumerate() {
-        let dir = std::path::Path::new("/etc/netns").join(ns);
+    assert_eq!(services, names.len());
+    let late = names.iter().position(|n| n.ends_with(&format!("-{late}"))).unwrap();
+    for (i, host) in cluster.hosts.iter().enumerate() {
+        let dir = std::path::Path::new("/etc/netns").join(host);
         std::fs::create_dir_all(&dir).unwrap();
         hosts_files.dirs.push(dir.clone());
-        // Worker 0 starts before the shards' names resolve on its host.
+        // The late pod starts before the shards' names resolve on its host.
         std::fs::write(dir.join("hosts"), table(i != late)).unwrap();
     }
+    let mount = |v: &str, out: &std::path::Path| {
+        v.replace(topolab_runtime::k8s::SECRET_DIR, secret.to_str().unwrap())
+            .replace(topolab_runtime::k8s::OUT_DIR, out.to_str().unwrap())
+            .replace(topolab_runtime::k8s::CONFIG_DIR, config.to_str().unwrap())
+    };
     let mut children = Vec::new();
     for (i, pod) in pods.iter().enumerate() {
         let c = &pod["spec"]["containers"][0];
-        assert_eq!(c["command"], serde_json::json!(["/usr/local/bin/topolab", "node"]));
-        let env = c["env"].as_array().unwrap();
-        let value = |name: &str| env.iter().find(|e| e["name"] == name).unwrap()["value"].as_str().unwrap().to_string();
-        let mut spec: ClusterSpec = serde_json::from_str(&value(ENV)).unwrap();
-        // Mount points become the directories above.
-        spec.job.scenario = config.join("scenario.toml");
-        spec.job.out = d.join(format!("out-{}", names[i]));
-        spec.job.checkpoint_dir = d.join("checkpoints");
-        let token_file = value(TOKEN_FILE_ENV).replace(topolab_runtime::k8s::SECRET_DIR, secret.to_str().unwrap());
-        // One log for stdout and stderr, as a container's.
+        let out = d.join(format!("out-{}", names[i]));
+        std::fs::create_dir_all(&out).unwrap();
         let log = std::fs::File::create(d.join(format!("{}.log", names[i]))).unwrap();
-        let mut cmd = cluster.command(i, std::path::Path::new(env!("CARGO_BIN_EXE_topolab")));
-        cmd.arg("node");
-        for e in env {
-            cmd.env(e["name"].as_str().unwrap(), e["value"].as_str().unwrap());
+        let mut cmd = program(c);
+        // Run it in the pod's host.
+        let mut inner = cluster.command(i, std::path::Path::new(cmd.get_program()));
+        inner.args(cmd.get_args().map(|a| mount(a.to_str().unwrap(), &out)));
+        for e in c["env"].as_array().unwrap() {
+            let (k, v) = (e["name"].as_str().unwrap(), e["value"].as_str().unwrap());
+            let v = match k {
+                k if k == ENV => {
+                    // Mount points become the directories above.
+                    let mut spec: ClusterSpec = serde_json::from_str(v).unwrap();
+                    spec.job.scenario = config.join("scenario.toml");
+                    spec.job.out = out.clone();
+                    spec.job.checkpoint_dir = d.join("checkpoints");
+                    serde_json::to_string(&spec).unwrap()
+                }
+                "TOPOLAB_TF_JOB" => {
+                    // The job file says where the traces go: this pod's directory.
+                    let mut job: serde_json::Value =
+                        serde_json::from_str(&std::fs::read_to_string(config.join("tf_job.json")).unwrap()).unwrap();
+                    job["trace_dir"] = serde_json::json!(out.join("trace"));
+                    let p = out.join("tf_job.json");
+                    std::fs::write(&p, job.to_string()).unwrap();
+                    p.display().to_string()
+                }
+                k if k == TOKEN_FILE_ENV || k == "HOME" => mount(v, &out),
+                _ => v.to_string(),
+            };
+            inner.env(k, v);
         }
-        cmd.env(ENV, serde_json::to_string(&spec).unwrap())
-            .env(TOKEN_FILE_ENV, token_file)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        for (k, v) in cmd.get_envs() {
+            inner.env(k, v.unwrap());
+        }
+        if c["env"].as_array().unwrap().iter().any(|e| e["name"] == "HOME") {
+            inner.env("HOME", &out);
+        }
+        cmd = inner;
+        cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
         children.push((names[i].clone(), cmd.spawn().unwrap()));
     }
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let resolved_at = topolab_runtime::wire::monotonic_ns();
     std::fs::write(std::path::Path::new("/etc/netns").join(&cluster.hosts[late]).join("hosts"), table(true)).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
     let mut statuses = Vec::new();
-    for (name, mut child) in children {
+    // Workers first: TensorFlow's shards serve until stopped.
+    let mut order: Vec<usize> = (0..children.len()).collect();
+    order.sort_by_key(|&i| children[i].0.contains("-ps-"));
+    let mut children: Vec<Option<(String, std::process::Child)>> = children.into_iter().map(Some).collect();
+    for i in order {
+        let (name, mut child) = children[i].take().unwrap();
+        let shard = name.contains("-ps-");
         let st = loop {
             if let Some(st) = child.try_wait().unwrap() {
                 break Some(st);
             }
-            if std::time::Instant::now() > deadline {
+            let workers_done = statuses.iter().filter(|(n, _): &&(String, _)| !n.contains("-ps-")).count()
+                == names.iter().filter(|n| !n.contains("-ps-")).count();
+            // TensorFlow's shards (the task program in the ConfigMap) serve until stopped.
+            let serves = config.join("tf_task.py").exists();
+            if std::time::Instant::now() > deadline || (shard && workers_done && serves) {
                 let _ = child.kill();
                 let _ = child.wait();
                 break None;
@@ -301,12 +559,55 @@ fn the_generated_pods_run_as_processes_in_namespaces_and_train_with_a_late_dns_n
         statuses.push((name, st));
     }
     drop(cluster);
-    for (name, st) in &statuses {
+    drop(hosts_files);
+    for ns in ip_netns() {
+        assert!(!ns.contains(&format!("{}-k8s", std::process::id())), "namespace {ns} left behind");
+    }
+    ExecutedPods { names, statuses, resolved_at }
+}
+
+/// The traces a worker's log carries, read back as the Kubernetes launcher does, and its last
+/// progress line.
+fn traces_from_log(log: &std::path::Path) -> (std::collections::BTreeMap<String, String>, u64) {
+    let text = std::fs::read_to_string(log).unwrap();
+    let mut reader = topolab_runtime::tracelog::Reader::new();
+    let mut files = std::collections::BTreeMap::new();
+    let mut progress = 0;
+    for line in text.lines() {
+        match reader.line(line).unwrap() {
+            topolab_runtime::tracelog::Line::File(f, text) => drop(files.insert(f, text)),
+            topolab_runtime::tracelog::Line::Progress(n) => progress = n,
+            _ => {}
+        }
+    }
+    (files, progress)
+}
+
+#[test]
+#[ignore = "needs root (network namespaces): as root, cargo test -- --ignored"]
+fn the_generated_pods_run_as_processes_in_namespaces_and_train_with_a_late_dns_name() {
+    assert!(topolab_runtime::netns::is_root(), "this test needs root (network namespaces)");
+    let _guard = super::replay::netns_lock();
+    let d = tmp("executed");
+    let o = manifests(&d.join("k8s"), &["--namespace", "training"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let program = |c: &serde_json::Value| {
+        assert_eq!(c["command"], serde_json::json!(["/usr/local/bin/topolab", "node"]));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolab"));
+        cmd.arg("node");
+        cmd
+    };
+    let run = execute_pods(&d, &d.join("k8s/job.yaml"), "worker-0", &program);
+    let names = &run.names;
+    assert_eq!(names.len(), 4);
+    for (name, st) in &run.statuses {
         let log = std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap_or_default();
         assert!(st.is_some_and(|s| s.success()), "{name}: {st:?}\n{log}");
     }
     // Both workers trained every step, as under the netns launcher; the late one started
     // only once its shards' names resolved.
+    let s =
+        topolab_core::scenario::Scenario::load(&root().join("scenarios/examples/tiny-mlp-custom-gpu.toml")).unwrap();
     let steps = s.spec.training.steps as usize;
     for (w, name) in names.iter().filter(|n| n.contains("-worker-")).enumerate() {
         let p = d.join(format!("out-{name}/trace/worker-{w}.steps.csv"));
@@ -314,23 +615,11 @@ fn the_generated_pods_run_as_processes_in_namespaces_and_train_with_a_late_dns_n
         let recs = topolab_core::records::read_steps_csv(f, "steps").unwrap();
         assert_eq!(recs.len(), steps, "{name}");
         if name.ends_with("-worker-0") {
-            assert!(recs[0].start_ns >= resolved_at, "worker 0 began before its shards' names resolved");
+            assert!(recs[0].start_ns >= run.resolved_at, "worker 0 began before its shards' names resolved");
         }
-    }
-    // The launcher reads the traces back from the pods' logs: there they are whole, equal
-    // to the files, between the runtime's own lines.
-    for (w, name) in names.iter().filter(|n| n.contains("-worker-")).enumerate() {
-        let log = std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap();
-        let mut reader = topolab_runtime::tracelog::Reader::new();
-        let mut files = std::collections::BTreeMap::new();
-        let mut progress = 0;
-        for line in log.lines() {
-            match reader.line(line).unwrap() {
-                topolab_runtime::tracelog::Line::File(f, text) => drop(files.insert(f, text)),
-                topolab_runtime::tracelog::Line::Progress(n) => progress = n,
-                _ => {}
-            }
-        }
+        // The launcher reads the traces back from the pods' logs: there they are whole, equal
+        // to the files, between the runtime's own lines.
+        let (files, progress) = traces_from_log(&d.join(format!("{name}.log")));
         assert_eq!(progress, steps as u64, "{name}'s last progress line");
         for kind in ["steps", "ops", "loss"] {
             let f = format!("worker-{w}.{kind}.csv");
@@ -342,9 +631,38 @@ fn the_generated_pods_run_as_processes_in_namespaces_and_train_with_a_late_dns_n
     let loss = std::fs::read_to_string(d.join(format!("out-{worker1}/trace/worker-1.loss.csv"))).unwrap();
     let values: Vec<f64> = loss.lines().skip(1).filter_map(|l| l.split(',').nth(2)?.parse().ok()).collect();
     assert!(values[values.len() - 1] < values[0], "the loss falls: {values:?}");
-    drop(hosts_files);
-    for ns in ip_netns() {
-        assert!(!ns.contains(&format!("{}-k8s", std::process::id())), "namespace {ns} left behind");
+}
+
+#[test]
+#[ignore = "needs root and TensorFlow (scripts/setup-tensorflow.sh): as root, cargo test -- --ignored"]
+fn tensorflow_pods_run_as_processes_in_namespaces_and_their_logs_carry_their_traces() {
+    assert!(topolab_runtime::netns::is_root(), "this test needs root (network namespaces)");
+    let tf = topolab_runtime::tensorflow::find().expect("TensorFlow (bash scripts/setup-tensorflow.sh)");
+    let _guard = super::replay::netns_lock();
+    let d = tmp("executed-tf");
+    let o = tf_manifests(&d.join("k8s"), &["--namespace", "training"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The image's python3 is this machine's TensorFlow Python.
+    let program = |c: &serde_json::Value| {
+        let cmd = c["command"].as_array().unwrap();
+        assert_eq!(cmd[0], "python3");
+        let mut p = Command::new(&tf.python);
+        p.arg(cmd[1].as_str().unwrap());
+        p
+    };
+    let run = execute_pods(&d, &d.join("k8s/job.yaml"), "worker-1", &program);
+    let s =
+        topolab_core::scenario::Scenario::load(&root().join("scenarios/examples/tiny-mlp-tensorflow.toml")).unwrap();
+    for (name, st) in run.statuses.iter().filter(|(n, _)| n.contains("-worker-")) {
+        let log = std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap_or_default();
+        assert!(st.is_some_and(|s| s.success()), "{name}: {st:?}\n{log}");
+        let w: u32 = name.rsplit('-').next().unwrap().parse().unwrap();
+        let (files, progress) = traces_from_log(&d.join(format!("{name}.log")));
+        assert!(progress >= 1, "{name} reported progress");
+        let steps = &files[&format!("worker-{w}.steps.csv")];
+        let on_disk = std::fs::read_to_string(d.join(format!("out-{name}/trace/worker-{w}.steps.csv"))).unwrap();
+        assert_eq!(steps, &on_disk, "{name}'s steps from its log");
+        assert!(steps.lines().count() > 1 && s.spec.training.steps > 0);
     }
 }
 
