@@ -205,12 +205,7 @@ pub fn objects(
     check_label("namespace", &o.namespace, 63)?;
     check_image(&o.image)?;
     let t = &eff.spec.topology;
-    if eff.spec.runtime.backend == topolab_core::scenario::Backend::Cuda {
-        // Requests say nvidia.com/gpu, but a GPU node pool is the user's; refused until tested.
-        return Err(ManifestError::Refused(
-            "runtime.backend = \"cuda\" on Kubernetes is not built yet (the pods would need nvidia.com/gpu and a CUDA image)".into(),
-        ));
-    }
+    let cuda = eff.spec.runtime.backend == topolab_core::scenario::Backend::Cuda;
     let ns = &o.namespace;
     let job = &o.job;
     let proxy = Proxy::from_effective(eff);
@@ -254,7 +249,9 @@ pub fn objects(
             json!({"name": "checkpoints", "persistentVolumeClaim": {"claimName": format!("{job}-checkpoints")}})
         }
         CheckpointVolume::HostPath(p) => {
-            json!({"name": "checkpoints", "hostPath": {"path": format!("{p}/{job}"), "type": "DirectoryOrCreate"}})
+            // The node's directory itself: the kubelet would create a per-job one as root, which
+            // the non-root shards could not write; they make the job's own directory.
+            json!({"name": "checkpoints", "hostPath": {"path": p, "type": "DirectoryOrCreate"}})
         }
     };
     out.push(json!({
@@ -282,7 +279,7 @@ pub fn objects(
                 token: String::new(),
                 scenario: format!("{CONFIG_DIR}/scenario.toml").into(),
                 out: OUT_DIR.into(),
-                checkpoint_dir: CHECKPOINT_DIR.into(),
+                checkpoint_dir: format!("{CHECKPOINT_DIR}/{job}").into(),
                 start_step: 0,
                 bind: format!("0.0.0.0:{PS_PORT}"),
                 latency_ns: eff.spec.network.latency.0,
@@ -311,6 +308,14 @@ pub fn objects(
                 json!({"name": crate::tracelog::ENV, "value": "1"}),
             ];
             ports = json!([{"name": "tfjob-port", "containerPort": PS_PORT}]);
+        }
+        let mut resources = json!({
+            "requests": {"cpu": "1", "memory": mib(memory)},
+            "limits": {"memory": mib(memory + memory / 2)},
+        });
+        if cuda && role == "worker" {
+            // A GPU of its own per worker (the device plugin's resource; device 0 in the pod).
+            resources["limits"]["nvidia.com/gpu"] = json!("1");
         }
         let (mounts, volumes) = if o.tensorflow.is_some() {
             // Python and TensorFlow write temporary files; the root file system stays read-only.
@@ -374,10 +379,7 @@ pub fn objects(
                     "command": command,
                     "env": env,
                     "ports": ports,
-                    "resources": {
-                        "requests": {"cpu": "1", "memory": mib(memory)},
-                        "limits": {"memory": mib(memory + memory / 2)},
-                    },
+                    "resources": resources,
                     "securityContext": {
                         "allowPrivilegeEscalation": false,
                         "readOnlyRootFilesystem": true,

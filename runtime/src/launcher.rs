@@ -180,6 +180,9 @@ pub enum ReplayCompute {
         /// Its measured 4096^3 GEMM rate per precision it runs.
         rates: Vec<(GemmPrecision, topolab_core::units::FlopRate)>,
     },
+    /// One GPU per worker pod (`nvidia.com/gpu: 1`) on a Kubernetes cluster's nodes: not
+    /// probed from here, so the effective scenario keeps the scenario's own GPU.
+    ClusterGpu,
 }
 
 impl ReplayCompute {
@@ -194,20 +197,31 @@ impl ReplayCompute {
                 workers_per_device: 1,
                 precision: "fp32".into(),
             },
+            ReplayCompute::ClusterGpu => ComputeInfo {
+                backend: "cuda".into(),
+                device: "a GPU of the pod's node (nvidia.com/gpu: 1; not probed)".into(),
+                ordinal: 0,
+                compute_capability: String::new(),
+                workers_per_device: 1,
+                precision: gemm_precision_name(precision).into(),
+            },
             ReplayCompute::Cuda { device, .. } => ComputeInfo {
                 backend: "cuda".into(),
                 device: device.name.clone(),
                 ordinal: device.ordinal,
                 compute_capability: device.compute_capability.clone(),
                 workers_per_device: workers,
-                precision: match GemmPrecision::of(precision) {
-                    GemmPrecision::Fp32 => "fp32",
-                    GemmPrecision::Tf32 => "tf32",
-                    GemmPrecision::Bf16 => "bf16",
-                }
-                .into(),
+                precision: gemm_precision_name(precision).into(),
             },
         }
+    }
+}
+
+fn gemm_precision_name(precision: topolab_core::scenario::Precision) -> &'static str {
+    match GemmPrecision::of(precision) {
+        GemmPrecision::Fp32 => "fp32",
+        GemmPrecision::Tf32 => "tf32",
+        GemmPrecision::Bf16 => "bf16",
     }
 }
 
@@ -249,6 +263,14 @@ pub fn effective_scenario(
     // On Kubernetes each task has a core of its own (its request), on nodes assumed as fast as
     // this machine; elsewhere every task shares this machine's cores.
     f.hardware.shared_cores = (launcher != LauncherKind::K8s).then_some(cores);
+    if let ReplayCompute::ClusterGpu = compute {
+        // The scenario's GPU, one per worker pod (device 0 of the pod's own), at its precision.
+        f.hardware.gpu = s.spec.hardware.gpu.clone();
+        f.hardware.gpu_spec = s.spec.hardware.gpu_spec.clone();
+        f.hardware.efficiency = s.spec.hardware.efficiency;
+        f.hardware.precision = s.spec.hardware.precision;
+        f.runtime.device = 0;
+    }
     if let ReplayCompute::Cuda { device, rates } = compute {
         // The workers' GPU, as measured: its GEMM rate at each precision it runs, time-shared
         // by every worker (one device); the cores keep the network's CPU work.
@@ -437,7 +459,9 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
             let mut l = crate::processes::Processes::netns(opts.engine.clone(), &opts.exe, &opts.out, opts.timeout_s);
             replay_with(s, opts, &mut l)
         }
-        LauncherKind::K8s => Err(refuse("a Kubernetes replay needs its cluster: topolab replay --launcher k8s".into())),
+        LauncherKind::K8s => Err(refuse(
+            "a replay on Kubernetes runs with `topolab replay --launcher k8s` (its cluster, image and namespace); validate and calibrate use the local or netns launcher".into(),
+        )),
     }
 }
 
@@ -493,6 +517,8 @@ pub fn replay_with(
     // The GPU, before anything starts: libraries, device, memory for every worker sharing it.
     let compute = match s.spec.runtime.backend {
         BackendKind::Cpu => ReplayCompute::Cpu,
+        // The pods' GPUs are the cluster's, not this machine's.
+        BackendKind::Cuda if launcher.kind() == LauncherKind::K8s => ReplayCompute::ClusterGpu,
         BackendKind::Cuda => {
             let precision = s.spec.hardware.precision;
             let device = crate::cuda::preflight(s.spec.runtime.device, precision, &proxy, t.workers)

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, WatchEvent, WatchParams};
-use topolab_core::scenario::{Backend as BackendKind, Scenario};
+use topolab_core::scenario::Scenario;
 
 use crate::checkpoint;
 use crate::cluster::Job;
@@ -173,8 +173,6 @@ impl Launcher for Pods {
             "the launcher was made for another engine than the replay's"
         } else if self.tensorflow && s.spec.network.latency.0 > 0 {
             "network.latency with --engine tensorflow on Kubernetes: topolab does not shape the cluster's network and TensorFlow's gRPC cannot emulate latency; set latency = \"0 us\" or use the topolab engine"
-        } else if s.spec.runtime.backend == BackendKind::Cuda {
-            "runtime.backend = \"cuda\" on Kubernetes is not built yet (the pods would need nvidia.com/gpu and a CUDA image)"
         } else {
             return None;
         };

@@ -31,12 +31,18 @@ scenario it replays (DIR/effective.toml, DIR/effective-model.csv). The pods run 
 `topolab node` as a non-root user with a read-only root file system and no capabilities.
 
 Apply by hand with `kubectl apply -f DIR/job.yaml`; remove everything with
-`kubectl delete all,cm,secret,networkpolicy,pvc -l topolab.dev/job=JOB`.
+`kubectl delete all,cm,secret,networkpolicy,pvc -l topolab.dev/job=JOB`. `topolab replay
+--launcher k8s` creates the same objects itself, and deletes them when the job ends.
+
+With --engine tensorflow the pods run real TensorFlow (the task program and its job in the
+ConfigMap, TF_CONFIG per pod; image from Dockerfile.tensorflow); --format tfjob writes one
+Kubeflow TFJob (kubeflow.org/v1) for the training operator instead of the pods and services.
 
 Examples:
   topolab k8s manifests scenarios/examples/tiny-mlp-custom-gpu.toml --out k8s/tiny
   topolab k8s manifests S.toml --out k8s/s --image registry.example/topolab:0.1.0 --namespace training
-  topolab k8s manifests S.toml --out k8s/s --kind          # checkpoints on the kind nodes' extraMounts")]
+  topolab k8s manifests S.toml --out k8s/s --kind          # checkpoints on the kind nodes' extraMounts
+  topolab k8s manifests scenarios/examples/tiny-mlp-tensorflow.toml --engine tensorflow --format tfjob --out k8s/tf")]
 pub struct ManifestArgs {
     /// Scenario file.
     scenario: PathBuf,
@@ -138,7 +144,11 @@ fn manifests(a: ManifestArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&a.out)?;
     let settings = ReplaySettings::of(&s);
     let proxy = Proxy::new(&s, settings.params_scale, settings.flops_scale);
-    let (eff_path, eff) = launcher::effective_scenario(&s, &proxy, &a.out, LauncherKind::K8s, &ReplayCompute::Cpu)?;
+    let compute = match s.spec.runtime.backend {
+        topolab_core::scenario::Backend::Cpu => ReplayCompute::Cpu,
+        topolab_core::scenario::Backend::Cuda => ReplayCompute::ClusterGpu,
+    };
+    let (eff_path, eff) = launcher::effective_scenario(&s, &proxy, &a.out, LauncherKind::K8s, &compute)?;
     let eff_toml = std::fs::read_to_string(&eff_path)?;
     let layers = std::fs::read_to_string(a.out.join("effective-model.csv"))?;
     let params: u64 = proxy.var_sizes().iter().map(|&n| n as u64 * 4).sum();

@@ -91,10 +91,12 @@ fn manifests_have_a_pod_and_a_headless_service_per_task_and_lock_the_pods_down()
     let pod = docs.iter().find(|o| o["kind"] == "Pod").unwrap();
     let host = pod["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "checkpoints").unwrap();
     let path = host["hostPath"]["path"].as_str().unwrap();
-    assert!(
-        kind_cfg.contains("containerPath: /var/lib/topolab/checkpoints")
-            && path.starts_with("/var/lib/topolab/checkpoints/")
-    );
+    assert!(kind_cfg.contains("containerPath: /var/lib/topolab/checkpoints") && path == "/var/lib/topolab/checkpoints");
+    // The shards write the job's own directory in it (as their user, not the kubelet's root).
+    let env = pod["spec"]["containers"][0]["env"].as_array().unwrap();
+    let spec = env.iter().find(|e| e["name"] == "TOPOLAB_CLUSTER").unwrap()["value"].as_str().unwrap();
+    let cs: topolab_runtime::cluster::ClusterSpec = serde_json::from_str(spec).unwrap();
+    assert_eq!(cs.job.checkpoint_dir, std::path::PathBuf::from("/checkpoints/tiny-mlp-custom-gpu"));
 }
 
 #[test]
@@ -307,6 +309,25 @@ fn tensorflow_pods_run_the_task_program_with_tf_config_naming_every_task_by_its_
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
         assert!(c["image"].as_str().unwrap().starts_with("topolab-tensorflow:"));
     }
+}
+
+#[test]
+fn with_the_cuda_backend_each_worker_pod_asks_for_a_gpu_of_its_own() {
+    let d = tmp("cuda");
+    let o = topolab(&["k8s", "manifests", "scenarios/gpu/inception-v3-gpu.toml", "--out", d.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let docs = documents(&d.join("job.yaml"));
+    for pod in docs.iter().filter(|x| x["kind"] == "Pod") {
+        let limits = &pod["spec"]["containers"][0]["resources"]["limits"];
+        let worker = pod["metadata"]["labels"]["topolab.dev/role"] == "worker";
+        assert_eq!(limits["nvidia.com/gpu"].as_str(), worker.then_some("1"), "{}", pod["metadata"]["name"]);
+    }
+    // The pods run the scenario's GPU at its precision, device 0 of their own; this machine's
+    // CPU is not the measured device.
+    let eff = topolab_core::scenario::Scenario::load(&d.join("effective.toml")).unwrap();
+    assert_eq!(eff.spec.runtime.backend, topolab_core::scenario::Backend::Cuda);
+    assert_eq!(eff.spec.runtime.device, 0);
+    assert_eq!(eff.spec.hardware.gpu, "h200");
 }
 
 #[test]
