@@ -107,7 +107,43 @@ pub struct Network<T> {
     /// oldest busy one in its component gets `exp(-d / tau)` of its share (at least
     /// [`FIFO_FLOOR`]) while it has been busy for less than the window; `None`: off.
     fifo: Option<(f64, f64)>,
+    /// Bytes per ns each resource carries at the current rates (sum of rate x weight over its
+    /// active flows), kept as rates change; exact 0 whenever a resource has no active flow.
+    load: Vec<f64>,
+    /// Working arrays of the local re-solve, one entry per resource or flow, reused.
+    local: LocalScratch,
 }
+
+/// Working arrays of [`Network::resolve_local`].
+#[derive(Debug, Clone, Default)]
+struct LocalScratch {
+    /// Resource is in the closure (every flow on it is re-solved).
+    in_r: Vec<bool>,
+    /// Flow is re-solved.
+    in_f: Vec<bool>,
+    /// Capacities the solver sees: a resource's own, or what the flows outside leave of it.
+    cap: Vec<f64>,
+    /// Per resource outside the closure: load of the re-solved flows on it, then of the others.
+    acc: Vec<f64>,
+    /// Resource is outside the closure and crossed by a re-solved flow.
+    in_cut: Vec<bool>,
+}
+
+/// What changed before a re-solve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// This flow turned active.
+    Joined(usize),
+    /// A flow turned idle.
+    Leaving,
+    /// A share changed (ramp or queue order).
+    Reshared,
+}
+use Change::{Joined, Leaving, Reshared};
+
+/// A resource carrying at least `1 - TIGHT` of its capacity is saturated: it may bind the
+/// flows on it, so a local re-solve takes all of them in.
+const TIGHT: f64 = 1e-9;
 
 impl<T: Copy> Default for Network<T> {
     fn default() -> Self {
@@ -121,6 +157,8 @@ impl<T: Copy> Default for Network<T> {
             unfairness: None,
             ramp: None,
             fifo: None,
+            load: Vec::new(),
+            local: LocalScratch::default(),
         }
     }
 }
@@ -162,7 +200,7 @@ impl<T: Copy> Network<T> {
             return Vec::new();
         }
         let seeds: Vec<usize> = flow.path.iter().map(|u| u.resource).collect();
-        self.resolve(now, &seeds)
+        self.resolve(now, &seeds, Reshared)
     }
 
     /// Adds a resource of `capacity` bytes per ns; returns its index.
@@ -171,6 +209,11 @@ impl<T: Copy> Network<T> {
         self.capacity.push(capacity);
         self.users.push(Vec::new());
         self.carried.push(0.0);
+        self.load.push(0.0);
+        self.local.in_r.push(false);
+        self.local.in_cut.push(false);
+        self.local.cap.push(capacity);
+        self.local.acc.push(0.0);
         self.scratch.resize(self.capacity.len());
         self.capacity.len() - 1
     }
@@ -196,6 +239,7 @@ impl<T: Copy> Network<T> {
             base: 1.0,
             fair: false,
         });
+        self.local.in_f.push(false);
         self.flows.len() - 1
     }
 
@@ -267,7 +311,7 @@ impl<T: Copy> Network<T> {
             return vec![Timer { flow: f, version: self.flows[f].version, at: now, reshare: false }];
         }
         let seeds: Vec<usize> = self.flows[f].path.iter().map(|u| u.resource).collect();
-        let mut timers = self.resolve(now, &seeds);
+        let mut timers = self.resolve(now, &seeds, Joined(f));
         if let Some((_, window)) = self.fifo.filter(|&(_, w)| !self.flows[f].fair && w.is_finite()) {
             // Out of the queue's shadow: share as usual from then on.
             timers.push(Timer {
@@ -310,22 +354,36 @@ impl<T: Copy> Network<T> {
             return Some((msg, vec![Timer { flow: f, version: flow.version, at, reshare: false }]));
         }
         // Idle: leave the resources and re-share among the rest.
+        let old = flow.rate;
         flow.rate = 0.0;
         flow.version += 1;
         let seeds: Vec<usize> = flow.path.iter().map(|u| u.resource).collect();
-        for &r in &seeds {
+        // The flows on a resource the leaving one saturated may speed up; on one with slack
+        // they were bound elsewhere.
+        let was_tight: Vec<usize> = if self.ramp.is_none() && self.fifo.is_none() {
+            seeds.iter().copied().filter(|&r| self.tight(r)).collect()
+        } else {
+            seeds.clone()
+        };
+        for (k, &r) in seeds.iter().enumerate() {
             let users = &mut self.users[r];
             let i = users.iter().position(|&x| x == f).expect("an active flow is listed on its resources");
             users.remove(i);
+            self.load[r] = if users.is_empty() { 0.0 } else { self.load[r] - old * self.flows[f].path[k].weight };
         }
-        let timers = self.resolve(now, &seeds);
+        let timers = self.resolve(now, &was_tight, Leaving);
         Some((msg, timers))
     }
 
-    /// Re-solves the component of active flows reachable from `seeds` and re-times the flows
-    /// whose rate changed.
-    fn resolve(&mut self, now: Time, seeds: &[usize]) -> Vec<Timer> {
+    /// Re-solves after `change` at the resources `seeds` and re-times the flows whose rate
+    /// changed.
+    fn resolve(&mut self, now: Time, seeds: &[usize], change: Change) -> Vec<Timer> {
         self.resolves += 1;
+        if self.ramp.is_none() && self.fifo.is_none() {
+            // Shares change only when a connection turns active: a local re-solve is exact.
+            let (flows, rates) = self.resolve_local(seeds, change);
+            return self.retime(now, &flows, &rates);
+        }
         let comp = self.component(seeds);
         if comp.is_empty() {
             return Vec::new();
@@ -358,12 +416,21 @@ impl<T: Copy> Network<T> {
         }
         let flows = &self.flows;
         let rates = maxmin::solve(&comp, |f| flows[f].scaled.as_slice(), &self.capacity, &mut self.scratch);
+        self.retime(now, &comp, &rates)
+    }
+
+    /// Sets the solver's `rates` (per unit of share) of `flows`, keeping the loads, and
+    /// re-times the flows whose rate changed.
+    fn retime(&mut self, now: Time, flows: &[usize], rates: &[f64]) -> Vec<Timer> {
         let mut timers = Vec::new();
-        for (&f, &r) in comp.iter().zip(&rates) {
+        for (&f, &r) in flows.iter().zip(rates) {
             let flow = &mut self.flows[f];
             let r = r * flow.share;
             if flow.rate == r {
                 continue;
+            }
+            for u in &flow.path {
+                self.load[u.resource] += (r - flow.rate) * u.weight;
             }
             // Progress at the old rate up to now, then continue at the new one.
             flow.remaining = (flow.remaining - flow.rate * (now.0 - flow.since.0) as f64).max(0.0);
@@ -380,6 +447,123 @@ impl<T: Copy> Network<T> {
             }
         }
         timers
+    }
+
+    /// Whether resource `r` is saturated at the current rates.
+    fn tight(&self, r: usize) -> bool {
+        self.load[r] >= self.capacity[r] * (1.0 - TIGHT)
+    }
+
+    /// The local re-solve: the flows whose rates can change, sorted, and their max-min rates
+    /// (per unit of share). Exact, without solving the whole connected component.
+    ///
+    /// Why it is exact: under max-min fairness every flow has a bottleneck, a saturated
+    /// resource on which no flow gets more. A flow's rate can change only through a
+    /// saturated resource it shares with a flow whose rate changed; a resource with slack
+    /// binds nobody. So the re-solved set is the closure of the change over saturated
+    /// resources: the flow that turned active, every flow on a saturated resource of the
+    /// change's path, and, transitively, every flow on a saturated resource of a flow already
+    /// in. The other flows keep their rates; on the resources with slack that re-solved flows
+    /// share with them, the solver sees what they leave. If the new rates saturate one of
+    /// those, it joins the closure and the set is solved again. Each flow outside keeps its
+    /// bottleneck (no flow whose rate changed crosses it) and each flow inside gets one
+    /// inside, so the result is the unique max-min allocation (checked against the reference
+    /// solver after every change by a property test).
+    fn resolve_local(&mut self, seeds: &[usize], change: Change) -> (Vec<usize>, Vec<f64>) {
+        let mut inside: Vec<usize> = Vec::new();
+        let mut closure: Vec<usize> = Vec::new();
+        let mut cut: Vec<usize> = Vec::new();
+        // A leaving flow's caller passes the resources it saturated.
+        let mut frontier: Vec<usize> = seeds.iter().copied().filter(|&r| change == Leaving || self.tight(r)).collect();
+        let mut ls = std::mem::take(&mut self.local);
+        if let Joined(f) = change {
+            // Its luck for this busy period (without ramp and queue order, the whole share).
+            let flow = &mut self.flows[f];
+            if flow.share != flow.base * flow.luck {
+                flow.share = flow.base * flow.luck;
+                for (sc, u) in flow.scaled.iter_mut().zip(&flow.path) {
+                    sc.weight = u.weight * flow.share;
+                }
+            }
+            ls.in_f[f] = true;
+            inside.push(f);
+            frontier.extend(self.flows[f].path.iter().map(|u| u.resource).filter(|&r| self.tight(r)));
+        }
+        let rates = loop {
+            while let Some(r) = frontier.pop() {
+                if std::mem::replace(&mut ls.in_r[r], true) {
+                    continue;
+                }
+                closure.push(r);
+                for &f in &self.users[r] {
+                    if !std::mem::replace(&mut ls.in_f[f], true) {
+                        inside.push(f);
+                        frontier.extend(
+                            self.flows[f].path.iter().map(|u| u.resource).filter(|&x| !ls.in_r[x] && self.tight(x)),
+                        );
+                    }
+                }
+            }
+            if inside.is_empty() {
+                break Vec::new();
+            }
+            inside.sort_unstable();
+            // What the flows outside leave of the resources with slack that re-solved flows
+            // cross: the capacity less the others' load (their load less the re-solved flows').
+            for &r in &cut {
+                (ls.in_cut[r], ls.acc[r], ls.cap[r]) = (false, 0.0, self.capacity[r]);
+            }
+            cut.clear();
+            for &f in &inside {
+                for u in &self.flows[f].path {
+                    let r = u.resource;
+                    if !ls.in_r[r] {
+                        if !std::mem::replace(&mut ls.in_cut[r], true) {
+                            cut.push(r);
+                        }
+                        ls.acc[r] += self.flows[f].rate * u.weight;
+                    }
+                }
+            }
+            for &r in &cut {
+                // Free of others exactly when every flow on it is re-solved.
+                let others =
+                    if self.users[r].iter().all(|&f| ls.in_f[f]) { 0.0 } else { (self.load[r] - ls.acc[r]).max(0.0) };
+                ls.cap[r] = (self.capacity[r] - others).max(0.0);
+                ls.acc[r] = others;
+            }
+            let flows = &self.flows;
+            let rates = maxmin::solve(&inside, |f| flows[f].scaled.as_slice(), &ls.cap, &mut self.scratch);
+            // Did the new rates saturate a resource with slack? Then it joins the closure.
+            for (&f, &x) in inside.iter().zip(&rates) {
+                let flow = &self.flows[f];
+                for u in &flow.path {
+                    if !ls.in_r[u.resource] {
+                        ls.acc[u.resource] += x * flow.share * u.weight;
+                    }
+                }
+            }
+            frontier.extend(cut.iter().copied().filter(|&r| ls.acc[r] >= self.capacity[r] * (1.0 - TIGHT)));
+            if frontier.is_empty() {
+                break rates;
+            }
+            // Back to the others' load only, for the next round.
+            for &r in &cut {
+                (ls.in_cut[r], ls.acc[r], ls.cap[r]) = (false, 0.0, self.capacity[r]);
+            }
+            cut.clear();
+        };
+        for &r in &cut {
+            (ls.in_cut[r], ls.acc[r], ls.cap[r]) = (false, 0.0, self.capacity[r]);
+        }
+        for &r in &closure {
+            ls.in_r[r] = false;
+        }
+        for &f in &inside {
+            ls.in_f[f] = false;
+        }
+        self.local = ls;
+        (inside, rates)
     }
 
     /// Active flows connected to `seeds` through shared resources, sorted by index.
