@@ -55,6 +55,7 @@ enum Command {
     Replay(cmd::replay::Args),
     Calibrate(cmd::validate::CalibrateArgs),
     Validate(cmd::validate::ValidateArgs),
+    Fit(cmd::fit::Args),
     K8s(cmd::k8s::Args),
     #[command(hide = true)]
     Node(cmd::replay::NodeArgs),
@@ -94,6 +95,7 @@ fn main() -> ExitCode {
         Command::Replay(a) => cmd::replay::run(a),
         Command::Calibrate(a) => cmd::validate::calibrate(a),
         Command::Validate(a) => cmd::validate::validate(a),
+        Command::Fit(a) => cmd::fit::run(a),
         Command::K8s(a) => cmd::k8s::run(a),
         Command::Node(a) => cmd::replay::node(a),
         Command::Check(a) => cmd::check::run(a),

@@ -346,6 +346,28 @@ pub struct LinkFit {
 }
 
 impl Fitted {
+    /// A profile's values with these rates and every other cost 0 (no links, no GPU fit).
+    pub fn with_rates(
+        compute_rate: FlopRate,
+        goodput: f64,
+        message_overhead: Time,
+        ps_memory_bandwidth: BitRate,
+    ) -> Fitted {
+        Fitted {
+            compute_rate,
+            cores: 1,
+            goodput,
+            message_overhead,
+            ps_memory_bandwidth,
+            startup: Time::ZERO,
+            elementwise_ns_per_value: 0.0,
+            layer_overhead: Time::ZERO,
+            copy_ns_per_byte: 0.0,
+            links: Vec::new(),
+            gpu: None,
+        }
+    }
+
     /// `f` of the link fits at `rate`: linear in log(rate) between the measured rates, the
     /// nearest one outside them; `None` with none.
     fn link_at(&self, rate: BitRate, f: impl Fn(&LinkFit) -> f64) -> Option<f64> {

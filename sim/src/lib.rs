@@ -25,6 +25,7 @@ pub mod engine;
 pub mod failures;
 pub mod fit;
 pub mod maxmin;
+pub mod measured;
 pub mod network;
 pub mod rng;
 pub mod sweep;

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod compare;
+pub mod fit;
 pub mod hardware;
 pub mod k8s;
 pub mod models;

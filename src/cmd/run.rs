@@ -20,6 +20,7 @@ Examples:
   topolab run scenarios/examples/inception-v3-64w-8ps.toml
   topolab run scenarios/bench/inception-v3-64w-8ps.toml --format json
   topolab run scenarios/examples/vgg-16-backup-partitioned.toml --out runs/vgg   # summary.json, steps.csv, trace.json
+  topolab run runs/4w/effective.toml --profile profile.toml   # with a profile from topolab fit
 
 The trace (trace.json) opens in https://ui.perfetto.dev or chrome://tracing.")]
 pub struct Args {
@@ -37,6 +38,10 @@ pub struct Args {
     /// Steps to trace (overrides training.trace_steps).
     #[arg(long, value_name = "N")]
     trace_steps: Option<u32>,
+    /// A profile (from `topolab fit` or `topolab calibrate`) in place of the scenario's
+    /// hardware.profile; its measured compute rate replaces hardware.efficiency.
+    #[arg(long, value_name = "P")]
+    profile: Option<PathBuf>,
 }
 
 /// Runs the simulator on a loaded scenario; bad-input errors become [`BadInput`].
@@ -51,6 +56,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(n) = a.trace_steps {
         // Through validation again, so that every output records the hash of what ran.
         s = s.with(|f| f.training.trace_steps = n).map_err(super::problems)?;
+    }
+    if let Some(p) = &a.profile {
+        let p = std::fs::canonicalize(p).map_err(|e| BadInput(format!("error: --profile {}: {e}", p.display())))?;
+        topolab_core::profile::Profile::load(&p).map_err(|e| BadInput(format!("error: --profile: {e}")))?;
+        if s.spec.hardware.efficiency.is_some() {
+            eprintln!("note: hardware.efficiency is replaced by the profile's measured compute rate");
+        }
+        s = s
+            .with(|f| {
+                f.hardware.profile = Some(p.clone());
+                f.hardware.efficiency = None;
+            })
+            .map_err(super::problems)?;
     }
     if s.spec.sweep.points() > 0 {
         return run_table(&s, &a);
@@ -143,7 +161,7 @@ fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Res
     match &s.profile {
         Some(p) => writeln!(
             out,
-            "  compute: {:.3} per GPU, measured by `topolab calibrate` on {} ({})",
+            "  compute: {:.3} per GPU, from the profile: {} ({})",
             s.effective_rate(),
             p.machine.cpu,
             p.machine.date

@@ -3,6 +3,7 @@
 mod check_scenarios;
 mod compare;
 mod conformance;
+mod fit;
 mod inspect_commands;
 mod k8s;
 mod replay;

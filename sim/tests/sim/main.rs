@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod determinism;
+mod fit_runs;
 mod golden;
 mod maxmin_property;
 mod paper_cases;

@@ -1,0 +1,92 @@
+//! `topolab fit`: a profile from measured runs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use topolab_sim::measured::{self, FitError};
+
+use super::BadInput;
+use crate::output::{Format, print_json};
+
+/// Fit a profile to measured runs: compute, goodput and per-message cost from step times.
+#[derive(clap::Args)]
+#[command(after_help = "\
+Each RUN_DIR holds the run's scenario (scenario.toml, or a replay's effective.toml) and
+steps.csv: one row per worker and step with worker, step and step_time_s, or start_ns and
+end_ns (other columns are ignored); a compute_ns or compute_s column gives each step's compute.
+topolab's own run directories (topolab replay --out DIR) work as they are.
+
+Every value the runs identify is fitted and printed with the runs it came from; what they
+cannot identify is refused with the reason and keeps its default. The residual per run is the
+fitted profile's prediction against the measured median step time. Use the profile with
+`topolab run S --profile P` or `hardware.profile = \"P\"` in a scenario.
+
+Examples:
+  topolab replay S1.toml --out runs/1 && topolab replay S2.toml --out runs/2 && topolab replay S3.toml --out runs/3
+  topolab fit runs/1 runs/2 runs/3 --out profile.toml
+  topolab run runs/4w/effective.toml --profile profile.toml     # predict a 4-worker run")]
+pub struct Args {
+    /// Run directories.
+    #[arg(required = true, value_name = "RUN_DIR")]
+    runs: Vec<PathBuf>,
+    /// Where to write the profile (TOML).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Output format of the printed report.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let bad = |e: FitError| anyhow::Error::new(BadInput(format!("error: {e}")));
+    let runs = a.runs.iter().map(|d| measured::load(d)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
+    for r in &runs {
+        if r.dir.join("trace.json").exists() && r.compute.is_none() {
+            eprintln!(
+                "note: {}: trace.json is not read (per-layer compute from Chrome traces is not fitted yet); give a compute_ns column",
+                r.dir.display()
+            );
+        }
+    }
+    let report = measured::fit(&runs, &topolab_runtime::calibrate::now_utc()).map_err(bad)?;
+    topolab_sim::write_atomic(&a.out, report.profile.to_toml().as_bytes())?;
+    match a.format {
+        Format::Json => {
+            let v = serde_json::json!({
+                "profile": a.out.display().to_string(),
+                "fitted": report.params.iter().map(|p| serde_json::json!({"name": p.name, "value": p.value, "runs": p.runs, "how": p.how})).collect::<Vec<_>>(),
+                "refused": report.refused.iter().map(|r| serde_json::json!({"name": r.name, "why": r.why})).collect::<Vec<_>>(),
+                "residuals": report.residuals.iter().map(|r| serde_json::json!({"run": r.run, "measured_p50_s": r.measured_p50_s, "predicted_p50_s": r.predicted_p50_s, "error": r.error()})).collect::<Vec<_>>(),
+            });
+            print_json(&v)?;
+        }
+        Format::Csv => {
+            println!("run,measured_p50_s,predicted_p50_s,error");
+            for r in &report.residuals {
+                println!("{},{},{},{}", r.run, r.measured_p50_s, r.predicted_p50_s, r.error());
+            }
+        }
+        Format::Table => {
+            println!("Fitted ({} run(s))", runs.len());
+            for p in &report.params {
+                println!("  {:<26} {:<22} {} (from {})", p.name, p.value, p.how, p.runs.join(", "));
+            }
+            println!("Not fitted");
+            for r in &report.refused {
+                println!("  {:<26} {}", r.name, r.why);
+            }
+            println!("Residuals (median step time)");
+            for r in &report.residuals {
+                println!(
+                    "  {:<40} measured {:>9.4} s  predicted {:>9.4} s  {:+.1}%",
+                    r.run,
+                    r.measured_p50_s,
+                    r.predicted_p50_s,
+                    r.error() * 100.0
+                );
+            }
+            println!("wrote {}", a.out.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

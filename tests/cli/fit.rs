@@ -1,0 +1,103 @@
+//! `topolab fit`: bad run directories are refused with the file and what is missing, exit 2,
+//! and no profile is written; a good one writes a profile `topolab run --profile` uses.
+
+use super::{bad_input_line, stdout, topolab};
+
+fn tmp(name: &str) -> super::TempDir {
+    super::TempDir::new(&format!("fit-{name}"))
+}
+
+const SCENARIO: &str = "name = \"r\"\nbatch = 8\n[model]\nname = \"alexnet\"\n[network]\nnic = \"1 Gbit/s\"\n[topology]\nworkers = 1\nps = 1\n";
+
+fn fit(dirs: &[&std::path::Path], out: &std::path::Path) -> std::process::Output {
+    let mut args: Vec<&str> = vec!["fit"];
+    args.extend(dirs.iter().map(|d| d.to_str().unwrap()));
+    args.extend(["--out", out.to_str().unwrap()]);
+    topolab(&args)
+}
+
+#[test]
+fn bad_run_directories_name_the_file_and_what_is_missing_and_write_nothing() {
+    let d = tmp("bad");
+    let out = d.join("profile.toml");
+    let run = d.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let cases: [(&str, Option<&str>, Option<&str>, &str); 5] = [
+        ("no scenario", None, Some("worker,step,step_time_s\n0,0,0.1\n"), "scenario.toml: missing"),
+        ("no steps", Some(SCENARIO), None, "steps.csv"),
+        (
+            "no step time",
+            Some(SCENARIO),
+            Some("worker,step,loss\n0,0,1.0\n"),
+            "no step time: needs a `step_time_s` column",
+        ),
+        ("no worker column", Some(SCENARIO), Some("step,step_time_s\n0,0.1\n"), "no `worker` column"),
+        (
+            "a bad value",
+            Some(SCENARIO),
+            Some("worker,step,step_time_s\n0,0,-1\n"),
+            "line 2: step_time_s = `-1` is not a number >= 0",
+        ),
+    ];
+    for (what, scenario, steps, want) in cases {
+        for f in ["scenario.toml", "steps.csv", "ops.csv"] {
+            let _ = std::fs::remove_file(run.join(f));
+        }
+        if let Some(s) = scenario {
+            std::fs::write(run.join("scenario.toml"), s).unwrap();
+        }
+        if let Some(s) = steps {
+            std::fs::write(run.join("steps.csv"), s).unwrap();
+        }
+        let e = bad_input_line(&fit(&[&run], &out));
+        assert!(e.contains(want), "{what}: {e}");
+        assert!(!out.exists(), "{what}: no profile written");
+    }
+    // A trace whose layers are not the model's.
+    std::fs::write(run.join("scenario.toml"), SCENARIO).unwrap();
+    std::fs::write(run.join("steps.csv"), "worker,step,step_time_s\n0,0,0.1\n").unwrap();
+    std::fs::write(run.join("ops.csv"), "worker,step,op,index,bytes,start_ns,end_ns\n0,0,compute-forward,99,0,0,10\n")
+        .unwrap();
+    let e = bad_input_line(&fit(&[&run], &out));
+    assert!(e.contains("ops.csv") && e.contains("layer index 99") && e.contains("match no layer"), "{e}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_fitted_profile_is_what_run_uses() {
+    let d = tmp("good");
+    let run = d.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("scenario.toml"), SCENARIO).unwrap();
+    // 20 steps of 5 s, 0.25 s of it compute: AlexNet's 244 MB each way at 1 Gbit/s take
+    // 3.9 s at full rate, so about 0.8 of it.
+    let mut steps = String::from("worker,step,step_time_s,compute_s\n");
+    for i in 0..20 {
+        steps.push_str(&format!("0,{i},5.0,0.25\n"));
+    }
+    std::fs::write(run.join("steps.csv"), steps).unwrap();
+    let out = d.join("profile.toml");
+    let o = fit(&[&run], &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = stdout(&o);
+    assert!(table.contains("compute_rate") && table.contains("Residuals"), "{table}");
+    let profile = topolab_core::profile::Profile::load(&out).unwrap();
+    // AlexNet at batch 8: 3 x forward FLOPs x 8 in 0.25 s.
+    let s = topolab_core::scenario::Scenario::load(&run.join("scenario.toml")).unwrap();
+    let rate = 3.0 * s.model.forward_flops() * 8.0 / 0.25;
+    // (The profile writes 6 significant digits.)
+    assert!((profile.fitted.compute_rate.0 / rate - 1.0).abs() < 1e-5, "{} vs {rate}", profile.fitted.compute_rate);
+    let o = topolab(&[
+        "run",
+        run.join("scenario.toml").to_str().unwrap(),
+        "--profile",
+        out.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let p50 = v["step_time_s"]["p50"].as_f64().unwrap();
+    assert!((p50 / 5.0 - 1.0).abs() < 0.01, "the profile predicts the run it came from: {p50}");
+    assert!(profile.fitted.goodput > 0.7 && profile.fitted.goodput < 0.9, "{}", profile.fitted.goodput);
+}
