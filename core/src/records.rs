@@ -131,6 +131,9 @@ pub fn read_steps_csv<R: Read>(input: R, origin: &str) -> Result<Vec<StepRecord>
 pub struct StepTime {
     /// Mean.
     pub mean: f64,
+    /// 10th percentile (0 in summaries written before it was recorded).
+    #[serde(default)]
+    pub p10: f64,
     /// Median.
     pub p50: f64,
     /// 90th percentile.
@@ -313,6 +316,7 @@ pub const SUMMARY_COLUMNS: &[&str] = &[
     "ps",
     "steps",
     "step_time_s.mean",
+    "step_time_s.p10",
     "step_time_s.p50",
     "step_time_s.p90",
     "step_time_s.p99",
@@ -344,7 +348,7 @@ impl RunSummary {
             workers,
             ps: 1,
             steps: 10,
-            step_time_s: StepTime { mean: step_s, p50: step_s, p90: step_s, p99: step_s },
+            step_time_s: StepTime { mean: step_s, p10: step_s, p50: step_s, p90: step_s, p99: step_s },
             throughput_samples_per_s: throughput,
             breakdown_s: Breakdown { compute: step_s / 2.0, exposed_comm: step_s / 2.0, wait: 0.0 },
             utilization: Utilization::default(),
@@ -368,6 +372,7 @@ impl RunSummary {
             self.ps.to_string(),
             self.steps.to_string(),
             f(self.step_time_s.mean),
+            f(self.step_time_s.p10),
             f(self.step_time_s.p50),
             f(self.step_time_s.p90),
             f(self.step_time_s.p99),
@@ -435,19 +440,19 @@ pub fn read_summaries_csv<R: Read>(input: R, origin: &str) -> Result<Vec<RunSumm
             workers: int(5)? as u32,
             ps: int(6)? as u32,
             steps: int(7)?,
-            step_time_s: StepTime { mean: num(8)?, p50: num(9)?, p90: num(10)?, p99: num(11)? },
-            throughput_samples_per_s: num(12)?,
-            breakdown_s: Breakdown { compute: num(13)?, exposed_comm: num(14)?, wait: num(15)? },
+            step_time_s: StepTime { mean: num(8)?, p10: num(9)?, p50: num(10)?, p90: num(11)?, p99: num(12)? },
+            throughput_samples_per_s: num(13)?,
+            breakdown_s: Breakdown { compute: num(14)?, exposed_comm: num(15)?, wait: num(16)? },
             utilization: Utilization {
-                gpu: num(16)?,
-                ps_nic_in_max: opt(17)?,
-                ps_nic_out_max: opt(18)?,
-                worker_nic_in_max: opt(19)?,
-                worker_nic_out_max: opt(20)?,
+                gpu: num(17)?,
+                ps_nic_in_max: opt(18)?,
+                ps_nic_out_max: opt(19)?,
+                worker_nic_in_max: opt(20)?,
+                worker_nic_out_max: opt(21)?,
             },
-            bottleneck: get(21).into(),
-            events: int(22)?,
-            wall_s: if get(23).is_empty() { None } else { Some(num(23)?) },
+            bottleneck: get(22).into(),
+            events: int(23)?,
+            wall_s: if get(24).is_empty() { None } else { Some(num(24)?) },
             target: None,
             replay: None,
         });
@@ -484,6 +489,7 @@ pub fn step_time_stats(records: &[StepRecord]) -> StepTime {
     let s = |ns: u64| ns as f64 / 1e9;
     StepTime {
         mean: d.iter().map(|&x| x as f64).sum::<f64>() / d.len() as f64 / 1e9,
+        p10: s(percentile(&d, 0.10)),
         p50: s(percentile(&d, 0.50)),
         p90: s(percentile(&d, 0.90)),
         p99: s(percentile(&d, 0.99)),
@@ -535,7 +541,7 @@ mod tests {
             workers: 2,
             ps: 1,
             steps: 10,
-            step_time_s: StepTime { mean: 0.5, p50: 0.4, p90: 0.6, p99: 0.7 },
+            step_time_s: StepTime { mean: 0.5, p10: 0.35, p50: 0.4, p90: 0.6, p99: 0.7 },
             throughput_samples_per_s: 128.0,
             breakdown_s: Breakdown { compute: 0.3, exposed_comm: 0.1, wait: 0.1 },
             utilization: Utilization {
@@ -790,7 +796,7 @@ mod sweep_tests {
             workers: 2,
             ps: 1,
             steps: 20,
-            step_time_s: StepTime { mean: 1.5, p50: 1.5, p90: 1.5, p99: 1.5 },
+            step_time_s: StepTime { mean: 1.5, p10: 1.5, p50: 1.5, p90: 1.5, p99: 1.5 },
             throughput_samples_per_s: 42.0,
             breakdown_s: Breakdown { compute: 1.0, exposed_comm: 0.4, wait: 0.1 },
             utilization: Utilization::default(),

@@ -325,8 +325,8 @@ fn print_replay(outcome: &launcher::ReplayOutcome, predicted: &[(u64, f64)]) {
         outcome.steps.len()
     );
     println!(
-        "Step time     p50 {:.4} s   p90 {:.4} s   p99 {:.4} s   mean {:.4} s",
-        sum.step_time_s.p50, sum.step_time_s.p90, sum.step_time_s.p99, sum.step_time_s.mean
+        "Step time     p10 {:.4} s   p50 {:.4} s   p90 {:.4} s   p99 {:.4} s   mean {:.4} s",
+        sum.step_time_s.p10, sum.step_time_s.p50, sum.step_time_s.p90, sum.step_time_s.p99, sum.step_time_s.mean
     );
     println!("Throughput    {:.1} samples/s", sum.throughput_samples_per_s);
     println!("Breakdown     {}", sum.bottleneck);

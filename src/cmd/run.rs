@@ -184,8 +184,8 @@ fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Res
     writeln!(out)?;
     writeln!(
         out,
-        "Step time     p50 {:.4} s   p90 {:.4} s   p99 {:.4} s   mean {:.4} s",
-        st.p50, st.p90, st.p99, st.mean
+        "Step time     p10 {:.4} s   p50 {:.4} s   p90 {:.4} s   p99 {:.4} s   mean {:.4} s",
+        st.p10, st.p50, st.p90, st.p99, st.mean
     )?;
     writeln!(out, "Throughput    {:.1} samples/s", sum.throughput_samples_per_s)?;
     let b = &sum.breakdown_s;
