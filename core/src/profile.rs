@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::units::{BitRate, FlopRate, Time};
 
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
 /// A calibrated profile.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +80,10 @@ pub struct Fitted {
     /// cores while earlier bytes are on the wire (on dedicated hosts, serial with the transfer).
     #[serde(default)]
     pub copy_ns_per_byte: f64,
+    /// Coefficient of variation of a step's compute, as measured runs showed it (the
+    /// simulator's `faults.jitter` when the scenario sets none; 0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub compute_jitter: f64,
     /// Links measured: per rate, TCP's unequal sharing and the CPU cost of moving bytes. The
     /// simulator interpolates them at a scenario's NIC rate.
     #[serde(default)]
@@ -363,6 +371,7 @@ impl Fitted {
             elementwise_ns_per_value: 0.0,
             layer_overhead: Time::ZERO,
             copy_ns_per_byte: 0.0,
+            compute_jitter: 0.0,
             links: Vec::new(),
             gpu: None,
         }
@@ -451,19 +460,10 @@ mod tests {
     use super::*;
 
     fn fitted(links: Vec<LinkFit>) -> Fitted {
-        Fitted {
-            compute_rate: FlopRate(1e9),
-            cores: 2,
-            goodput: 0.94,
-            message_overhead: Time::ZERO,
-            ps_memory_bandwidth: BitRate(1e11),
-            startup: Time::ZERO,
-            elementwise_ns_per_value: 0.0,
-            layer_overhead: Time::ZERO,
-            copy_ns_per_byte: 0.0,
-            links,
-            gpu: None,
-        }
+        let mut f = Fitted::with_rates(FlopRate(1e9), 0.94, Time::ZERO, BitRate(1e11));
+        f.cores = 2;
+        f.links = links;
+        f
     }
 
     fn gpu_fit(points: Vec<GemmPoint>) -> GpuFit {

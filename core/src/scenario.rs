@@ -1328,6 +1328,19 @@ impl Scenario {
             }
             None => None,
         };
+        if let Some(pr) = &profile
+            && pr.fitted.compute_jitter > 0.0
+            && spec.faults.jitter > 0.0
+        {
+            v.push(
+                "faults.jitter",
+                &format!(
+                    "`faults.jitter` has no effect with hardware.profile, whose fitted compute_jitter ({}) is the runs' compute noise",
+                    pr.fitted.compute_jitter
+                ),
+                Some("remove faults.jitter, or compute_jitter from the profile".into()),
+            );
+        }
         if let Some(c) = spec.hardware.shared_gpus {
             v.check(c >= 1, "hardware.shared_gpus", || "shared_gpus must be >= 1".into());
         }
@@ -1502,6 +1515,15 @@ impl Scenario {
             .as_ref()
             .and_then(|p| p.fitted.cpu_ns_per_byte_at(self.nic))
             .unwrap_or(self.spec.network.cpu_ns_per_byte)
+    }
+
+    /// Coefficient of variation of a step's compute: `faults.jitter`, else the profile's fitted
+    /// one (never both: refused), else 0.
+    pub fn jitter(&self) -> f64 {
+        if self.spec.faults.jitter > 0.0 {
+            return self.spec.faults.jitter;
+        }
+        self.profile.as_ref().map_or(0.0, |p| p.fitted.compute_jitter)
     }
 
     /// PS memory bandwidth: the profile's, else the scenario's.

@@ -265,7 +265,10 @@ fn summary_table(name: &str, s: &RunSummary) -> Table {
         ("steps", s.steps.to_string()),
         (
             "step time p10 / p50 / p90 / p99 (s)",
-            format!("{:.4} / {:.4} / {:.4} / {:.4}", s.step_time_s.p10, s.step_time_s.p50, s.step_time_s.p90, s.step_time_s.p99),
+            format!(
+                "{:.4} / {:.4} / {:.4} / {:.4}",
+                s.step_time_s.p10, s.step_time_s.p50, s.step_time_s.p90, s.step_time_s.p99
+            ),
         ),
         ("throughput (samples/s)", format!("{:.1}", s.throughput_samples_per_s)),
         (

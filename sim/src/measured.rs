@@ -271,6 +271,10 @@ pub struct Residual {
     pub measured_p50_s: f64,
     /// Predicted median step with the fitted profile, s.
     pub predicted_p50_s: f64,
+    /// Measured 10th and 90th percentiles, s.
+    pub measured_p10_p90_s: (f64, f64),
+    /// Predicted 10th and 90th percentiles, s.
+    pub predicted_p10_p90_s: (f64, f64),
 }
 
 impl Residual {
@@ -375,13 +379,18 @@ fn golden(lo: f64, hi: f64, f: &mut dyn FnMut(f64) -> f64) -> f64 {
 
 /// Predicted median step time of `s` with profile `p`.
 fn predict(s: &Scenario, p: &Profile) -> Result<f64, FitError> {
+    Ok(predict_steps(s, p)?.p50)
+}
+
+/// Predicted step times of `s` with profile `p`.
+fn predict_steps(s: &Scenario, p: &Profile) -> Result<topolab_core::records::StepTime, FitError> {
     let mut s = s.clone();
     s.spec.training.steps = s.spec.training.steps.clamp(1, FIT_STEPS);
     s.spec.training.target = None;
     s.profile = Some(p.clone());
     let run = simulate(&s, &SimOptions { trace: false, ..SimOptions::default() })
         .map_err(|e| FitError::Unfit { parameter: "goodput", why: format!("simulating {}: {e}", s.spec.name) })?;
-    Ok(run.summary.step_time_s.p50)
+    Ok(run.summary.step_time_s)
 }
 
 /// Messages and bytes of one worker's step in `s`: (messages, bytes / NIC rate in s).
@@ -610,12 +619,64 @@ pub fn fit(runs: &[Run], date: &str) -> Result<FitReport, FitError> {
             "they hide inside the same communication time as goodput in step times; kept 0 and the scenario's bandwidth"
                 .into(),
     });
+    // Compute noise: the jitter whose simulated p10-p90 spread of step times matches the
+    // runs' (after the network fit, which it would blur).
+    let spread = |v: &[f64]| {
+        let mut m = v.to_vec();
+        m.sort_by(f64::total_cmp);
+        let q = |x: f64| m[((m.len() - 1) as f64 * x).round() as usize];
+        (q(0.9) - q(0.1)) / median(v)
+    };
+    let long: Vec<&Run> = runs.iter().filter(|r| r.steps.len() >= 10).collect();
+    if long.is_empty() {
+        refused.push(Refusal {
+            name: "compute_jitter",
+            why: "needs runs of at least 10 steps to show their spread; kept 0 (no compute noise)".into(),
+        });
+    } else {
+        let mut err: Option<FitError> = None;
+        let mut off = |j: f64| {
+            let mut f = fitted.clone();
+            f.compute_jitter = j;
+            let p = profile_with(&f);
+            let mut sum = 0.0;
+            for r in &long {
+                match predict_steps(&r.scenario, &p) {
+                    Ok(st) => sum += ((st.p90 - st.p10) / st.p50 - spread(&r.steps)).powi(2),
+                    Err(e) => {
+                        err.get_or_insert(e);
+                    }
+                }
+            }
+            sum
+        };
+        let j = golden(0.0, 0.5, &mut off);
+        if let Some(e) = err {
+            return Err(e);
+        }
+        fitted.compute_jitter = if j < 1e-3 { 0.0 } else { (j * 1e4).round() / 1e4 };
+        params.push(ParamFit {
+            name: "compute_jitter",
+            value: format!("{:.4}", fitted.compute_jitter),
+            runs: long.iter().map(|r| r.name()).collect(),
+            how: "simulated p10-p90 spread of step times matched to the runs'".into(),
+        });
+    }
     let profile = profile_with(&fitted);
     let mut residuals = Vec::new();
     let mut raw = Vec::new();
     for r in runs {
-        let predicted = predict(&r.scenario, &profile)?;
-        residuals.push(Residual { run: r.name(), measured_p50_s: r.p50(), predicted_p50_s: predicted });
+        let p = predict_steps(&r.scenario, &profile)?;
+        let mut m = r.steps.clone();
+        m.sort_by(f64::total_cmp);
+        let q = |x: f64| m[((m.len() - 1) as f64 * x).round() as usize];
+        residuals.push(Residual {
+            run: r.name(),
+            measured_p50_s: r.p50(),
+            predicted_p50_s: p.p50,
+            measured_p10_p90_s: (q(0.1), q(0.9)),
+            predicted_p10_p90_s: (p.p10, p.p90),
+        });
         raw.push(Measurement { what: format!("{}: median step", r.name()), value: r.p50(), unit: "s".into() });
         if let Some(c) = &r.compute {
             raw.push(Measurement { what: format!("{}: median compute", r.name()), value: median(c), unit: "s".into() });

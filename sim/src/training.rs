@@ -308,7 +308,7 @@ impl<'a> Sim<'a> {
         let ramping = ramp.0 > 0 && ramp_share < 1.0;
         let fifo = s.fifo();
         // Unequal sharing tells identical workers apart: one class each.
-        let per_worker = spec.faults.jitter > 0.0
+        let per_worker = s.jitter() > 0.0
             || spec.faults.tail.is_some()
             || spec.faults.episodes.is_some()
             || unfairness > 0.0
@@ -354,7 +354,7 @@ impl<'a> Sim<'a> {
             classes.push(Class {
                 workers: g.clone(),
                 slowdown: slowdown(g[0]),
-                jitter: spec.faults.jitter > 0.0 || spec.faults.tail.is_some(),
+                jitter: s.jitter() > 0.0 || spec.faults.tail.is_some(),
                 egress: e,
                 ingress: i,
                 pull_flow: vec![],
@@ -696,7 +696,7 @@ impl<'a> Sim<'a> {
         if c.jitter {
             let key = self.s.spec.seed ^ (worker << 32) ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let z = crate::rng::normal(key);
-            let cv = faults.jitter;
+            let cv = self.s.jitter();
             f *= match faults.noise {
                 Noise::Gaussian => (1.0 + cv * z).max(0.1),
                 // Mean 1, coefficient of variation cv: sigma^2 = ln(1 + cv^2), mu = -sigma^2 / 2.

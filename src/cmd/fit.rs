@@ -56,7 +56,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 "profile": a.out.display().to_string(),
                 "fitted": report.params.iter().map(|p| serde_json::json!({"name": p.name, "value": p.value, "runs": p.runs, "how": p.how})).collect::<Vec<_>>(),
                 "refused": report.refused.iter().map(|r| serde_json::json!({"name": r.name, "why": r.why})).collect::<Vec<_>>(),
-                "residuals": report.residuals.iter().map(|r| serde_json::json!({"run": r.run, "measured_p50_s": r.measured_p50_s, "predicted_p50_s": r.predicted_p50_s, "error": r.error()})).collect::<Vec<_>>(),
+                "residuals": report.residuals.iter().map(|r| serde_json::json!({"run": r.run, "measured_p50_s": r.measured_p50_s, "predicted_p50_s": r.predicted_p50_s, "measured_p10_p90_s": [r.measured_p10_p90_s.0, r.measured_p10_p90_s.1], "predicted_p10_p90_s": [r.predicted_p10_p90_s.0, r.predicted_p10_p90_s.1], "error": r.error()})).collect::<Vec<_>>(),
             });
             print_json(&v)?;
         }
@@ -75,13 +75,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             for r in &report.refused {
                 println!("  {:<26} {}", r.name, r.why);
             }
-            println!("Residuals (median step time)");
+            println!("Residuals (median step time; p10-p90)");
             for r in &report.residuals {
                 println!(
-                    "  {:<40} measured {:>9.4} s  predicted {:>9.4} s  {:+.1}%",
+                    "  {:<40} measured {:>9.4} s ({:.4}-{:.4})  predicted {:>9.4} s ({:.4}-{:.4})  {:+.1}%",
                     r.run,
                     r.measured_p50_s,
+                    r.measured_p10_p90_s.0,
+                    r.measured_p10_p90_s.1,
                     r.predicted_p50_s,
+                    r.predicted_p10_p90_s.0,
+                    r.predicted_p10_p90_s.1,
                     r.error() * 100.0
                 );
             }

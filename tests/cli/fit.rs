@@ -101,3 +101,28 @@ fn a_fitted_profile_is_what_run_uses() {
     assert!((p50 / 5.0 - 1.0).abs() < 0.01, "the profile predicts the run it came from: {p50}");
     assert!(profile.fitted.goodput > 0.7 && profile.fitted.goodput < 0.9, "{}", profile.fitted.goodput);
 }
+
+#[test]
+fn a_profile_with_compute_jitter_and_a_scenario_with_jitter_is_refused() {
+    let d = tmp("jitter");
+    std::fs::create_dir_all(&*d).unwrap();
+    let profile = "[machine]\ncpu = \"t\"\ncores = 1\nmemory = \"\"\ndate = \"\"\nlauncher = \"measured\"\n\n[fitted]\ncompute_rate = \"1 TFLOP/s\"\ncores = 1\ngoodput = 0.9\nmessage_overhead = \"0 ns\"\nps_memory_bandwidth = \"100 Gbit/s\"\nstartup = \"0 ns\"\ncompute_jitter = 0.05\n";
+    std::fs::write(d.join("p.toml"), profile).unwrap();
+    std::fs::write(d.join("s.toml"), format!("{SCENARIO}[hardware]\nprofile = \"p.toml\"\n[faults]\njitter = 0.1\n"))
+        .unwrap();
+    let o = topolab(&["run", d.join("s.toml").to_str().unwrap()]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("s.toml:") && e.contains("`faults.jitter` has no effect") && e.contains("compute_jitter"),
+        "{e}"
+    );
+    // Alone, the profile's jitter spreads the steps.
+    std::fs::write(d.join("s.toml"), format!("{SCENARIO}[training]\nsteps = 40\n[hardware]\nprofile = \"p.toml\"\n"))
+        .unwrap();
+    let o = topolab(&["run", d.join("s.toml").to_str().unwrap(), "--format", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let st = &v["step_time_s"];
+    assert!(st["p90"].as_f64().unwrap() > st["p10"].as_f64().unwrap(), "{st}");
+}
