@@ -55,11 +55,16 @@ fn network_resolve(input: (Vec<Vec<Use>>, Vec<f64>)) -> u64 {
     }
     let mut done = 0;
     while let Some((now, (f, version))) = q.pop() {
-        if let Some((_, timers)) = net.complete(now, f, version) {
-            done += 1;
-            for t in timers {
-                q.schedule(t.at, (t.flow, t.version));
+        let timers = match net.complete(now, f, version) {
+            topolab_sim::network::Completion::Done(_, timers) => {
+                done += 1;
+                timers
             }
+            topolab_sim::network::Completion::Later(timers) => timers,
+            topolab_sim::network::Completion::Stale => continue,
+        };
+        for t in timers {
+            q.schedule(t.at, (t.flow, t.version));
         }
     }
     black_box(done + net.resolves())

@@ -45,11 +45,12 @@ pub fn two_flows(goodput: f64, size: f64, d: f64, ramp_s: f64, share: f64, fifo_
             net.reshare(now, t.flow, t.version)
         } else {
             match net.complete(now, t.flow, t.version) {
-                Some((msg, timers)) => {
+                crate::network::Completion::Done(msg, timers) => {
                     done[msg.tag] = now.0 as f64 / 1e9;
                     timers
                 }
-                None => continue,
+                crate::network::Completion::Later(timers) => timers,
+                crate::network::Completion::Stale => continue,
             }
         };
         for t in timers {

@@ -69,6 +69,12 @@ struct Flow<T> {
     /// When the head message started moving.
     head_started: Time,
     version: u64,
+    /// When the head message finishes at the current rate (valid while the rate is > 0).
+    deadline: Time,
+    /// A completion timer of the current version is pending, at `timer_at` (at or before
+    /// `deadline`: a flow that slows down keeps its earlier timer, which re-arms when it fires).
+    pending: bool,
+    timer_at: Time,
     /// Share of a fair rate this connection gets in its current busy period (1 = fair).
     share: f64,
     /// `path` with every weight times `share`: what the solver sees.
@@ -127,6 +133,18 @@ struct LocalScratch {
     acc: Vec<f64>,
     /// Resource is outside the closure and crossed by a re-solved flow.
     in_cut: Vec<bool>,
+}
+
+/// What a completion timer meant ([`Network::complete`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Completion<T> {
+    /// Made stale by a later timer of the flow: nothing to do.
+    Stale,
+    /// The flow slowed down after the timer was set: schedule these instead (its new
+    /// completion), nothing finished.
+    Later(Vec<Timer>),
+    /// The head message finished: it, and the timers to schedule.
+    Done(Message<T>, Vec<Timer>),
 }
 
 /// What changed before a re-solve.
@@ -232,6 +250,9 @@ impl<T: Copy> Network<T> {
             since: Time::ZERO,
             head_started: Time::ZERO,
             version: 0,
+            deadline: Time::ZERO,
+            pending: false,
+            timer_at: Time::ZERO,
             share: 1.0,
             activations: 0,
             active_since: Time::ZERO,
@@ -306,9 +327,11 @@ impl<T: Copy> Network<T> {
         }
         if self.flows[f].path.is_empty() {
             // No resource: completes at once.
-            self.flows[f].rate = f64::INFINITY;
-            self.flows[f].version += 1;
-            return vec![Timer { flow: f, version: self.flows[f].version, at: now, reshare: false }];
+            let flow = &mut self.flows[f];
+            flow.rate = f64::INFINITY;
+            flow.version += 1;
+            (flow.deadline, flow.timer_at, flow.pending) = (now, now, true);
+            return vec![Timer { flow: f, version: flow.version, at: now, reshare: false }];
         }
         let seeds: Vec<usize> = self.flows[f].path.iter().map(|u| u.resource).collect();
         let mut timers = self.resolve(now, &seeds, Joined(f));
@@ -333,13 +356,29 @@ impl<T: Copy> Network<T> {
         timers
     }
 
-    /// Handles a timer of flow `f`. Returns `None` for a stale timer; else the finished message
-    /// and the timers to schedule.
-    pub fn complete(&mut self, now: Time, f: usize, version: u64) -> Option<(Message<T>, Vec<Timer>)> {
+    /// Handles a timer of flow `f`: stale, early (the flow slowed down since it was set: the
+    /// timer of its new completion), or the finished message and the timers to schedule.
+    pub fn complete(&mut self, now: Time, f: usize, version: u64) -> Completion<T> {
         let flow = &mut self.flows[f];
-        if flow.version != version {
-            return None;
+        if flow.version != version || !flow.pending {
+            return Completion::Stale;
         }
+        if now < flow.deadline || flow.rate <= 0.0 {
+            // Slowed down (or stopped) since: one timer again, at the new completion.
+            if flow.rate <= 0.0 {
+                flow.pending = false;
+                return Completion::Later(Vec::new());
+            }
+            flow.version += 1;
+            flow.timer_at = flow.deadline;
+            return Completion::Later(vec![Timer {
+                flow: f,
+                version: flow.version,
+                at: flow.deadline,
+                reshare: false,
+            }]);
+        }
+        flow.pending = false;
         let msg = flow.queue.pop_front().expect("a current timer belongs to a flow with a head message");
         for u in &flow.path {
             self.carried[u.resource] += msg.bytes * u.weight;
@@ -351,7 +390,8 @@ impl<T: Copy> Network<T> {
             flow.head_started = now;
             flow.version += 1;
             let at = now + Time(ceil_ns(flow.remaining, flow.rate));
-            return Some((msg, vec![Timer { flow: f, version: flow.version, at, reshare: false }]));
+            (flow.deadline, flow.timer_at, flow.pending) = (at, at, true);
+            return Completion::Done(msg, vec![Timer { flow: f, version: flow.version, at, reshare: false }]);
         }
         // Idle: leave the resources and re-share among the rest.
         let old = flow.rate;
@@ -372,7 +412,7 @@ impl<T: Copy> Network<T> {
             self.load[r] = if users.is_empty() { 0.0 } else { self.load[r] - old * self.flows[f].path[k].weight };
         }
         let timers = self.resolve(now, &was_tight, Leaving);
-        Some((msg, timers))
+        Completion::Done(msg, timers)
     }
 
     /// Re-solves after `change` at the resources `seeds` and re-times the flows whose rate
@@ -436,14 +476,15 @@ impl<T: Copy> Network<T> {
             flow.remaining = (flow.remaining - flow.rate * (now.0 - flow.since.0) as f64).max(0.0);
             flow.since = now;
             flow.rate = r;
-            flow.version += 1;
             if r > 0.0 {
-                timers.push(Timer {
-                    flow: f,
-                    version: flow.version,
-                    at: now + Time(ceil_ns(flow.remaining, r)),
-                    reshare: false,
-                });
+                let at = now + Time(ceil_ns(flow.remaining, r));
+                flow.deadline = at;
+                // An earlier timer stays: it re-arms when it fires (no stale entry per change).
+                if !(flow.pending && flow.timer_at <= at) {
+                    flow.version += 1;
+                    (flow.timer_at, flow.pending) = (at, true);
+                    timers.push(Timer { flow: f, version: flow.version, at, reshare: false });
+                }
             }
         }
         timers
@@ -626,11 +667,15 @@ mod tests {
             let (now, t) = q.pop().unwrap();
             let more = if t.reshare {
                 net.reshare(now, t.flow, t.version)
-            } else if let Some((msg, more)) = net.complete(now, t.flow, t.version) {
-                done.push((msg.tag, now));
-                more
             } else {
-                continue;
+                match net.complete(now, t.flow, t.version) {
+                    Completion::Done(msg, more) => {
+                        done.push((msg.tag, now));
+                        more
+                    }
+                    Completion::Later(more) => more,
+                    Completion::Stale => continue,
+                }
             };
             for t in more {
                 q.schedule(t.at, t);

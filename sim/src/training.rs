@@ -580,8 +580,13 @@ impl<'a> Sim<'a> {
                     self.schedule_timers(timers);
                 }
                 Ev::Net(t) => {
-                    if let Some((msg, timers)) = self.net.complete(now, t.flow, t.version) {
-                        self.schedule_timers(timers);
+                    let (msg, timers) = match self.net.complete(now, t.flow, t.version) {
+                        crate::network::Completion::Done(msg, timers) => (Some(msg), timers),
+                        crate::network::Completion::Later(timers) => (None, timers),
+                        crate::network::Completion::Stale => (None, Vec::new()),
+                    };
+                    self.schedule_timers(timers);
+                    if let Some(msg) = msg {
                         if let Tag::Compute { class } = msg.tag {
                             self.compute_done(class);
                             continue;

@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 use topolab_core::units::Time;
 use topolab_sim::maxmin::{self, Scratch, Use};
-use topolab_sim::network::{Message, Network};
+use topolab_sim::network::{Completion, Message, Network};
 
 /// A random instance: resource capacities, flow paths (resource, weight), and a sequence of
 /// sends (flow, bytes).
@@ -98,8 +98,8 @@ fn drive(inst: Instance, unfair: Option<(f64, f64)>) -> Result<(), TestCaseError
                     net.reshare(now, timer.flow, timer.version)
                 } else {
                     match net.complete(now, timer.flow, timer.version) {
-                        Some((_, timers)) => timers,
-                        None => continue,
+                        Completion::Done(_, timers) | Completion::Later(timers) => timers,
+                        Completion::Stale => continue,
                     }
                 }
             }

@@ -46,11 +46,12 @@ fn topolab_times(p: &Pattern) -> Vec<f64> {
         let timers = match ev {
             Ev::Start(i) => net.send(now, ids[i], Message { bytes: p.flows[i].1, tag: i }),
             Ev::Done(t) => match net.complete(now, t.flow, t.version) {
-                Some((msg, timers)) => {
+                topolab_sim::network::Completion::Done(msg, timers) => {
                     done[msg.tag] = now.secs_f64();
                     timers
                 }
-                None => continue,
+                topolab_sim::network::Completion::Later(timers) => timers,
+                topolab_sim::network::Completion::Stale => continue,
             },
         };
         for t in timers {
