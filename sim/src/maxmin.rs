@@ -36,9 +36,14 @@ pub fn solve<'p>(
 ) -> Vec<f64> {
     let n = flows.len();
     let mut rate = vec![0.0; n];
-    let mut frozen = vec![false; n];
+    let mut frozen = std::mem::take(&mut scratch.frozen);
+    frozen.clear();
+    frozen.resize(n, false);
     let mut remaining = n;
-    let mut touched: Vec<usize> = Vec::new();
+    let mut touched = std::mem::take(&mut scratch.touched);
+    let mut active = std::mem::take(&mut scratch.active);
+    let mut full = std::mem::take(&mut scratch.full);
+    touched.clear();
     for (i, &f) in flows.iter().enumerate() {
         let path = path_of(f);
         if path.is_empty() {
@@ -60,29 +65,33 @@ pub fn solve<'p>(
             scratch.users[r].push(i);
         }
     }
+    // Resources that still carry unfrozen flows, in the order they were first touched (the
+    // first of equal increments wins, as in the reference).
+    active.clear();
+    active.extend_from_slice(&touched);
     let mut level = 0.0f64;
     while remaining > 0 {
         // The next resource to fill: the smallest level increment (left / unfrozen weight).
         let mut best: Option<(f64, usize)> = None;
-        for &r in &touched {
-            if scratch.count[r] > 0 {
-                let inc = (scratch.left[r] / scratch.weight[r]).max(0.0);
-                if best.is_none_or(|(b, _)| inc < b) {
-                    best = Some((inc, r));
-                }
+        for &r in &active {
+            let inc = (scratch.left[r] / scratch.weight[r]).max(0.0);
+            if best.is_none_or(|(b, _)| inc < b) {
+                best = Some((inc, r));
             }
         }
         let Some((inc, argmin)) = best else { break };
         level += inc;
-        for &r in &touched {
-            if scratch.count[r] > 0 {
-                scratch.left[r] -= inc * scratch.weight[r];
+        // Fill every active resource by the increment; the full ones (the argmin always is)
+        // freeze their flows.
+        full.clear();
+        for &r in &active {
+            scratch.left[r] -= inc * scratch.weight[r];
+            if r == argmin || scratch.left[r] <= 1e-12 * capacity[r] {
+                full.push(r);
             }
         }
-        // Freeze the flows of every resource that is now full (the argmin always is).
-        for &r in &touched {
-            let full = r == argmin || scratch.left[r] <= 1e-12 * capacity[r];
-            if scratch.count[r] == 0 || !full {
+        for &r in &full {
+            if scratch.count[r] == 0 {
                 continue;
             }
             for j in 0..scratch.users[r].len() {
@@ -100,6 +109,7 @@ pub fn solve<'p>(
                 }
             }
         }
+        active.retain(|&r| scratch.count[r] > 0);
     }
     for &r in &touched {
         scratch.seen[r] = false;
@@ -108,6 +118,7 @@ pub fn solve<'p>(
         scratch.count[r] = 0;
         scratch.users[r].clear();
     }
+    (scratch.frozen, scratch.touched, scratch.active, scratch.full) = (frozen, touched, active, full);
     rate
 }
 
@@ -119,6 +130,11 @@ pub struct Scratch {
     left: Vec<f64>,
     count: Vec<u32>,
     users: Vec<Vec<usize>>,
+    /// Per call: flows frozen; resources touched, still active, full at this level.
+    frozen: Vec<bool>,
+    touched: Vec<usize>,
+    active: Vec<usize>,
+    full: Vec<usize>,
 }
 
 impl Scratch {

@@ -133,6 +133,11 @@ struct LocalScratch {
     acc: Vec<f64>,
     /// Resource is outside the closure and crossed by a re-solved flow.
     in_cut: Vec<bool>,
+    /// Buffers of one re-solve, kept for the next: re-solved flows, closure, cut, frontier.
+    inside: Vec<usize>,
+    closure: Vec<usize>,
+    cut: Vec<usize>,
+    frontier: Vec<usize>,
 }
 
 /// What a completion timer meant ([`Network::complete`]).
@@ -422,7 +427,9 @@ impl<T: Copy> Network<T> {
         if self.ramp.is_none() && self.fifo.is_none() {
             // Shares change only when a connection turns active: a local re-solve is exact.
             let (flows, rates) = self.resolve_local(seeds, change);
-            return self.retime(now, &flows, &rates);
+            let timers = self.retime(now, &flows, &rates);
+            self.local.inside = flows;
+            return timers;
         }
         let comp = self.component(seeds);
         if comp.is_empty() {
@@ -511,12 +518,17 @@ impl<T: Copy> Network<T> {
     /// inside, so the result is the unique max-min allocation (checked against the reference
     /// solver after every change by a property test).
     fn resolve_local(&mut self, seeds: &[usize], change: Change) -> (Vec<usize>, Vec<f64>) {
-        let mut inside: Vec<usize> = Vec::new();
-        let mut closure: Vec<usize> = Vec::new();
-        let mut cut: Vec<usize> = Vec::new();
-        // A leaving flow's caller passes the resources it saturated.
-        let mut frontier: Vec<usize> = seeds.iter().copied().filter(|&r| change == Leaving || self.tight(r)).collect();
         let mut ls = std::mem::take(&mut self.local);
+        let mut inside = std::mem::take(&mut ls.inside);
+        let mut closure = std::mem::take(&mut ls.closure);
+        let mut cut = std::mem::take(&mut ls.cut);
+        let mut frontier = std::mem::take(&mut ls.frontier);
+        inside.clear();
+        closure.clear();
+        cut.clear();
+        frontier.clear();
+        // A leaving flow's caller passes the resources it saturated.
+        frontier.extend(seeds.iter().copied().filter(|&r| change == Leaving || self.tight(r)));
         if let Joined(f) = change {
             // Its luck for this busy period (without ramp and queue order, the whole share).
             let flow = &mut self.flows[f];
@@ -603,6 +615,7 @@ impl<T: Copy> Network<T> {
         for &f in &inside {
             ls.in_f[f] = false;
         }
+        (ls.closure, ls.cut, ls.frontier) = (closure, cut, frontier);
         self.local = ls;
         (inside, rates)
     }
