@@ -1,13 +1,26 @@
 //! Whole simulations, and how their cost grows with workers, PS and steps.
 //! Targets: scenarios/bench/inception-v3-64w-8ps.toml (1000 steps) <= 2 s on one core;
-//! 1024 workers x 32 PS x 100 steps <= 20 s (and <= 2 GiB peak memory, measured on the CLI).
+//! 1024 workers x 32 PS x 100 steps <= 20 s (and <= 2 GiB peak memory, measured on the CLI);
+//! the time to 78% top-1 at 100 jittered workers (every worker simulated on its own) < 10 s.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use topolab_benches::{inception, repo_scenario};
+use topolab_core::scenario::Scenario;
+use topolab_sim::target::time_to_target;
 use topolab_sim::{SimOptions, simulate};
 
 fn opts() -> SimOptions {
     SimOptions { trace: false, ..SimOptions::default() }
+}
+
+/// The cluster of [`inception`], trained to 78% top-1 (the time-to-accuracy bench).
+fn inception_to_target(workers: u32, ps: u32, jitter: f64) -> Scenario {
+    let text = format!(
+        "batch = 32\n[model]\nname = \"inception-v3\"\n[optimizer]\nkind = \"rmsprop\"\n[hardware]\ngpu = \"k40\"\n\
+         [network]\nnic = \"10 Gbit/s\"\n[topology]\nworkers = {workers}\nps = {ps}\n\
+         [training]\ntrace_steps = 0\ntarget = {{ metric = \"top1\", value = 0.78 }}\n[faults]\njitter = {jitter}\n"
+    );
+    Scenario::parse(&text, "<bench>", "bench-to-target", None).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn targets(c: &mut Criterion) {
@@ -17,6 +30,11 @@ fn targets(c: &mut Criterion) {
     g.bench_function("inception-v3 64w 8ps 1000 steps", |b| b.iter(|| simulate(&s, &opts()).unwrap().summary.events));
     let s = inception(1024, 32, 100, 0.0);
     g.bench_function("inception-v3 1024w 32ps 100 steps", |b| b.iter(|| simulate(&s, &opts()).unwrap().summary.events));
+    // Time to accuracy: simulated until the mean step is known to +-0.5%, then extrapolated.
+    let s = inception_to_target(100, 8, 0.05);
+    g.bench_function("inception-v3 time to 78% at 100 jittered workers", |b| {
+        b.iter(|| time_to_target(&s, &opts()).unwrap().1.time_to_target_s)
+    });
     g.finish();
 }
 
