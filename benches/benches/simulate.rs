@@ -5,22 +5,12 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use topolab_benches::{inception, repo_scenario};
-use topolab_core::scenario::Scenario;
+use topolab_core::scenario::Target;
 use topolab_sim::target::time_to_target;
 use topolab_sim::{SimOptions, simulate};
 
 fn opts() -> SimOptions {
     SimOptions { trace: false, ..SimOptions::default() }
-}
-
-/// The cluster of [`inception`], trained to 78% top-1 (the time-to-accuracy bench).
-fn inception_to_target(workers: u32, ps: u32, jitter: f64) -> Scenario {
-    let text = format!(
-        "batch = 32\n[model]\nname = \"inception-v3\"\n[optimizer]\nkind = \"rmsprop\"\n[hardware]\ngpu = \"k40\"\n\
-         [network]\nnic = \"10 Gbit/s\"\n[topology]\nworkers = {workers}\nps = {ps}\n\
-         [training]\ntrace_steps = 0\ntarget = {{ metric = \"top1\", value = 0.78 }}\n[faults]\njitter = {jitter}\n"
-    );
-    Scenario::parse(&text, "<bench>", "bench-to-target", None).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn targets(c: &mut Criterion) {
@@ -31,7 +21,9 @@ fn targets(c: &mut Criterion) {
     let s = inception(1024, 32, 100, 0.0);
     g.bench_function("inception-v3 1024w 32ps 100 steps", |b| b.iter(|| simulate(&s, &opts()).unwrap().summary.events));
     // Time to accuracy: simulated until the mean step is known to +-0.5%, then extrapolated.
-    let s = inception_to_target(100, 8, 0.05);
+    let s = inception(100, 8, 20, 0.05)
+        .with(|f| f.training.target = Some(Target { metric: "top1".into(), value: 0.78 }))
+        .unwrap_or_else(|e| panic!("{e:?}"));
     g.bench_function("inception-v3 time to 78% at 100 jittered workers", |b| {
         b.iter(|| time_to_target(&s, &opts()).unwrap().1.time_to_target_s)
     });
