@@ -65,6 +65,9 @@ pub fn solve<'p>(
             scratch.users[r].push(i);
         }
     }
+    for &r in &touched {
+        scratch.summed[r] = scratch.weight[r];
+    }
     // Resources that still carry unfrozen flows, in the order they were first touched (the
     // first of equal increments wins, as in the reference).
     active.clear();
@@ -103,9 +106,19 @@ pub fn solve<'p>(
                 rate[i] = level;
                 remaining -= 1;
                 for u in path_of(flows[i]) {
-                    scratch.count[u.resource] -= 1;
-                    scratch.weight[u.resource] =
-                        if scratch.count[u.resource] == 0 { 0.0 } else { scratch.weight[u.resource] - u.weight };
+                    let r = u.resource;
+                    scratch.count[r] -= 1;
+                    if scratch.count[r] == 0 {
+                        scratch.weight[r] = 0.0;
+                        continue;
+                    }
+                    scratch.weight[r] -= u.weight;
+                    if scratch.weight[r] < CANCEL * scratch.summed[r] {
+                        // Most of the weight just left: the difference of two near sums keeps
+                        // few correct digits (shares a billion apart). Sum what is left anew.
+                        scratch.weight[r] = unfrozen_weight(r, &scratch.users[r], &frozen, flows, &path_of);
+                        scratch.summed[r] = scratch.weight[r];
+                    }
                 }
             }
         }
@@ -122,11 +135,33 @@ pub fn solve<'p>(
     rate
 }
 
+/// When a resource's unfrozen weight, kept by subtraction, falls below this fraction of the
+/// sum it was last computed from, it is summed again from the unfrozen flows: subtracting
+/// away all but 1e-4 of a sum leaves its relative error 1e4 times larger (about 2e-12).
+const CANCEL: f64 = 1e-4;
+
+/// The weight on resource `r` of the unfrozen flows among `users` (indices into `flows`).
+fn unfrozen_weight<'p>(
+    r: usize,
+    users: &[usize],
+    frozen: &[bool],
+    flows: &[usize],
+    path_of: &impl Fn(usize) -> &'p [Use],
+) -> f64 {
+    users
+        .iter()
+        .filter(|&&i| !frozen[i])
+        .flat_map(|&i| path_of(flows[i]).iter().filter(|u| u.resource == r).map(|u| u.weight))
+        .sum()
+}
+
 /// Working arrays of [`solve`], one entry per resource, reused between calls.
 #[derive(Debug, Clone, Default)]
 pub struct Scratch {
     seen: Vec<bool>,
     weight: Vec<f64>,
+    /// The weight when last summed from scratch (see [`CANCEL`]).
+    summed: Vec<f64>,
     left: Vec<f64>,
     count: Vec<u32>,
     users: Vec<Vec<usize>>,
@@ -149,6 +184,7 @@ impl Scratch {
     pub fn resize(&mut self, resources: usize) {
         self.seen.resize(resources, false);
         self.weight.resize(resources, 0.0);
+        self.summed.resize(resources, 0.0);
         self.left.resize(resources, 0.0);
         self.count.resize(resources, 0);
         self.users.resize(resources, Vec::new());

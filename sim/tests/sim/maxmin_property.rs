@@ -1,6 +1,7 @@
 //! The incremental network solver against the plain reference, on random flow sets.
 
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 use topolab_core::units::Time;
 use topolab_sim::maxmin::{self, Scratch, Use};
 use topolab_sim::network::{Completion, Message, Network};
@@ -52,6 +53,10 @@ fn incast() -> impl Strategy<Value = Instance> {
         })
     })
 }
+
+/// The property tests draw the same cases on every run, so that CI is reproducible; change the
+/// seed (or raise `cases`) to explore further, and keep any failure as a named test.
+const SEED: u64 = 0x7090_1ab5;
 
 fn rel_eq(a: f64, b: f64) -> bool {
     rel_eq_within(a, b, 1e-9)
@@ -130,7 +135,7 @@ fn drive(inst: Instance, unfair: Option<(f64, f64)>) -> Result<(), TestCaseError
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, rng_seed: RngSeed::Fixed(SEED), ..ProptestConfig::default() })]
 
     /// Exact max-min fairness: the incremental solver equals the reference after every change.
     #[test]
@@ -174,4 +179,25 @@ proptest! {
             prop_assert!(used <= c * (1.0 + 1e-9), "resource {r}: {used} > {c}");
         }
     }
+}
+
+/// Found by a random run: a connection a billion times less entitled than the others on its
+/// NICs (log-normal luck, ramp and the queue floor multiplied) keeps its rate to 9 digits once
+/// the others freeze (the solver sums what is left anew instead of subtracting nearly all of it).
+#[test]
+fn a_share_a_billion_times_smaller_keeps_its_digits() {
+    let u = |resource, weight| Use { resource, weight };
+    let inst: Instance = (
+        vec![6.469136631436362, 5.101320006921995, 0.01, 0.01],
+        vec![
+            vec![u(2, 3.0), u(3, 3.0)],
+            vec![u(1, 3.0), u(3, 2.0)],
+            vec![u(0, 4.0), u(3, 2.0)],
+            vec![u(0, 1.0), u(1, 2.0)],
+            vec![u(0, 1.0), u(1, 1.0), u(3, 4.0)],
+            vec![u(0, 3.0), u(3, 4.0)],
+        ],
+        vec![(4, 1.0), (1, 1.0), (0, 1.0), (3, 1.0)],
+    );
+    drive(inst, Some((1.4199883211365578, 80.63209893762604))).unwrap();
 }

@@ -17,7 +17,7 @@ fn inception(workers: u32, ps: u32, nic_gbit: f64, extra: &str) -> Scenario {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 24, rng_seed: proptest::test_runner::RngSeed::Fixed(0x7090_1ab5), ..ProptestConfig::default() })]
 
     /// More bandwidth is never slower.
     #[test]
