@@ -12,6 +12,7 @@
 //! - [`hardware`]: the GPU, NIC and host-bus catalogue, each figure with its source.
 //! - [`placement`]: variables onto parameter-server shards (round-robin, greedy, partitioned).
 //! - [`plan`]: the per-step DAG of ops that the simulator times and the runtime performs.
+//! - [`collective`]: the all-reduce step: fusion buckets and the ring schedule.
 //! - [`best`]: the fastest, the cheapest and the Pareto front of a sweep, in the same words everywhere.
 //! - [`compare`]: two runs or two sweeps, metric by metric, against a regression threshold.
 //! - [`records`]: [`records::StepRecord`] and [`records::RunSummary`], identical for simulated
@@ -22,6 +23,7 @@
 
 pub mod atomic;
 pub mod best;
+pub mod collective;
 pub mod compare;
 pub mod convergence;
 pub mod diagnostic;

@@ -486,6 +486,27 @@ pub enum AllReduceAlgorithm {
     Tree,
 }
 
+impl AllReduceAlgorithm {
+    /// Kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllReduceAlgorithm::Ring => "ring",
+            AllReduceAlgorithm::Hierarchical => "hierarchical",
+            AllReduceAlgorithm::Tree => "tree",
+        }
+    }
+}
+
+impl TopologyKind {
+    /// Kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopologyKind::ParameterServer => "parameter-server",
+            TopologyKind::AllReduce => "all-reduce",
+        }
+    }
+}
+
 /// Parameter servers and workers, or all-reduce.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -520,16 +541,27 @@ pub struct TopologySpec {
     /// All-reduce algorithm (all-reduce topology).
     #[serde(default)]
     pub algorithm: AllReduceAlgorithm,
-    /// Tensor fusion buffer for all-reduce.
+    /// Tensor fusion buffer for all-reduce: ready gradients are fused up to this size and
+    /// all-reduced together (Horovod's HOROVOD_FUSION_THRESHOLD; 0 turns fusion off).
     #[serde(default = "default_fusion")]
     pub fusion_buffer: Bytes,
+    /// How often ready gradients are collected into a fusion buffer (Horovod's
+    /// HOROVOD_CYCLE_TIME; 0: as soon as a bucket is full or backward ends).
+    #[serde(default = "default_fusion_cycle")]
+    pub fusion_cycle: Time,
 }
 
 fn default_threshold() -> Bytes {
     Bytes(16 << 20)
 }
+/// Horovod's defaults since v0.21.0: a 128 MB fusion threshold and a 1 ms cycle (they were
+/// 64 MB and 5 ms; Horovod changelog v0.21.0, "Changed default cycle time from 5ms to 1ms and
+/// fusion threshold from 64MB to 128MB", horovod/horovod#2468).
 fn default_fusion() -> Bytes {
-    Bytes(64 << 20)
+    Bytes(128 << 20)
+}
+fn default_fusion_cycle() -> Time {
+    Time(1_000_000)
 }
 
 impl Default for TopologySpec {
@@ -546,6 +578,7 @@ impl Default for TopologySpec {
             ps_hosts: PsHosts::Dedicated,
             algorithm: AllReduceAlgorithm::Ring,
             fusion_buffer: default_fusion(),
+            fusion_cycle: default_fusion_cycle(),
         }
     }
 }
@@ -1544,6 +1577,16 @@ impl Scenario {
     /// A one-line description for tables.
     pub fn label(&self) -> String {
         let t = &self.spec.topology;
+        if t.kind == TopologyKind::AllReduce {
+            return format!(
+                "{} x{} {} / {}w {} all-reduce",
+                self.model.name,
+                self.spec.batch,
+                self.gpu.name,
+                t.workers,
+                t.algorithm.as_str()
+            );
+        }
         format!(
             "{} x{} {} / {}w {}ps {}",
             self.model.name,
@@ -1588,7 +1631,62 @@ fn no_effect(s: &ScenarioFile, gpu: Option<&Gpu>, v: &mut Problems) {
     let t = &s.topology;
     let td = TopologySpec::default();
     if t.kind == TopologyKind::AllReduce {
-        not_yet(v, "topology.kind", "the all-reduce topology", "collectives: ring, hierarchical, tree");
+        if t.algorithm != AllReduceAlgorithm::Ring {
+            not_yet(
+                v,
+                "topology.algorithm",
+                &format!("the {} all-reduce", t.algorithm.as_str()),
+                "the ring all-reduce is built; hierarchical and tree come next",
+            );
+        }
+        // Parameter-server fields have no meaning without parameter servers.
+        let why = "with kind = \"all-reduce\" (there are no parameter servers: the workers sum their gradients among themselves)";
+        for (path, set) in [
+            ("topology.ps", t.ps != td.ps),
+            ("topology.placement", t.placement != td.placement),
+            ("topology.partition_threshold", t.partition_threshold != td.partition_threshold),
+            ("topology.ps_hosts", t.ps_hosts != td.ps_hosts),
+            ("topology.backup_workers", t.backup_workers != td.backup_workers),
+            (
+                "hardware.ps_memory_bandwidth",
+                s.hardware.ps_memory_bandwidth != HardwareSpec::default().ps_memory_bandwidth,
+            ),
+            ("hardware.local_aggregation", s.hardware.local_aggregation != HardwareSpec::default().local_aggregation),
+        ] {
+            if set {
+                no_effect_with(v, path, why);
+            }
+        }
+        if t.mode != Mode::Sync {
+            v.push(
+                "topology.mode",
+                &format!(
+                    "mode = \"{}\" needs parameter servers; an all-reduce is synchronous: every worker waits for the sum",
+                    t.mode.as_str()
+                ),
+                Some("remove `mode` (or set kind = \"parameter-server\")".into()),
+            );
+        }
+        for (path, set) in [
+            ("hardware.shared_cores", s.hardware.shared_cores.is_some()),
+            ("hardware.shared_gpus", s.hardware.shared_gpus.is_some()),
+        ] {
+            if set {
+                not_yet(
+                    v,
+                    path,
+                    "sharing one machine's cores or GPUs in an all-reduce",
+                    "it is modelled for parameter servers only",
+                );
+            }
+        }
+        if t.workers == 1 {
+            v.push(
+                "topology.workers",
+                "an all-reduce among one worker exchanges nothing",
+                Some("use workers >= 2, or kind = \"parameter-server\" to simulate one worker".into()),
+            );
+        }
     } else {
         if t.algorithm != td.algorithm {
             no_effect_with(
@@ -1602,6 +1700,13 @@ fn no_effect(s: &ScenarioFile, gpu: Option<&Gpu>, v: &mut Problems) {
                 v,
                 "topology.fusion_buffer",
                 "with kind = \"parameter-server\" (it sizes all-reduce fusion buckets)",
+            );
+        }
+        if t.fusion_cycle != td.fusion_cycle {
+            no_effect_with(
+                v,
+                "topology.fusion_cycle",
+                "with kind = \"parameter-server\" (it paces all-reduce fusion buckets)",
             );
         }
     }
@@ -1682,13 +1787,23 @@ fn no_effect(s: &ScenarioFile, gpu: Option<&Gpu>, v: &mut Problems) {
             );
         }
     }
+    let all_reduce = s.topology.kind == TopologyKind::AllReduce;
     if let Some(o) = &h.gpu_spec
         && o.memory_bandwidth.is_some()
+        && !all_reduce
     {
         v.push(
             "hardware.gpu_spec.memory_bandwidth",
-            "a GPU's memory bandwidth is not modelled yet: compute time comes from FLOPs x peak x efficiency",
+            "a GPU's memory bandwidth times only the optimizer update of an all-reduce (the workers apply it); \
+             with parameter servers compute time comes from FLOPs x peak x efficiency",
             Some("remove the field (the catalogue lists it for reference only)".into()),
+        );
+    }
+    if all_reduce && gpu.is_some_and(|g| g.memory_bandwidth.0 <= 0.0) {
+        v.push(
+            "hardware.gpu_spec",
+            "an all-reduce needs the GPU's memory bandwidth: every worker applies the summed gradients on its GPU",
+            Some("add `memory_bandwidth = \"...\"` to [hardware.gpu_spec], with its source".into()),
         );
     }
     if h.precision == Precision::Fp16
@@ -2022,7 +2137,6 @@ fn validate(s: &ScenarioFile, v: &mut Problems) {
         v.check(t.staleness >= 1, "topology.staleness", || "mode = \"stale-synchronous\" needs staleness >= 1".into());
     }
     v.check(t.partition_threshold.0 > 0, "topology.partition_threshold", || "partition_threshold must be > 0".into());
-    v.check(t.fusion_buffer.0 > 0, "topology.fusion_buffer", || "fusion_buffer must be > 0".into());
 
     let tr = &s.training;
     v.check(tr.steps >= 1, "training.steps", || "steps must be >= 1".into());

@@ -21,6 +21,7 @@
 //! thread scheduling.
 #![warn(missing_docs)]
 
+pub mod allreduce;
 pub mod engine;
 pub mod failures;
 pub mod fit;
@@ -38,7 +39,7 @@ use std::time::Instant;
 use serde::Serialize;
 use topolab_core::plan::{Plan, PlanError};
 use topolab_core::records::{self, Breakdown, RunSummary, StepRecord, Utilization, VERSION};
-use topolab_core::scenario::{PsHosts, Scenario};
+use topolab_core::scenario::{PsHosts, Scenario, TopologyKind};
 use topolab_core::units::{Bytes, Time};
 
 pub use topolab_core::atomic::write_atomic;
@@ -155,8 +156,14 @@ pub struct SimDetail {
 }
 
 /// GPU memory a worker replica needs (see [`topolab_core::scenario::gpu_memory_needed`]).
+/// With all-reduce the optimizer's slots live on every GPU too (there is no PS to hold them).
 pub fn gpu_memory_needed(s: &Scenario) -> Bytes {
-    topolab_core::scenario::gpu_memory_needed(&s.model, s.spec.batch)
+    let base = topolab_core::scenario::gpu_memory_needed(&s.model, s.spec.batch);
+    if all_reduce(s) { Bytes(base.0 + s.model.bytes().0 * s.spec.optimizer.kind.slots()) } else { base }
+}
+
+fn all_reduce(s: &Scenario) -> bool {
+    s.spec.topology.kind == TopologyKind::AllReduce
 }
 
 /// Simulates `s`.
@@ -179,9 +186,16 @@ pub fn simulate(s: &Scenario, opts: &SimOptions) -> Result<SimRun, SimError> {
             ),
         });
     }
-    let plan = Plan::new(s)?;
-    let outcome = training::Sim::new(s, &plan, opts)?.run()?;
-    let summary = summarize(s, &plan, &outcome);
+    let (outcome, summary) = if all_reduce(s) {
+        let outcome = allreduce::run(s, opts)?;
+        let summary = summarize(s, None, &outcome);
+        (outcome, summary)
+    } else {
+        let plan = Plan::new(s)?;
+        let outcome = training::Sim::new(s, &plan, opts)?.run()?;
+        let summary = summarize(s, Some(&plan), &outcome);
+        (outcome, summary)
+    };
     let compute_per_step_s = outcome
         .steps
         .iter()
@@ -222,6 +236,7 @@ fn resource_label(r: &ResourceUse) -> String {
         ResourceOwner::Worker(w) => format!("worker{w} {dir}"),
         ResourceOwner::Ps(p) => format!("ps{p} {dir}"),
         ResourceOwner::Rack(k) => format!("rack{k} {}", if r.outbound { "uplink" } else { "downlink" }),
+        ResourceOwner::HostBus(w) => format!("worker{w} host bus"),
     }
 }
 
@@ -229,7 +244,7 @@ fn busy(r: &ResourceUse, makespan: Time) -> f64 {
     if makespan.0 == 0 { 0.0 } else { r.bytes_per_host / (r.capacity * makespan.0 as f64) }
 }
 
-fn summarize(s: &Scenario, plan: &Plan, o: &Outcome) -> RunSummary {
+fn summarize(s: &Scenario, plan: Option<&Plan>, o: &Outcome) -> RunSummary {
     let t = &s.spec.topology;
     let n = o.steps.len().max(1) as f64;
     let mean = |f: fn(&StepRecord) -> u64| o.steps.iter().map(|r| f(r) as f64).sum::<f64>() / n / 1e9;
@@ -251,23 +266,28 @@ fn summarize(s: &Scenario, plan: &Plan, o: &Outcome) -> RunSummary {
     let hosts_shard = |r: &ResourceUse| match r.owner {
         ResourceOwner::Ps(_) => true,
         ResourceOwner::Worker(w) => t.ps_hosts == PsHosts::Colocated && w < t.ps,
-        ResourceOwner::Rack(_) => false,
+        ResourceOwner::Rack(_) | ResourceOwner::HostBus(_) => false,
     };
     let ps_in = max_busy(&|r| hosts_shard(r) && !r.outbound);
     let ps_out = max_busy(&|r| hosts_shard(r) && r.outbound);
     let w_in = max_busy(&|r| matches!(r.owner, ResourceOwner::Worker(_)) && !hosts_shard(r) && !r.outbound);
     let w_out = max_busy(&|r| matches!(r.owner, ResourceOwner::Worker(_)) && !hosts_shard(r) && r.outbound);
     let rack = max_busy(&|r| matches!(r.owner, ResourceOwner::Rack(_)));
+    let host_bus = max_busy(&|r| matches!(r.owner, ResourceOwner::HostBus(_)));
     let gpu = if makespan.0 > 0 { o.gpu_busy_ns as f64 / (f64::from(t.workers) * makespan.0 as f64) } else { 0.0 };
+    let ps = plan.is_some();
     let utilization = Utilization {
         gpu,
-        ps_nic_in_max: Some(ps_in.0),
-        ps_nic_out_max: Some(ps_out.0),
+        ps_nic_in_max: ps.then_some(ps_in.0),
+        ps_nic_out_max: ps.then_some(ps_out.0),
         worker_nic_in_max: Some(w_in.0),
         worker_nic_out_max: Some(w_out.0),
     };
     let step_time = records::step_time_stats(&o.steps);
-    let bottleneck = bottleneck(s, plan, &breakdown, step_time.mean, [ps_in, ps_out, w_in, w_out, rack], gpu);
+    let bottleneck = match plan {
+        Some(plan) => bottleneck(s, plan, &breakdown, step_time.mean, [ps_in, ps_out, w_in, w_out, rack], gpu),
+        None => collective_bottleneck(s, &breakdown, step_time.mean, [w_in, w_out, rack, host_bus], gpu),
+    };
     RunSummary {
         scenario: s.spec.name.clone(),
         scenario_hash: s.hash.clone(),
@@ -275,7 +295,7 @@ fn summarize(s: &Scenario, plan: &Plan, o: &Outcome) -> RunSummary {
         version: VERSION.into(),
         source: "sim".into(),
         workers: t.workers,
-        ps: t.ps,
+        ps: if ps { t.ps } else { 0 },
         steps: s.spec.training.steps,
         step_time_s: step_time,
         throughput_samples_per_s: throughput,
@@ -365,6 +385,66 @@ fn bottleneck(
         _ => format!(
             "the workers' {} NICs limit the step: their {dir} is busy {pct:.0}% of the whole run, carrying the {phase}; {tail}; \
              faster NICs, or overlapping pushes with backprop (training.overlap), would help",
+            s.nic
+        ),
+    }
+}
+
+/// The bottleneck of an all-reduce step in words: compute, waiting for the slowest worker,
+/// the ring's slowest link, or the latency of its many rounds.
+fn collective_bottleneck(
+    s: &Scenario,
+    b: &Breakdown,
+    step_mean: f64,
+    nets: [(f64, Option<&ResourceUse>); 4],
+    gpu: f64,
+) -> String {
+    let t = &s.spec.topology;
+    let step = step_mean.max(1e-12);
+    let (c, e, w) = (b.compute / step * 100.0, b.exposed_comm / step * 100.0, b.wait / step * 100.0);
+    let ring = format!("the {} all-reduce", t.algorithm.as_str());
+    if c >= 90.0 {
+        return format!(
+            "GPU compute limits the step: {c:.0}% of it computes on the {} ({:.0}% busy overall); {ring} hides behind backward; \
+             a faster GPU shortens the step",
+            s.gpu.name,
+            gpu * 100.0
+        );
+    }
+    if w > e {
+        return format!(
+            "waiting for the slowest worker limits the step: {w:.0}% of it waits for other workers to hand over their gradients; \
+             every worker of {ring} waits for the slowest, so stragglers cost all of them"
+        );
+    }
+    let tail = format!("communication not hidden behind compute is {e:.0}% of the step, compute {c:.0}%");
+    let (busy, res) = nets.iter().fold((0.0, None), |acc, &(x, r)| if x > acc.0 { (x, r) } else { acc });
+    let ranks = t.workers * s.spec.hardware.gpus_per_host;
+    let Some(r) = res.filter(|_| busy >= 0.2) else {
+        return format!(
+            "latency limits the step: {tail}, with no link busy; each bucket takes {} rounds of latency {} and per-message overhead {}: \
+             fewer buckets (a larger topology.fusion_buffer) would help",
+            2 * ranks.saturating_sub(1),
+            s.spec.network.latency,
+            s.spec.network.message_overhead
+        );
+    };
+    let pct = busy * 100.0;
+    match r.owner {
+        ResourceOwner::Rack(k) => format!(
+            "the ring's slowest link, rack {k}'s {}, is busy {pct:.0}% of the run at {}:1 oversubscription; {tail}; \
+             a less oversubscribed fabric or placing the ring's hosts in fewer racks would help",
+            if r.outbound { "uplink" } else { "downlink" },
+            s.spec.network.oversubscription
+        ),
+        ResourceOwner::HostBus(h) => format!(
+            "the ring's slowest link, host {h}'s bus between its GPUs, is busy {pct:.0}% of the run; {tail}; a faster host bus \
+             (NVLink) would help"
+        ),
+        ResourceOwner::Worker(h) | ResourceOwner::Ps(h) => format!(
+            "the ring's slowest link, host {h} {}, is busy {pct:.0}% of the run ({} NICs carry 2(n-1)/n of the gradients each way per step); \
+             {tail}; faster NICs would help",
+            if r.outbound { "egress" } else { "ingress" },
             s.nic
         ),
     }

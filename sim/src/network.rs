@@ -361,6 +361,19 @@ impl<T: Copy> Network<T> {
         timers
     }
 
+    /// The one entry point for a fired timer, completion or reshare: the message it finished
+    /// (if any) and the timers to schedule.
+    pub fn on_timer(&mut self, now: Time, t: Timer) -> (Option<Message<T>>, Vec<Timer>) {
+        if t.reshare {
+            return (None, self.reshare(now, t.flow, t.version));
+        }
+        match self.complete(now, t.flow, t.version) {
+            Completion::Done(msg, timers) => (Some(msg), timers),
+            Completion::Later(timers) => (None, timers),
+            Completion::Stale => (None, Vec::new()),
+        }
+    }
+
     /// Handles a timer of flow `f`: stale, early (the flow slowed down since it was set: the
     /// timer of its new completion), or the finished message and the timers to schedule.
     pub fn complete(&mut self, now: Time, f: usize, version: u64) -> Completion<T> {

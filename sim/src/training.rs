@@ -161,6 +161,8 @@ pub enum ResourceOwner {
     Ps(u32),
     /// A rack's uplink.
     Rack(u32),
+    /// The bus joining the GPUs of a worker host (all-reduce: the ring's hops inside it).
+    HostBus(u32),
 }
 
 struct Shard {
@@ -216,6 +218,157 @@ pub(crate) struct Sim<'a> {
     ops: Vec<crate::SimOp>,
 }
 
+/// Each layer's forward and backward compute time on one GPU for the scenario's batch, ns:
+/// from the GPU's effective rate (plus, with a calibrated profile, the measured cost per
+/// activation value and per call), or from a GPU profile's measured kernel rates.
+pub(crate) fn layer_times(s: &Scenario) -> (Vec<u64>, Vec<u64>) {
+    let spec = &s.spec;
+    let rate = s.effective_rate();
+    // Per layer: FLOPs at the effective rate; with a calibrated profile, also the measured
+    // cost per activation value (element-wise work the FLOP count leaves out) and per call.
+    let (per_value, per_call) = s
+        .profile
+        .as_ref()
+        .map_or((0.0, 0.0), |p| (p.fitted.elementwise_ns_per_value, p.fitted.layer_overhead.0 as f64));
+    let extra = |l: &topolab_core::models::Layer| {
+        if l.variables.is_empty() {
+            0.0
+        } else {
+            per_value * (l.activation_bytes.0 / 4) as f64 * spec.batch as f64 + per_call
+        }
+    };
+    match s.profile.as_ref().and_then(|p| p.fitted.gpu.as_ref()) {
+        // A GPU profile: each layer's kernels and copies, as the cuda backend runs them,
+        // timed at the measured rates of their shape classes.
+        Some(g) => {
+            let precision = topolab_core::profile::GemmPrecision::of(spec.hardware.precision);
+            let bf16 = precision == topolab_core::profile::GemmPrecision::Bf16;
+            s.model
+                .layers
+                .iter()
+                .map(|l| match l.gemm_shape(spec.batch) {
+                    Some((m, k, n)) => {
+                        let (f, b) = topolab_core::profile::proxy_layer_ops(m, k, n, l.variables.len() > 1, bf16);
+                        (g.time_ns(precision, &f).round() as u64, g.time_ns(precision, &b).round() as u64)
+                    }
+                    None => (0, 0),
+                })
+                .unzip()
+        }
+        None => s
+            .model
+            .layers
+            .iter()
+            .map(|l| {
+                (
+                    rate.compute_time(l.forward_flops * spec.batch as f64).0 + (extra(l) / 3.0).round() as u64,
+                    rate.compute_time(2.0 * l.forward_flops * spec.batch as f64).0
+                        + (extra(l) * 2.0 / 3.0).round() as u64,
+                )
+            })
+            .unzip(),
+    }
+}
+
+/// The compute multiplier of `worker`'s step `step`, starting at `now`: its straggler
+/// slowdown, its noise (per seed, worker and step, independent of event order), and a
+/// slow-node episode if one is under way on its host.
+pub(crate) fn compute_factor(s: &Scenario, worker: u32, slowdown: f64, jitter: bool, step: u64, now: Time) -> f64 {
+    let faults = &s.spec.faults;
+    let mut f = slowdown;
+    let worker = u64::from(worker);
+    if jitter {
+        let key = s.spec.seed ^ (worker << 32) ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let z = crate::rng::normal(key);
+        let cv = s.jitter();
+        f *= match faults.noise {
+            Noise::Gaussian => (1.0 + cv * z).max(0.1),
+            // Mean 1, coefficient of variation cv: sigma^2 = ln(1 + cv^2), mu = -sigma^2 / 2.
+            Noise::Lognormal | Noise::HeavyTailed => {
+                let s2 = (1.0 + cv * cv).ln();
+                (-s2 / 2.0 + s2.sqrt() * z).exp()
+            }
+        };
+        if let (Noise::HeavyTailed, Some(tail)) = (faults.noise, &faults.tail) {
+            let u = crate::rng::uniform(crate::rng::splitmix64(key ^ 0x7A11));
+            if u < tail.probability {
+                f *= tail.slowdown;
+            }
+        }
+    }
+    if let Some(e) = &faults.episodes
+        && crate::rng::in_episode(s.spec.seed ^ (worker << 20) ^ 0xE915, e.every, e.duration, now)
+    {
+        f *= e.slowdown;
+    }
+    f
+}
+
+/// A network with the scenario's sharing model: unequal luck, window ramp-up and queue order
+/// (see [`Network`]).
+pub(crate) fn sharing_network<T: Copy>(s: &Scenario) -> Network<T> {
+    let mut net = Network::new();
+    net.set_unfairness(s.unfairness(), s.spec.seed);
+    let (ramp, ramp_share) = s.ramp();
+    if ramp.0 > 0 && ramp_share < 1.0 {
+        net.set_ramp(-ramp_share.ln(), ramp.0 as f64);
+    }
+    let (fifo, queue) = (s.fifo(), s.spec.network.queue);
+    net.set_fifo(fifo.0 as f64, if queue.0 > 0 { queue.0 as f64 } else { f64::INFINITY });
+    net
+}
+
+/// NIC capacity in bytes per ns after TCP/IP framing.
+pub(crate) fn nic_bytes_per_ns(s: &Scenario) -> f64 {
+    s.nic.bytes_per_sec() * s.goodput() / 1e9
+}
+
+/// Racks' uplinks (two-tier; none with one switch) for `hosts` hosts: up and down per rack,
+/// each `hosts_per_rack` x NIC / oversubscription, recorded in `resources`.
+pub(crate) fn add_racks<T: Copy>(
+    s: &Scenario,
+    net: &mut Network<T>,
+    hosts: u32,
+    resources: &mut Vec<(ResourceOwner, bool, usize)>,
+) -> (Vec<usize>, Vec<usize>) {
+    let n = &s.spec.network;
+    let racks = if n.switch == SwitchKind::TwoTier { hosts.div_ceil(n.hosts_per_rack) } else { 0 };
+    let uplink = f64::from(n.hosts_per_rack) * nic_bytes_per_ns(s) / n.oversubscription;
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    for r in 0..racks {
+        up.push(net.add_resource(uplink));
+        resources.push((ResourceOwner::Rack(r), true, up[r as usize]));
+        down.push(net.add_resource(uplink));
+        resources.push((ResourceOwner::Rack(r), false, down[r as usize]));
+    }
+    (up, down)
+}
+
+/// What each recorded resource carried over the run.
+pub(crate) fn resource_uses<T: Copy>(net: &Network<T>, resources: &[(ResourceOwner, bool, usize)]) -> Vec<ResourceUse> {
+    resources
+        .iter()
+        .map(|&(owner, outbound, r)| ResourceUse {
+            owner,
+            outbound,
+            bytes_per_host: net.carried(r),
+            capacity: net.capacity(r),
+        })
+        .collect()
+}
+
+/// Network noise (`faults.network_noise`): the stretch of `worker`'s transfers in `step`,
+/// log-normal with mean 1 and the given coefficient of variation (1 without noise).
+pub(crate) fn network_noise(s: &Scenario, worker: u32, step: u64) -> f64 {
+    let cv = s.spec.faults.network_noise;
+    if cv <= 0.0 {
+        return 1.0;
+    }
+    let key = s.spec.seed ^ 0x4E77_0000 ^ (u64::from(worker) << 32) ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let s2 = (1.0 + cv * cv).ln();
+    (-s2 / 2.0 + s2.sqrt() * crate::rng::normal(key)).exp()
+}
+
 fn synchronous(m: Mode) -> bool {
     matches!(m, Mode::Sync | Mode::Backup)
 }
@@ -227,52 +380,8 @@ impl<'a> Sim<'a> {
         let net_spec = &spec.network;
         // NIC capacity in bytes per ns after TCP/IP framing.
         let nic = s.nic.bytes_per_sec() * s.goodput() / 1e9;
-        let rate = s.effective_rate();
         let layers = s.model.layers.len();
-        // Per layer: FLOPs at the effective rate; with a calibrated profile, also the measured
-        // cost per activation value (element-wise work the FLOP count leaves out) and per call.
-        let (per_value, per_call) = s
-            .profile
-            .as_ref()
-            .map_or((0.0, 0.0), |p| (p.fitted.elementwise_ns_per_value, p.fitted.layer_overhead.0 as f64));
-        let extra = |l: &topolab_core::models::Layer| {
-            if l.variables.is_empty() {
-                0.0
-            } else {
-                per_value * (l.activation_bytes.0 / 4) as f64 * spec.batch as f64 + per_call
-            }
-        };
-        let (fwd_ns, bwd_ns): (Vec<u64>, Vec<u64>) = match s.profile.as_ref().and_then(|p| p.fitted.gpu.as_ref()) {
-            // A GPU profile: each layer's kernels and copies, as the cuda backend runs them,
-            // timed at the measured rates of their shape classes.
-            Some(g) => {
-                let precision = topolab_core::profile::GemmPrecision::of(spec.hardware.precision);
-                let bf16 = precision == topolab_core::profile::GemmPrecision::Bf16;
-                s.model
-                    .layers
-                    .iter()
-                    .map(|l| match l.gemm_shape(spec.batch) {
-                        Some((m, k, n)) => {
-                            let (f, b) = topolab_core::profile::proxy_layer_ops(m, k, n, l.variables.len() > 1, bf16);
-                            (g.time_ns(precision, &f).round() as u64, g.time_ns(precision, &b).round() as u64)
-                        }
-                        None => (0, 0),
-                    })
-                    .unzip()
-            }
-            None => s
-                .model
-                .layers
-                .iter()
-                .map(|l| {
-                    (
-                        rate.compute_time(l.forward_flops * spec.batch as f64).0 + (extra(l) / 3.0).round() as u64,
-                        rate.compute_time(2.0 * l.forward_flops * spec.batch as f64).0
-                            + (extra(l) * 2.0 / 3.0).round() as u64,
-                    )
-                })
-                .unzip(),
-        };
+        let (fwd_ns, bwd_ns) = layer_times(s);
         let mut layer_parts = vec![Vec::new(); layers];
         for (i, p) in plan.placement.parts.iter().enumerate() {
             layer_parts[p.layer].push(i);
@@ -326,25 +435,10 @@ impl<'a> Sim<'a> {
         let mut groups: Vec<Vec<u32>> = keys.into_values().collect();
         groups.sort_by_key(|g| g[0]);
 
-        let mut net: Network<Tag> = Network::new();
-        net.set_unfairness(unfairness, spec.seed);
-        if ramping {
-            net.set_ramp(-ramp_share.ln(), ramp.0 as f64);
-        }
-        net.set_fifo(fifo.0 as f64, if net_spec.queue.0 > 0 { net_spec.queue.0 as f64 } else { f64::INFINITY });
+        let mut net: Network<Tag> = sharing_network(s);
         let mut resources = Vec::new();
-        // Racks' uplinks (two-tier): up and down, each hosts_per_rack x NIC / oversubscription.
         let hosts_total = w + if t.ps_hosts == PsHosts::Dedicated { t.ps } else { 0 };
-        let racks = if two_tier { hosts_total.div_ceil(net_spec.hosts_per_rack) } else { 0 };
-        let uplink = f64::from(net_spec.hosts_per_rack) * nic / net_spec.oversubscription;
-        let mut rack_up = Vec::new();
-        let mut rack_down = Vec::new();
-        for r in 0..racks {
-            rack_up.push(net.add_resource(uplink));
-            resources.push((ResourceOwner::Rack(r), true, rack_up[r as usize]));
-            rack_down.push(net.add_resource(uplink));
-            resources.push((ResourceOwner::Rack(r), false, rack_down[r as usize]));
-        }
+        let (rack_up, rack_down) = add_racks(s, &mut net, hosts_total, &mut resources);
         let mut classes: Vec<Class> = Vec::new();
         for g in &groups {
             let e = net.add_resource(nic);
@@ -575,16 +669,8 @@ impl<'a> Sim<'a> {
                 return Err(SimError::TooLong { events: self.opts.max_events });
             }
             match ev {
-                Ev::Net(t) if t.reshare => {
-                    let timers = self.net.reshare(now, t.flow, t.version);
-                    self.schedule_timers(timers);
-                }
                 Ev::Net(t) => {
-                    let (msg, timers) = match self.net.complete(now, t.flow, t.version) {
-                        crate::network::Completion::Done(msg, timers) => (Some(msg), timers),
-                        crate::network::Completion::Later(timers) => (None, timers),
-                        crate::network::Completion::Stale => (None, Vec::new()),
-                    };
+                    let (msg, timers) = self.net.on_timer(now, t);
                     self.schedule_timers(timers);
                     if let Some(msg) = msg {
                         if let Tag::Compute { class } = msg.tag {
@@ -621,16 +707,7 @@ impl<'a> Sim<'a> {
         }
         let makespan = self.records.iter().map(|r| Time(r.end_ns)).max().unwrap_or(Time::ZERO);
         self.records.sort_by_key(|r| (r.step, r.worker));
-        let resources = self
-            .resources
-            .iter()
-            .map(|&(owner, outbound, r)| ResourceUse {
-                owner,
-                outbound,
-                bytes_per_host: self.net.carried(r),
-                capacity: self.net.capacity(r),
-            })
-            .collect();
+        let resources = resource_uses(&self.net, &self.resources);
         Ok(Outcome {
             steps: self.records,
             makespan,
@@ -683,11 +760,7 @@ impl<'a> Sim<'a> {
             Tag::Pull { class, .. } | Tag::Push { class, .. } if cv > 0.0 => class,
             _ => return 1.0,
         };
-        let worker = u64::from(self.classes[class].workers[0]);
-        let step = self.state[class].step;
-        let key = self.s.spec.seed ^ 0x4E77_0000 ^ (worker << 32) ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let s2 = (1.0 + cv * cv).ln();
-        (-s2 / 2.0 + s2.sqrt() * crate::rng::normal(key)).exp()
+        network_noise(self.s, self.classes[class].workers[0], self.state[class].step)
     }
 
     /// The compute multiplier of `class`'s step `step`, starting at `now`: its straggler
@@ -695,34 +768,7 @@ impl<'a> Sim<'a> {
     /// slow-node episode if one is under way on its host.
     fn jitter_factor(&self, class: usize, step: u64, now: Time) -> f64 {
         let c = &self.classes[class];
-        let faults = &self.s.spec.faults;
-        let mut f = c.slowdown;
-        let worker = u64::from(c.workers[0]);
-        if c.jitter {
-            let key = self.s.spec.seed ^ (worker << 32) ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let z = crate::rng::normal(key);
-            let cv = self.s.jitter();
-            f *= match faults.noise {
-                Noise::Gaussian => (1.0 + cv * z).max(0.1),
-                // Mean 1, coefficient of variation cv: sigma^2 = ln(1 + cv^2), mu = -sigma^2 / 2.
-                Noise::Lognormal | Noise::HeavyTailed => {
-                    let s2 = (1.0 + cv * cv).ln();
-                    (-s2 / 2.0 + s2.sqrt() * z).exp()
-                }
-            };
-            if let (Noise::HeavyTailed, Some(tail)) = (faults.noise, &faults.tail) {
-                let u = crate::rng::uniform(crate::rng::splitmix64(key ^ 0x7A11));
-                if u < tail.probability {
-                    f *= tail.slowdown;
-                }
-            }
-        }
-        if let Some(e) = &faults.episodes
-            && crate::rng::in_episode(self.s.spec.seed ^ (worker << 20) ^ 0xE915, e.every, e.duration, now)
-        {
-            f *= e.slowdown;
-        }
-        f
+        compute_factor(self.s, c.workers[0], c.slowdown, c.jitter, step, now)
     }
 
     fn start_step(&mut self, class: usize) {

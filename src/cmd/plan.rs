@@ -4,8 +4,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use topolab_core::collective::step_totals;
+use topolab_core::plan::OpTotals;
 use topolab_core::plan::{Host, HostTraffic, Plan};
-use topolab_core::scenario::Scenario;
+use topolab_core::scenario::{Scenario, TopologyKind};
 use topolab_core::units::Flops;
 
 use super::BadInput;
@@ -62,18 +64,14 @@ pub fn grouped(traffic: &[HostTraffic]) -> Vec<(String, usize, HostTraffic)> {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let s = super::load_scenario(a.scenario.as_deref())?;
+    if s.spec.topology.kind == TopologyKind::AllReduce {
+        return all_reduce(&s, a.format);
+    }
     let plan = build(&s)?;
     let totals = plan.op_totals();
     let traffic = plan.host_traffic();
     if a.format == Format::Json {
-        let ops: Vec<serde_json::Value> = totals
-            .iter()
-            .map(|(k, t)| serde_json::json!({"kind": k, "count": t.count, "flops": t.flops, "bytes": t.bytes.0}))
-            .collect();
-        let hosts: Vec<serde_json::Value> = traffic
-            .iter()
-            .map(|h| serde_json::json!({"host": h.host.to_string(), "egress_bytes": h.egress.0, "ingress_bytes": h.ingress.0}))
-            .collect();
+        let (ops, hosts) = json_tables(&totals, &traffic);
         print_json(&serde_json::json!({
             "scenario": s.spec.name, "scenario_hash": s.hash, "seed": s.spec.seed,
             "workers": plan.workers, "ps": plan.ps, "gpus_per_host": plan.gpus_per_host, "mode": plan.mode.as_str(),
@@ -84,27 +82,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let human = a.format == Format::Table;
-    let mut ops = Table::new(["op", "count_per_step", "flops_per_step", "bytes_per_step"]).right_align(&[1, 2, 3]);
-    for (k, t) in &totals {
-        if human {
-            ops.row([
-                k.to_string(),
-                t.count.to_string(),
-                if t.flops > 0.0 { format!("{:.4}", Flops(t.flops)) } else { "-".into() },
-                if t.bytes.0 > 0 { format!("{:.4}", t.bytes) } else { "-".into() },
-            ]);
-        } else {
-            ops.row([k.to_string(), t.count.to_string(), format!("{}", t.flops), t.bytes.0.to_string()]);
-        }
-    }
-    let mut hosts = Table::new(["hosts", "count", "egress_per_step", "ingress_per_step"]).right_align(&[1, 2, 3]);
-    for (label, n, t) in grouped(&traffic) {
-        if human {
-            hosts.row([label, n.to_string(), format!("{:.4}", t.egress), format!("{:.4}", t.ingress)]);
-        } else {
-            hosts.row([label, n.to_string(), t.egress.0.to_string(), t.ingress.0.to_string()]);
-        }
-    }
+    let (ops, hosts) = tables(&totals, &traffic, human);
     let mut out = std::io::stdout().lock();
     if human {
         writeln!(
@@ -126,7 +104,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             plan.shards.iter().map(Vec::len).sum::<usize>(),
             plan.ps
         )?;
-        writeln!(out, "Ops per step (all hosts):")?;
+    }
+    write_tables(&mut out, human, "hosts", &ops, &hosts)
+}
+
+/// Writes the ops and hosts tables, for people or as CSV.
+fn write_tables<W: Write>(mut out: W, human: bool, over: &str, ops: &Table, hosts: &Table) -> anyhow::Result<ExitCode> {
+    if human {
+        writeln!(out, "Ops per step (all {over}):")?;
         ops.write_text(&mut out)?;
         writeln!(out, "\nNIC bytes per host per step:")?;
         hosts.write_text(&mut out)?;
@@ -136,4 +121,85 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         hosts.write_csv(&mut out)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The ops and hosts of a plan as JSON arrays.
+fn json_tables(
+    totals: &[(&'static str, OpTotals)],
+    traffic: &[HostTraffic],
+) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let ops = totals
+        .iter()
+        .map(|(k, t)| serde_json::json!({"kind": k, "count": t.count, "flops": t.flops, "bytes": t.bytes.0}))
+        .collect();
+    let hosts = traffic
+        .iter()
+        .map(|h| serde_json::json!({"host": h.host.to_string(), "egress_bytes": h.egress.0, "ingress_bytes": h.ingress.0}))
+        .collect();
+    (ops, hosts)
+}
+
+/// The ops and hosts tables of a plan.
+fn tables(totals: &[(&'static str, OpTotals)], traffic: &[HostTraffic], human: bool) -> (Table, Table) {
+    let mut ops = Table::new(["op", "count_per_step", "flops_per_step", "bytes_per_step"]).right_align(&[1, 2, 3]);
+    for (k, t) in totals {
+        if human {
+            ops.row([
+                k.to_string(),
+                t.count.to_string(),
+                if t.flops > 0.0 { format!("{:.4}", Flops(t.flops)) } else { "-".into() },
+                if t.bytes.0 > 0 { format!("{:.4}", t.bytes) } else { "-".into() },
+            ]);
+        } else {
+            ops.row([k.to_string(), t.count.to_string(), format!("{}", t.flops), t.bytes.0.to_string()]);
+        }
+    }
+    let mut hosts = Table::new(["hosts", "count", "egress_per_step", "ingress_per_step"]).right_align(&[1, 2, 3]);
+    for (label, n, t) in grouped(traffic) {
+        if human {
+            hosts.row([label, n.to_string(), format!("{:.4}", t.egress), format!("{:.4}", t.ingress)]);
+        } else {
+            hosts.row([label, n.to_string(), t.egress.0.to_string(), t.ingress.0.to_string()]);
+        }
+    }
+    (ops, hosts)
+}
+
+/// `topolab plan` of an all-reduce scenario: the ring's rounds and bytes.
+fn all_reduce(s: &Scenario, format: Format) -> anyhow::Result<ExitCode> {
+    let t = step_totals(s);
+    let spec = &s.spec;
+    if format == Format::Json {
+        let (ops, hosts) = json_tables(&t.ops, &t.hosts);
+        print_json(&serde_json::json!({
+            "scenario": spec.name, "scenario_hash": s.hash, "seed": spec.seed, "kind": "all-reduce",
+            "algorithm": spec.topology.algorithm.as_str(), "workers": spec.topology.workers,
+            "gpus_per_host": spec.hardware.gpus_per_host, "ranks": t.ranks, "buckets": t.buckets,
+            "fusion_buffer_bytes": spec.topology.fusion_buffer.0, "fusion_cycle_ns": spec.topology.fusion_cycle.0,
+            "ops_per_step": ops, "hosts": hosts,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let human = format == Format::Table;
+    let (ops, hosts) = tables(&t.ops, &t.hosts, human);
+    let mut out = std::io::stdout().lock();
+    if human {
+        writeln!(
+            out,
+            "Plan of {} (hash {}): {} workers x {} GPU, {} all-reduce over {} ranks, no parameter servers",
+            spec.name,
+            s.hash,
+            spec.topology.workers,
+            spec.hardware.gpus_per_host,
+            spec.topology.algorithm.as_str(),
+            t.ranks
+        )?;
+        writeln!(
+            out,
+            "Fusion: buckets of up to {} every {}; {} bucket(s) when every gradient is ready at once \
+             (with overlap, more and smaller as backward produces them)\n",
+            spec.topology.fusion_buffer, spec.topology.fusion_cycle, t.buckets
+        )?;
+    }
+    write_tables(&mut out, human, "ranks", &ops, &hosts)
 }

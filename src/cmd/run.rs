@@ -140,9 +140,26 @@ fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Res
     if !s.spec.description.is_empty() {
         writeln!(out, "  {}", s.spec.description)?;
     }
+    let all_reduce = t.kind == topolab_core::scenario::TopologyKind::AllReduce;
+    let exchange = if all_reduce {
+        format!(
+            "{} all-reduce, no PS, fusion buckets up to {} every {}",
+            t.algorithm.as_str(),
+            t.fusion_buffer,
+            t.fusion_cycle
+        )
+    } else {
+        format!(
+            "{} PS ({}), {}, {} placement",
+            t.ps,
+            if t.ps_hosts == topolab_core::scenario::PsHosts::Dedicated { "dedicated" } else { "co-located" },
+            t.mode.as_str(),
+            t.placement.as_str()
+        )
+    };
     writeln!(
         out,
-        "  {} ({:.2} M params, {} variables), batch {} per GPU; {} worker{} x {} {}, {} PS ({}), {}, {} placement; {} NICs, {} latency",
+        "  {} ({:.2} M params, {} variables), batch {} per GPU; {} worker{} x {} {}, {exchange}; {} NICs, {} latency",
         s.model.name,
         s.model.params() as f64 / 1e6,
         s.model.variable_count(),
@@ -151,10 +168,6 @@ fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Res
         if t.workers == 1 { "" } else { "s" },
         s.spec.hardware.gpus_per_host,
         s.gpu.name,
-        t.ps,
-        if t.ps_hosts == topolab_core::scenario::PsHosts::Dedicated { "dedicated" } else { "co-located" },
-        t.mode.as_str(),
-        t.placement.as_str(),
         s.nic,
         s.spec.network.latency
     )?;
@@ -191,21 +204,24 @@ fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Res
     let b = &sum.breakdown_s;
     writeln!(
         out,
-        "Step breakdown  compute {:.4} s ({}) | exposed communication {:.4} s ({}) | waiting for aggregation {:.4} s ({})",
+        "Step breakdown  compute {:.4} s ({}) | exposed communication {:.4} s ({}) | waiting for {} {:.4} s ({})",
         b.compute,
         pct(b.compute, st.mean),
         b.exposed_comm,
         pct(b.exposed_comm, st.mean),
+        if all_reduce { "the slowest worker" } else { "aggregation" },
         b.wait,
         pct(b.wait, st.mean)
     )?;
     let u = &sum.utilization;
+    let ps_nics = match (u.ps_nic_in_max, u.ps_nic_out_max) {
+        (None, None) => String::new(),
+        (i, o) => format!(" | busiest PS NIC in {} out {}", pct_of(i), pct_of(o)),
+    };
     writeln!(
         out,
-        "Utilization   GPU {:.0}% | busiest PS NIC in {} out {} | busiest worker NIC in {} out {}",
+        "Utilization   GPU {:.0}%{ps_nics} | busiest worker NIC in {} out {}",
         u.gpu * 100.0,
-        pct_of(u.ps_nic_in_max),
-        pct_of(u.ps_nic_out_max),
         pct_of(u.worker_nic_in_max),
         pct_of(u.worker_nic_out_max)
     )?;
@@ -218,14 +234,17 @@ fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Res
     }
     writeln!(
         out,
-        "\nSimulated {} steps x {} workers ({:.1} s of training) in {:.3} s wall: {} events, {} worker class{}",
+        "\nSimulated {} steps x {} workers ({:.1} s of training) in {:.3} s wall: {} events, {}",
         sum.steps,
         t.workers,
         run.detail.makespan_s,
         run.sim_wall_s,
         sum.events,
-        run.detail.worker_classes,
-        if run.detail.worker_classes == 1 { "" } else { "es" }
+        match (all_reduce, run.detail.worker_classes) {
+            (true, n) => format!("{n} ranks on the ring"),
+            (false, 1) => "1 worker class".to_string(),
+            (false, n) => format!("{n} worker classes"),
+        }
     )?;
     Ok(())
 }

@@ -56,6 +56,8 @@ const PROFILE: (&str, &str) = ("hardware.profile", "\"@PROFILE@\"");
 const CUDA: (&str, &str) = ("runtime.backend", "\"cuda\"");
 const A100: (&str, &str) = ("hardware.gpu", "\"a100-40gb\"");
 const EFFICIENCY: (&str, &str) = ("hardware.efficiency", "0.3");
+/// The base as a ring all-reduce (no parameter servers).
+const AR: &[(&str, &str)] = &[("topology.kind", "\"all-reduce\""), ("topology.ps", "!")];
 
 const PROBES: &[Probe] = &[
     ("batch", &[], &[("batch", "32")], Effect),
@@ -175,6 +177,8 @@ const PROBES: &[Probe] = &[
         &[("hardware.gpu_spec", "{ memory_bandwidth = \"1 TB/s\" }")],
         Refused(None),
     ),
+    // With all-reduce the workers apply the update on their GPUs, at its memory bandwidth.
+    ("hardware.gpu_spec.memory_bandwidth", AR, &[("hardware.gpu_spec", "{ memory_bandwidth = \"10 GB/s\" }")], Effect),
     (
         "hardware.gpu_spec.source",
         &[],
@@ -338,8 +342,13 @@ const PROBES: &[Probe] = &[
         Effect,
     ),
     ("topology.backup_workers", &[], &[("topology.backup_workers", "1")], Refused(None)),
+    ("topology.algorithm", AR, &[("topology.algorithm", "\"tree\"")], Refused(None)),
     ("topology.fusion_buffer", &[], &[("topology.fusion_buffer", "\"1 MiB\"")], Refused(None)),
-    ("topology.kind", &[], &[("topology.kind", "\"all-reduce\"")], Refused(None)),
+    ("topology.fusion_buffer", AR, &[("topology.fusion_buffer", "\"1 MiB\"")], Effect),
+    ("topology.fusion_cycle", &[], &[("topology.fusion_cycle", "\"50 ms\"")], Refused(None)),
+    ("topology.fusion_cycle", AR, &[("topology.fusion_cycle", "\"50 ms\"")], Effect),
+    ("topology.kind", &[("topology.ps", "!")], &[("topology.kind", "\"all-reduce\"")], Effect),
+    ("topology.kind", &[], &[("topology.kind", "\"all-reduce\"")], Refused(Some("topology.ps"))),
     ("topology.mode", &[], &[("topology.mode", "\"async\"")], Effect),
     (
         "topology.partition_threshold",

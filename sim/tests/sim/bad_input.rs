@@ -19,10 +19,22 @@ fn a_model_too_big_for_the_gpu_is_refused_with_the_numbers() {
 }
 
 #[test]
-fn all_reduce_is_refused_until_it_is_planned() {
-    let d = refusal("batch = 8\n[model]\nname = \"alexnet\"\n[topology]\nkind = \"all-reduce\"\n");
-    assert_eq!(d.path, "topology.kind");
-    assert!(d.message.contains("all-reduce topology is not implemented yet"), "{d}");
+fn all_reduce_refuses_what_does_not_fit_it() {
+    let ar = "batch = 8\n[model]\nname = \"alexnet\"\n[topology]\nkind = \"all-reduce\"\nworkers = 4\n";
+    let d = refusal(&format!("{ar}algorithm = \"hierarchical\"\n"));
+    assert_eq!(d.path, "topology.algorithm");
+    assert!(d.message.contains("hierarchical all-reduce is not implemented yet"), "{d}");
+    let d = refusal(&format!("{ar}staleness = 2\nmode = \"stale-synchronous\"\n"));
+    assert_eq!(d.path, "topology.mode");
+    assert!(d.message.contains("an all-reduce is synchronous"), "{d}");
+    let d = refusal(&format!("{ar}placement = \"greedy\"\n"));
+    assert_eq!(d.path, "topology.placement");
+    // A custom GPU must say how fast its memory applies the update.
+    let d = refusal(&format!(
+        "{ar}[hardware]\ngpu = \"lab\"\ngpu_spec = {{ fp32 = \"1 TFLOP/s\", memory = \"8 GiB\", source = \"test\" }}\n"
+    ));
+    assert_eq!(d.path, "hardware.gpu_spec");
+    assert!(d.message.contains("memory bandwidth"), "{d}");
 }
 
 #[test]

@@ -75,3 +75,22 @@ fn unfair_sharing_is_deterministic_and_changes_the_run() {
     let lucky = run(&scenario(&text("unfairness = 0.4"), None));
     assert_ne!(c.steps, lucky.steps, "queue order changes the run");
 }
+
+#[test]
+fn a_jittered_unfair_ring_is_deterministic_and_seeded() {
+    let text = std::fs::read_to_string(root().join("scenarios/examples/ring-allreduce.toml")).unwrap();
+    let text = format!("{text}\n[faults]\njitter = 0.1\n");
+    let text = text.replace("latency = \"50 us\"", "latency = \"50 us\"\nunfairness = 0.3");
+    let (a, b) = (run(&scenario(&text, None)), run(&scenario(&text, None)));
+    let csv = |r: &SimRun| {
+        let mut v = Vec::new();
+        topolab_core::records::write_steps_csv(&r.steps, &mut v).unwrap();
+        v
+    };
+    assert!(csv(&a) == csv(&b));
+    assert_eq!(topolab_sim::chrome_trace(&a.trace), topolab_sim::chrome_trace(&b.trace));
+    let c = run(&scenario(&text.replace("seed = 1", "seed = 99"), None));
+    assert_ne!(a.summary.step_time_s.p99, c.summary.step_time_s.p99);
+    // Jitter makes workers wait for the slowest.
+    assert!(a.summary.breakdown_s.wait > 0.0, "{:?}", a.summary.breakdown_s);
+}

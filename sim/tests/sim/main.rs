@@ -1,5 +1,6 @@
 //! Integration tests of topolab-sim: one binary, a module per behaviour.
 
+mod allreduce_paper;
 mod bad_input;
 mod determinism;
 mod fit_runs;

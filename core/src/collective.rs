@@ -1,0 +1,296 @@
+//! All-reduce: the rules of a collective step, defined once for every engine.
+//!
+//! An all-reduce step has no parameter server: every worker holds the whole model, computes
+//! its gradients, and the workers sum them among themselves; each then applies the sum to its
+//! own copy. Two rules make the step:
+//!
+//! 1. **Fusion buckets** ([`next_bucket`]): gradients become ready layer by layer as
+//!    backward runs from the last layer to the first. A background cycle (Horovod's
+//!    `HOROVOD_CYCLE_TIME`) collects the ready gradients into a fusion buffer of at most
+//!    `HOROVOD_FUSION_THRESHOLD` bytes and all-reduces it as one collective, so communication
+//!    overlaps the rest of backward. A gradient is ready when every rank has produced it (the
+//!    coordinator's negotiation); one bucket runs at a time, in order, on every worker; the
+//!    loop's next cycle starts a cycle after the previous one, or when its collective ends.
+//! 2. **The collective's schedule** ([`Ring`]): who sends which chunk to whom in which round,
+//!    and what each send waits for.
+//!
+//! The simulator times these rules; a test walks them for every rank.
+
+use std::ops::Range;
+
+use serde::Serialize;
+
+use crate::models::Model;
+use crate::plan::{Host, HostTraffic, OpTotals};
+use crate::scenario::Scenario;
+use crate::units::{Bytes, Time};
+
+/// Each layer with variables and its gradient bytes (FP32), in the order backward produces
+/// them: the last layer first.
+pub fn backward_gradients(model: &Model) -> Vec<(usize, u64)> {
+    model
+        .layers
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(l, layer)| (l, layer.variables.iter().map(|v| v.bytes.0).sum::<u64>()))
+        .filter(|&(_, b)| b > 0)
+        .collect()
+}
+
+/// The next fusion bucket (Horovod's tensor fusion): at a cycle tick, the gradients that are
+/// ready on every rank, taken in backward order from `from` (an index into
+/// [`backward_gradients`]) while they fit in `threshold` bytes together; a gradient larger
+/// than the threshold goes alone. Empty when the gradient at `from` is not ready yet.
+pub fn next_bucket(
+    grads: &[(usize, u64)],
+    from: usize,
+    threshold: Bytes,
+    ready: impl Fn(usize) -> bool,
+) -> Range<usize> {
+    let mut end = from;
+    let mut bytes = 0u64;
+    while end < grads.len() && ready(end) && (end == from || bytes + grads[end].1 <= threshold.0) {
+        bytes += grads[end].1;
+        end += 1;
+    }
+    from..end
+}
+
+/// The buckets when every gradient is ready at once (training without overlap, or a cycle
+/// longer than backward): consecutive runs of [`backward_gradients`] of at most `threshold`
+/// bytes each.
+pub fn fusion_buckets(grads: &[(usize, u64)], threshold: Bytes) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while from < grads.len() {
+        let b = next_bucket(grads, from, threshold, |_| true);
+        from = b.end;
+        out.push(b);
+    }
+    out
+}
+
+/// The tick of the fusion cycle at which a bucket whose gradients are all ready at `ready` is
+/// handed to the collective, when the background loop may start its next cycle at `earliest`
+/// (the previous cycle's start plus the cycle time, or the end of the previous collective if
+/// later): `earliest` itself if the gradients are ready by then, else the first tick after
+/// they are (`cycle` 0: at once).
+pub fn launch_time(ready: Time, earliest: Time, cycle: Time) -> Time {
+    if ready <= earliest || cycle.0 == 0 {
+        return ready.max(earliest);
+    }
+    Time(earliest.0 + (ready.0 - earliest.0).div_ceil(cycle.0) * cycle.0)
+}
+
+/// Ring all-reduce among `ranks` ranks (reduce-scatter, then all-gather), as NCCL and Horovod
+/// run it: the buffer is cut into `ranks` chunks; in each of `2 (ranks - 1)` rounds every rank
+/// sends one chunk to the next rank on the ring and receives one from the previous. In the
+/// first `ranks - 1` rounds the receiver adds the chunk to its own (reduce-scatter: after them
+/// rank `i` holds the full sum of chunk `i + 1`); in the rest it keeps it (all-gather).
+///
+/// Dependencies: a rank sends round `k > 0` once it has received round `k - 1` (the chunk it
+/// sends is the one it just received, reduced); round 0 once its bucket is ready. A rank is
+/// done with the bucket when it has received the last round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ring {
+    /// Ranks on the ring.
+    pub ranks: u32,
+}
+
+/// One send of a collective round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Send {
+    /// Round.
+    pub round: u32,
+    /// Sending rank.
+    pub from: u32,
+    /// Receiving rank.
+    pub to: u32,
+    /// Chunk index.
+    pub chunk: u32,
+    /// Payload bytes.
+    pub bytes: u64,
+    /// The receiver adds the chunk to its own (reduce-scatter) rather than keeping it.
+    pub reduce: bool,
+}
+
+impl Ring {
+    /// Rounds of one all-reduce: `2 (ranks - 1)` (none for a single rank).
+    pub fn rounds(&self) -> u32 {
+        2 * self.ranks.saturating_sub(1)
+    }
+
+    /// The next rank on the ring.
+    pub fn next(&self, rank: u32) -> u32 {
+        (rank + 1) % self.ranks
+    }
+
+    /// Bytes of chunk `c` of a `total`-byte buffer: an even split, the first `total % ranks`
+    /// chunks one byte larger.
+    pub fn chunk_bytes(&self, total: u64, c: u32) -> u64 {
+        let n = u64::from(self.ranks);
+        total / n + u64::from(u64::from(c) < total % n)
+    }
+
+    /// What `rank` sends in `round`.
+    pub fn send(&self, rank: u32, round: u32, total: u64) -> Send {
+        let n = self.ranks;
+        let chunk = (rank + n - round % n) % n;
+        Send {
+            round,
+            from: rank,
+            to: self.next(rank),
+            chunk,
+            bytes: self.chunk_bytes(total, chunk),
+            reduce: round + 1 < n,
+        }
+    }
+
+    /// Every send of one all-reduce, round by round, rank by rank.
+    pub fn sends(&self, total: u64) -> Vec<Send> {
+        (0..self.rounds())
+            .flat_map(|k| (0..self.ranks).map(move |r| (k, r)))
+            .map(|(k, r)| self.send(r, k, total))
+            .collect()
+    }
+}
+
+/// One all-reduce step in totals, for `topolab plan`: ops per kind over every rank, and the
+/// bytes each host's NIC moves. The buckets are those of a step whose gradients are all ready
+/// at once ([`fusion_buckets`]); with overlap the simulator forms smaller ones as backward
+/// produces gradients, which moves the same bytes in more rounds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepTotals {
+    /// Ranks on the ring (workers x GPUs per host).
+    pub ranks: u32,
+    /// Fusion buckets of a step when every gradient is ready at once.
+    pub buckets: usize,
+    /// Ops per kind over every rank: compute-forward, compute-backward, reduce-scatter,
+    /// all-gather, apply.
+    pub ops: Vec<(&'static str, OpTotals)>,
+    /// Per host: bytes out and in over its NIC.
+    pub hosts: Vec<HostTraffic>,
+}
+
+/// The totals of one ring all-reduce step of `s`.
+pub fn step_totals(s: &Scenario) -> StepTotals {
+    let spec = &s.spec;
+    let gpus = spec.hardware.gpus_per_host;
+    let ring = Ring { ranks: spec.topology.workers * gpus };
+    let grads = backward_gradients(&s.model);
+    let buckets = fusion_buckets(&grads, spec.topology.fusion_buffer);
+    let ranks = u64::from(ring.ranks);
+    let layers = s.model.layers.len() as u64;
+    let fwd = s.model.forward_flops() * spec.batch as f64 * ranks as f64;
+    let (mut scatter, mut gather) = (OpTotals::default(), OpTotals::default());
+    let mut hosts: Vec<HostTraffic> = (0..spec.topology.workers)
+        .map(|h| HostTraffic { host: Host::Worker(h), egress: Bytes(0), ingress: Bytes(0) })
+        .collect();
+    for b in &buckets {
+        let bytes: u64 = grads[b.clone()].iter().map(|g| g.1).sum();
+        for send in ring.sends(bytes) {
+            let t = if send.reduce { &mut scatter } else { &mut gather };
+            t.count += 1;
+            t.bytes.0 += send.bytes;
+            let (h, n) = (send.from / gpus, send.to / gpus);
+            if h != n {
+                hosts[h as usize].egress.0 += send.bytes;
+                hosts[n as usize].ingress.0 += send.bytes;
+            }
+        }
+    }
+    let slots = spec.optimizer.kind.slots();
+    let apply = OpTotals { count: ranks, flops: 0.0, bytes: Bytes(s.model.bytes().0 * (3 + 2 * slots) * ranks) };
+    StepTotals {
+        ranks: ring.ranks,
+        buckets: buckets.len(),
+        ops: vec![
+            ("compute-forward", OpTotals { count: layers * ranks, flops: fwd, bytes: Bytes(0) }),
+            ("compute-backward", OpTotals { count: layers * ranks, flops: 2.0 * fwd, bytes: Bytes(0) }),
+            ("reduce-scatter", scatter),
+            ("all-gather", gather),
+            ("apply", apply),
+        ],
+        hosts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::builtin;
+
+    #[test]
+    fn a_ring_of_four_sums_every_chunk_and_gathers_it_everywhere() {
+        // Simulate the data: rank r starts with value 1 << r in every chunk. After the
+        // schedule every rank holds 0b1111 in every chunk, which needs every send to carry
+        // the chunk its sender has reduced so far (the dependency rule).
+        let ring = Ring { ranks: 4 };
+        let mut held: Vec<Vec<u32>> = (0..4).map(|r| vec![1u32 << r; 4]).collect();
+        for k in 0..ring.rounds() {
+            let sends: Vec<Send> = (0..4).map(|r| ring.send(r, k, 400)).collect();
+            let values: Vec<u32> = sends.iter().map(|s| held[s.from as usize][s.chunk as usize]).collect();
+            for (s, v) in sends.iter().zip(values) {
+                let mine = &mut held[s.to as usize][s.chunk as usize];
+                *mine = if s.reduce { *mine | v } else { v };
+                assert_eq!(s.bytes, 100);
+            }
+        }
+        assert_eq!(ring.rounds(), 6);
+        assert!(held.iter().all(|h| h.iter().all(|&v| v == 0b1111)), "{held:?}");
+        // A rank sends in round k the chunk it received in round k - 1.
+        for k in 1..ring.rounds() {
+            for r in 0..4 {
+                let prev = ring.send((r + 3) % 4, k - 1, 400);
+                assert_eq!(ring.send(r, k, 400).chunk, prev.chunk);
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_split_the_buffer_exactly() {
+        let ring = Ring { ranks: 3 };
+        assert_eq!((0..3).map(|c| ring.chunk_bytes(10, c)).collect::<Vec<_>>(), vec![4, 3, 3]);
+        assert_eq!(Ring { ranks: 1 }.rounds(), 0);
+    }
+
+    #[test]
+    fn buckets_cover_every_gradient_once_and_respect_the_threshold() {
+        let m = builtin("inception-v3").unwrap();
+        let grads = backward_gradients(&m);
+        assert_eq!(grads.iter().map(|g| g.1).sum::<u64>(), m.bytes().0);
+        assert!(grads.windows(2).all(|w| w[0].0 > w[1].0), "last layer first");
+        for threshold in [Bytes(0), Bytes(1 << 20), Bytes(25 << 20), Bytes(128 << 20)] {
+            let b = fusion_buckets(&grads, threshold);
+            assert_eq!(b[0].start, 0);
+            assert_eq!(b.last().unwrap().end, grads.len());
+            assert!(b.windows(2).all(|w| w[0].end == w[1].start));
+            for r in &b {
+                let bytes: u64 = grads[r.clone()].iter().map(|g| g.1).sum();
+                assert!(bytes <= threshold.0 || r.len() == 1, "{threshold}: {r:?} {bytes}");
+            }
+        }
+        // 128 MiB holds Inception-v3's ~91 MiB of gradients in one bucket; 0 turns fusion off.
+        assert_eq!(fusion_buckets(&grads, Bytes(128 << 20)).len(), 1);
+        assert_eq!(fusion_buckets(&grads, Bytes(0)).len(), grads.len());
+    }
+
+    #[test]
+    fn a_bucket_takes_only_what_is_ready() {
+        let grads = [(3, 10), (2, 10), (1, 10), (0, 10)];
+        assert_eq!(next_bucket(&grads, 0, Bytes(100), |i| i < 2), 0..2);
+        assert_eq!(next_bucket(&grads, 2, Bytes(100), |i| i < 2), 2..2);
+        assert_eq!(next_bucket(&grads, 1, Bytes(25), |_| true), 1..3);
+    }
+
+    #[test]
+    fn buckets_launch_on_the_cycle() {
+        let ms = |x: u64| Time(x * 1_000_000);
+        // Ready before the loop may run: at once; after: on the loop's next tick.
+        assert_eq!(launch_time(ms(2), ms(3), ms(1)), ms(3));
+        assert_eq!(launch_time(Time(3_500_000), ms(3), ms(1)), ms(4));
+        assert_eq!(launch_time(ms(5), ms(3), ms(1)), ms(5));
+        assert_eq!(launch_time(Time(7), Time::ZERO, Time::ZERO), Time(7));
+    }
+}

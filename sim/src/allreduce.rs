@@ -1,0 +1,521 @@
+//! All-reduce training: executes the collective step of [`topolab_core::collective`] on the
+//! engine and the flow-level network.
+//!
+//! **Ranks.** One rank per GPU, ordered by host, so that a host's GPUs are neighbours on the
+//! ring (as NCCL orders a flat ring): the hop between two GPUs of one host crosses the host
+//! bus, the hop from a host's last GPU to the next host's first crosses both NICs (and the
+//! racks' uplinks when they are in different racks). Every rank has one connection to the
+//! next rank; its messages queue inside it in order.
+//!
+//! **A step, per rank:** forward, then backward layer by layer at the GPU's rate (times the
+//! host's straggler and noise factor for the step); a layer's gradients are ready when its
+//! backward ends (all at the end of backward without `training.overlap`).
+//!
+//! **Fusion** follows [`topolab_core::collective::next_bucket`]: one coordinator, as Horovod's
+//! negotiation, hands the gradients that are ready on every rank to the collective as one
+//! bucket, at a tick of the fusion cycle, one bucket at a time: the next cycle starts a cycle
+//! after the previous one or when every rank has finished its bucket, whichever is later.
+//!
+//! **The ring:** message `m` of a rank (bucket `m / R`, round `m % R`, `R` rounds per bucket) is
+//! sent once its bucket is handed over and the rank has received `m` messages: for round 0
+//! that is every message of the buckets before, for a later round the previous round's chunk,
+//! which it reduces and passes on. When every bucket of the step is reduced and backward is
+//! done the rank applies the summed gradients to its copy (memory-bound, at the GPU's memory
+//! bandwidth) and starts the next step.
+//!
+//! Chunks cross the network like the parameter-server messages do: at max-min fair rates
+//! (with the scenario's unfairness, ramp-up and queue order), plus the network latency and the
+//! per-message overhead on each NIC hop.
+
+use std::ops::Range;
+
+use topolab_core::collective::{Ring, backward_gradients, launch_time, next_bucket};
+use topolab_core::records::{StepRecord, VERSION};
+use topolab_core::scenario::{Scenario, SwitchKind};
+use topolab_core::units::{Bytes, Time};
+
+use crate::engine::EventQueue;
+use crate::maxmin::Use;
+use crate::network::{Message, Network, Timer};
+use crate::training::{
+    Outcome, ResourceOwner, Span, add_racks, compute_factor, layer_times, network_noise, nic_bytes_per_ns,
+    resource_uses, sharing_network,
+};
+use crate::{SimError, SimOptions};
+
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    Net(Timer),
+    /// A chunk from rank `from` reaches the next rank.
+    Deliver {
+        from: u32,
+    },
+    /// The coordinator's cycle: the next bucket is handed to the collective.
+    Tick,
+    BackwardDone {
+        rank: u32,
+    },
+    ApplyDone {
+        rank: u32,
+    },
+    StartStep {
+        rank: u32,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+struct Rank {
+    host: u32,
+    /// Connection to the next rank, and whether it crosses NICs (latency, overhead).
+    flow: usize,
+    over_nic: bool,
+    /// Current step, and whether it has started (forward or later).
+    step: u64,
+    in_step: bool,
+    step_start: Time,
+    /// Forward time and the compute factor of the step.
+    fwd: u64,
+    factor: f64,
+    compute_ns: u64,
+    backward_done: bool,
+    applying: bool,
+    /// Since the run began: messages sent and received, buckets finished here.
+    sent: u64,
+    received: u64,
+    completed: u64,
+    /// When the bucket being reduced started here (its first send).
+    bucket_started: Time,
+    finished: bool,
+}
+
+struct Sim<'a> {
+    s: &'a Scenario,
+    opts: &'a SimOptions,
+    q: EventQueue<Ev>,
+    net: Network<u32>,
+    ring: Ring,
+    gpus: u32,
+    ranks: Vec<Rank>,
+    /// Gradients in backward order (layer, bytes), and the backward time from its start until
+    /// each is ready.
+    grads: Vec<(usize, u64)>,
+    ready_ns: Vec<u64>,
+    fwd_total: u64,
+    bwd_total: u64,
+    apply_ns: u64,
+    latency: Time,
+    overhead_bytes: f64,
+    copy_factor: f64,
+    /// The coordinator: the step whose gradients it is bucketing and the next gradient; the
+    /// buckets handed over so far (bytes) and, per step, the buckets up to its last; whether a
+    /// bucket is being reduced (ranks done with it) or a tick is scheduled; when the next cycle
+    /// may start; per step, when the slowest rank ended backward.
+    c_step: u64,
+    c_next: usize,
+    buckets: Vec<u64>,
+    step_buckets: Vec<Range<u64>>,
+    in_flight: Option<u32>,
+    tick_pending: bool,
+    earliest: Time,
+    slowest_backward: Vec<Time>,
+    records: Vec<StepRecord>,
+    gpu_busy_ns: u128,
+    trace: Vec<Span>,
+    resources: Vec<(ResourceOwner, bool, usize)>,
+    done: usize,
+}
+
+/// Simulates an all-reduce scenario.
+pub(crate) fn run(s: &Scenario, opts: &SimOptions) -> Result<Outcome, SimError> {
+    Sim::new(s, opts).run()
+}
+
+impl<'a> Sim<'a> {
+    fn new(s: &'a Scenario, opts: &'a SimOptions) -> Self {
+        let spec = &s.spec;
+        let t = &spec.topology;
+        let net_spec = &spec.network;
+        let nic = nic_bytes_per_ns(s);
+        let hosts = t.workers;
+        let gpus = spec.hardware.gpus_per_host;
+        let ring = Ring { ranks: hosts * gpus };
+
+        let mut net: Network<u32> = sharing_network(s);
+        let mut resources = Vec::new();
+        let two_tier = net_spec.switch == SwitchKind::TwoTier;
+        let rack_of = |h: u32| if two_tier { h / net_spec.hosts_per_rack } else { 0 };
+        let (up, down) = add_racks(s, &mut net, hosts, &mut resources);
+        let bus = s.host_bus.bandwidth.bytes_per_sec() / 1e9;
+        let mut nics = Vec::new();
+        for h in 0..hosts {
+            let e = net.add_resource(nic);
+            let i = net.add_resource(nic);
+            resources.push((ResourceOwner::Worker(h), true, e));
+            resources.push((ResourceOwner::Worker(h), false, i));
+            let b = (gpus > 1).then(|| {
+                let b = net.add_resource(bus);
+                resources.push((ResourceOwner::HostBus(h), true, b));
+                b
+            });
+            nics.push((e, i, b));
+        }
+        let mut ranks = Vec::new();
+        for r in 0..ring.ranks {
+            let (h, n) = (r / gpus, ring.next(r) / gpus);
+            let over_nic = h != n;
+            let path = if over_nic {
+                let mut p = vec![Use { resource: nics[h as usize].0, weight: 1.0 }];
+                if rack_of(h) != rack_of(n) {
+                    p.push(Use { resource: up[rack_of(h) as usize], weight: 1.0 });
+                    p.push(Use { resource: down[rack_of(n) as usize], weight: 1.0 });
+                }
+                p.push(Use { resource: nics[n as usize].1, weight: 1.0 });
+                p
+            } else {
+                vec![Use { resource: nics[h as usize].2.expect("a multi-GPU host has a bus"), weight: 1.0 }]
+            };
+            let flow = net.add_flow(path);
+            ranks.push(Rank { host: h, flow, over_nic, factor: 1.0, ..Rank::default() });
+        }
+
+        let (fwd_ns, bwd_ns) = layer_times(s);
+        let grads = backward_gradients(&s.model);
+        let ready_ns = grads.iter().map(|&(l, _)| bwd_ns[l..].iter().sum::<u64>()).collect();
+        // The optimizer update reads the variable, the gradient and the slots and writes the
+        // variable and the slots, at the GPU's memory bandwidth (as a PS shard's apply does at
+        // its host's).
+        let slots = spec.optimizer.kind.slots();
+        let mem = s.model.bytes().0 as f64 * (3 + 2 * slots) as f64;
+        let apply_ns = (mem / (s.gpu.memory_bandwidth.bytes_per_sec() / 1e9)).ceil() as u64;
+        Sim {
+            s,
+            opts,
+            q: EventQueue::new(),
+            net,
+            ring,
+            gpus,
+            ranks,
+            grads,
+            ready_ns,
+            fwd_total: fwd_ns.iter().sum(),
+            bwd_total: bwd_ns.iter().sum(),
+            apply_ns,
+            latency: net_spec.latency,
+            overhead_bytes: s.message_overhead().0 as f64 * nic,
+            copy_factor: 1.0 + s.copy_ns_per_byte() * nic,
+            c_step: 0,
+            c_next: 0,
+            buckets: Vec::new(),
+            step_buckets: Vec::new(),
+            in_flight: None,
+            tick_pending: false,
+            earliest: Time::ZERO,
+            slowest_backward: Vec::new(),
+            records: Vec::new(),
+            gpu_busy_ns: 0,
+            trace: Vec::new(),
+            resources,
+            done: 0,
+        }
+    }
+
+    fn rounds(&self) -> u64 {
+        u64::from(self.ring.rounds())
+    }
+
+    fn run(mut self) -> Result<Outcome, SimError> {
+        for r in 0..self.ring.ranks {
+            self.q.schedule(Time::ZERO, Ev::StartStep { rank: r });
+        }
+        let mut last = Time::ZERO;
+        while let Some((now, ev)) = self.q.pop() {
+            if self.q.popped() > self.opts.max_events {
+                return Err(SimError::TooLong { events: self.opts.max_events });
+            }
+            match ev {
+                Ev::Net(t) => {
+                    let (msg, timers) = self.net.on_timer(now, t);
+                    self.schedule(timers);
+                    if let Some(msg) = msg {
+                        let from = msg.tag;
+                        let at = if self.ranks[from as usize].over_nic { now + self.latency } else { now };
+                        self.q.schedule(at, Ev::Deliver { from });
+                    }
+                }
+                Ev::Deliver { from } => {
+                    let to = self.ring.next(from);
+                    self.ranks[to as usize].received += 1;
+                    self.progress(to);
+                }
+                Ev::Tick => self.tick(),
+                Ev::BackwardDone { rank } => {
+                    self.ranks[rank as usize].backward_done = true;
+                    self.progress(rank);
+                }
+                Ev::ApplyDone { rank } => self.end_step(rank),
+                Ev::StartStep { rank } => self.start_step(rank),
+            }
+            last = now;
+            if self.done == self.ranks.len() {
+                break;
+            }
+        }
+        if self.done < self.ranks.len() {
+            return Err(self.stuck(last));
+        }
+        let mut steps = self.records;
+        steps.sort_by_key(|r| (r.step, r.worker));
+        let makespan = steps.iter().map(|r| Time(r.end_ns)).max().unwrap_or(Time::ZERO);
+        let resources = resource_uses(&self.net, &self.resources);
+        Ok(Outcome {
+            steps,
+            makespan,
+            events: self.q.popped(),
+            resources,
+            gpu_busy_ns: self.gpu_busy_ns,
+            staleness: Default::default(),
+            trace: self.trace,
+            classes: self.ranks.len(),
+            ops: Vec::new(),
+        })
+    }
+
+    fn schedule(&mut self, timers: Vec<Timer>) {
+        for t in timers {
+            self.q.schedule(t.at, Ev::Net(t));
+        }
+    }
+
+    /// Scaled by the rank's compute factor of the step.
+    fn scaled(&self, rank: usize, ns: u64) -> u64 {
+        (ns as f64 * self.ranks[rank].factor).round() as u64
+    }
+
+    fn start_step(&mut self, rank: u32) {
+        let now = self.q.now();
+        let i = rank as usize;
+        let (host, step) = (self.ranks[i].host, self.ranks[i].step);
+        let workers = self.s.spec.topology.workers;
+        let slowdown = match self.s.spec.faults.stragglers.as_ref() {
+            Some(st) if host >= workers - st.count.min(workers) => st.slowdown,
+            _ => 1.0,
+        };
+        let jitter = self.s.jitter() > 0.0 || self.s.spec.faults.tail.is_some();
+        self.ranks[i].factor = compute_factor(self.s, host, slowdown, jitter, step, now);
+        let (fwd, bwd) = (self.scaled(i, self.fwd_total), self.scaled(i, self.bwd_total));
+        self.q.schedule(now + Time(fwd + bwd), Ev::BackwardDone { rank });
+        self.gpu_busy_ns += u128::from(fwd + bwd);
+        let r = &mut self.ranks[i];
+        (r.in_step, r.step_start, r.fwd, r.compute_ns) = (true, now, fwd, fwd + bwd);
+        (r.backward_done, r.applying) = (false, false);
+        if self.opts.trace && step < u64::from(self.s.spec.training.trace_steps) && rank.is_multiple_of(self.gpus) {
+            let pid = format!("worker{host}");
+            let (f, b) = (now + Time(fwd), now + Time(fwd + bwd));
+            self.trace.push(Span { pid: pid.clone(), tid: "gpu", name: "forward".into(), start: now, end: f });
+            self.trace.push(Span { pid, tid: "gpu", name: "backward".into(), start: f, end: b });
+        }
+        self.plan_tick();
+    }
+
+    /// When gradient `g` of the coordinator's step is ready on `rank` (which is in that step).
+    fn ready_at(&self, rank: usize, g: usize) -> Time {
+        let r = &self.ranks[rank];
+        let after = if self.s.spec.training.overlap { self.ready_ns[g] } else { self.bwd_total };
+        r.step_start + Time(r.fwd + self.scaled(rank, after))
+    }
+
+    /// Schedules the coordinator's next tick, once the bucket in flight is done everywhere and
+    /// every rank is in the coordinator's step.
+    fn plan_tick(&mut self) {
+        let steps = self.s.spec.training.steps;
+        if self.tick_pending || self.in_flight.is_some() || self.c_step >= steps || self.grads.is_empty() {
+            return;
+        }
+        if !self.ranks.iter().all(|r| r.in_step && r.step == self.c_step) {
+            return;
+        }
+        let ready = (0..self.ranks.len()).map(|r| self.ready_at(r, self.c_next)).max().unwrap_or(Time::ZERO);
+        let at = launch_time(ready, self.earliest, self.s.spec.topology.fusion_cycle);
+        self.tick_pending = true;
+        self.q.schedule(at, Ev::Tick);
+    }
+
+    /// Hands the next bucket to the collective: what is ready on every rank, up to the fusion
+    /// threshold.
+    fn tick(&mut self) {
+        let now = self.q.now();
+        self.tick_pending = false;
+        let ranks = self.ranks.len();
+        let ready = |g: usize| (0..ranks).all(|r| self.ready_at(r, g) <= now);
+        let b = next_bucket(&self.grads, self.c_next, self.s.spec.topology.fusion_buffer, ready);
+        debug_assert!(!b.is_empty(), "a tick is planned when a gradient is ready");
+        let bytes: u64 = self.grads[b.clone()].iter().map(|g| g.1).sum();
+        let gb = self.buckets.len() as u64;
+        self.buckets.push(bytes);
+        if self.c_next == 0 {
+            self.step_buckets.push(gb..gb);
+        }
+        self.step_buckets[self.c_step as usize].end = gb + 1;
+        self.c_next = b.end;
+        if self.c_next == self.grads.len() {
+            let slowest = (0..ranks).map(|r| self.ready_at(r, self.grads.len() - 1)).max().unwrap_or(now);
+            self.slowest_backward.push(slowest);
+            self.c_step += 1;
+            self.c_next = 0;
+        }
+        self.in_flight = Some(0);
+        self.earliest = now + self.s.spec.topology.fusion_cycle;
+        for r in 0..ranks as u32 {
+            self.progress(r);
+        }
+    }
+
+    /// Sends what the rank may send now, notes the buckets it has finished, and applies once
+    /// the step's gradients are summed and backward is done.
+    fn progress(&mut self, rank: u32) {
+        let rounds = self.rounds();
+        let now = self.q.now();
+        let i = rank as usize;
+        loop {
+            let r = &self.ranks[i];
+            let m = r.sent;
+            let gb = m / rounds;
+            if gb >= self.buckets.len() as u64 || r.received < m {
+                break;
+            }
+            let send = self.ring.send(rank, (m % rounds) as u32, self.buckets[gb as usize]);
+            let (flow, over_nic, host, step) = (r.flow, r.over_nic, r.host, r.step);
+            let bytes = if over_nic {
+                send.bytes as f64 * network_noise(self.s, host, step) * self.copy_factor + self.overhead_bytes
+            } else {
+                send.bytes as f64
+            };
+            if send.round == 0 {
+                self.ranks[i].bucket_started = now;
+            }
+            self.ranks[i].sent += 1;
+            let timers = self.net.send(now, flow, Message { bytes, tag: rank });
+            self.schedule(timers);
+        }
+        // Buckets finished here (every round sent and received).
+        loop {
+            let r = &self.ranks[i];
+            let next = (r.completed + 1) * rounds;
+            if r.completed >= self.buckets.len() as u64 || r.sent < next || r.received < next {
+                break;
+            }
+            let gb = r.completed;
+            self.ranks[i].completed += 1;
+            self.bucket_done(rank, gb);
+        }
+        let r = &self.ranks[i];
+        let summed = self.grads.is_empty()
+            || self.step_buckets.get(r.step as usize).is_some_and(|b| self.c_step > r.step && r.completed >= b.end);
+        if r.in_step && r.backward_done && !r.applying && summed {
+            self.ranks[i].applying = true;
+            self.q.schedule(now + Time(self.apply_ns), Ev::ApplyDone { rank });
+        }
+    }
+
+    /// Rank `rank` has finished global bucket `gb`: a trace span on its host's network lane
+    /// (first GPU, traced steps); the coordinator's next cycle once every rank has.
+    fn bucket_done(&mut self, rank: u32, gb: u64) {
+        let now = self.q.now();
+        let r = &self.ranks[rank as usize];
+        if self.opts.trace && rank.is_multiple_of(self.gpus) && r.step < u64::from(self.s.spec.training.trace_steps) {
+            let first = self.step_buckets[r.step as usize].start;
+            let span = Span {
+                pid: format!("worker{}", r.host),
+                tid: "nic-out",
+                name: format!("all-reduce bucket {} ({})", gb - first, Bytes(self.buckets[gb as usize])),
+                start: r.bucket_started,
+                end: now,
+            };
+            self.trace.push(span);
+        }
+        let n = self.in_flight.as_mut().expect("a bucket is in flight while ranks finish it");
+        *n += 1;
+        if *n as usize == self.ranks.len() {
+            self.in_flight = None;
+            self.earliest = self.earliest.max(now);
+            self.plan_tick();
+        }
+    }
+
+    fn end_step(&mut self, rank: u32) {
+        let now = self.q.now();
+        let i = rank as usize;
+        let r = &self.ranks[i];
+        let (host, step, start, compute) = (r.host, r.step, r.step_start, r.compute_ns);
+        if rank.is_multiple_of(self.gpus) {
+            // Waiting for others: how much later than this rank the slowest ended backward.
+            let own = start + Time(compute);
+            let dur = now.0 - start.0;
+            let wait = self
+                .slowest_backward
+                .get(step as usize)
+                .map_or(0, |t| t.0.saturating_sub(own.0))
+                .min(dur.saturating_sub(compute));
+            let (sent, received) = self.host_bytes(host, step);
+            self.records.push(StepRecord {
+                run: "sim".into(),
+                worker: host,
+                step,
+                start_ns: start.0,
+                end_ns: now.0,
+                compute_ns: compute,
+                comm_ns: dur.saturating_sub(compute).saturating_sub(wait),
+                wait_ns: wait,
+                bytes_sent: sent,
+                bytes_received: received,
+                scenario_hash: self.s.hash.clone(),
+                seed: self.s.spec.seed,
+                version: VERSION.into(),
+            });
+        }
+        let r = &mut self.ranks[i];
+        r.step += 1;
+        r.in_step = false;
+        if r.step >= self.s.spec.training.steps {
+            r.finished = true;
+            self.done += 1;
+        } else {
+            self.q.schedule(now, Ev::StartStep { rank });
+        }
+    }
+
+    /// Payload bytes host `h`'s NICs sent and received in `step`: its last GPU's sends to the
+    /// next host and its first GPU's receipts from the previous one.
+    fn host_bytes(&self, h: u32, step: u64) -> (u64, u64) {
+        let (first, last) = (h * self.gpus, h * self.gpus + self.gpus - 1);
+        let prev = (first + self.ring.ranks - 1) % self.ring.ranks;
+        let mut out = (0, 0);
+        let Some(range) = self.step_buckets.get(step as usize) else { return out };
+        for gb in range.clone() {
+            let bytes = self.buckets[gb as usize];
+            for k in 0..self.ring.rounds() {
+                out.0 += self.ring.send(last, k, bytes).bytes;
+                out.1 += self.ring.send(prev, k, bytes).bytes;
+            }
+        }
+        out
+    }
+
+    fn stuck(&self, at: Time) -> SimError {
+        match self.ranks.iter().enumerate().find(|(_, r)| !r.finished) {
+            Some((i, r)) => SimError::Stuck {
+                at,
+                worker: r.host,
+                step: r.step,
+                what: format!(
+                    "rank {i} of the ring has sent {} and received {} chunk(s); {} bucket(s) handed over, {} finished here",
+                    r.sent,
+                    r.received,
+                    self.buckets.len(),
+                    r.completed
+                ),
+            },
+            None => SimError::Stuck { at, worker: 0, step: 0, what: "no event left".into() },
+        }
+    }
+}

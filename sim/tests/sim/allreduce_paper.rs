@@ -1,0 +1,126 @@
+//! All-reduce cases worked out on paper. Common setting unless a test says otherwise: a GPU of
+//! exactly 1 TFLOP/s at efficiency 1 with 37.5 GB/s of memory, batch 1, NICs of 1 Gbit/s =
+//! 0.125 bytes/ns with goodput 1, no per-message overhead, plain SGD (the update touches 3 x
+//! the model's bytes: 12.5 MB -> 1e6 ns).
+//!
+//! Ring all-reduce of S bytes among N ranks over links of bandwidth B and latency L: 2(N-1)
+//! rounds, each moving one chunk of S/N over every link at once, so 2(N-1)/N x S/B + 2(N-1) L.
+
+use super::*;
+
+/// `tail` goes after `[training]`'s `steps` (more training fields, then other sections).
+fn ring_with(workers: u32, csv: &str, latency: &str, extra_topology: &str, extra: &str, tail: &str) -> Scenario {
+    let text = format!(
+        "batch = 1\n[model]\nlayers = \"model.csv\"\n\
+         [hardware]\ngpu = \"paper-gpu\"\nefficiency = 1.0\n{extra}\n\
+         [hardware.gpu_spec]\nfp32 = \"1 TFLOP/s\"\nmemory = \"64 GiB\"\nmemory_bandwidth = \"37.5 GB/s\"\nsource = \"test\"\n\
+         [network]\nnic = \"1 Gbit/s\"\nlatency = \"{latency}\"\ngoodput = 1.0\nmessage_overhead = \"0 ns\"\n\
+         [topology]\nkind = \"all-reduce\"\nworkers = {workers}\n{extra_topology}\n[training]\nsteps = 4\n{tail}\n"
+    );
+    scenario(&text, Some(csv))
+}
+
+fn ring(workers: u32, csv: &str, latency: &str, extra_topology: &str, extra: &str) -> Scenario {
+    ring_with(workers, csv, latency, extra_topology, extra, "")
+}
+
+const HEADER: &str = "layer,kind,macs,forward_flops,activation_bytes,variable,shape,bytes\n";
+
+/// One layer of 1e11 forward FLOP per sample with one 12.5 MB variable: forward 1e8 ns,
+/// backward 2e8 ns.
+fn one_var() -> String {
+    format!("{HEADER}l,dense,0,100000000000,4,l.w,3125000,12500000\n")
+}
+
+/// Two such layers.
+fn two_vars() -> String {
+    format!("{HEADER}a,dense,0,100000000000,4,a.w,3125000,12500000\nb,dense,0,100000000000,4,b.w,3125000,12500000\n")
+}
+
+#[test]
+fn ring_of_four_hosts_takes_two_n_minus_one_over_n_of_s_over_b_plus_latencies() {
+    // compute 3e8; the bucket is handed over at 3e8 (a tick of the 1 ms cycle);
+    // ring: 2(4-1)/4 x 12.5e6 / 0.125 = 1.5e8, plus 6 x 50 us = 3e5; update 1e6.
+    // step = 3e8 + 1.5e8 + 3e5 + 1e6 = 451_300_000 ns, every step (the cycle's next tick
+    // after the collective falls exactly on the next step's gradient).
+    let r = run(&ring(4, &one_var(), "50 us", "", ""));
+    close(r.summary.step_time_s.p10, 0.4513, 1e-9);
+    close(r.summary.step_time_s.p99, 0.4513, 1e-9);
+    close(r.summary.breakdown_s.compute, 0.3, 1e-9);
+    close(r.summary.breakdown_s.exposed_comm, 0.1513, 1e-9);
+    assert_eq!(r.summary.breakdown_s.wait, 0.0);
+    assert_eq!(r.summary.ps, 0);
+    // Each host sends and receives 2(N-1)/N x S.
+    assert!(r.steps.iter().all(|s| s.bytes_sent == 18_750_000 && s.bytes_received == 18_750_000));
+    // Every worker NIC is busy 1.5e8 of each 4.513e8 ns.
+    close(r.summary.utilization.worker_nic_out_max.unwrap(), 1.5e8 / 4.513e8, 1e-6);
+    assert_eq!(r.summary.utilization.ps_nic_in_max, None);
+    assert!(r.summary.bottleneck.contains("ring"), "{}", r.summary.bottleneck);
+}
+
+#[test]
+fn more_ranks_cost_latency_not_bandwidth() {
+    // N = 16: 2 x 15/16 x 1e8 = 1.875e8, plus 30 x 1 ms = 3e7: step 3e8 + 2.175e8 + 1e6.
+    let r = run(&ring(16, &one_var(), "1 ms", "fusion_cycle = \"0 ms\"", ""));
+    close(r.summary.step_time_s.p50, 0.5185, 1e-9);
+    // The latency-bound ring says so when no link is busy enough.
+    let r = run(&ring(16, &format!("{HEADER}l,dense,0,100000000000,4,l.w,100,400\n"), "1 ms", "", ""));
+    assert!(r.summary.bottleneck.starts_with("GPU compute") || r.summary.bottleneck.contains("latency"));
+}
+
+#[test]
+fn buckets_overlap_backward() {
+    // Fusion off (threshold 0), no cycle, no latency. Forward 2e8. Backward of b ends at 4e8:
+    // its bucket is reduced during a's backward (1.5e8, done at 5.5e8); a's ends at 6e8, its
+    // bucket takes 1.5e8: 7.5e8; update of 25 MB: 2e6. Step 752_000_000 ns.
+    let t = "fusion_buffer = \"0 B\"\nfusion_cycle = \"0 ms\"";
+    let r = run(&ring(4, &two_vars(), "0 us", t, ""));
+    close(r.summary.step_time_s.p50, 0.752, 1e-9);
+    // Without overlap both wait for the end of backward (6e8) and go one after the other:
+    // 6e8 + 2 x 1.5e8 + 2e6.
+    let s = ring_with(4, &two_vars(), "0 us", t, "", "overlap = false");
+    close(run(&s).summary.step_time_s.p50, 0.902, 1e-9);
+    // Fusion saves latency: without overlap and 1 ms of latency, two buckets pay 2 x 6
+    // latencies (6e8 + 2 x (1.5e8 + 6e6) + 2e6), one fused bucket of 25 MB pays 6 (6e8 + 3e8 +
+    // 6e6 + 2e6).
+    let s = ring_with(4, &two_vars(), "1 ms", t, "", "overlap = false");
+    close(run(&s).summary.step_time_s.p50, 0.914, 1e-9);
+    let fused = "fusion_buffer = \"64 MiB\"\nfusion_cycle = \"0 ms\"";
+    let s = ring_with(4, &two_vars(), "1 ms", fused, "", "overlap = false");
+    close(run(&s).summary.step_time_s.p50, 0.908, 1e-9);
+}
+
+#[test]
+fn buckets_wait_for_the_fusion_cycle() {
+    // A 1 s cycle: the first tick after b's gradient (4e8) is at 1e9, when a's is ready too:
+    // one bucket of 25 MB, 3e8, then the update: step 0 ends at 1.302e9. The next cycle starts
+    // at 2e9 (a cycle after the first), after step 1's backward (1.302e9 + 6e8): step 1 ends
+    // at 2.302e9, 1 s later, and so on.
+    let r = run(&ring(4, &two_vars(), "0 us", "fusion_buffer = \"64 MiB\"\nfusion_cycle = \"1 s\"", ""));
+    let w0: Vec<u64> = r.steps.iter().filter(|s| s.worker == 0).map(|s| s.end_ns - s.start_ns).collect();
+    assert_eq!(w0, vec![1_302_000_000, 1_000_000_000, 1_000_000_000, 1_000_000_000]);
+}
+
+#[test]
+fn gpus_of_a_host_are_neighbours_on_the_ring() {
+    // 2 hosts x 2 GPUs = 4 ranks; the hops inside a host cross its bus (fast), the two
+    // between hosts cross the NICs: the same 6 rounds of S/4 at the NIC rate as 4 hosts.
+    let r = run(&ring(2, &one_var(), "0 us", "fusion_cycle = \"0 ms\"", "gpus_per_host = 2\nhost_bus = \"nvlink2\""));
+    close(r.summary.step_time_s.p50, 0.451, 1e-9);
+    assert!(r.steps.iter().all(|s| s.bytes_sent == 18_750_000), "{:?}", r.steps[0]);
+}
+
+#[test]
+fn every_worker_waits_for_the_slowest() {
+    // One straggler at half speed: its backward ends at 6e8, the others' at 3e8; everyone's
+    // step is 6e8 + 1.5e8 + 1e6, and the fast workers wait 3e8 of it.
+    let faults = "[faults]\nstragglers = { count = 1, slowdown = 2.0 }";
+    let s = ring_with(4, &one_var(), "0 us", "fusion_cycle = \"0 ms\"", "", faults);
+    let r = run(&s);
+    close(r.summary.step_time_s.p50, 0.751, 1e-9);
+    let fast = r.steps.iter().find(|x| x.worker == 0).unwrap();
+    assert_eq!(fast.wait_ns, 300_000_000);
+    let slow = r.steps.iter().find(|x| x.worker == 3).unwrap();
+    assert_eq!(slow.wait_ns, 0);
+    assert!(r.summary.bottleneck.contains("slowest"), "{}", r.summary.bottleneck);
+}
