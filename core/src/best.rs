@@ -57,19 +57,80 @@ pub fn pareto(rows: &[SweepRecord]) -> Vec<usize> {
     front
 }
 
+/// For each cluster a sweep ran both with parameter servers and with an all-reduce (same
+/// workers, GPU, NIC and batch): which wins, by how much, and why, in one line each. Against
+/// the all-reduce stands the best PS configuration of that cluster (soonest to the target, or
+/// the highest throughput without one).
+pub fn ps_vs_all_reduce(rows: &[SweepRecord]) -> Vec<String> {
+    let key = |r: &SweepRecord| (r.workers, r.gpu.clone(), r.nic.clone(), r.batch);
+    let score = |r: &SweepRecord| r.target.as_ref().map_or(-r.summary.throughput_samples_per_s, |t| t.time_to_target_s);
+    let limit = |r: &SweepRecord| {
+        let b = &r.summary.bottleneck;
+        b.split(':').next().unwrap_or(b).to_string()
+    };
+    let mut out = Vec::new();
+    for ar in rows.iter().filter(|r| r.all_reduce()) {
+        let Some(ps) =
+            rows.iter().filter(|r| !r.all_reduce() && key(r) == key(ar)).min_by(|a, b| score(a).total_cmp(&score(b)))
+        else {
+            continue;
+        };
+        let (a_step, p_step) = (ar.summary.step_time_s.mean, ps.summary.step_time_s.mean);
+        let figures = |r: &SweepRecord| match &r.target {
+            Some(t) => format!("{} and {:.0} {}", human_duration(t.time_to_target_s), t.cost, t.currency),
+            None => format!("{:.1} samples/s", r.summary.throughput_samples_per_s),
+        };
+        // Within 1% on time (the precision of a steady-state estimate is +-0.5%) the cost
+        // decides; without targets, throughput alone.
+        let cost_of = |r: &SweepRecord| r.target.as_ref().map_or(0.0, |t| t.cost);
+        let tie = ar.target.is_some() && (score(ar) / score(ps) - 1.0).abs() < 0.01;
+        let ring_wins = if tie { cost_of(ar) <= cost_of(ps) } else { score(ar) <= score(ps) };
+        let (w, l) = if ring_wins { (ar, ps) } else { (ps, ar) };
+        let sooner = match (&w.target, &l.target) {
+            (Some(a), Some(b)) => {
+                let faster = (1.0 - a.time_to_target_s / b.time_to_target_s) * 100.0;
+                let cheaper = (1.0 - a.cost / b.cost) * 100.0;
+                let cost =
+                    if cheaper >= 0.0 { format!("{cheaper:.0}% cheaper") } else { format!("{:.0}% dearer", -cheaper) };
+                if tie { format!("as soon (within 1%) and {cost}") } else { format!("{faster:.1}% sooner and {cost}") }
+            }
+            _ => format!(
+                "{:.1}% more samples/s",
+                (w.summary.throughput_samples_per_s / l.summary.throughput_samples_per_s - 1.0) * 100.0
+            ),
+        };
+        let why = if tie {
+            format!(
+                "the steps are about equal ({a_step:.3} s ring, {p_step:.3} s PS; {}), so the PS hosts' price decides",
+                limit(ps)
+            )
+        } else if ring_wins {
+            format!("the PS step is {p_step:.3} s against the ring's {a_step:.3} s ({})", limit(ps))
+        } else {
+            format!("the ring's step is {a_step:.3} s against the PS's {p_step:.3} s ({})", limit(ar))
+        };
+        out.push(format!(
+            "{} workers x {}, {} NICs: {} wins, {sooner}: {} against {} with {} PS; {why}",
+            ar.workers,
+            ar.gpu,
+            ar.nic,
+            if ring_wins { ar.placement.clone() } else { "the parameter-server configuration".into() },
+            figures(w),
+            figures(l),
+            ps.ps,
+        ));
+    }
+    out
+}
+
 /// One line: the configuration, then its time to target and cost (or its throughput).
 pub fn describe(r: &SweepRecord) -> String {
-    let mut d = format!(
-        "{} worker{} x {}, {} PS ({}), {} {}, {} NICs",
-        r.workers,
-        if r.workers == 1 { "" } else { "s" },
-        r.gpu,
-        r.ps,
-        r.ps_hosts,
-        r.mode,
-        r.placement,
-        r.nic
-    );
+    let workers = format!("{} worker{} x {}", r.workers, if r.workers == 1 { "" } else { "s" }, r.gpu);
+    let mut d = if r.all_reduce() {
+        format!("{workers}, {}, no PS, {} NICs", r.placement, r.nic)
+    } else {
+        format!("{workers}, {} PS ({}), {} {}, {} NICs", r.ps, r.ps_hosts, r.mode, r.placement, r.nic)
+    };
     match &r.target {
         Some(t) => {
             d.push_str(&format!(": {} to the target, {:.0} {}", human_duration(t.time_to_target_s), t.cost, t.currency))

@@ -126,25 +126,18 @@ impl Ring {
         (rank + 1) % self.ranks
     }
 
-    /// Bytes of chunk `c` of a `total`-byte buffer: an even split, the first `total % ranks`
-    /// chunks one byte larger.
-    pub fn chunk_bytes(&self, total: u64, c: u32) -> u64 {
-        let n = u64::from(self.ranks);
-        total / n + u64::from(u64::from(c) < total % n)
+    /// Bytes of each chunk of a `total`-byte buffer: the buffer padded to a multiple of the
+    /// ranks and split evenly, so that every rank moves the same bytes in every round (at most
+    /// `ranks - 1` bytes of padding).
+    pub fn chunk_bytes(&self, total: u64) -> u64 {
+        total.div_ceil(u64::from(self.ranks))
     }
 
     /// What `rank` sends in `round`.
     pub fn send(&self, rank: u32, round: u32, total: u64) -> Send {
         let n = self.ranks;
         let chunk = (rank + n - round % n) % n;
-        Send {
-            round,
-            from: rank,
-            to: self.next(rank),
-            chunk,
-            bytes: self.chunk_bytes(total, chunk),
-            reduce: round + 1 < n,
-        }
+        Send { round, from: rank, to: self.next(rank), chunk, bytes: self.chunk_bytes(total), reduce: round + 1 < n }
     }
 
     /// Every send of one all-reduce, round by round, rank by rank.
@@ -249,9 +242,10 @@ mod tests {
     }
 
     #[test]
-    fn chunks_split_the_buffer_exactly() {
+    fn chunks_split_the_padded_buffer_evenly() {
         let ring = Ring { ranks: 3 };
-        assert_eq!((0..3).map(|c| ring.chunk_bytes(10, c)).collect::<Vec<_>>(), vec![4, 3, 3]);
+        assert_eq!(ring.chunk_bytes(10), 4);
+        assert_eq!(ring.chunk_bytes(9), 3);
         assert_eq!(Ring { ranks: 1 }.rounds(), 0);
     }
 

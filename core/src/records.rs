@@ -593,16 +593,23 @@ pub struct SweepRecord {
     pub batch: u64,
     /// GPU name.
     pub gpu: String,
-    /// Placement.
+    /// Placement; for an all-reduce, its algorithm ("ring all-reduce").
     pub placement: String,
     /// Mode.
     pub mode: String,
-    /// "dedicated" or "colocated".
+    /// "dedicated" or "colocated"; "none" for an all-reduce (and `ps` is 0).
     pub ps_hosts: String,
     /// The simulated summary (its `workers` and `ps` equal the fields above).
     pub summary: RunSummary,
     /// Time to the target, if the scenario has one.
     pub target: Option<TargetRecord>,
+}
+
+impl SweepRecord {
+    /// An all-reduce configuration (no parameter servers).
+    pub fn all_reduce(&self) -> bool {
+        self.ps_hosts == "none"
+    }
 }
 
 /// Time-to-accuracy figures of one configuration.

@@ -883,7 +883,8 @@ pub struct CostSpec {
     /// Price of one GPU-hour. Default 0.90: AWS p2.xlarge on-demand (one K80 chip), us-east-1.
     #[serde(default = "default_gpu_hour")]
     pub gpu_hour: f64,
-    /// Price of one parameter-server host-hour (CPU only). Default 0.10: AWS c4.large-class host.
+    /// Price of one parameter-server host-hour (CPU only), paid per dedicated PS host (an
+    /// all-reduce configuration has none). Default 0.10: AWS c4.large-class host.
     #[serde(default = "default_ps_hour")]
     pub ps_hour: f64,
     /// Currency of the prices.
@@ -935,6 +936,13 @@ pub struct SweepSpec {
     /// Built-in models.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model: Vec<String>,
+    /// Topology kinds: parameter servers or all-reduce (a point of kind all-reduce takes no
+    /// parameter-server fields from the base scenario).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kind: Vec<TopologyKind>,
+    /// All-reduce fusion buffer sizes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fusion_buffer: Vec<Bytes>,
     /// Explicit configurations (e.g. paired workers and PS), each combined with the axes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub points: Vec<SweepPoint>,
@@ -968,6 +976,12 @@ pub struct SweepPoint {
     /// Built-in model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Topology kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<TopologyKind>,
+    /// All-reduce fusion buffer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion_buffer: Option<Bytes>,
 }
 
 impl SweepPoint {
@@ -986,6 +1000,8 @@ impl SweepPoint {
         set(&mut self.placement, &other.placement);
         set(&mut self.mode, &other.mode);
         set(&mut self.model, &other.model);
+        set(&mut self.kind, &other.kind);
+        set(&mut self.fusion_buffer, &other.fusion_buffer);
     }
 
     /// Applies this point to `spec`.
@@ -1013,6 +1029,21 @@ impl SweepPoint {
         }
         if let Some(x) = &self.model {
             spec.model = ModelSpec { name: Some(x.clone()), layers: None };
+        }
+        if let Some(x) = self.kind {
+            spec.topology.kind = x;
+            if x == TopologyKind::AllReduce {
+                // The base's parameter-server fields describe its PS configurations; a point
+                // of kind all-reduce keeps only what it sets itself (and is refused for it).
+                let d = TopologySpec::default();
+                let t = &mut spec.topology;
+                t.ps = self.ps.unwrap_or(d.ps);
+                t.placement = self.placement.unwrap_or(d.placement);
+                (t.ps_hosts, t.partition_threshold) = (d.ps_hosts, d.partition_threshold);
+            }
+        }
+        if let Some(x) = self.fusion_buffer {
+            spec.topology.fusion_buffer = x;
         }
     }
 
@@ -1043,6 +1074,12 @@ impl SweepPoint {
         if let Some(x) = &self.model {
             v.push(("model", x.clone()));
         }
+        if let Some(x) = self.kind {
+            v.push(("kind", x.as_str().to_string()));
+        }
+        if let Some(x) = self.fusion_buffer {
+            v.push(("fusion_buffer", x.to_string()));
+        }
         v
     }
 }
@@ -1050,7 +1087,7 @@ impl SweepPoint {
 impl SweepSpec {
     /// Every configuration of the sweep: the cartesian product of the axes times the explicit
     /// points (the points vary fastest, then workers, ps, placement, mode, batch, nic, gpu,
-    /// model).
+    /// model, kind, fusion_buffer).
     pub fn expand(&self) -> Vec<SweepPoint> {
         let mut out = vec![SweepPoint::default()];
         macro_rules! axis {
@@ -1069,6 +1106,8 @@ impl SweepSpec {
                 }
             };
         }
+        axis!(fusion_buffer, |x: &Bytes| *x);
+        axis!(kind, |x: &TopologyKind| *x);
         axis!(model, |x: &String| x.clone());
         axis!(gpu, |x: &String| x.clone());
         axis!(nic, |x: &String| x.clone());
@@ -1130,6 +1169,8 @@ impl SweepSpec {
             self.placement.len(),
             self.mode.len(),
             self.model.len(),
+            self.kind.len(),
+            self.fusion_buffer.len(),
         ];
         if lens.iter().all(|&l| l == 0) { 0 } else { lens.iter().filter(|&&l| l > 0).product() }
     }
@@ -1333,6 +1374,17 @@ impl Scenario {
                 None
             }
         };
+        let sw = &spec.sweep;
+        let any_all_reduce = spec.topology.kind == TopologyKind::AllReduce
+            || sw.kind.contains(&TopologyKind::AllReduce)
+            || sw.points.iter().any(|p| p.kind == Some(TopologyKind::AllReduce));
+        if !sw.fusion_buffer.is_empty() && !any_all_reduce {
+            v.push(
+                "sweep.fusion_buffer",
+                "`sweep.fusion_buffer` has no effect without an all-reduce configuration (it sizes all-reduce fusion buckets)",
+                Some("add `kind = [\"parameter-server\", \"all-reduce\"]` to [sweep], or remove the axis".into()),
+            );
+        }
         for (i, g) in spec.sweep.gpu.iter().enumerate() {
             if hardware::gpu_by_name(g).is_none() && !g.eq_ignore_ascii_case(&spec.hardware.gpu) {
                 let names: Vec<String> = hardware::gpus().into_iter().map(|g| g.name).collect();
@@ -1572,6 +1624,12 @@ impl Scenario {
     /// GPUs of one machine the workers' compute time-shares, if they share any.
     pub fn shared_gpus(&self) -> Option<u32> {
         self.spec.hardware.shared_gpus
+    }
+
+    /// Hosts that run only a parameter server (none with all-reduce or co-located shards).
+    pub fn ps_hosts(&self) -> u32 {
+        let t = &self.spec.topology;
+        if t.kind == TopologyKind::AllReduce || t.ps_hosts == PsHosts::Colocated { 0 } else { t.ps }
     }
 
     /// A one-line description for tables.

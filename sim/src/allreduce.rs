@@ -145,9 +145,24 @@ impl<'a> Sim<'a> {
         let two_tier = net_spec.switch == SwitchKind::TwoTier;
         let rack_of = |h: u32| if two_tier { h / net_spec.hosts_per_rack } else { 0 };
         let (up, down) = add_racks(s, &mut net, hosts, &mut resources);
+        // Identical ranks in identical places run in lock-step: every round takes each of
+        // them the same time (equal chunks, a link of its own each way), so one stands for all
+        // (its records are copied to every host), exactly, as identical PS workers form a class.
+        let faults = &spec.faults;
+        let lock_step = gpus == 1
+            && !two_tier
+            && s.jitter() == 0.0
+            && faults.tail.is_none()
+            && faults.episodes.is_none()
+            && faults.stragglers.is_none()
+            && faults.network_noise == 0.0
+            && s.unfairness() == 0.0
+            && !(s.ramp().0.0 > 0 && s.ramp().1 < 1.0)
+            && s.fifo().0 == 0
+            && !opts.no_classes;
         let bus = s.host_bus.bandwidth.bytes_per_sec() / 1e9;
         let mut nics = Vec::new();
-        for h in 0..hosts {
+        for h in 0..if lock_step { 1 } else { hosts } {
             let e = net.add_resource(nic);
             let i = net.add_resource(nic);
             resources.push((ResourceOwner::Worker(h), true, e));
@@ -159,10 +174,13 @@ impl<'a> Sim<'a> {
             });
             nics.push((e, i, b));
         }
+        let simulated = if lock_step { 1 } else { ring.ranks };
         let mut ranks = Vec::new();
-        for r in 0..ring.ranks {
+        for r in 0..simulated {
             let (h, n) = (r / gpus, ring.next(r) / gpus);
-            let over_nic = h != n;
+            // Lock-step: host 0's ingress stands for the next host's.
+            let n = if lock_step { h } else { n };
+            let over_nic = lock_step || h != n;
             let path = if over_nic {
                 let mut p = vec![Use { resource: nics[h as usize].0, weight: 1.0 }];
                 if rack_of(h) != rack_of(n) {
@@ -224,7 +242,7 @@ impl<'a> Sim<'a> {
     }
 
     fn run(mut self) -> Result<Outcome, SimError> {
-        for r in 0..self.ring.ranks {
+        for r in 0..self.ranks.len() as u32 {
             self.q.schedule(Time::ZERO, Ev::StartStep { rank: r });
         }
         let mut last = Time::ZERO;
@@ -243,7 +261,7 @@ impl<'a> Sim<'a> {
                     }
                 }
                 Ev::Deliver { from } => {
-                    let to = self.ring.next(from);
+                    let to = (from + 1) % self.ranks.len() as u32;
                     self.ranks[to as usize].received += 1;
                     self.progress(to);
                 }
@@ -304,7 +322,8 @@ impl<'a> Sim<'a> {
         self.ranks[i].factor = compute_factor(self.s, host, slowdown, jitter, step, now);
         let (fwd, bwd) = (self.scaled(i, self.fwd_total), self.scaled(i, self.bwd_total));
         self.q.schedule(now + Time(fwd + bwd), Ev::BackwardDone { rank });
-        self.gpu_busy_ns += u128::from(fwd + bwd);
+        let stands_for = u128::from(self.ring.ranks) / self.ranks.len() as u128;
+        self.gpu_busy_ns += u128::from(fwd + bwd) * stands_for;
         let r = &mut self.ranks[i];
         (r.in_step, r.step_start, r.fwd, r.compute_ns) = (true, now, fwd, fwd + bwd);
         (r.backward_done, r.applying) = (false, false);
@@ -457,21 +476,24 @@ impl<'a> Sim<'a> {
                 .map_or(0, |t| t.0.saturating_sub(own.0))
                 .min(dur.saturating_sub(compute));
             let (sent, received) = self.host_bytes(host, step);
-            self.records.push(StepRecord {
-                run: "sim".into(),
-                worker: host,
-                step,
-                start_ns: start.0,
-                end_ns: now.0,
-                compute_ns: compute,
-                comm_ns: dur.saturating_sub(compute).saturating_sub(wait),
-                wait_ns: wait,
-                bytes_sent: sent,
-                bytes_received: received,
-                scenario_hash: self.s.hash.clone(),
-                seed: self.s.spec.seed,
-                version: VERSION.into(),
-            });
+            let hosts = if self.lock_step() { 0..self.s.spec.topology.workers } else { host..host + 1 };
+            for host in hosts {
+                self.records.push(StepRecord {
+                    run: "sim".into(),
+                    worker: host,
+                    step,
+                    start_ns: start.0,
+                    end_ns: now.0,
+                    compute_ns: compute,
+                    comm_ns: dur.saturating_sub(compute).saturating_sub(wait),
+                    wait_ns: wait,
+                    bytes_sent: sent,
+                    bytes_received: received,
+                    scenario_hash: self.s.hash.clone(),
+                    seed: self.s.spec.seed,
+                    version: VERSION.into(),
+                });
+            }
         }
         let r = &mut self.ranks[i];
         r.step += 1;
@@ -482,6 +504,11 @@ impl<'a> Sim<'a> {
         } else {
             self.q.schedule(now, Ev::StartStep { rank });
         }
+    }
+
+    /// One rank stands for all (see [`Sim::new`]).
+    fn lock_step(&self) -> bool {
+        (self.ranks.len() as u32) < self.ring.ranks
     }
 
     /// Payload bytes host `h`'s NICs sent and received in `step`: its last GPU's sends to the

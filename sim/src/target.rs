@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 use topolab_core::convergence::{self, ConvergenceError};
-use topolab_core::scenario::{CheckpointInterval, Mode, PsHosts, Scenario};
+use topolab_core::scenario::{CheckpointInterval, Mode, Scenario};
 
 use crate::{SimError, SimOptions, SimRun, failures, simulate};
 
@@ -182,7 +182,7 @@ pub fn time_to_target(s: &Scenario, opts: &SimOptions) -> Result<(SimRun, TimeTo
     };
     let useful_time = examples / useful;
     let gpus = f64::from(t.workers) * g;
-    let ps_hosts = if t.ps_hosts == PsHosts::Dedicated { f64::from(t.ps) } else { 0.0 };
+    let ps_hosts = f64::from(s.ps_hosts());
     let failures = failure_cost(s, useful_time, f64::from(t.workers) + ps_hosts, gpus);
     let time = failures.as_ref().map_or(useful_time, |f| f.useful_s + f.overhead_s);
     let hours = time / 3600.0;

@@ -384,6 +384,7 @@ fn run_table(s: &Scenario, a: &Args) -> anyhow::Result<ExitCode> {
     match a.format {
         Format::Json => print_json(&serde_json::json!({
             "scenario": s.spec.name, "scenario_hash": s.hash, "rows": sweep::json_rows(&rows),
+            "ps_vs_all_reduce": topolab_core::best::ps_vs_all_reduce(&sweep::records(&rows)),
             "assumptions": assumptions(&scenarios, simulated), "sim_wall_s": wall,
         }))?,
         Format::Csv => sweep::table(&rows, false).write_csv(std::io::stdout().lock())?,

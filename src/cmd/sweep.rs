@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use topolab_core::best;
 use topolab_core::records::SweepRecord;
-use topolab_core::scenario::{Scenario, SweepPoint};
+use topolab_core::scenario::{Scenario, SweepPoint, TopologyKind};
 pub use topolab_sim::sweep::{Row, record, records};
 
 use super::BadInput;
@@ -90,12 +90,17 @@ pub fn table(rows: &[Row], human: bool) -> Table {
     let base_time = rows.first().and_then(|r| r.target.as_ref()).map(|t| t.time_to_target_s);
     for r in rows {
         let s = &r.scenario;
+        let all_reduce = s.spec.topology.kind == TopologyKind::AllReduce;
         let mut row = vec![
             s.gpu.name.clone(),
             s.spec.topology.workers.to_string(),
-            s.spec.topology.ps.to_string(),
+            if all_reduce { "-".into() } else { s.spec.topology.ps.to_string() },
             s.spec.topology.mode.as_str().to_string(),
-            s.spec.topology.placement.as_str().to_string(),
+            if all_reduce {
+                format!("{} all-reduce", s.spec.topology.algorithm.as_str())
+            } else {
+                s.spec.topology.placement.as_str().to_string()
+            },
             s.nic.to_string(),
             format!("{:.1}", r.summary.throughput_samples_per_s),
             format!("{:.3}", r.summary.step_time_s.mean),
@@ -127,7 +132,9 @@ pub fn json_rows(rows: &[Row]) -> Vec<serde_json::Value> {
         .map(|r| {
             let s = &r.scenario;
             let mut v = serde_json::json!({
-                "scenario": s.spec.name, "gpu": s.gpu.name, "workers": s.spec.topology.workers, "ps": s.spec.topology.ps,
+                "scenario": s.spec.name, "gpu": s.gpu.name, "workers": s.spec.topology.workers,
+                "kind": s.spec.topology.kind.as_str(),
+                "ps": if s.spec.topology.kind == TopologyKind::AllReduce { 0 } else { s.spec.topology.ps },
                 "mode": s.spec.topology.mode.as_str(), "placement": s.spec.topology.placement.as_str(),
                 "nic_bits_per_s": s.nic.0, "batch": s.spec.batch,
                 "throughput_samples_per_s": r.summary.throughput_samples_per_s,
@@ -194,7 +201,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     match a.format {
         Format::Json => print_json(&serde_json::json!({
             "rows": json_rows(&rows), "best_by_time": best::fastest(&records(&rows)), "best_by_cost": best::cheapest(&records(&rows)),
-            "pareto": best::pareto(&records(&rows)), "sim_wall_s": wall, "csv": csv_path.as_ref().map(|p| p.display().to_string()),
+            "pareto": best::pareto(&records(&rows)), "ps_vs_all_reduce": best::ps_vs_all_reduce(&records(&rows)),
+            "sim_wall_s": wall, "csv": csv_path.as_ref().map(|p| p.display().to_string()),
         }))?,
         Format::Csv => table(&rows, false).write_csv(std::io::stdout().lock())?,
         Format::Table => {
@@ -229,6 +237,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 /// [`topolab_core::best`], as the reports do).
 pub fn print_best(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {
     let records: Vec<SweepRecord> = rows.iter().map(record).collect();
+    let versus = best::ps_vs_all_reduce(&records);
+    if !versus.is_empty() {
+        writeln!(out, "\nParameter servers or all-reduce, cluster by cluster:")?;
+        for line in versus {
+            writeln!(out, "  {line}")?;
+        }
+    }
     if let Some(i) = best::fastest(&records) {
         let what = if records[i].target.is_some() { "time" } else { "throughput" };
         writeln!(out, "\nBest by {what}: {}", best::describe(&records[i]))?;

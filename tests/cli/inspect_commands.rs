@@ -234,9 +234,21 @@ fn default_run_json_has_one_row_per_cluster_and_the_half_year_baseline() {
     let one = rows.iter().find(|r| r["workers"] == 1).unwrap();
     let days = one["time_to_target_s"].as_f64().unwrap() / 86400.0;
     assert!((150.0..=185.0).contains(&days), "one K40: {days} days");
-    // More workers finish sooner.
-    let t: Vec<f64> = rows.iter().map(|r| r["time_to_target_s"].as_f64().unwrap()).collect();
-    assert!(t.windows(2).all(|w| w[1] < w[0]), "{t:?}");
+    // More workers finish sooner, with parameter servers and with a ring all-reduce.
+    for kind in ["parameter-server", "all-reduce"] {
+        let t: Vec<f64> =
+            rows.iter().filter(|r| r["kind"] == kind).map(|r| r["time_to_target_s"].as_f64().unwrap()).collect();
+        assert!(t.len() >= 4 && t.windows(2).all(|w| w[1] < w[0]), "{kind}: {t:?}");
+    }
+    // Each ring stands next to the PS cluster of the same workers, and one line says which
+    // wins and why.
+    for ring in rows.iter().filter(|r| r["kind"] == "all-reduce") {
+        assert_eq!(ring["ps"], 0);
+        assert!(rows.iter().any(|r| r["kind"] == "parameter-server" && r["workers"] == ring["workers"]), "{ring}");
+    }
+    let versus = v["ps_vs_all_reduce"].as_array().unwrap();
+    assert_eq!(versus.len(), 4, "{versus:?}");
+    assert!(versus.iter().all(|l| l.as_str().unwrap().contains(" wins, ")), "{versus:?}");
     assert!(v["sim_wall_s"].as_f64().unwrap() > 0.0);
     assert!(!v["assumptions"].as_array().unwrap().is_empty());
 }
@@ -322,7 +334,7 @@ fn run_out_on_a_sweep_writes_each_configuration_and_the_assumptions() {
     let o = topolab(&["run", "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let rows = std::fs::read_to_string(out.join("sweep.csv")).unwrap().lines().count() - 1;
-    assert_eq!(rows, 5);
+    assert_eq!(rows, 9);
     for i in 0..rows {
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join(format!("configs/{i:02}/summary.json"))).unwrap())

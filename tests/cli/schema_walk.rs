@@ -291,6 +291,22 @@ const PROBES: &[Probe] = &[
     ("sweep.batch", &[], &[("sweep.batch", "[8, 16]")], Effect),
     ("sweep.gpu", &[], &[("sweep.gpu", "[\"v100\", \"p100\"]")], Effect),
     ("sweep.mode", &[], &[("sweep.mode", "[\"sync\", \"async\"]")], Effect),
+    // A point of kind all-reduce drops the base's PS fields (BASE has ps = 2).
+    ("sweep.kind", &[], &[("sweep.kind", "[\"parameter-server\", \"all-reduce\"]")], Effect),
+    ("sweep.fusion_buffer", AR, &[("sweep.fusion_buffer", "[\"1 MiB\", \"64 MiB\"]")], Effect),
+    ("sweep.fusion_buffer", &[], &[("sweep.fusion_buffer", "[\"1 MiB\"]")], Refused(None)),
+    (
+        "sweep.points[].kind",
+        &[("sweep.points", "[{ workers = 2 }]")],
+        &[("sweep.points", "[{ workers = 2, kind = \"all-reduce\" }]")],
+        Effect,
+    ),
+    (
+        "sweep.points[].fusion_buffer",
+        &[AR[0], AR[1], ("sweep.points", "[{ workers = 2 }]")],
+        &[("sweep.points", "[{ workers = 2, fusion_buffer = \"1 MiB\" }]")],
+        Effect,
+    ),
     ("sweep.model", &[], &[("sweep.model", "[\"resnet-50\", \"alexnet\"]")], Effect),
     ("sweep.nic", &[], &[("sweep.nic", "[\"1GbE\", \"10GbE\"]")], Effect),
     ("sweep.placement", &[], &[("sweep.placement", "[\"greedy\", \"round-robin\"]")], Effect),

@@ -7,6 +7,7 @@
 //! rounds, each moving one chunk of S/N over every link at once, so 2(N-1)/N x S/B + 2(N-1) L.
 
 use super::*;
+use topolab_sim::{SimOptions, simulate};
 
 /// `tail` goes after `[training]`'s `steps` (more training fields, then other sections).
 fn ring_with(workers: u32, csv: &str, latency: &str, extra_topology: &str, extra: &str, tail: &str) -> Scenario {
@@ -123,4 +124,19 @@ fn every_worker_waits_for_the_slowest() {
     let slow = r.steps.iter().find(|x| x.worker == 3).unwrap();
     assert_eq!(slow.wait_ns, 0);
     assert!(r.summary.bottleneck.contains("slowest"), "{}", r.summary.bottleneck);
+}
+
+#[test]
+fn identical_ranks_simulated_once_or_each_on_its_own_agree_exactly() {
+    // Lock-step (one rank stands for all) against every rank simulated: the same records.
+    for (csv, t) in [(one_var(), ""), (two_vars(), "fusion_buffer = \"0 B\"")] {
+        let s = ring(8, &csv, "50 us", t, "");
+        let once = run(&s);
+        let each = simulate(&s, &SimOptions { no_classes: true, ..SimOptions::default() }).unwrap();
+        assert_eq!(once.detail.worker_classes, 1);
+        assert_eq!(each.detail.worker_classes, 8);
+        assert_eq!(once.steps, each.steps);
+        assert_eq!(once.summary.step_time_s, each.summary.step_time_s);
+        assert_eq!(once.summary.utilization, each.summary.utilization);
+    }
 }
