@@ -322,8 +322,11 @@ impl<'a> Sim<'a> {
         self.ranks[i].factor = compute_factor(self.s, host, slowdown, jitter, step, now);
         let (fwd, bwd) = (self.scaled(i, self.fwd_total), self.scaled(i, self.bwd_total));
         self.q.schedule(now + Time(fwd + bwd), Ev::BackwardDone { rank });
-        let stands_for = u128::from(self.ring.ranks) / self.ranks.len() as u128;
-        self.gpu_busy_ns += u128::from(fwd + bwd) * stands_for;
+        // GPU-busy time per host (its GPUs compute in parallel), as the PS simulation counts it.
+        if rank.is_multiple_of(self.gpus) {
+            let hosts = if self.lock_step() { u128::from(self.s.spec.topology.workers) } else { 1 };
+            self.gpu_busy_ns += u128::from(fwd + bwd) * hosts;
+        }
         let r = &mut self.ranks[i];
         (r.in_step, r.step_start, r.fwd, r.compute_ns) = (true, now, fwd, fwd + bwd);
         (r.backward_done, r.applying) = (false, false);

@@ -10,10 +10,9 @@ its plain max-min model (CM02) and every TCP correction off (bandwidth and laten
 no cross-traffic). Prints the completion time of every flow, in seconds, as a JSON list.
 """
 import json
-import os
 import sys
-import tempfile
 
+import plain
 from simgrid import Actor, Comm, Engine, this_actor
 
 
@@ -38,23 +37,7 @@ def platform(spec):
 def main():
     spec = json.load(sys.stdin)
     done = [None] * len(spec["flows"])
-    e = Engine([
-        "crosscheck",
-        "--cfg=network/model:CM02",
-        "--cfg=network/crosstraffic:0",
-        "--cfg=network/latency-factor:1",
-        "--cfg=network/bandwidth-factor:1",
-        "--cfg=network/weight-S:0",
-        "--cfg=maxmin/precision:1e-9",
-        "--cfg=surf/precision:1e-9",
-        "--log=root.thres:critical",
-    ])
-    with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as tmp:
-        tmp.write(platform(spec))
-    try:
-        e.load_platform(tmp.name)
-    finally:
-        os.unlink(tmp.name)
+    e = plain.engine("crosscheck", platform(spec))
 
     def sender(i, f):
         if f["start"] > 0:
