@@ -209,6 +209,113 @@ pub fn step_totals(s: &Scenario) -> StepTotals {
     }
 }
 
+/// The schedule of one bucket's all-reduce for every rank: the messages a rank sends, in
+/// order, each to a neighbour over one of at most two links (`slot` 0: the next rank on its
+/// ring, or on its host; `slot` 1: the same GPU on the next host), and what it must have
+/// received from its two predecessors before each. Ranks are numbered by host, then GPU.
+///
+/// - [`Schedule::Ring`]: one ring over every rank (NCCL's flat ring): 2 (R - 1) messages of
+///   1/R of the bucket, each after the previous one's receipt.
+/// - [`Schedule::Hierarchical`]: Horovod's hierarchical all-reduce: the GPUs of a host
+///   reduce-scatter the bucket over its bus (G - 1 rounds of 1/G), then the G GPUs of the
+///   same index all-reduce their 1/G across the hosts in G parallel rings (2 (N - 1) rounds of
+///   1/(G N)), then the host's GPUs all-gather over the bus (G - 1 rounds of 1/G): a host's
+///   NIC carries 2 (N - 1)/N of the bucket each way instead of the flat ring's
+///   2 (N G - 1)/(N G), in 2 (N - 1) rounds of latency instead of 2 (N G - 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// A flat ring.
+    Ring(Ring),
+    /// Reduce-scatter in the host, rings across hosts, all-gather in the host.
+    Hierarchical {
+        /// Hosts.
+        hosts: u32,
+        /// GPUs per host.
+        gpus: u32,
+    },
+}
+
+/// One message of a [`Schedule`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message {
+    /// Receiving rank.
+    pub to: u32,
+    /// Link: 0 to the next rank on the ring (or on the host), 1 to the next host.
+    pub slot: usize,
+    /// Payload bytes.
+    pub bytes: u64,
+    /// Messages the sender must have received first in this bucket, per slot of its
+    /// predecessors.
+    pub needs: [u64; 2],
+}
+
+impl Schedule {
+    /// The schedule of `algorithm` on `hosts` x `gpus` ranks.
+    pub fn of(algorithm: crate::scenario::AllReduceAlgorithm, hosts: u32, gpus: u32) -> Schedule {
+        match algorithm {
+            crate::scenario::AllReduceAlgorithm::Hierarchical => Schedule::Hierarchical { hosts, gpus },
+            _ => Schedule::Ring(Ring { ranks: hosts * gpus }),
+        }
+    }
+
+    /// Ranks.
+    pub fn ranks(&self) -> u32 {
+        match *self {
+            Schedule::Ring(r) => r.ranks,
+            Schedule::Hierarchical { hosts, gpus } => hosts * gpus,
+        }
+    }
+
+    /// Messages each rank sends per bucket.
+    pub fn messages(&self) -> u64 {
+        match *self {
+            Schedule::Ring(r) => u64::from(r.rounds()),
+            Schedule::Hierarchical { hosts, gpus } => 2 * u64::from(gpus - 1) + 2 * u64::from(hosts - 1),
+        }
+    }
+
+    /// Messages each rank receives per bucket, per slot.
+    pub fn receives(&self) -> [u64; 2] {
+        match *self {
+            Schedule::Ring(r) => [u64::from(r.rounds()), 0],
+            Schedule::Hierarchical { hosts, gpus } => [2 * u64::from(gpus - 1), 2 * u64::from(hosts - 1)],
+        }
+    }
+
+    /// The next rank over `slot`.
+    pub fn next(&self, rank: u32, slot: usize) -> u32 {
+        match *self {
+            Schedule::Ring(r) => r.next(rank),
+            Schedule::Hierarchical { hosts, gpus } => {
+                let (h, g) = (rank / gpus, rank % gpus);
+                if slot == 0 { h * gpus + (g + 1) % gpus } else { ((h + 1) % hosts) * gpus + g }
+            }
+        }
+    }
+
+    /// Message `m` (from 0) of `rank` in a bucket of `total` bytes.
+    pub fn message(&self, rank: u32, m: u64, total: u64) -> Message {
+        match *self {
+            Schedule::Ring(r) => {
+                let send = r.send(rank, m as u32, total);
+                Message { to: send.to, slot: 0, bytes: send.bytes, needs: [m, 0] }
+            }
+            Schedule::Hierarchical { hosts, gpus } => {
+                let (g1, n2) = (u64::from(gpus - 1), 2 * u64::from(hosts - 1));
+                let local = total.div_ceil(u64::from(gpus));
+                let cross = local.div_ceil(u64::from(hosts));
+                if m < g1 {
+                    Message { to: self.next(rank, 0), slot: 0, bytes: local, needs: [m, 0] }
+                } else if m < g1 + n2 {
+                    Message { to: self.next(rank, 1), slot: 1, bytes: cross, needs: [g1, m - g1] }
+                } else {
+                    Message { to: self.next(rank, 0), slot: 0, bytes: local, needs: [m - n2, n2] }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +346,64 @@ mod tests {
                 assert_eq!(ring.send(r, k, 400).chunk, prev.chunk);
             }
         }
+    }
+
+    #[test]
+    fn a_hierarchical_all_reduce_sums_everything_everywhere() {
+        // 3 hosts x 4 GPUs, each rank holding 1 << rank in each of its 12 finest pieces (a
+        // bucket of 12 x 12 bytes: 1/G = 36, 1/(G N) = 12). Walk the messages in dependency
+        // order; every piece ends as the sum of all ranks everywhere.
+        let (hosts, gpus) = (3u32, 4u32);
+        let sch = Schedule::Hierarchical { hosts, gpus };
+        let n = sch.ranks() as usize;
+        let full = (1u32 << n) - 1;
+        // held[rank][piece] (12 pieces: piece = chunk of the host ring (4) x chunk of the
+        // cross ring (3)); reduce-scatter step k: rank g sends local chunk (g - k) mod G.
+        let mut held: Vec<Vec<u32>> = (0..n).map(|r| vec![1u32 << r; 12]).collect();
+        let (mut sent, mut recv) = (vec![0u64; n], vec![[0u64; 2]; n]);
+        let total = 144;
+        let messages = sch.messages();
+        assert_eq!(messages, 2 * 3 + 2 * 2);
+        let mut progress = true;
+        while progress {
+            progress = false;
+            for r in 0..n {
+                let m = sent[r];
+                if m >= messages {
+                    continue;
+                }
+                let msg = sch.message(r as u32, m, total);
+                if recv[r][0] < msg.needs[0] || recv[r][1] < msg.needs[1] {
+                    continue;
+                }
+                let (h, g) = (r / 4, r % 4);
+                let pieces: Vec<usize> = if msg.slot == 0 {
+                    // Local ring: chunk c of 4 = pieces 3c..3c+3.
+                    let k = if m < 3 { m as usize } else { (m - 7) as usize };
+                    let c = if m < 3 { (g + 4 - k) % 4 } else { (g + 1 + 4 - k) % 4 };
+                    (3 * c..3 * c + 3).collect()
+                } else {
+                    // Cross ring over the local chunk this GPU owns, (g + 1) mod 4, pieces of 3.
+                    let j = (m - 3) as usize;
+                    let own = (g + 1) % 4;
+                    let c = (h + 3 - j % 3) % 3;
+                    vec![3 * own + c]
+                };
+                assert_eq!(msg.bytes, if msg.slot == 0 { 36 } else { 12 });
+                let reduce = m < 3 || (msg.slot == 1 && m - 3 < 2);
+                for p in pieces {
+                    let v = held[r][p];
+                    let dst = &mut held[msg.to as usize][p];
+                    *dst = if reduce { *dst | v } else { v };
+                }
+                sent[r] += 1;
+                recv[msg.to as usize][msg.slot] += 1;
+                progress = true;
+            }
+        }
+        assert!(sent.iter().all(|&x| x == messages), "{sent:?}");
+        assert!(recv.iter().all(|x| *x == sch.receives()));
+        assert!(held.iter().all(|h| h.iter().all(|&v| v == full)), "{held:?}");
     }
 
     #[test]

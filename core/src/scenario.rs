@@ -1689,13 +1689,19 @@ fn no_effect(s: &ScenarioFile, gpu: Option<&Gpu>, v: &mut Problems) {
     let t = &s.topology;
     let td = TopologySpec::default();
     if t.kind == TopologyKind::AllReduce {
-        if t.algorithm != AllReduceAlgorithm::Ring {
-            not_yet(
+        match t.algorithm {
+            AllReduceAlgorithm::Tree => not_yet(
                 v,
                 "topology.algorithm",
-                &format!("the {} all-reduce", t.algorithm.as_str()),
-                "the ring all-reduce is built; hierarchical and tree come next",
-            );
+                "the tree all-reduce",
+                "the ring and hierarchical all-reduces are built; the double binary tree comes next",
+            ),
+            AllReduceAlgorithm::Hierarchical if s.hardware.gpus_per_host == 1 => v.push(
+                "topology.algorithm",
+                "a hierarchical all-reduce reduces inside multi-GPU hosts first, but hardware.gpus_per_host = 1",
+                Some("use algorithm = \"ring\", or hosts with several GPUs (hardware.gpus_per_host)".into()),
+            ),
+            _ => {}
         }
         // Parameter-server fields have no meaning without parameter servers.
         let why = "with kind = \"all-reduce\" (there are no parameter servers: the workers sum their gradients among themselves)";

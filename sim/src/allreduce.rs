@@ -29,7 +29,7 @@
 
 use std::ops::Range;
 
-use topolab_core::collective::{Ring, backward_gradients, launch_time, next_bucket};
+use topolab_core::collective::{Schedule, backward_gradients, launch_time, next_bucket};
 use topolab_core::records::{StepRecord, VERSION};
 use topolab_core::scenario::{Scenario, SwitchKind};
 use topolab_core::units::{Bytes, Time};
@@ -46,9 +46,10 @@ use crate::{SimError, SimOptions};
 #[derive(Debug, Clone, Copy)]
 enum Ev {
     Net(Timer),
-    /// A chunk from rank `from` reaches the next rank.
+    /// A message from rank `from` over its link `slot` reaches the next rank on it.
     Deliver {
         from: u32,
+        slot: usize,
     },
     /// The coordinator's cycle: the next bucket is handed to the collective.
     Tick,
@@ -66,9 +67,9 @@ enum Ev {
 #[derive(Debug, Clone, Default)]
 struct Rank {
     host: u32,
-    /// Connection to the next rank, and whether it crosses NICs (latency, overhead).
-    flow: usize,
-    over_nic: bool,
+    /// Per link (to the next rank on the ring or host; to the next host): the connection
+    /// and whether it crosses NICs (latency, overhead).
+    links: [Option<(usize, bool)>; 2],
     /// Current step, and whether it has started (forward or later).
     step: u64,
     in_step: bool,
@@ -79,9 +80,9 @@ struct Rank {
     compute_ns: u64,
     backward_done: bool,
     applying: bool,
-    /// Since the run began: messages sent and received, buckets finished here.
+    /// Since the run began: messages sent, received per link, buckets finished here.
     sent: u64,
-    received: u64,
+    received: [u64; 2],
     completed: u64,
     /// When the bucket being reduced started here (its first send).
     bucket_started: Time,
@@ -92,8 +93,9 @@ struct Sim<'a> {
     s: &'a Scenario,
     opts: &'a SimOptions,
     q: EventQueue<Ev>,
-    net: Network<u32>,
-    ring: Ring,
+    /// Messages carry their sender and link.
+    net: Network<(u32, usize)>,
+    sched: Schedule,
     gpus: u32,
     ranks: Vec<Rank>,
     /// Gradients in backward order (layer, bytes), and the backward time from its start until
@@ -138,9 +140,9 @@ impl<'a> Sim<'a> {
         let nic = nic_bytes_per_ns(s);
         let hosts = t.workers;
         let gpus = spec.hardware.gpus_per_host;
-        let ring = Ring { ranks: hosts * gpus };
+        let sched = Schedule::of(t.algorithm, hosts, gpus);
 
-        let mut net: Network<u32> = sharing_network(s);
+        let mut net: Network<(u32, usize)> = sharing_network(s);
         let mut resources = Vec::new();
         let two_tier = net_spec.switch == SwitchKind::TwoTier;
         let rack_of = |h: u32| if two_tier { h / net_spec.hosts_per_rack } else { 0 };
@@ -149,7 +151,8 @@ impl<'a> Sim<'a> {
         // them the same time (equal chunks, a link of its own each way), so one stands for all
         // (its records are copied to every host), exactly, as identical PS workers form a class.
         let faults = &spec.faults;
-        let lock_step = gpus == 1
+        let hierarchical = matches!(sched, Schedule::Hierarchical { .. });
+        let lock_step = (gpus == 1 || hierarchical)
             && !two_tier
             && s.jitter() == 0.0
             && faults.tail.is_none()
@@ -174,26 +177,35 @@ impl<'a> Sim<'a> {
             });
             nics.push((e, i, b));
         }
-        let simulated = if lock_step { 1 } else { ring.ranks };
+        let simulated = if lock_step { 1 } else { sched.ranks() };
+        // In lock-step the one rank's links stand for those of its host's GPUs (the same hops
+        // through the same bus and NICs): that many connections on each resource.
+        let stands_for = if lock_step { f64::from(gpus) } else { 1.0 };
         let mut ranks = Vec::new();
         for r in 0..simulated {
-            let (h, n) = (r / gpus, ring.next(r) / gpus);
-            // Lock-step: host 0's ingress stands for the next host's.
-            let n = if lock_step { h } else { n };
-            let over_nic = lock_step || h != n;
-            let path = if over_nic {
-                let mut p = vec![Use { resource: nics[h as usize].0, weight: 1.0 }];
-                if rack_of(h) != rack_of(n) {
-                    p.push(Use { resource: up[rack_of(h) as usize], weight: 1.0 });
-                    p.push(Use { resource: down[rack_of(n) as usize], weight: 1.0 });
+            let mut links = [None, None];
+            for (slot, link) in links.iter_mut().enumerate() {
+                if sched.receives()[slot] == 0 {
+                    continue;
                 }
-                p.push(Use { resource: nics[n as usize].1, weight: 1.0 });
-                p
-            } else {
-                vec![Use { resource: nics[h as usize].2.expect("a multi-GPU host has a bus"), weight: 1.0 }]
-            };
-            let flow = net.add_flow(path);
-            ranks.push(Rank { host: h, flow, over_nic, factor: 1.0, ..Rank::default() });
+                let (h, n) = (r / gpus, sched.next(r, slot) / gpus);
+                // Lock-step: host 0's ingress stands for the next host's.
+                let over_nic = h != n;
+                let n = if lock_step { h } else { n };
+                let path = if over_nic {
+                    let mut p = vec![Use { resource: nics[h as usize].0, weight: stands_for }];
+                    if rack_of(h) != rack_of(n) {
+                        p.push(Use { resource: up[rack_of(h) as usize], weight: stands_for });
+                        p.push(Use { resource: down[rack_of(n) as usize], weight: stands_for });
+                    }
+                    p.push(Use { resource: nics[n as usize].1, weight: stands_for });
+                    p
+                } else {
+                    vec![Use { resource: nics[h as usize].2.expect("a multi-GPU host has a bus"), weight: stands_for }]
+                };
+                *link = Some((net.add_flow(path), over_nic));
+            }
+            ranks.push(Rank { host: r / gpus, links, factor: 1.0, ..Rank::default() });
         }
 
         let (fwd_ns, bwd_ns) = layer_times(s);
@@ -210,7 +222,7 @@ impl<'a> Sim<'a> {
             opts,
             q: EventQueue::new(),
             net,
-            ring,
+            sched,
             gpus,
             ranks,
             grads,
@@ -237,8 +249,9 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn rounds(&self) -> u64 {
-        u64::from(self.ring.rounds())
+    /// Messages a rank sends per bucket.
+    fn messages(&self) -> u64 {
+        self.sched.messages()
     }
 
     fn run(mut self) -> Result<Outcome, SimError> {
@@ -255,14 +268,15 @@ impl<'a> Sim<'a> {
                     let (msg, timers) = self.net.on_timer(now, t);
                     self.schedule(timers);
                     if let Some(msg) = msg {
-                        let from = msg.tag;
-                        let at = if self.ranks[from as usize].over_nic { now + self.latency } else { now };
-                        self.q.schedule(at, Ev::Deliver { from });
+                        let (from, slot) = msg.tag;
+                        let over_nic = self.ranks[from as usize].links[slot].is_some_and(|l| l.1);
+                        let at = if over_nic { now + self.latency } else { now };
+                        self.q.schedule(at, Ev::Deliver { from, slot });
                     }
                 }
-                Ev::Deliver { from } => {
-                    let to = (from + 1) % self.ranks.len() as u32;
-                    self.ranks[to as usize].received += 1;
+                Ev::Deliver { from, slot } => {
+                    let to = if self.lock_step() { from } else { self.sched.next(from, slot) };
+                    self.ranks[to as usize].received[slot] += 1;
                     self.progress(to);
                 }
                 Ev::Tick => self.tick(),
@@ -395,35 +409,42 @@ impl<'a> Sim<'a> {
     /// Sends what the rank may send now, notes the buckets it has finished, and applies once
     /// the step's gradients are summed and backward is done.
     fn progress(&mut self, rank: u32) {
-        let rounds = self.rounds();
+        let per_bucket = self.messages();
+        let receives = self.sched.receives();
         let now = self.q.now();
         let i = rank as usize;
         loop {
             let r = &self.ranks[i];
-            let m = r.sent;
-            let gb = m / rounds;
-            if gb >= self.buckets.len() as u64 || r.received < m {
+            let gb = r.sent / per_bucket;
+            if gb >= self.buckets.len() as u64 {
                 break;
             }
-            let send = self.ring.send(rank, (m % rounds) as u32, self.buckets[gb as usize]);
-            let (flow, over_nic, host, step) = (r.flow, r.over_nic, r.host, r.step);
+            let msg = self.sched.message(rank, r.sent % per_bucket, self.buckets[gb as usize]);
+            if (0..2).any(|s| r.received[s] < gb * receives[s] + msg.needs[s]) {
+                break;
+            }
+            let (flow, over_nic) = r.links[msg.slot].expect("a message goes over a link of its rank");
+            let (host, step, first) = (r.host, r.step, r.sent.is_multiple_of(per_bucket));
             let bytes = if over_nic {
-                send.bytes as f64 * network_noise(self.s, host, step) * self.copy_factor + self.overhead_bytes
+                msg.bytes as f64 * network_noise(self.s, host, step) * self.copy_factor + self.overhead_bytes
             } else {
-                send.bytes as f64
+                msg.bytes as f64
             };
-            if send.round == 0 {
+            if first {
                 self.ranks[i].bucket_started = now;
             }
             self.ranks[i].sent += 1;
-            let timers = self.net.send(now, flow, Message { bytes, tag: rank });
+            let timers = self.net.send(now, flow, Message { bytes, tag: (rank, msg.slot) });
             self.schedule(timers);
         }
-        // Buckets finished here (every round sent and received).
+        // Buckets finished here (every message sent and received).
         loop {
             let r = &self.ranks[i];
-            let next = (r.completed + 1) * rounds;
-            if r.completed >= self.buckets.len() as u64 || r.sent < next || r.received < next {
+            let n = r.completed + 1;
+            if r.completed >= self.buckets.len() as u64
+                || r.sent < n * per_bucket
+                || (0..2).any(|s| r.received[s] < n * receives[s])
+            {
                 break;
             }
             let gb = r.completed;
@@ -511,24 +532,26 @@ impl<'a> Sim<'a> {
 
     /// One rank stands for all (see [`Sim::new`]).
     fn lock_step(&self) -> bool {
-        (self.ranks.len() as u32) < self.ring.ranks
+        (self.ranks.len() as u32) < self.sched.ranks()
     }
 
-    /// Payload bytes host `h`'s NICs sent and received in `step`: its last GPU's sends to the
-    /// next host and its first GPU's receipts from the previous one.
+    /// Payload bytes host `h`'s NICs sent and received in `step`: its GPUs' messages to other
+    /// hosts (every host sends and receives alike in these schedules).
     fn host_bytes(&self, h: u32, step: u64) -> (u64, u64) {
-        let (first, last) = (h * self.gpus, h * self.gpus + self.gpus - 1);
-        let prev = (first + self.ring.ranks - 1) % self.ring.ranks;
-        let mut out = (0, 0);
-        let Some(range) = self.step_buckets.get(step as usize) else { return out };
+        let mut out = 0;
+        let Some(range) = self.step_buckets.get(step as usize) else { return (0, 0) };
         for gb in range.clone() {
             let bytes = self.buckets[gb as usize];
-            for k in 0..self.ring.rounds() {
-                out.0 += self.ring.send(last, k, bytes).bytes;
-                out.1 += self.ring.send(prev, k, bytes).bytes;
+            for rank in h * self.gpus..(h + 1) * self.gpus {
+                for m in 0..self.messages() {
+                    let msg = self.sched.message(rank, m, bytes);
+                    if msg.to / self.gpus != h {
+                        out += msg.bytes;
+                    }
+                }
             }
         }
-        out
+        (out, out)
     }
 
     fn stuck(&self, at: Time) -> SimError {
@@ -538,9 +561,9 @@ impl<'a> Sim<'a> {
                 worker: r.host,
                 step: r.step,
                 what: format!(
-                    "rank {i} of the ring has sent {} and received {} chunk(s); {} bucket(s) handed over, {} finished here",
+                    "rank {i} has sent {} and received {} message(s); {} bucket(s) handed over, {} finished here",
                     r.sent,
-                    r.received,
+                    r.received[0] + r.received[1],
                     self.buckets.len(),
                     r.completed
                 ),

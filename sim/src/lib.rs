@@ -419,14 +419,13 @@ fn collective_bottleneck(
     }
     let tail = format!("communication not hidden behind compute is {e:.0}% of the step, compute {c:.0}%");
     let (busy, res) = nets.iter().fold((0.0, None), |acc, &(x, r)| if x > acc.0 { (x, r) } else { acc });
-    let ranks = t.workers * s.spec.hardware.gpus_per_host;
+    let rounds =
+        topolab_core::collective::Schedule::of(t.algorithm, t.workers, s.spec.hardware.gpus_per_host).messages();
     let Some(r) = res.filter(|_| busy >= 0.2) else {
         return format!(
-            "latency limits the step: {tail}, with no link busy; each bucket takes {} rounds of latency {} and per-message overhead {}: \
+            "latency limits the step: {tail}, with no link busy; each bucket takes {rounds} rounds of latency {} and per-message overhead {}: \
              fewer buckets (a larger topology.fusion_buffer) would help",
-            2 * ranks.saturating_sub(1),
-            s.spec.network.latency,
-            s.spec.network.message_overhead
+            s.spec.network.latency, s.spec.network.message_overhead
         );
     };
     let pct = busy * 100.0;

@@ -140,3 +140,41 @@ fn identical_ranks_simulated_once_or_each_on_its_own_agree_exactly() {
         assert_eq!(once.summary.utilization, each.summary.utilization);
     }
 }
+
+#[test]
+fn hierarchical_moves_fewer_nic_bytes_than_a_flat_ring_over_multi_gpu_hosts() {
+    // 2 hosts x 2 GPUs, a 150 GB/s bus (nvlink2), no latency, no cycle. Hierarchical:
+    // reduce-scatter in the host, 1 round of 6.25 MB per GPU, both GPUs' hops sharing the bus:
+    // 6.25e6 / 75 = 83_334 ns (rounded up); across hosts, the 2 GPUs' rings share each NIC,
+    // 2 rounds of 3.125 MB at 0.0625 B/ns: 1e8; all-gather in the host: 83_334. Step: 3e8 +
+    // 83_334 + 1e8 + 83_334 + 1e6 = 401_166_668 ns. A NIC carries 2 (N - 1)/N x S = 12.5 MB.
+    let hw = "gpus_per_host = 2\nhost_bus = \"nvlink2\"";
+    let t = "algorithm = \"hierarchical\"\nfusion_cycle = \"0 ms\"";
+    let s = ring(2, &one_var(), "0 us", t, hw);
+    let r = run(&s);
+    close(r.summary.step_time_s.p50, 0.401_166_668, 1e-9);
+    assert!(r.steps.iter().all(|x| x.bytes_sent == 12_500_000), "{:?}", r.steps[0]);
+    // The flat ring over the same 4 GPUs: 6 rounds of 3.125 MB through the NICs (1.5e8), and
+    // 2(4-1)/4 x S = 18.75 MB per NIC.
+    let flat = run(&ring(2, &one_var(), "0 us", "fusion_cycle = \"0 ms\"", hw));
+    assert!(flat.summary.step_time_s.p50 > r.summary.step_time_s.p50 + 0.049, "{}", flat.summary.step_time_s.p50);
+    // One rank standing for all gives what every rank on its own gives.
+    let each = simulate(&s, &SimOptions { no_classes: true, ..SimOptions::default() }).unwrap();
+    assert_eq!(r.steps, each.steps);
+    assert_eq!(each.detail.worker_classes, 4);
+    assert_eq!(r.detail.worker_classes, 1);
+}
+
+#[test]
+fn hierarchical_pays_latency_per_host_not_per_gpu() {
+    // 4 hosts x 4 GPUs with 1 ms of latency and a tiny bucket, so latency is all there is. The
+    // flat ring's 30 rounds form a chain through 30 consecutive ranks, and every 4th hop
+    // leaves a host: 8 latencies (8 ms). Hierarchical: 2 x (4 - 1) = 6 rounds across hosts,
+    // 6 ms; the rounds inside the hosts cross the bus without latency.
+    let tiny = format!("{HEADER}l,dense,0,100000000000,4,l.w,100,400\n");
+    let hw = "gpus_per_host = 4\nhost_bus = \"nvlink2\"";
+    let flat = run(&ring(4, &tiny, "1 ms", "fusion_cycle = \"0 ms\"", hw));
+    let hier = run(&ring(4, &tiny, "1 ms", "algorithm = \"hierarchical\"\nfusion_cycle = \"0 ms\"", hw));
+    let (f, h) = (flat.summary.breakdown_s.exposed_comm, hier.summary.breakdown_s.exposed_comm);
+    assert!((f - 0.008).abs() < 0.0001 && (h - 0.006).abs() < 0.0001, "flat {f} s, hierarchical {h} s");
+}
