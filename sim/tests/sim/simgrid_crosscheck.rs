@@ -13,6 +13,11 @@ use topolab_sim::maxmin::Use;
 use topolab_sim::network::{Message, Network, Timer};
 
 use super::root;
+use topolab_core::collective::Schedule;
+use topolab_core::scenario::AllReduceAlgorithm;
+
+const RING: AllReduceAlgorithm = AllReduceAlgorithm::Ring;
+const HIER: AllReduceAlgorithm = AllReduceAlgorithm::Hierarchical;
 
 /// A transfer pattern: capacities (bytes/s) and flows (resources, bytes, start in s).
 struct Pattern {
@@ -160,8 +165,8 @@ fn completion_times_agree_with_simgrid_within_one_percent() {
     }
 }
 
-/// A ring all-reduce in topolab's simulator (one 12.5 MB bucket handed over at the end of
-/// backward, as the paper cases set it up) against the same ring in SimGrid: the time from the
+/// An all-reduce in topolab's simulator (one 12.5 MB bucket handed over at the end of
+/// backward, as the paper cases set it up) against the same schedule in SimGrid: the time from the
 /// hand-over until the last rank holds the sum.
 struct RingCase {
     name: &'static str,
@@ -169,6 +174,7 @@ struct RingCase {
     gpus: u32,
     /// (hosts per rack, oversubscription) of a two-tier network.
     racks: Option<(u32, f64)>,
+    algorithm: AllReduceAlgorithm,
     /// Network latency, seconds. A connection in topolab starts its next message while the
     /// last one's latency runs (a TCP stream); the SimGrid harness sends the next once the last
     /// has arrived. Where a rank's sends can follow each other that closely (a GPU's neighbour
@@ -191,10 +197,11 @@ fn ring_topolab(c: &RingCase) -> f64 {
          gpus_per_host = {}\nhost_bus = \"pcie3-x16\"\n\
          [hardware.gpu_spec]\nfp32 = \"1 TFLOP/s\"\nmemory = \"64 GiB\"\nmemory_bandwidth = \"37.5 GB/s\"\nsource = \"test\"\n\
          [network]\nnic = \"10 Gbit/s\"\nlatency = \"{} us\"\ngoodput = 1.0\nmessage_overhead = \"0 ns\"\n{network}\
-         [topology]\nkind = \"all-reduce\"\nworkers = {}\nfusion_cycle = \"0 ms\"\n[training]\nsteps = 2\n",
+         [topology]\nkind = \"all-reduce\"\nworkers = {}\nalgorithm = \"{}\"\nfusion_cycle = \"0 ms\"\n[training]\nsteps = 2\n",
         c.gpus,
         c.latency * 1e6,
-        c.hosts
+        c.hosts,
+        c.algorithm.as_str()
     );
     let s = super::scenario(&text, Some(csv));
     let r = super::run(&s);
@@ -217,45 +224,84 @@ fn ring_simgrid(c: &RingCase) -> f64 {
             resources.push(f64::from(per) * NIC / over);
         }
     }
-    let hops: Vec<serde_json::Value> = (0..ranks)
+    let sched = Schedule::of(c.algorithm, c.hosts, c.gpus);
+    let path = |r: u32, slot: usize| {
+        let (h, n) = (r / c.gpus, sched.next(r, slot) / c.gpus);
+        if h == n {
+            return serde_json::json!({"path": [bus0 + h as usize], "latency": false});
+        }
+        let mut path = vec![2 * h as usize];
+        if rack(h) != rack(n) {
+            path.push(rack0 + 2 * rack(h) as usize);
+            path.push(rack0 + 2 * rack(n) as usize + 1);
+        }
+        path.push(2 * n as usize + 1);
+        serde_json::json!({"path": path, "latency": true})
+    };
+    let links: Vec<Vec<serde_json::Value>> = (0..ranks)
         .map(|r| {
-            let (h, n) = (r / c.gpus, ((r + 1) % ranks) / c.gpus);
-            if h == n {
-                return serde_json::json!({"path": [bus0 + h as usize], "latency": false});
-            }
-            let mut path = vec![2 * h as usize];
-            if rack(h) != rack(n) {
-                path.push(rack0 + 2 * rack(h) as usize);
-                path.push(rack0 + 2 * rack(n) as usize + 1);
-            }
-            path.push(2 * n as usize + 1);
-            serde_json::json!({"path": path, "latency": true})
+            (0..2)
+                .map(|slot| if sched.receives()[slot] > 0 { path(r, slot) } else { serde_json::Value::Null })
+                .collect()
+        })
+        .collect();
+    let messages: Vec<Vec<serde_json::Value>> = (0..ranks)
+        .map(|r| {
+            (0..sched.messages())
+                .map(|m| {
+                    let x = sched.message(r, m, RING_BYTES as u64);
+                    serde_json::json!({"to": x.to, "slot": x.slot, "bytes": x.bytes, "needs": x.needs})
+                })
+                .collect()
         })
         .collect();
     let spec = serde_json::json!({
-        "resources": resources, "latency": c.latency, "hops": hops,
-        "chunk": (RING_BYTES / f64::from(ranks)).ceil(), "rounds": 2 * (ranks - 1),
+        "resources": resources, "latency": c.latency, "links": links, "messages": messages,
+        "receives": sched.receives(),
     });
-    simgrid("ring.py", &spec, c.name).as_f64().unwrap()
+    simgrid("collective.py", &spec, c.name).as_f64().unwrap()
 }
 
 #[test]
 #[ignore = "needs Debian's python3-simgrid (apt-get install python3-simgrid): cargo test -- --ignored"]
-fn ring_all_reduce_agrees_with_simgrid_within_one_percent() {
+fn all_reduce_agrees_with_simgrid_within_one_percent() {
     assert!(
         simgrid_available(),
         "this test needs Debian's python3-simgrid (apt-get install python3-simgrid; .ci/run installs it)"
     );
     let cases = [
-        RingCase { name: "4 hosts", hosts: 4, gpus: 1, racks: None, latency: 50e-6 },
-        RingCase { name: "2 hosts x 2 GPUs", hosts: 2, gpus: 2, racks: None, latency: 0.0 },
-        RingCase { name: "3 hosts x 4 GPUs", hosts: 3, gpus: 4, racks: None, latency: 0.0 },
-        RingCase { name: "8 hosts in 2 racks at 8:1", hosts: 8, gpus: 1, racks: Some((4, 8.0)), latency: 0.0 },
+        RingCase { name: "ring, 4 hosts", hosts: 4, gpus: 1, racks: None, algorithm: RING, latency: 50e-6 },
+        RingCase { name: "ring, 2 hosts x 2 GPUs", hosts: 2, gpus: 2, racks: None, algorithm: RING, latency: 0.0 },
+        RingCase { name: "ring, 3 hosts x 4 GPUs", hosts: 3, gpus: 4, racks: None, algorithm: RING, latency: 0.0 },
+        RingCase {
+            name: "ring, 8 hosts, 2 racks at 8:1",
+            hosts: 8,
+            gpus: 1,
+            racks: Some((4, 8.0)),
+            algorithm: RING,
+            latency: 0.0,
+        },
+        RingCase {
+            name: "hierarchical, 3 hosts x 4 GPUs",
+            hosts: 3,
+            gpus: 4,
+            racks: None,
+            algorithm: HIER,
+            latency: 0.0,
+        },
+        RingCase {
+            name: "hierarchical, 4 hosts x 2 GPUs, 2 racks at 4:1",
+            hosts: 4,
+            gpus: 2,
+            racks: Some((2, 4.0)),
+            algorithm: HIER,
+            latency: 0.0,
+        },
     ];
     for c in &cases {
         let (ours, theirs) = (ring_topolab(c), ring_simgrid(c));
         let err = (ours - theirs).abs() / theirs;
         assert!(err <= 0.01, "{}: topolab {ours} s, SimGrid {theirs} s ({:.3}% apart)", c.name, err * 100.0);
-        eprintln!("ring, {}: topolab {ours:.6} s, SimGrid {theirs:.6} s, {:.2e} apart (relative)", c.name, err);
+        eprintln!("{}: topolab {ours:.6} s, SimGrid {theirs:.6} s, {:.2e} apart (relative)", c.name, err);
     }
 }
