@@ -210,7 +210,8 @@ impl Plan {
         let t = &s.spec.topology;
         if t.kind == TopologyKind::AllReduce {
             return Err(PlanError::Unsupported(
-                "all-reduce plans are not built yet; use topology.kind = \"parameter-server\"".into(),
+                "replays of an all-reduce are not built yet (the runtime runs parameter servers); `topolab run` simulates it"
+                    .into(),
             ));
         }
         let placement = Placement::new(&s.model, t.ps, t.placement, t.partition_threshold);

@@ -128,8 +128,9 @@ fn manifests(a: ManifestArgs) -> anyhow::Result<ExitCode> {
     k8s::check_label("job name", &job, 40).map_err(|e| BadInput(format!("error: --job: {e}")))?;
     k8s::check_label("namespace", &a.namespace, 63).map_err(|e| BadInput(format!("error: --namespace: {e}")))?;
     k8s::check_image(&image).map_err(|e| BadInput(format!("error: --image: {e}")))?;
+    // What the replay runs: refused here, before anything is written, as `replay` refuses it.
+    let plan = topolab_core::plan::Plan::new(&s).map_err(|e| BadInput(format!("error: {}: {e}", s.origin)))?;
     if tensorflow {
-        let plan = topolab_core::plan::Plan::new(&s).map_err(|e| BadInput(format!("error: {e}")))?;
         if s.spec.network.latency.0 > 0 {
             return Err(BadInput(format!(
                 "error: --engine tensorflow: network.latency = {}: topolab does not shape a cluster's network and TensorFlow's gRPC cannot emulate latency; set latency = \"0 us\"",

@@ -241,7 +241,8 @@ fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Res
         run.sim_wall_s,
         sum.events,
         match (all_reduce, run.detail.worker_classes) {
-            (true, n) => format!("{n} ranks on the ring"),
+            (true, 1) => "one rank standing for all (identical ranks run in lock-step)".to_string(),
+            (true, n) => format!("{n} ranks simulated"),
             (false, 1) => "1 worker class".to_string(),
             (false, n) => format!("{n} worker classes"),
         }

@@ -348,3 +348,35 @@ fn run_out_on_a_sweep_writes_each_configuration_and_the_assumptions() {
     let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
     assert!(md.contains("Assumptions:") && md.contains("speedup vs 1 GPU") && md.contains("154.1 d"), "{md}");
 }
+
+/// An all-reduce scenario: `run` prints the collective's bottleneck in words, `plan` its rounds
+/// and bytes; a replay (not built yet) is refused before anything starts or is written.
+#[test]
+fn an_all_reduce_simulates_plans_and_is_refused_by_replays() {
+    let f = "scenarios/examples/ring-allreduce.toml";
+    let out = topolab(&["run", f]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("ring all-reduce, no PS") && text.contains("Bottleneck"), "{text}");
+    assert!(text.contains("one rank standing for all"), "{text}");
+    let out = topolab(&["plan", f, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ranks"], 8);
+    let hosts = v["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 8);
+    // 2 (n - 1) / n of the gradients each way.
+    let model_bytes = 95_323_048.0f64;
+    let egress = hosts[0]["egress_bytes"].as_f64().unwrap();
+    assert!((egress / model_bytes - 1.75).abs() < 0.001, "{egress}");
+    let d = super::TempDir::new("ring-replay");
+    for args in [
+        vec!["replay", f, "--launcher", "local", "--out", d.join("r").to_str().unwrap()],
+        vec!["k8s", "manifests", f, "--out", d.join("k").to_str().unwrap()],
+    ] {
+        let out = topolab(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("replays of an all-reduce are not built yet"), "{}", stderr(&out));
+        assert!(!d.join("k").exists());
+    }
+}
