@@ -166,62 +166,80 @@ pub struct StepTotals {
     pub hosts: Vec<HostTraffic>,
 }
 
-/// The totals of one ring all-reduce step of `s`.
+/// The totals of one all-reduce step of `s`.
 pub fn step_totals(s: &Scenario) -> StepTotals {
     let spec = &s.spec;
-    let gpus = spec.hardware.gpus_per_host;
-    let ring = Ring { ranks: spec.topology.workers * gpus };
+    let (hosts, gpus) = (spec.topology.workers, spec.hardware.gpus_per_host);
+    let sched = Schedule::of(spec.topology.algorithm, hosts, gpus);
     let grads = backward_gradients(&s.model);
     let buckets = fusion_buckets(&grads, spec.topology.fusion_buffer);
-    let ranks = u64::from(ring.ranks);
+    let ranks = u64::from(sched.ranks());
     let layers = s.model.layers.len() as u64;
     let fwd = s.model.forward_flops() * spec.batch as f64 * ranks as f64;
-    let (mut scatter, mut gather) = (OpTotals::default(), OpTotals::default());
-    let mut hosts: Vec<HostTraffic> = (0..spec.topology.workers)
-        .map(|h| HostTraffic { host: Host::Worker(h), egress: Bytes(0), ingress: Bytes(0) })
-        .collect();
+    let (mut reduce, mut copy) = (OpTotals::default(), OpTotals::default());
+    let mut host_traffic: Vec<HostTraffic> =
+        (0..hosts).map(|h| HostTraffic { host: Host::Worker(h), egress: Bytes(0), ingress: Bytes(0) }).collect();
     for b in &buckets {
         let bytes: u64 = grads[b.clone()].iter().map(|g| g.1).sum();
-        for send in ring.sends(bytes) {
-            let t = if send.reduce { &mut scatter } else { &mut gather };
-            t.count += 1;
-            t.bytes.0 += send.bytes;
-            let (h, n) = (send.from / gpus, send.to / gpus);
-            if h != n {
-                hosts[h as usize].egress.0 += send.bytes;
-                hosts[n as usize].ingress.0 += send.bytes;
+        for rank in 0..sched.ranks() {
+            for st in 0..sched.streams() {
+                for m in 0..sched.stream_len(rank, st, bytes) {
+                    let msg = sched.message(rank, st, m, bytes);
+                    let t = if msg.reduce { &mut reduce } else { &mut copy };
+                    t.count += 1;
+                    t.bytes.0 += msg.bytes;
+                    let (h, n) = (rank / gpus, msg.to / gpus);
+                    if h != n {
+                        host_traffic[h as usize].egress.0 += msg.bytes;
+                        host_traffic[n as usize].ingress.0 += msg.bytes;
+                    }
+                }
             }
         }
     }
     let slots = spec.optimizer.kind.slots();
     let apply = OpTotals { count: ranks, flops: 0.0, bytes: Bytes(s.model.bytes().0 * (3 + 2 * slots) * ranks) };
+    let (reduce_name, copy_name) = match sched {
+        Schedule::Tree { .. } => ("reduce", "broadcast"),
+        _ => ("reduce-scatter", "all-gather"),
+    };
     StepTotals {
-        ranks: ring.ranks,
+        ranks: sched.ranks(),
         buckets: buckets.len(),
         ops: vec![
             ("compute-forward", OpTotals { count: layers * ranks, flops: fwd, bytes: Bytes(0) }),
             ("compute-backward", OpTotals { count: layers * ranks, flops: 2.0 * fwd, bytes: Bytes(0) }),
-            ("reduce-scatter", scatter),
-            ("all-gather", gather),
+            (reduce_name, reduce),
+            (copy_name, copy),
             ("apply", apply),
         ],
-        hosts,
+        hosts: host_traffic,
     }
 }
 
-/// The schedule of one bucket's all-reduce for every rank: the messages a rank sends, in
-/// order, each to a neighbour over one of at most two links (`slot` 0: the next rank on its
-/// ring, or on its host; `slot` 1: the same GPU on the next host), and what it must have
-/// received from its two predecessors before each. Ranks are numbered by host, then GPU.
+/// The schedule of one bucket's all-reduce for every rank. A rank sends its messages in
+/// [`Schedule::streams`] independent streams (each in order), each message over one of its
+/// outgoing links (up to [`LINKS`] slots; a message arrives on the receiver's link of the
+/// matching kind, `in_slot`), once it has received enough over each incoming link (`needs`).
+/// Ranks are numbered by host, then GPU.
 ///
 /// - [`Schedule::Ring`]: one ring over every rank (NCCL's flat ring): 2 (R - 1) messages of
-///   1/R of the bucket, each after the previous one's receipt.
+///   1/R of the bucket, each after the previous one's receipt. Link 0: the next rank.
 /// - [`Schedule::Hierarchical`]: Horovod's hierarchical all-reduce: the GPUs of a host
 ///   reduce-scatter the bucket over its bus (G - 1 rounds of 1/G), then the G GPUs of the
 ///   same index all-reduce their 1/G across the hosts in G parallel rings (2 (N - 1) rounds of
 ///   1/(G N)), then the host's GPUs all-gather over the bus (G - 1 rounds of 1/G): a host's
 ///   NIC carries 2 (N - 1)/N of the bucket each way instead of the flat ring's
-///   2 (N G - 1)/(N G), in 2 (N - 1) rounds of latency instead of 2 (N G - 1).
+///   2 (N G - 1)/(N G), in 2 (N - 1) rounds of latency instead of 2 (N G - 1). Link 0: the
+///   next GPU of the host; link 1: the same GPU of the next host.
+/// - [`Schedule::Tree`]: NCCL's double binary tree: each half of the bucket is reduced up one
+///   of two binary trees and broadcast back down it, in pipelined chunks of [`TREE_CHUNK`].
+///   Tree 0 is the heap order of the ranks (parent of position p: (p - 1) / 2), tree 1 the
+///   same over the ranks in reverse, so a rank inside one tree is a leaf (or the root) of the
+///   other. Per tree t, links 3t (parent), 3t + 1 and 3t + 2 (children); stream 2t sends chunk
+///   c up once both children's chunk c has arrived, stream 2t + 1 sends chunk c down to each
+///   child once it has it (the root: once it has reduced it). Latency grows with the trees'
+///   depth, 2 log2(R) hops, instead of the ring's 2 (R - 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schedule {
     /// A flat ring.
@@ -233,28 +251,45 @@ pub enum Schedule {
         /// GPUs per host.
         gpus: u32,
     },
+    /// Two binary trees, half of the bucket each.
+    Tree {
+        /// Ranks.
+        ranks: u32,
+    },
 }
 
+/// Bytes of one pipelined chunk of a tree all-reduce: NCCL's default buffer of 4 MiB per
+/// connection (NCCL_BUFFSIZE) moves in 8 steps (NCCL_STEPS), 512 KiB at a time (NCCL
+/// environment-variable documentation; src/include/device.h).
+pub const TREE_CHUNK: u64 = 512 << 10;
+
+/// Most links a rank has in any schedule.
+pub const LINKS: usize = 6;
+
 /// One message of a [`Schedule`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     /// Receiving rank.
     pub to: u32,
-    /// Link: 0 to the next rank on the ring (or on the host), 1 to the next host.
+    /// The sender's link it leaves by.
     pub slot: usize,
+    /// The receiver's link it arrives on.
+    pub in_slot: usize,
     /// Payload bytes.
     pub bytes: u64,
-    /// Messages the sender must have received first in this bucket, per slot of its
-    /// predecessors.
-    pub needs: [u64; 2],
+    /// Messages the sender must have received first in this bucket, per incoming link.
+    pub needs: [u64; LINKS],
+    /// The receiver adds it to its own (reduce) rather than keeping it (gather, broadcast).
+    pub reduce: bool,
 }
 
 impl Schedule {
     /// The schedule of `algorithm` on `hosts` x `gpus` ranks.
     pub fn of(algorithm: crate::scenario::AllReduceAlgorithm, hosts: u32, gpus: u32) -> Schedule {
         match algorithm {
+            crate::scenario::AllReduceAlgorithm::Ring => Schedule::Ring(Ring { ranks: hosts * gpus }),
             crate::scenario::AllReduceAlgorithm::Hierarchical => Schedule::Hierarchical { hosts, gpus },
-            _ => Schedule::Ring(Ring { ranks: hosts * gpus }),
+            crate::scenario::AllReduceAlgorithm::Tree => Schedule::Tree { ranks: hosts * gpus },
         }
     }
 
@@ -263,54 +298,142 @@ impl Schedule {
         match *self {
             Schedule::Ring(r) => r.ranks,
             Schedule::Hierarchical { hosts, gpus } => hosts * gpus,
+            Schedule::Tree { ranks } => ranks,
         }
     }
 
-    /// Messages each rank sends per bucket.
-    pub fn messages(&self) -> u64 {
+    /// Independent message streams per rank.
+    pub fn streams(&self) -> usize {
+        match self {
+            Schedule::Tree { .. } => 4,
+            _ => 1,
+        }
+    }
+
+    /// Chunks per tree of a `total`-byte bucket (1 for the rings).
+    pub fn chunks(&self, total: u64) -> u64 {
+        match self {
+            Schedule::Tree { .. } => total.div_ceil(2).div_ceil(TREE_CHUNK).max(1),
+            _ => 1,
+        }
+    }
+
+    /// Position of `rank` in tree `t` (and, applied again, the rank at a position).
+    fn pos(n: u32, t: usize, rank: u32) -> u32 {
+        if t == 0 { rank } else { n - 1 - rank }
+    }
+
+    /// The rank at the other end of `rank`'s link `slot`, if it has that link.
+    pub fn next(&self, rank: u32, slot: usize) -> Option<u32> {
+        match *self {
+            Schedule::Ring(r) => (slot == 0).then(|| r.next(rank)),
+            Schedule::Hierarchical { hosts, gpus } => {
+                let (h, g) = (rank / gpus, rank % gpus);
+                match slot {
+                    0 if gpus > 1 => Some(h * gpus + (g + 1) % gpus),
+                    1 if hosts > 1 => Some(((h + 1) % hosts) * gpus + g),
+                    _ => None,
+                }
+            }
+            Schedule::Tree { ranks: n } => {
+                let (t, k) = (slot / 3, slot % 3);
+                let p = Self::pos(n, t, rank);
+                let other = match k {
+                    0 => (p > 0).then(|| (p - 1) / 2),
+                    _ => Some(2 * p + k as u32).filter(|&c| c < n),
+                }?;
+                Some(Self::pos(n, t, other))
+            }
+        }
+    }
+
+    /// Messages `rank` sends per bucket of `total` bytes in `stream`.
+    pub fn stream_len(&self, rank: u32, stream: usize, total: u64) -> u64 {
         match *self {
             Schedule::Ring(r) => u64::from(r.rounds()),
             Schedule::Hierarchical { hosts, gpus } => 2 * u64::from(gpus - 1) + 2 * u64::from(hosts - 1),
-        }
-    }
-
-    /// Messages each rank receives per bucket, per slot.
-    pub fn receives(&self) -> [u64; 2] {
-        match *self {
-            Schedule::Ring(r) => [u64::from(r.rounds()), 0],
-            Schedule::Hierarchical { hosts, gpus } => [2 * u64::from(gpus - 1), 2 * u64::from(hosts - 1)],
-        }
-    }
-
-    /// The next rank over `slot`.
-    pub fn next(&self, rank: u32, slot: usize) -> u32 {
-        match *self {
-            Schedule::Ring(r) => r.next(rank),
-            Schedule::Hierarchical { hosts, gpus } => {
-                let (h, g) = (rank / gpus, rank % gpus);
-                if slot == 0 { h * gpus + (g + 1) % gpus } else { ((h + 1) % hosts) * gpus + g }
+            Schedule::Tree { .. } => {
+                let (t, down) = (stream / 2, stream % 2 == 1);
+                let k = self.chunks(total);
+                if down {
+                    k * (1..3).filter(|&c| self.next(rank, 3 * t + c).is_some()).count() as u64
+                } else {
+                    k * u64::from(self.next(rank, 3 * t).is_some())
+                }
             }
         }
     }
 
-    /// Message `m` (from 0) of `rank` in a bucket of `total` bytes.
-    pub fn message(&self, rank: u32, m: u64, total: u64) -> Message {
+    /// Messages `rank` receives per bucket of `total` bytes, per incoming link.
+    pub fn receives(&self, rank: u32, total: u64) -> [u64; LINKS] {
+        let mut out = [0; LINKS];
+        match *self {
+            Schedule::Ring(r) => out[0] = u64::from(r.rounds()),
+            Schedule::Hierarchical { hosts, gpus } => {
+                (out[0], out[1]) = (2 * u64::from(gpus - 1), 2 * u64::from(hosts - 1));
+            }
+            Schedule::Tree { .. } => {
+                let k = self.chunks(total);
+                for (slot, x) in out.iter_mut().enumerate() {
+                    if self.next(rank, slot).is_some() {
+                        *x = k;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Message `m` (from 0) of `rank`'s `stream` in a bucket of `total` bytes.
+    pub fn message(&self, rank: u32, stream: usize, m: u64, total: u64) -> Message {
+        let mut needs = [0u64; LINKS];
         match *self {
             Schedule::Ring(r) => {
                 let send = r.send(rank, m as u32, total);
-                Message { to: send.to, slot: 0, bytes: send.bytes, needs: [m, 0] }
+                needs[0] = m;
+                Message { to: send.to, slot: 0, in_slot: 0, bytes: send.bytes, needs, reduce: send.reduce }
             }
             Schedule::Hierarchical { hosts, gpus } => {
-                let (g1, n2) = (u64::from(gpus - 1), 2 * u64::from(hosts - 1));
+                let (g1, n1) = (u64::from(gpus - 1), u64::from(hosts - 1));
                 let local = total.div_ceil(u64::from(gpus));
                 let cross = local.div_ceil(u64::from(hosts));
-                if m < g1 {
-                    Message { to: self.next(rank, 0), slot: 0, bytes: local, needs: [m, 0] }
-                } else if m < g1 + n2 {
-                    Message { to: self.next(rank, 1), slot: 1, bytes: cross, needs: [g1, m - g1] }
+                let (slot, bytes, reduce) = if m < g1 {
+                    needs[0] = m;
+                    (0, local, true)
+                } else if m < g1 + 2 * n1 {
+                    (needs[0], needs[1]) = (g1, m - g1);
+                    (1, cross, m - g1 < n1)
                 } else {
-                    Message { to: self.next(rank, 0), slot: 0, bytes: local, needs: [m - n2, n2] }
+                    (needs[0], needs[1]) = (m - 2 * n1, 2 * n1);
+                    (0, local, false)
+                };
+                let to = self.next(rank, slot).expect("the schedule uses only links that exist");
+                Message { to, slot, in_slot: slot, bytes, needs, reduce }
+            }
+            Schedule::Tree { ranks: n } => {
+                let (t, down) = (stream / 2, stream % 2 == 1);
+                let bytes = total.div_ceil(2).div_ceil(self.chunks(total));
+                let children: Vec<usize> =
+                    (1..3).map(|c| 3 * t + c).filter(|&sl| self.next(rank, sl).is_some()).collect();
+                let root = self.next(rank, 3 * t).is_none();
+                let (c, slot) = if down {
+                    let per = children.len() as u64;
+                    (m / per, children[(m % per) as usize])
+                } else {
+                    (m, 3 * t)
+                };
+                if down && !root {
+                    needs[3 * t] = c + 1;
+                } else {
+                    for &ch in &children {
+                        needs[ch] = c + 1;
+                    }
                 }
+                let to = self.next(rank, slot).expect("the schedule uses only links that exist");
+                // Up, the parent hears it on its link to this child; down, the child on its
+                // link to its parent.
+                let in_slot = if down { 3 * t } else { 3 * t + if Self::pos(n, t, rank) % 2 == 1 { 1 } else { 2 } };
+                Message { to, slot, in_slot, bytes, needs, reduce: !down }
             }
         }
     }
@@ -362,7 +485,7 @@ mod tests {
         let mut held: Vec<Vec<u32>> = (0..n).map(|r| vec![1u32 << r; 12]).collect();
         let (mut sent, mut recv) = (vec![0u64; n], vec![[0u64; 2]; n]);
         let total = 144;
-        let messages = sch.messages();
+        let messages = sch.stream_len(0, 0, 144);
         assert_eq!(messages, 2 * 3 + 2 * 2);
         let mut progress = true;
         while progress {
@@ -372,7 +495,7 @@ mod tests {
                 if m >= messages {
                     continue;
                 }
-                let msg = sch.message(r as u32, m, total);
+                let msg = sch.message(r as u32, 0, m, total);
                 if recv[r][0] < msg.needs[0] || recv[r][1] < msg.needs[1] {
                     continue;
                 }
@@ -397,13 +520,70 @@ mod tests {
                     *dst = if reduce { *dst | v } else { v };
                 }
                 sent[r] += 1;
-                recv[msg.to as usize][msg.slot] += 1;
+                recv[msg.to as usize][msg.in_slot] += 1;
                 progress = true;
             }
         }
         assert!(sent.iter().all(|&x| x == messages), "{sent:?}");
-        assert!(recv.iter().all(|x| *x == sch.receives()));
+        assert!(recv.iter().all(|x| x[..] == sch.receives(0, total)[..2]));
         assert!(held.iter().all(|h| h.iter().all(|&v| v == full)), "{held:?}");
+    }
+
+    #[test]
+    fn a_double_binary_tree_sums_everything_everywhere() {
+        for n in [2u32, 5, 7, 8] {
+            let sch = Schedule::Tree { ranks: n };
+            let total = 3 * 2 * TREE_CHUNK; // 3 chunks per tree
+            let k = sch.chunks(total);
+            assert_eq!(k, 3);
+            let full = (1u32 << n) - 1;
+            // held[rank][tree][chunk]: what the rank has summed so far.
+            let mut held: Vec<Vec<Vec<u32>>> = (0..n).map(|r| vec![vec![1u32 << r; 3]; 2]).collect();
+            let mut sent = vec![vec![0u64; 4]; n as usize];
+            let mut recv = vec![vec![0u64; 6]; n as usize];
+            let mut progress = true;
+            while progress {
+                progress = false;
+                for r in 0..n {
+                    #[allow(clippy::needless_range_loop)] // `st` is a stream, not only an index
+                    for st in 0..4 {
+                        let m = sent[r as usize][st];
+                        if m >= sch.stream_len(r, st, total) {
+                            continue;
+                        }
+                        let msg = sch.message(r, st, m, total);
+                        if (0..6).any(|x| recv[r as usize][x] < msg.needs[x]) {
+                            continue;
+                        }
+                        let (t, down) = (st / 2, st % 2 == 1);
+                        let per =
+                            if down { (1..3).filter(|&c| sch.next(r, 3 * t + c).is_some()).count() as u64 } else { 1 };
+                        let c = (m / per) as usize;
+                        let v = held[r as usize][t][c];
+                        let dst = &mut held[msg.to as usize][t][c];
+                        *dst = if down { v } else { *dst | v };
+                        assert_eq!(msg.bytes, TREE_CHUNK);
+                        sent[r as usize][st] += 1;
+                        recv[msg.to as usize][msg.in_slot] += 1;
+                        progress = true;
+                    }
+                }
+            }
+            for r in 0..n {
+                assert_eq!(recv[r as usize], sch.receives(r, total), "n {n} rank {r}");
+                assert!(
+                    held[r as usize].iter().flatten().all(|&v| v == full),
+                    "n {n} rank {r}: {:?}",
+                    held[r as usize]
+                );
+            }
+            // Each rank is inside at most one tree (a leaf, or the root, of the other).
+            for r in 0..n {
+                let inside =
+                    (0..2).filter(|&t| sch.next(r, 3 * t).is_some() && sch.next(r, 3 * t + 1).is_some()).count();
+                assert!(inside <= 1, "n {n} rank {r}");
+            }
+        }
     }
 
     #[test]

@@ -1690,12 +1690,6 @@ fn no_effect(s: &ScenarioFile, gpu: Option<&Gpu>, v: &mut Problems) {
     let td = TopologySpec::default();
     if t.kind == TopologyKind::AllReduce {
         match t.algorithm {
-            AllReduceAlgorithm::Tree => not_yet(
-                v,
-                "topology.algorithm",
-                "the tree all-reduce",
-                "the ring and hierarchical all-reduces are built; the double binary tree comes next",
-            ),
             AllReduceAlgorithm::Hierarchical if s.hardware.gpus_per_host == 1 => v.push(
                 "topology.algorithm",
                 "a hierarchical all-reduce reduces inside multi-GPU hosts first, but hardware.gpus_per_host = 1",

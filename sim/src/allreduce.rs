@@ -29,7 +29,7 @@
 
 use std::ops::Range;
 
-use topolab_core::collective::{Schedule, backward_gradients, launch_time, next_bucket};
+use topolab_core::collective::{LINKS, Schedule, backward_gradients, launch_time, next_bucket};
 use topolab_core::records::{StepRecord, VERSION};
 use topolab_core::scenario::{Scenario, SwitchKind};
 use topolab_core::units::{Bytes, Time};
@@ -46,10 +46,12 @@ use crate::{SimError, SimOptions};
 #[derive(Debug, Clone, Copy)]
 enum Ev {
     Net(Timer),
-    /// A message from rank `from` over its link `slot` reaches the next rank on it.
+    /// A message from rank `from` over its link `slot` reaches the rank at its other end, on
+    /// that rank's link `in_slot`.
     Deliver {
         from: u32,
         slot: usize,
+        in_slot: usize,
     },
     /// The coordinator's cycle: the next bucket is handed to the collective.
     Tick,
@@ -64,12 +66,15 @@ enum Ev {
     },
 }
 
+/// Most message streams a rank has in any schedule.
+const STREAMS: usize = 4;
+
 #[derive(Debug, Clone, Default)]
 struct Rank {
     host: u32,
     /// Per link (to the next rank on the ring or host; to the next host): the connection
     /// and whether it crosses NICs (latency, overhead).
-    links: [Option<(usize, bool)>; 2],
+    links: [Option<(usize, bool)>; LINKS],
     /// Current step, and whether it has started (forward or later).
     step: u64,
     in_step: bool,
@@ -80,10 +85,16 @@ struct Rank {
     compute_ns: u64,
     backward_done: bool,
     applying: bool,
-    /// Since the run began: messages sent, received per link, buckets finished here.
-    sent: u64,
-    received: [u64; 2],
+    /// Per stream: the bucket it is sending and the messages of it sent so far.
+    stream_bucket: [u64; STREAMS],
+    sent: [u64; STREAMS],
+    /// Per incoming link: messages received since the run began, and those of the buckets
+    /// finished here; buckets finished here.
+    received: [u64; LINKS],
+    base: [u64; LINKS],
     completed: u64,
+    /// Buckets this rank has begun sending.
+    begun: u64,
     /// When the bucket being reduced started here (its first send).
     bucket_started: Time,
     finished: bool,
@@ -94,7 +105,7 @@ struct Sim<'a> {
     opts: &'a SimOptions,
     q: EventQueue<Ev>,
     /// Messages carry their sender and link.
-    net: Network<(u32, usize)>,
+    net: Network<(u32, usize, usize)>,
     sched: Schedule,
     gpus: u32,
     ranks: Vec<Rank>,
@@ -142,7 +153,7 @@ impl<'a> Sim<'a> {
         let gpus = spec.hardware.gpus_per_host;
         let sched = Schedule::of(t.algorithm, hosts, gpus);
 
-        let mut net: Network<(u32, usize)> = sharing_network(s);
+        let mut net: Network<(u32, usize, usize)> = sharing_network(s);
         let mut resources = Vec::new();
         let two_tier = net_spec.switch == SwitchKind::TwoTier;
         let rack_of = |h: u32| if two_tier { h / net_spec.hosts_per_rack } else { 0 };
@@ -152,7 +163,9 @@ impl<'a> Sim<'a> {
         // (its records are copied to every host), exactly, as identical PS workers form a class.
         let faults = &spec.faults;
         let hierarchical = matches!(sched, Schedule::Hierarchical { .. });
-        let lock_step = (gpus == 1 || hierarchical)
+        // (A tree is not symmetric: its ranks hold different places in the trees.)
+        let ring_of_single_gpus = matches!(sched, Schedule::Ring(_)) && gpus == 1;
+        let lock_step = (ring_of_single_gpus || hierarchical)
             && !two_tier
             && s.jitter() == 0.0
             && faults.tail.is_none()
@@ -183,12 +196,10 @@ impl<'a> Sim<'a> {
         let stands_for = if lock_step { f64::from(gpus) } else { 1.0 };
         let mut ranks = Vec::new();
         for r in 0..simulated {
-            let mut links = [None, None];
+            let mut links = [None; LINKS];
             for (slot, link) in links.iter_mut().enumerate() {
-                if sched.receives()[slot] == 0 {
-                    continue;
-                }
-                let (h, n) = (r / gpus, sched.next(r, slot) / gpus);
+                let Some(next) = sched.next(r, slot) else { continue };
+                let (h, n) = (r / gpus, next / gpus);
                 // Lock-step: host 0's ingress stands for the next host's.
                 let over_nic = h != n;
                 let n = if lock_step { h } else { n };
@@ -249,9 +260,20 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Messages a rank sends per bucket.
-    fn messages(&self) -> u64 {
-        self.sched.messages()
+    /// Messages `rank` has received over each link in bucket `gb` (one it has not finished).
+    fn received_in(&self, rank: usize, gb: u64) -> [u64; LINKS] {
+        let r = &self.ranks[rank];
+        let mut got = [0; LINKS];
+        for (s, g) in got.iter_mut().enumerate() {
+            *g = r.received[s] - r.base[s];
+        }
+        for b in r.completed..gb {
+            let before = self.sched.receives(rank as u32, self.buckets[b as usize]);
+            for (g, x) in got.iter_mut().zip(before) {
+                *g = g.saturating_sub(x);
+            }
+        }
+        got
     }
 
     fn run(mut self) -> Result<Outcome, SimError> {
@@ -268,15 +290,19 @@ impl<'a> Sim<'a> {
                     let (msg, timers) = self.net.on_timer(now, t);
                     self.schedule(timers);
                     if let Some(msg) = msg {
-                        let (from, slot) = msg.tag;
+                        let (from, slot, in_slot) = msg.tag;
                         let over_nic = self.ranks[from as usize].links[slot].is_some_and(|l| l.1);
                         let at = if over_nic { now + self.latency } else { now };
-                        self.q.schedule(at, Ev::Deliver { from, slot });
+                        self.q.schedule(at, Ev::Deliver { from, slot, in_slot });
                     }
                 }
-                Ev::Deliver { from, slot } => {
-                    let to = if self.lock_step() { from } else { self.sched.next(from, slot) };
-                    self.ranks[to as usize].received[slot] += 1;
+                Ev::Deliver { from, slot, in_slot } => {
+                    let to = if self.lock_step() {
+                        from
+                    } else {
+                        self.sched.next(from, slot).expect("a message leaves by a link that exists")
+                    };
+                    self.ranks[to as usize].received[in_slot] += 1;
                     self.progress(to);
                 }
                 Ev::Tick => self.tick(),
@@ -409,46 +435,59 @@ impl<'a> Sim<'a> {
     /// Sends what the rank may send now, notes the buckets it has finished, and applies once
     /// the step's gradients are summed and backward is done.
     fn progress(&mut self, rank: u32) {
-        let per_bucket = self.messages();
-        let receives = self.sched.receives();
         let now = self.q.now();
         let i = rank as usize;
-        loop {
-            let r = &self.ranks[i];
-            let gb = r.sent / per_bucket;
-            if gb >= self.buckets.len() as u64 {
-                break;
+        for st in 0..self.sched.streams() {
+            loop {
+                let gb = self.ranks[i].stream_bucket[st];
+                if gb >= self.buckets.len() as u64 {
+                    break;
+                }
+                let bytes = self.buckets[gb as usize];
+                let m = self.ranks[i].sent[st];
+                if m == self.sched.stream_len(rank, st, bytes) {
+                    let r = &mut self.ranks[i];
+                    (r.stream_bucket[st], r.sent[st]) = (gb + 1, 0);
+                    continue;
+                }
+                let msg = self.sched.message(rank, st, m, bytes);
+                let got = self.received_in(i, gb);
+                if (0..LINKS).any(|s| got[s] < msg.needs[s]) {
+                    break;
+                }
+                let r = &self.ranks[i];
+                let (flow, over_nic) = r.links[msg.slot].expect("a message goes over a link of its rank");
+                let (host, step) = (r.host, r.step);
+                let bytes = if over_nic {
+                    msg.bytes as f64 * network_noise(self.s, host, step) * self.copy_factor + self.overhead_bytes
+                } else {
+                    msg.bytes as f64
+                };
+                let r = &mut self.ranks[i];
+                if gb >= r.begun {
+                    (r.begun, r.bucket_started) = (gb + 1, now);
+                }
+                r.sent[st] += 1;
+                let timers = self.net.send(now, flow, Message { bytes, tag: (rank, msg.slot, msg.in_slot) });
+                self.schedule(timers);
             }
-            let msg = self.sched.message(rank, r.sent % per_bucket, self.buckets[gb as usize]);
-            if (0..2).any(|s| r.received[s] < gb * receives[s] + msg.needs[s]) {
-                break;
-            }
-            let (flow, over_nic) = r.links[msg.slot].expect("a message goes over a link of its rank");
-            let (host, step, first) = (r.host, r.step, r.sent.is_multiple_of(per_bucket));
-            let bytes = if over_nic {
-                msg.bytes as f64 * network_noise(self.s, host, step) * self.copy_factor + self.overhead_bytes
-            } else {
-                msg.bytes as f64
-            };
-            if first {
-                self.ranks[i].bucket_started = now;
-            }
-            self.ranks[i].sent += 1;
-            let timers = self.net.send(now, flow, Message { bytes, tag: (rank, msg.slot) });
-            self.schedule(timers);
         }
-        // Buckets finished here (every message sent and received).
-        loop {
+        // Buckets finished here (every message of every stream sent, every one received).
+        while self.ranks[i].completed < self.buckets.len() as u64 {
+            let gb = self.ranks[i].completed;
+            let bytes = self.buckets[gb as usize];
             let r = &self.ranks[i];
-            let n = r.completed + 1;
-            if r.completed >= self.buckets.len() as u64
-                || r.sent < n * per_bucket
-                || (0..2).any(|s| r.received[s] < n * receives[s])
-            {
+            let sent = (0..self.sched.streams())
+                .all(|st| r.stream_bucket[st] > gb || r.sent[st] == self.sched.stream_len(rank, st, bytes));
+            let need = self.sched.receives(rank, bytes);
+            if !sent || (0..LINKS).any(|s| r.received[s] - r.base[s] < need[s]) {
                 break;
             }
-            let gb = r.completed;
-            self.ranks[i].completed += 1;
+            let r = &mut self.ranks[i];
+            for (b, x) in r.base.iter_mut().zip(need) {
+                *b += x;
+            }
+            r.completed += 1;
             self.bucket_done(rank, gb);
         }
         let r = &self.ranks[i];
@@ -535,23 +574,32 @@ impl<'a> Sim<'a> {
         (self.ranks.len() as u32) < self.sched.ranks()
     }
 
-    /// Payload bytes host `h`'s NICs sent and received in `step`: its GPUs' messages to other
-    /// hosts (every host sends and receives alike in these schedules).
+    /// Payload bytes host `h`'s NICs sent and received in `step`: its GPUs' messages to and
+    /// from other hosts.
     fn host_bytes(&self, h: u32, step: u64) -> (u64, u64) {
-        let mut out = 0;
+        let (mut out, mut inn) = (0, 0);
         let Some(range) = self.step_buckets.get(step as usize) else { return (0, 0) };
+        let host = |r: u32| r / self.gpus;
+        // Rings and hierarchical rings are symmetric: what a host sends, it receives.
+        let symmetric = !matches!(self.sched, Schedule::Tree { .. });
+        let senders: Vec<u32> =
+            if symmetric { (h * self.gpus..(h + 1) * self.gpus).collect() } else { (0..self.sched.ranks()).collect() };
         for gb in range.clone() {
             let bytes = self.buckets[gb as usize];
-            for rank in h * self.gpus..(h + 1) * self.gpus {
-                for m in 0..self.messages() {
-                    let msg = self.sched.message(rank, m, bytes);
-                    if msg.to / self.gpus != h {
-                        out += msg.bytes;
+            for &rank in &senders {
+                for st in 0..self.sched.streams() {
+                    for m in 0..self.sched.stream_len(rank, st, bytes) {
+                        let msg = self.sched.message(rank, st, m, bytes);
+                        if host(rank) == h && host(msg.to) != h {
+                            out += msg.bytes;
+                        } else if host(rank) != h && host(msg.to) == h {
+                            inn += msg.bytes;
+                        }
                     }
                 }
             }
         }
-        (out, out)
+        if symmetric { (out, out) } else { (out, inn) }
     }
 
     fn stuck(&self, at: Time) -> SimError {
@@ -562,8 +610,8 @@ impl<'a> Sim<'a> {
                 step: r.step,
                 what: format!(
                     "rank {i} has sent {} and received {} message(s); {} bucket(s) handed over, {} finished here",
-                    r.sent,
-                    r.received[0] + r.received[1],
+                    r.sent.iter().sum::<u64>(),
+                    r.received.iter().sum::<u64>(),
                     self.buckets.len(),
                     r.completed
                 ),

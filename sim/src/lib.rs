@@ -419,8 +419,9 @@ fn collective_bottleneck(
     }
     let tail = format!("communication not hidden behind compute is {e:.0}% of the step, compute {c:.0}%");
     let (busy, res) = nets.iter().fold((0.0, None), |acc, &(x, r)| if x > acc.0 { (x, r) } else { acc });
-    let rounds =
-        topolab_core::collective::Schedule::of(t.algorithm, t.workers, s.spec.hardware.gpus_per_host).messages();
+    // Messages rank 0 sends per bucket of a small bucket (latency-bound), over its streams.
+    let sched = topolab_core::collective::Schedule::of(t.algorithm, t.workers, s.spec.hardware.gpus_per_host);
+    let rounds: u64 = (0..sched.streams()).map(|st| sched.stream_len(0, st, 1)).sum();
     let Some(r) = res.filter(|_| busy >= 0.2) else {
         return format!(
             "latency limits the step: {tail}, with no link busy; each bucket takes {rounds} rounds of latency {} and per-message overhead {}: \

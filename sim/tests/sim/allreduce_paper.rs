@@ -178,3 +178,42 @@ fn hierarchical_pays_latency_per_host_not_per_gpu() {
     let (f, h) = (flat.summary.breakdown_s.exposed_comm, hier.summary.breakdown_s.exposed_comm);
     assert!((f - 0.008).abs() < 0.0001 && (h - 0.006).abs() < 0.0001, "flat {f} s, hierarchical {h} s");
 }
+
+#[test]
+fn a_double_binary_tree_pays_latency_by_depth() {
+    // 16 hosts, 1 ms of latency, a tiny bucket (one chunk per tree): up 4 levels of the heap
+    // tree and down again, 8 latencies (8 ms), against the ring's 30 (30 ms).
+    let tiny = format!("{HEADER}l,dense,0,100000000000,4,l.w,100,400\n");
+    let t = |a: &str| format!("algorithm = \"{a}\"\nfusion_cycle = \"0 ms\"");
+    let tree = run(&ring(16, &tiny, "1 ms", &t("tree"), ""));
+    let flat = run(&ring(16, &tiny, "1 ms", &t("ring"), ""));
+    // The last rank to hold the sum (ranks nearer the roots hold it sooner).
+    let last = |r: &SimRun| r.steps.iter().map(|x| x.end_ns - x.start_ns - x.compute_ns).max().unwrap() as f64 / 1e9;
+    let (tr, fl) = (last(&tree), last(&flat));
+    assert!((tr - 0.008).abs() < 0.0001 && (fl - 0.030).abs() < 0.0001, "tree {tr} s, ring {fl} s");
+}
+
+#[test]
+fn a_double_binary_tree_moves_about_the_ring_s_bytes() {
+    // 2 ranks, 12.5 MB, no latency: each half (6.25 MB, 12 chunks of 520_834 B) goes up one
+    // tree and down the other way, so each NIC carries 12.5 MB each way, as the ring does
+    // (2 (2-1)/2 x S): 1e8 ns when up and down overlap, plus at most the first chunk's wait
+    // (520_834 / 0.125 ns at most twice, sharing the link).
+    let t = "algorithm = \"tree\"\nfusion_cycle = \"0 ms\"";
+    let r = run(&ring(2, &one_var(), "0 us", t, ""));
+    let comm = r.summary.breakdown_s.exposed_comm - 0.001;
+    assert!((0.1..=0.1 + 2.0 * 520_834.0 / 0.125e9 + 1e-6).contains(&comm), "{comm}");
+    assert!(
+        r.steps.iter().all(|x| x.bytes_sent == 12 * 520_834 * 2 && x.bytes_received == x.bytes_sent),
+        "{:?}",
+        r.steps[0]
+    );
+    // 8 ranks: each tree carries its half over its 7 edges both ways, 2 x 7 x S / 2 per tree,
+    // as much in all as the ring's 8 x 2 (8-1)/8 x S (within the chunks' padding), though not
+    // spread evenly: ranks inside a tree send to two children.
+    let tree8 = run(&ring(8, &one_var(), "0 us", t, ""));
+    let ring8 = run(&ring(8, &one_var(), "0 us", "fusion_cycle = \"0 ms\"", ""));
+    let total = |r: &SimRun| r.steps.iter().filter(|x| x.step == 0).map(|x| x.bytes_sent).sum::<u64>() as f64;
+    let (a, b) = (total(&tree8), total(&ring8));
+    assert!((a / b - 1.0).abs() < 1e-4, "tree {a} B, ring {b} B");
+}
