@@ -1,7 +1,8 @@
 //! Whole simulations, and how their cost grows with workers, PS and steps.
 //! Targets: scenarios/bench/inception-v3-64w-8ps.toml (1000 steps) <= 2 s on one core;
 //! 1024 workers x 32 PS x 100 steps <= 20 s (and <= 2 GiB peak memory, measured on the CLI);
-//! the time to 78% top-1 at 100 jittered workers (every worker simulated on its own) < 10 s.
+//! the time to 78% top-1 at 100 jittered workers (every worker simulated on its own) < 10 s;
+//! Inception-v3 on 64 workers with a ring all-reduce, 1000 steps, < 1 s.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use topolab_benches::{inception, repo_scenario};
@@ -26,6 +27,16 @@ fn targets(c: &mut Criterion) {
         .unwrap_or_else(|e| panic!("{e:?}"));
     g.bench_function("inception-v3 time to 78% at 100 jittered workers", |b| {
         b.iter(|| time_to_target(&s, &opts()).unwrap().1.time_to_target_s)
+    });
+    // The same 64 workers with a ring all-reduce instead of parameter servers.
+    let s = inception(64, 8, 1000, 0.0)
+        .with(|f| {
+            f.topology.kind = topolab_core::scenario::TopologyKind::AllReduce;
+            f.topology.ps = 1;
+        })
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    g.bench_function("inception-v3 64w ring all-reduce 1000 steps", |b| {
+        b.iter(|| simulate(&s, &opts()).unwrap().summary.events)
     });
     g.finish();
 }

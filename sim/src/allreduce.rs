@@ -61,6 +61,10 @@ enum Ev {
     ApplyDone {
         rank: u32,
     },
+    /// Lock-step ring: the rank has sent and received every round of its current bucket.
+    RingDone {
+        rank: u32,
+    },
     StartStep {
         rank: u32,
     },
@@ -95,6 +99,8 @@ struct Rank {
     completed: u64,
     /// Buckets this rank has begun sending.
     begun: u64,
+    /// Lock-step ring: a bucket's rounds are timed at once (see [`Sim::ring_at_once`]).
+    in_ring: bool,
     /// When the bucket being reduced started here (its first send).
     bucket_started: Time,
     finished: bool,
@@ -136,6 +142,10 @@ struct Sim<'a> {
     trace: Vec<Span>,
     resources: Vec<(ResourceOwner, bool, usize)>,
     done: usize,
+    /// Lock-step ring: its rounds timed at once, and the wire bytes they moved (on host 0's
+    /// NIC, both ways, added to what the network carried).
+    ring_at_once: Option<f64>,
+    ring_bytes: f64,
 }
 
 /// Simulates an all-reduce scenario.
@@ -257,6 +267,10 @@ impl<'a> Sim<'a> {
             trace: Vec::new(),
             resources,
             done: 0,
+            // One flow alone on its own NIC pair, nothing else on the network: every round
+            // moves its chunk at the NIC's rate, then waits a latency for the next one.
+            ring_at_once: (lock_step && ring_of_single_gpus).then_some(nic),
+            ring_bytes: 0.0,
         }
     }
 
@@ -311,6 +325,13 @@ impl<'a> Sim<'a> {
                     self.progress(rank);
                 }
                 Ev::ApplyDone { rank } => self.end_step(rank),
+                Ev::RingDone { rank } => {
+                    let rounds = self.sched.stream_len(rank, 0, 0);
+                    let r = &mut self.ranks[rank as usize];
+                    (r.in_ring, r.sent[0]) = (false, rounds);
+                    r.received[0] += rounds;
+                    self.progress(rank);
+                }
                 Ev::StartStep { rank } => self.start_step(rank),
             }
             last = now;
@@ -324,7 +345,10 @@ impl<'a> Sim<'a> {
         let mut steps = self.records;
         steps.sort_by_key(|r| (r.step, r.worker));
         let makespan = steps.iter().map(|r| Time(r.end_ns)).max().unwrap_or(Time::ZERO);
-        let resources = resource_uses(&self.net, &self.resources);
+        let mut resources = resource_uses(&self.net, &self.resources);
+        for r in resources.iter_mut().filter(|r| r.owner == ResourceOwner::Worker(0)) {
+            r.bytes_per_host += self.ring_bytes;
+        }
         Ok(Outcome {
             steps,
             makespan,
@@ -435,6 +459,7 @@ impl<'a> Sim<'a> {
     /// Sends what the rank may send now, notes the buckets it has finished, and applies once
     /// the step's gradients are summed and backward is done.
     fn progress(&mut self, rank: u32) {
+        self.finish_buckets(rank);
         let now = self.q.now();
         let i = rank as usize;
         for st in 0..self.sched.streams() {
@@ -449,6 +474,23 @@ impl<'a> Sim<'a> {
                     let r = &mut self.ranks[i];
                     (r.stream_bucket[st], r.sent[st]) = (gb + 1, 0);
                     continue;
+                }
+                if let Some(nic) = self.ring_at_once {
+                    // Lock-step ring: round k + 1 leaves when round k has arrived, a latency
+                    // after it left the NIC; the connection is idle in between. So a bucket
+                    // of R rounds takes R x (chunk time + latency), exactly as sent one by one.
+                    if self.ranks[i].in_ring {
+                        break;
+                    }
+                    let rounds = self.sched.stream_len(rank, 0, bytes);
+                    let chunk = self.sched.message(rank, 0, 0, bytes).bytes;
+                    let wire = chunk as f64 * self.copy_factor + self.overhead_bytes;
+                    let round = Time((wire / nic).ceil() as u64) + self.latency;
+                    self.ring_bytes += wire * rounds as f64;
+                    let r = &mut self.ranks[i];
+                    (r.in_ring, r.begun, r.bucket_started) = (true, gb + 1, now);
+                    self.q.schedule(now + Time(round.0 * rounds), Ev::RingDone { rank });
+                    break;
                 }
                 let msg = self.sched.message(rank, st, m, bytes);
                 let got = self.received_in(i, gb);
@@ -472,7 +514,20 @@ impl<'a> Sim<'a> {
                 self.schedule(timers);
             }
         }
-        // Buckets finished here (every message of every stream sent, every one received).
+        self.finish_buckets(rank);
+        let r = &self.ranks[i];
+        let summed = self.grads.is_empty()
+            || self.step_buckets.get(r.step as usize).is_some_and(|b| self.c_step > r.step && r.completed >= b.end);
+        if r.in_step && r.backward_done && !r.applying && summed {
+            self.ranks[i].applying = true;
+            self.q.schedule(now + Time(self.apply_ns), Ev::ApplyDone { rank });
+        }
+    }
+
+    /// Notes the buckets `rank` has finished (every message of every stream sent, every one
+    /// received), before it begins the next (so that each bucket's trace span ends first).
+    fn finish_buckets(&mut self, rank: u32) {
+        let i = rank as usize;
         while self.ranks[i].completed < self.buckets.len() as u64 {
             let gb = self.ranks[i].completed;
             let bytes = self.buckets[gb as usize];
@@ -489,13 +544,6 @@ impl<'a> Sim<'a> {
             }
             r.completed += 1;
             self.bucket_done(rank, gb);
-        }
-        let r = &self.ranks[i];
-        let summed = self.grads.is_empty()
-            || self.step_buckets.get(r.step as usize).is_some_and(|b| self.c_step > r.step && r.completed >= b.end);
-        if r.in_step && r.backward_done && !r.applying && summed {
-            self.ranks[i].applying = true;
-            self.q.schedule(now + Time(self.apply_ns), Ev::ApplyDone { rank });
         }
     }
 
