@@ -139,14 +139,6 @@ impl Ring {
         let chunk = (rank + n - round % n) % n;
         Send { round, from: rank, to: self.next(rank), chunk, bytes: self.chunk_bytes(total), reduce: round + 1 < n }
     }
-
-    /// Every send of one all-reduce, round by round, rank by rank.
-    pub fn sends(&self, total: u64) -> Vec<Send> {
-        (0..self.rounds())
-            .flat_map(|k| (0..self.ranks).map(move |r| (k, r)))
-            .map(|(k, r)| self.send(r, k, total))
-            .collect()
-    }
 }
 
 /// One all-reduce step in totals, for `topolab plan`: ops per kind over every rank, and the

@@ -142,6 +142,8 @@ struct Sim<'a> {
     trace: Vec<Span>,
     resources: Vec<(ResourceOwner, bool, usize)>,
     done: usize,
+    /// Per step: the NIC bytes each host sent and received (computed once per step).
+    step_bytes: std::collections::BTreeMap<u64, Vec<(u64, u64)>>,
     /// Lock-step ring: its rounds timed at once, and the wire bytes they moved (on host 0's
     /// NIC, both ways, added to what the network carried).
     ring_at_once: Option<f64>,
@@ -267,6 +269,7 @@ impl<'a> Sim<'a> {
             trace: Vec::new(),
             resources,
             done: 0,
+            step_bytes: Default::default(),
             // One flow alone on its own NIC pair, nothing else on the network: every round
             // moves its chunk at the NIC's rate, then waits a latency for the next one.
             ring_at_once: (lock_step && ring_of_single_gpus).then_some(nic),
@@ -295,10 +298,7 @@ impl<'a> Sim<'a> {
             self.q.schedule(Time::ZERO, Ev::StartStep { rank: r });
         }
         let mut last = Time::ZERO;
-        while let Some((now, ev)) = self.q.pop() {
-            if self.q.popped() > self.opts.max_events {
-                return Err(SimError::TooLong { events: self.opts.max_events });
-            }
+        while let Some((now, ev)) = crate::next_event(&mut self.q, self.opts)? {
             match ev {
                 Ev::Net(t) => {
                     let (msg, timers) = self.net.on_timer(now, t);
@@ -586,7 +586,7 @@ impl<'a> Sim<'a> {
                 .get(step as usize)
                 .map_or(0, |t| t.0.saturating_sub(own.0))
                 .min(dur.saturating_sub(compute));
-            let (sent, received) = self.host_bytes(host, step);
+            let (sent, received) = self.host_bytes(step)[host as usize];
             let hosts = if self.lock_step() { 0..self.s.spec.topology.workers } else { host..host + 1 };
             for host in hosts {
                 self.records.push(StepRecord {
@@ -622,32 +622,39 @@ impl<'a> Sim<'a> {
         (self.ranks.len() as u32) < self.sched.ranks()
     }
 
-    /// Payload bytes host `h`'s NICs sent and received in `step`: its GPUs' messages to and
-    /// from other hosts.
-    fn host_bytes(&self, h: u32, step: u64) -> (u64, u64) {
-        let (mut out, mut inn) = (0, 0);
-        let Some(range) = self.step_buckets.get(step as usize) else { return (0, 0) };
-        let host = |r: u32| r / self.gpus;
-        // Rings and hierarchical rings are symmetric: what a host sends, it receives.
-        let symmetric = !matches!(self.sched, Schedule::Tree { .. });
-        let senders: Vec<u32> =
-            if symmetric { (h * self.gpus..(h + 1) * self.gpus).collect() } else { (0..self.sched.ranks()).collect() };
-        for gb in range.clone() {
-            let bytes = self.buckets[gb as usize];
-            for &rank in &senders {
-                for st in 0..self.sched.streams() {
-                    for m in 0..self.sched.stream_len(rank, st, bytes) {
-                        let msg = self.sched.message(rank, st, m, bytes);
-                        if host(rank) == h && host(msg.to) != h {
-                            out += msg.bytes;
-                        } else if host(rank) != h && host(msg.to) == h {
-                            inn += msg.bytes;
+    /// Payload bytes each host's NICs sent and received in `step` (its GPUs' messages to and
+    /// from other hosts), computed on the step's first record.
+    fn host_bytes(&mut self, step: u64) -> &[(u64, u64)] {
+        if !self.step_bytes.contains_key(&step) {
+            let hosts = self.s.spec.topology.workers as usize;
+            let host = |r: u32| (r / self.gpus) as usize;
+            // Rings and hierarchical rings are symmetric: every host sends and receives what
+            // host 0's GPUs send; a tree is walked whole.
+            let symmetric = !matches!(self.sched, Schedule::Tree { .. });
+            let senders = if symmetric { self.gpus } else { self.sched.ranks() };
+            let mut bytes_of = vec![(0u64, 0u64); hosts];
+            let range = self.step_buckets.get(step as usize).cloned().unwrap_or_default();
+            for gb in range {
+                let bytes = self.buckets[gb as usize];
+                for rank in 0..senders {
+                    for st in 0..self.sched.streams() {
+                        for m in 0..self.sched.stream_len(rank, st, bytes) {
+                            let msg = self.sched.message(rank, st, m, bytes);
+                            let (from, to) = (host(rank), host(msg.to));
+                            if from != to {
+                                bytes_of[from].0 += msg.bytes;
+                                bytes_of[to].1 += msg.bytes;
+                            }
                         }
                     }
                 }
             }
+            if symmetric {
+                bytes_of = vec![(bytes_of[0].0, bytes_of[0].0); hosts];
+            }
+            self.step_bytes.insert(step, bytes_of);
         }
-        if symmetric { (out, out) } else { (out, inn) }
+        &self.step_bytes[&step]
     }
 
     fn stuck(&self, at: Time) -> SimError {

@@ -166,6 +166,19 @@ fn all_reduce(s: &Scenario) -> bool {
     s.spec.topology.kind == TopologyKind::AllReduce
 }
 
+/// The next event of a run, or [`SimError::TooLong`] once the run has taken more events than
+/// `opts.max_events` allows.
+pub(crate) fn next_event<E: Copy>(
+    q: &mut engine::EventQueue<E>,
+    opts: &SimOptions,
+) -> Result<Option<(Time, E)>, SimError> {
+    let next = q.pop();
+    if q.popped() > opts.max_events {
+        return Err(SimError::TooLong { events: opts.max_events });
+    }
+    Ok(next)
+}
+
 /// Simulates `s`.
 pub fn simulate(s: &Scenario, opts: &SimOptions) -> Result<SimRun, SimError> {
     let started = Instant::now();

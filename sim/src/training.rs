@@ -664,10 +664,7 @@ impl<'a> Sim<'a> {
             self.q.schedule(Time::ZERO, Ev::StartStep { class: c });
         }
         let mut last_progress = Time::ZERO;
-        while let Some((now, ev)) = self.q.pop() {
-            if self.q.popped() > self.opts.max_events {
-                return Err(SimError::TooLong { events: self.opts.max_events });
-            }
+        while let Some((now, ev)) = crate::next_event(&mut self.q, self.opts)? {
             match ev {
                 Ev::Net(t) => {
                     let (msg, timers) = self.net.on_timer(now, t);

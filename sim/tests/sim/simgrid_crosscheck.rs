@@ -96,6 +96,14 @@ fn python() -> &'static str {
     if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" }
 }
 
+/// Fails (these tests are run on purpose, with --ignored) when SimGrid is missing.
+fn require_simgrid() {
+    assert!(
+        simgrid_available(),
+        "this test needs Debian's python3-simgrid (apt-get install python3-simgrid; .ci/run installs it)"
+    );
+}
+
 fn simgrid_available() -> bool {
     Command::new(python())
         .args(["-c", "import simgrid"])
@@ -148,10 +156,7 @@ fn patterns() -> Vec<Pattern> {
 #[test]
 #[ignore = "needs Debian's python3-simgrid (apt-get install python3-simgrid): cargo test -- --ignored"]
 fn completion_times_agree_with_simgrid_within_one_percent() {
-    assert!(
-        simgrid_available(),
-        "this test needs Debian's python3-simgrid (apt-get install python3-simgrid; .ci/run installs it)"
-    );
+    require_simgrid();
     for p in patterns() {
         let ours = topolab_times(&p);
         let theirs = simgrid_times(&p);
@@ -272,40 +277,17 @@ fn ring_simgrid(c: &RingCase) -> f64 {
 #[test]
 #[ignore = "needs Debian's python3-simgrid (apt-get install python3-simgrid): cargo test -- --ignored"]
 fn all_reduce_agrees_with_simgrid_within_one_percent() {
-    assert!(
-        simgrid_available(),
-        "this test needs Debian's python3-simgrid (apt-get install python3-simgrid; .ci/run installs it)"
-    );
+    require_simgrid();
+    let case = |name, hosts, gpus, racks, algorithm, latency| RingCase { name, hosts, gpus, racks, algorithm, latency };
     let cases = [
-        RingCase { name: "ring, 4 hosts", hosts: 4, gpus: 1, racks: None, algorithm: RING, latency: 50e-6 },
-        RingCase { name: "ring, 2 hosts x 2 GPUs", hosts: 2, gpus: 2, racks: None, algorithm: RING, latency: 0.0 },
-        RingCase { name: "ring, 3 hosts x 4 GPUs", hosts: 3, gpus: 4, racks: None, algorithm: RING, latency: 0.0 },
-        RingCase {
-            name: "ring, 8 hosts, 2 racks at 8:1",
-            hosts: 8,
-            gpus: 1,
-            racks: Some((4, 8.0)),
-            algorithm: RING,
-            latency: 0.0,
-        },
-        RingCase {
-            name: "hierarchical, 3 hosts x 4 GPUs",
-            hosts: 3,
-            gpus: 4,
-            racks: None,
-            algorithm: HIER,
-            latency: 0.0,
-        },
-        RingCase { name: "tree, 7 hosts", hosts: 7, gpus: 1, racks: None, algorithm: TREE, latency: 0.0 },
-        RingCase { name: "tree, 4 hosts x 2 GPUs", hosts: 4, gpus: 2, racks: None, algorithm: TREE, latency: 0.0 },
-        RingCase {
-            name: "hierarchical, 4 hosts x 2 GPUs, 2 racks at 4:1",
-            hosts: 4,
-            gpus: 2,
-            racks: Some((2, 4.0)),
-            algorithm: HIER,
-            latency: 0.0,
-        },
+        case("ring, 4 hosts", 4, 1, None, RING, 50e-6),
+        case("ring, 2 hosts x 2 GPUs", 2, 2, None, RING, 0.0),
+        case("ring, 3 hosts x 4 GPUs", 3, 4, None, RING, 0.0),
+        case("ring, 8 hosts, 2 racks at 8:1", 8, 1, Some((4, 8.0)), RING, 0.0),
+        case("hierarchical, 3 hosts x 4 GPUs", 3, 4, None, HIER, 0.0),
+        case("tree, 7 hosts", 7, 1, None, TREE, 0.0),
+        case("tree, 4 hosts x 2 GPUs", 4, 2, None, TREE, 0.0),
+        case("hierarchical, 4 hosts x 2 GPUs, 2 racks at 4:1", 4, 2, Some((2, 4.0)), HIER, 0.0),
     ];
     for c in &cases {
         let (ours, theirs) = (ring_topolab(c), ring_simgrid(c));
