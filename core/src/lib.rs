@@ -12,6 +12,8 @@
 //! - [`hardware`]: the GPU, NIC and host-bus catalogue, each figure with its source.
 //! - [`placement`]: variables onto parameter-server shards (round-robin, greedy, partitioned).
 //! - [`plan`]: the per-step DAG of ops that the simulator times and the runtime performs.
+//! - [`step`]: the rules of a synchronous PS step (aggregation, shard readiness, the global
+//!   release), as state machines both engines drive.
 //! - [`collective`]: the all-reduce step: fusion buckets and the ring schedule.
 //! - [`best`]: the fastest, the cheapest and the Pareto front of a sweep, in the same words everywhere.
 //! - [`compare`]: two runs or two sweeps, metric by metric, against a regression threshold.
@@ -34,4 +36,5 @@ pub mod plan;
 pub mod profile;
 pub mod records;
 pub mod scenario;
+pub mod step;
 pub mod units;

@@ -11,8 +11,11 @@
 //! | edge | sync / backup | async | stale-synchronous |
 //! |---|---|---|---|
 //! | worker `Push(p)` -> shard | counts toward `Aggregate(p)` (the first `inputs` pushes of the step; later ones are dropped) | triggers its own `Apply(p)` | as async |
-//! | shard `Apply(p)` -> worker | completes `Barrier` of the step | - | - |
-//! | worker `Barrier` (step k) -> worker | `Pull`s of step k+1 start after it | no barrier: step k+1 pulls at once | pulls wait while the worker is `staleness` steps ahead of the slowest |
+//! | shard `Apply(p)` -> worker | the shard's last `Apply` of the step makes it ready; its Ready answers the worker's request for the next step | - | - |
+//! | worker `Barrier` (step k) -> worker | released by the Ready of every shard: `Pull`s of step k+1 (fetches) start after it | no barrier: step k+1 pulls at once | pulls wait while the worker is `staleness` steps ahead of the slowest |
+//!
+//! The synchronous rules (requests, Readys, the release, fetches) are written once as state
+//! machines in [`crate::step`]; both engines drive them.
 //!
 //! Multi-GPU hosts run one replica per GPU: every `Compute` runs on each GPU in parallel. With
 //! host-local aggregation (TensorFlow's `distributed_replicated`), a host pulls each variable

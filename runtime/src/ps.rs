@@ -1,11 +1,12 @@
 //! The parameter-server task: holds its shard's variable parts, aggregates gradients, applies
 //! SGD, serves pulls, checkpoints, and exits when every worker is done.
 //!
-//! Sync and backup modes: a part's gradients of a step are summed **in worker order** once the
-//! first `workers - backup` have arrived (later ones of that step are dropped), so a run is
-//! reproducible bit for bit whatever the arrival order; when every part of the shard is
-//! applied the shard is ready for the next step and answers waiting pulls. Async and
-//! stale-synchronous modes apply each gradient on arrival and acknowledge it.
+//! Sync and backup modes follow core's step rules ([`topolab_core::step`]): a part's gradients
+//! of a step are summed **in worker order** once the first `workers - backup` have arrived
+//! ([`Aggregation`]; later ones of that step are dropped), so a run is reproducible bit for
+//! bit whatever the arrival order; when every part of the shard is applied the shard is ready
+//! for the next step ([`ShardProgress`]) and answers the waiting requests with a Ready and its
+//! values. Async and stale-synchronous modes apply each gradient on arrival and acknowledge it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use topolab_core::plan::Plan;
 use topolab_core::scenario::{Mode, Scenario};
+use topolab_core::step::{Aggregation, Pushed, ShardProgress};
 
 use crate::cluster::ClusterSpec;
 use crate::proxy::Proxy;
@@ -33,10 +35,10 @@ struct Shard {
     workers: u32,
     inputs: u32,
     synchronous: bool,
-    /// Sync: the step each local part is aggregating, and the gradients received per worker.
-    agg_step: Vec<u64>,
+    /// Sync: each local part's aggregation, and the gradients received per worker.
+    aggregation: Vec<Aggregation>,
     pending: Vec<Vec<Option<Vec<f32>>>>,
-    applied_in_step: usize,
+    progress: ShardProgress,
     done: u32,
     checkpoint_every: u64,
     checkpoint_dir: std::path::PathBuf,
@@ -82,17 +84,18 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         }
     }
     let synchronous = matches!(t.mode, Mode::Sync | Mode::Backup);
+    let inputs = t.workers - if t.mode == Mode::Backup { t.backup_workers } else { 0 };
     let shard = Shard {
         index,
-        agg_step: vec![spec.job.start_step; parts.len()],
+        aggregation: vec![Aggregation::new(inputs, spec.job.start_step); parts.len()],
+        progress: ShardProgress::new(parts.len(), spec.job.start_step),
         pending: parts.iter().map(|_| vec![None; t.workers as usize]).collect(),
         parts,
         values,
         lr: crate::launcher::ReplaySettings::of(&s).learning_rate,
         workers: t.workers,
-        inputs: t.workers - if t.mode == Mode::Backup { t.backup_workers } else { 0 },
+        inputs,
         synchronous,
-        applied_in_step: 0,
         done: 0,
         checkpoint_every: crate::launcher::ReplaySettings::of(&s).checkpoint_every,
         checkpoint_dir: spec.job.checkpoint_dir.clone(),
@@ -190,7 +193,11 @@ async fn connection(
         let f = wire::read_frame(&mut stream, cap.max(64), idle).await?;
         f.release(latency).await;
         match f.kind {
-            Kind::Pull => {
+            Kind::Pull | Kind::Fetch => {
+                // A request (Pull) is answered with a Ready once the shard has applied the
+                // step before, then the values unless it asks for the barrier alone; a
+                // fetch (sync modes, core's rule 1) with the values only: the worker was
+                // released, so the shard is ready and the wait is a guard, not a barrier.
                 let step = f.step;
                 let wait = {
                     let sh = shard.lock().expect("shard lock");
@@ -200,7 +207,9 @@ async fn connection(
                 if wait {
                     ready_rx.wait_for(|&r| r >= step).await.map_err(|_| NodeError::Setup("shard stopped".into()))?;
                 }
-                wire::write_frame(&mut stream, Kind::Ready, 0, step, &[]).await?;
+                if f.kind == Kind::Pull {
+                    wire::write_frame(&mut stream, Kind::Ready, 0, step, &[]).await?;
+                }
                 if f.var != BARRIER_ONLY {
                     let frames: Vec<(u32, Vec<u8>)> = {
                         let sh = shard.lock().expect("shard lock");
@@ -255,14 +264,14 @@ fn push(
         sh.apply(li, &grad, 1.0);
         return Ok(true);
     }
-    if step != sh.agg_step[li] {
-        // A late gradient of an aggregated step (backup workers): dropped.
-        return Ok(false);
-    }
-    sh.pending[li][worker as usize] = Some(grad);
-    let received = sh.pending[li].iter().filter(|g| g.is_some()).count() as u32;
-    if received < sh.inputs {
-        return Ok(false);
+    match sh.aggregation[li].push(step, 1) {
+        // A late gradient of an aggregated step (backup workers).
+        Pushed::Dropped => return Ok(false),
+        Pushed::Waiting => {
+            sh.pending[li][worker as usize] = Some(grad);
+            return Ok(false);
+        }
+        Pushed::Complete => sh.pending[li][worker as usize] = Some(grad),
     }
     // Sum in worker order: the same bits whatever the arrival order.
     let mut sum = vec![0f32; sh.values[li].len()];
@@ -273,11 +282,7 @@ fn push(
     }
     let scale = 1.0 / sh.inputs as f32;
     sh.apply(li, &sum, scale);
-    sh.agg_step[li] += 1;
-    sh.applied_in_step += 1;
-    if sh.applied_in_step == sh.parts.len() {
-        sh.applied_in_step = 0;
-        let next = step + 1;
+    if let Some(next) = sh.progress.applied() {
         if sh.checkpoint_every > 0 && next.is_multiple_of(sh.checkpoint_every) {
             checkpoint::write(&sh.checkpoint_dir, next, sh.index, &sh.flat()).map_err(NodeError::Io)?;
         }

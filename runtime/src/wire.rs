@@ -46,6 +46,8 @@ pub enum Kind {
     Applied = 8,
     /// Shard -> worker: the shard is ready to serve `step` (sync: the previous step is applied).
     Ready = 9,
+    /// Worker -> shard (sync modes): released into `step`, send me your parts' values (no Ready).
+    Fetch = 10,
 }
 
 /// `var` of a `Pull` that asks only for the `Ready` of a step (the barrier after the last step).
@@ -72,6 +74,7 @@ impl Kind {
             7 => Kind::Done,
             8 => Kind::Applied,
             9 => Kind::Ready,
+            10 => Kind::Fetch,
             _ => return None,
         })
     }

@@ -5,11 +5,16 @@
 //! the compute loop runs on the task's main thread, so pushes leave while the next layer's
 //! backward pass computes, as in the Plan.
 //!
-//! Step boundaries, as the simulator draws them: step k starts when the worker may begin it
-//! (the first `Ready` of step k arrives; for the first step, when it asks) and ends when step
-//! k+1 may begin (sync, backup) or when its own gradients are applied (async). Waiting is the
-//! time between the worker's own part being done (every push written; in async, acknowledged)
-//! and the end of the step.
+//! Sync and backup modes follow core's step rules ([`topolab_core::step`]): right after its
+//! last push of a step to a shard the worker requests the next step from that shard; it is
+//! released into the next step when every shard has answered with its Ready ([`Release`]),
+//! and only then fetches the next step's values.
+//!
+//! Step boundaries, as the simulator draws them: step k starts when the worker is released
+//! into it (for the first step, when it asks) and ends when it is released into step k+1
+//! (sync, backup) or when its own gradients are applied (async). Waiting is the time between
+//! the worker's own part being done (every push written; in async, acknowledged) and the end
+//! of the step.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -20,6 +25,7 @@ use tokio::sync::mpsc;
 use topolab_core::plan::Plan;
 use topolab_core::records::{self, StepRecord};
 use topolab_core::scenario::{Mode, Scenario};
+use topolab_core::step::Release;
 
 use crate::cluster::ClusterSpec;
 use crate::compute;
@@ -105,7 +111,10 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         })
         .collect();
     let mut values: HashMap<(u64, usize), (Vec<f32>, u64, u64)> = HashMap::new();
-    let mut ready_at: HashMap<u64, u64> = HashMap::new();
+    let shards = spec.ps.len();
+    // Released into a step when every shard's Ready of it is here; when that was.
+    let mut release = Release::new(shards as u32, spec.job.start_step + 1);
+    let mut released_at: HashMap<u64, u64> = HashMap::new();
     let mut acks: HashMap<u64, usize> = HashMap::new();
     let mut ops: Vec<OpRecord> = Vec::new();
     let mut steps_out: Vec<StepRecord> = Vec::new();
@@ -119,13 +128,18 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
     let handle = |f: Frame,
                   at: u64,
                   values: &mut HashMap<(u64, usize), (Vec<f32>, u64, u64)>,
-                  ready_at: &mut HashMap<u64, u64>,
+                  release: &mut Release,
+                  released_at: &mut HashMap<u64, u64>,
                   acks: &mut HashMap<u64, usize>|
      -> Result<(), NodeError> {
         match f.kind {
-            Kind::Ready => {
-                ready_at.entry(f.step).or_insert(at);
+            // Async workers need no release: their Readys only answer their pulls.
+            Kind::Ready if synchronous => {
+                if release.ready(f.step) {
+                    released_at.insert(f.step, at);
+                }
             }
+            Kind::Ready => {}
             Kind::Value => {
                 let v = wire::bytes_f32(&f.payload)
                     .ok_or_else(|| NodeError::Protocol("value payload is not f32".into()))?;
@@ -142,12 +156,15 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
 
     let start = spec.job.start_step;
     let total = s.spec.training.steps;
-    let shards = spec.ps.len();
-    let mut pull_sent = monotonic_ns();
-    for sh in 0..shards {
-        send(&outs, sh, Kind::Pull, 0, start, Vec::new())?;
+    // When each shard was asked for the current step's values.
+    let mut requested = vec![monotonic_ns(); shards];
+    let mut step_start = requested[0];
+    // The last part (in push order) of each shard: the request for the next step follows it.
+    let mut last_push: Vec<Option<usize>> = vec![None; shards];
+    for &p in parts_of_layer.iter().flatten() {
+        last_push[plan.placement.parts[p].shard as usize].get_or_insert(p);
     }
-    let mut step_start = pull_sent;
+
     let wall = Instant::now();
     // Steps done so far, for the launcher's progress bar (a few bytes rewritten per step).
     let progress = spec.job.out.join("trace").join(format!("worker-{index}.progress"));
@@ -160,11 +177,20 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         let mut received = 0u64;
         let mut sent_bytes = 0u64;
         let mut loss = 0.0f32;
+        if synchronous || step == start {
+            // Released into this step (or the first): fetch every shard's values. Async
+            // workers asked when their last step ended.
+            let kind = if synchronous { Kind::Fetch } else { Kind::Pull };
+            for (sh, at) in requested.iter_mut().enumerate() {
+                *at = monotonic_ns();
+                send(&outs, sh, kind, 0, step, Vec::new())?;
+            }
+        }
         // Forward, each layer as soon as its variables are here.
         for l in 0..layers {
             while !parts_of_layer[l].iter().all(|&p| values.contains_key(&(step, p))) {
                 let (f, at) = recv(&mut inbox)?;
-                handle(f, at, &mut values, &mut ready_at, &mut acks)?;
+                handle(f, at, &mut values, &mut release, &mut released_at, &mut acks)?;
             }
             for &p in &parts_of_layer[l] {
                 let (v, bytes, at) = values.remove(&(step, p)).expect("checked above");
@@ -177,7 +203,7 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
                     op: "pull",
                     index: p as u64,
                     bytes,
-                    start_ns: pull_sent - epoch,
+                    start_ns: requested[plan.placement.parts[p].shard as usize] - epoch,
                     end_ns: at - epoch,
                 });
             }
@@ -222,6 +248,16 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
                 sent_bytes += payload.len() as u64;
                 send(&outs, part.shard as usize, Kind::Push, p as u32, step, payload)?;
                 pushes += 1;
+                if synchronous && last_push[part.shard as usize] == Some(p) {
+                    // The request for the next step follows the shard's last push.
+                    send(&outs, part.shard as usize, Kind::Pull, BARRIER_ONLY, step + 1, Vec::new())?;
+                }
+            }
+        }
+        if synchronous {
+            // Shards that hold none of the parts: asked when backward ends.
+            for sh in (0..shards).filter(|&sh| last_push[sh].is_none()) {
+                send(&outs, sh, Kind::Pull, BARRIER_ONLY, step + 1, Vec::new())?;
             }
         }
         losses.push((step, loss));
@@ -246,24 +282,23 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         if !synchronous {
             while acks.get(&step).copied().unwrap_or(0) < pushes {
                 let (f, at) = recv(&mut inbox)?;
-                handle(f, at, &mut values, &mut ready_at, &mut acks)?;
+                handle(f, at, &mut values, &mut release, &mut released_at, &mut acks)?;
             }
         }
         let own_done = monotonic_ns();
         let next = step + 1;
-        pull_sent = monotonic_ns();
-        let barrier_only = next >= total;
-        if !barrier_only || synchronous {
-            for sh in 0..shards {
-                send(&outs, sh, Kind::Pull, if barrier_only { BARRIER_ONLY } else { 0 }, next, Vec::new())?;
+        if !synchronous && next < total {
+            for (sh, at) in requested.iter_mut().enumerate() {
+                *at = monotonic_ns();
+                send(&outs, sh, Kind::Pull, 0, next, Vec::new())?;
             }
         }
         let end = if synchronous {
-            while !ready_at.contains_key(&next) {
+            while release.step() <= next {
                 let (f, at) = recv(&mut inbox)?;
-                handle(f, at, &mut values, &mut ready_at, &mut acks)?;
+                handle(f, at, &mut values, &mut release, &mut released_at, &mut acks)?;
             }
-            ready_at[&next]
+            released_at[&next]
         } else {
             own_done
         };

@@ -136,6 +136,11 @@ pub struct SimOp {
     pub index: u64,
     /// Payload bytes (pull, push).
     pub bytes: u64,
+    /// Simulated start and end, ns: a transfer from when it was queued to its arrival, a
+    /// layer's compute within its chain.
+    pub start_ns: u64,
+    /// End, ns.
+    pub end_ns: u64,
 }
 
 /// Simulator-specific figures that go with a summary.

@@ -22,12 +22,16 @@ use std::collections::BTreeMap;
 use topolab_core::plan::{Host, Op, Plan};
 use topolab_core::records::{StepRecord, VERSION};
 use topolab_core::scenario::{Mode, Noise, PsHosts, Scenario, SwitchKind};
+use topolab_core::step::{Aggregation, Pushed, Release, ShardProgress};
 use topolab_core::units::Time;
 
 use crate::engine::EventQueue;
 use crate::maxmin::Use;
 use crate::network::{Message, Network, Timer};
 use crate::{SimError, SimOptions};
+
+/// Bytes of a request or a Ready: a frame header, so latency and message overhead dominate.
+const REQUEST_BYTES: f64 = 16.0;
 
 /// Share of a network flow against compute on shared cores: the kernel moves packets before
 /// user processes compute, so flows take their CPU first (any large factor does).
@@ -36,12 +40,16 @@ const NETWORK_PRIORITY: f64 = 1e4;
 /// What a message carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Tag {
-    /// Variable part `part` to class `class`.
-    Pull { class: usize, part: usize },
+    /// Variable part `part` of step `step` to class `class`.
+    Pull { class: usize, part: usize, step: u64 },
     /// Gradient of `part` from class `class` for `step`.
     Push { class: usize, part: usize, step: u64 },
-    /// Barrier token (sync, backup): shard 0 tells the class that step `step` is applied.
-    Token { class: usize, step: u64 },
+    /// Sync, backup: class `class` asks shard `shard` for step `step` (after its last push to it).
+    Request { class: usize, shard: usize, step: u64 },
+    /// Sync, backup: shard `shard` has applied step `step - 1` and answers the class's request.
+    Ready { class: usize, shard: usize, step: u64 },
+    /// Sync, backup: class `class`, released into `step`, asks shard `shard` for its values.
+    Fetch { class: usize, shard: usize, step: u64 },
     /// Compute of class `class` on shared cores (bytes are core-nanoseconds).
     Compute { class: usize },
 }
@@ -51,7 +59,7 @@ enum Ev {
     Net(Timer),
     Deliver(Tag),
     ComputeDone { class: usize },
-    BusDone { class: usize, part: usize, broadcast: bool },
+    BusDone { class: usize, part: usize, broadcast: bool, step: u64 },
     ApplyDone { shard: usize, part: usize, step: u64, class: usize },
     StartStep { class: usize },
 }
@@ -68,7 +76,6 @@ pub(crate) struct Class {
     /// `None` when the shard is on this class's host (no NIC).
     pull_flow: Vec<Option<usize>>,
     push_flow: Vec<Option<usize>>,
-    token_flow: Option<usize>,
     /// With shared cores: the class's compute, a flow over its own core and the machine's.
     compute_flow: Option<usize>,
 }
@@ -97,6 +104,9 @@ struct ClassState {
     finished: bool,
     /// Version of each part as pulled this step (async staleness).
     pulled_version: Vec<u64>,
+    /// Sync, backup: the release into the next step (core's rule: every shard's Ready).
+    release: Option<Release>,
+
     /// Started steps count toward `steps`.
     blocked_ssp: bool,
 }
@@ -167,9 +177,13 @@ pub enum ResourceOwner {
 
 struct Shard {
     apply_free: Time,
-    /// Step whose gradients each part is aggregating.
-    agg_step: Vec<u64>,
-    agg_count: Vec<u32>,
+    /// Sync, backup: each part's aggregation (indexed by global part), the shard's progress,
+    /// and the requests it has not answered yet (class, step).
+    aggregation: Vec<Aggregation>,
+    progress: ShardProgress,
+    waiting: Vec<(usize, u64)>,
+    /// Sync, backup: the class's last part on this shard, in push order (its request follows).
+    last_push: Option<usize>,
     /// Async: updates applied to each part so far.
     version: Vec<u64>,
 }
@@ -199,10 +213,6 @@ pub(crate) struct Sim<'a> {
     copy_factor: f64,
     copies: u32,
     local_agg: bool,
-    /// Sync: applied parts of the current global step, and barriers released.
-    applied: u64,
-    barrier_step: u64,
-    barriers_released: u64,
     records: Vec<StepRecord>,
     gpu_busy_ns: u128,
     staleness: BTreeMap<u64, u64>,
@@ -216,6 +226,8 @@ pub(crate) struct Sim<'a> {
     /// stepping while slow ones are busy, so each worker does the steps it really has time for.
     started_worker_steps: u64,
     ops: Vec<crate::SimOp>,
+    /// With `op_log`: when each transfer in flight started, by (class, op, part, step).
+    op_started: std::collections::HashMap<(usize, &'static str, usize, u64), Time>,
 }
 
 /// Each layer's forward and backward compute time on one GPU for the scenario's batch, ns:
@@ -453,7 +465,6 @@ impl<'a> Sim<'a> {
                 ingress: i,
                 pull_flow: vec![],
                 push_flow: vec![],
-                token_flow: None,
                 compute_flow: None,
             });
         }
@@ -503,7 +514,7 @@ impl<'a> Sim<'a> {
         for (ci, class) in classes.iter_mut().enumerate() {
             let k = class.workers.len() as f64;
             let rack = rack_of_host(class.workers[0]);
-            for (sh, &(se, si, srack, host_class)) in shard_nic.iter().enumerate() {
+            for &(se, si, srack, host_class) in &shard_nic {
                 if host_class == Some(ci) {
                     class.pull_flow.push(None);
                     class.push_flow.push(None);
@@ -534,10 +545,6 @@ impl<'a> Sim<'a> {
                 }
                 class.pull_flow.push(Some(pf));
                 class.push_flow.push(Some(uf));
-                if sh == 0 {
-                    // Barrier tokens come from shard 0 on the pull direction's path.
-                    class.token_flow = class.pull_flow[0];
-                }
             }
         }
 
@@ -572,17 +579,25 @@ impl<'a> Sim<'a> {
             .iter()
             .map(|_| ClassState {
                 pulled_version: vec![0; plan.placement.parts.len()],
+                release: synchronous(t.mode).then(|| Release::new(t.ps, 1)),
                 jitter_factor: 1.0,
                 ..ClassState::default()
             })
             .collect();
         let parts = plan.placement.parts.len();
+        let inputs = t.workers - if t.mode == Mode::Backup { t.backup_workers } else { 0 };
         let shards = (0..t.ps)
-            .map(|_| Shard {
-                apply_free: Time::ZERO,
-                agg_step: vec![0; parts],
-                agg_count: vec![0; parts],
-                version: vec![0; parts],
+            .map(|sh| {
+                let mine: Vec<usize> = (0..parts).filter(|&p| plan.placement.parts[p].shard == sh).collect();
+                // Pushes go in reverse part order: the shard's lowest part is its last.
+                Shard {
+                    apply_free: Time::ZERO,
+                    aggregation: vec![Aggregation::new(inputs, 0); parts],
+                    progress: ShardProgress::new(mine.len(), 0),
+                    waiting: Vec::new(),
+                    last_push: mine.first().copied(),
+                    version: vec![0; parts],
+                }
             })
             .collect();
         let bus = s.host_bus.bandwidth.bytes_per_sec() / 1e9;
@@ -605,9 +620,6 @@ impl<'a> Sim<'a> {
             copy_factor,
             copies,
             local_agg,
-            applied: 0,
-            barrier_step: 0,
-            barriers_released: 0,
             records: Vec::new(),
             gpu_busy_ns: 0,
             staleness: BTreeMap::new(),
@@ -619,6 +631,7 @@ impl<'a> Sim<'a> {
             total_steps: spec.training.steps,
             started_worker_steps: 0,
             ops: Vec::new(),
+            op_started: std::collections::HashMap::new(),
         })
     }
 
@@ -642,14 +655,40 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Records `op` for every worker of `class` (with `op_log`).
-    fn log(&mut self, class: usize, op: &'static str, index: usize, bytes: u64) {
+    /// Records `op` of `step`, from `start` to `end`, for every worker of `class` (with
+    /// `op_log`).
+    #[allow(clippy::too_many_arguments)]
+    fn log(&mut self, class: usize, step: u64, op: &'static str, index: usize, bytes: u64, start: Time, end: Time) {
         if !self.opts.op_log {
             return;
         }
-        let step = self.state[class].step;
         for &w in &self.classes[class].workers {
-            self.ops.push(crate::SimOp { worker: w, step, op, index: index as u64, bytes });
+            self.ops.push(crate::SimOp {
+                worker: w,
+                step,
+                op,
+                index: index as u64,
+                bytes,
+                start_ns: start.0,
+                end_ns: end.0,
+            });
+        }
+    }
+
+    /// With `op_log`: a transfer of `class` started now (its end is logged on arrival).
+    fn transfer_started(&mut self, class: usize, op: &'static str, part: usize, step: u64) {
+        if self.opts.op_log {
+            let now = self.q.now();
+            self.op_started.insert((class, op, part, step), now);
+        }
+    }
+
+    /// With `op_log`: the transfer of `class` ended now.
+    fn transfer_done(&mut self, class: usize, op: &'static str, part: usize, step: u64, bytes: u64) {
+        if self.opts.op_log {
+            let now = self.q.now();
+            let start = self.op_started.remove(&(class, op, part, step)).expect("a transfer is logged when it starts");
+            self.log(class, step, op, part, bytes, start, now);
         }
     }
 
@@ -683,12 +722,11 @@ impl<'a> Sim<'a> {
                 }
                 Ev::Deliver(tag) => self.deliver(tag),
                 Ev::ComputeDone { class } => self.compute_done(class),
-                Ev::BusDone { class, part, broadcast } => {
+                Ev::BusDone { class, part, broadcast, step } => {
                     if broadcast {
-                        self.part_arrived(class, part);
+                        self.part_arrived(class, part, step);
                     } else {
-                        let st = self.state[class].step;
-                        self.push_part(class, part, st);
+                        self.push_part(class, part, step);
                     }
                 }
                 Ev::ApplyDone { shard, part, step, class } => self.apply_done(shard, part, step, class),
@@ -787,54 +825,108 @@ impl<'a> Sim<'a> {
             st.applies_in_flight = 0;
             st.jitter_factor = factor;
         }
-        // Pull every part in creation order.
+        if synchronous(self.s.spec.topology.mode) {
+            // Released into this step (or the first): fetch every shard's values.
+            let step = self.state[class].step;
+            for shard in 0..self.shards.len() {
+                let flow = self.classes[class].push_flow[shard];
+                self.send(flow, REQUEST_BYTES, Tag::Fetch { class, shard, step });
+            }
+            return;
+        }
+        // Async: pull every part in creation order.
         for (i, p) in self.plan.placement.parts.iter().enumerate() {
             let flow = self.classes[class].pull_flow[p.shard as usize];
             let bytes = p.bytes.0 as f64 * f64::from(self.copies);
             if self.s.spec.topology.mode == Mode::Async || self.s.spec.topology.mode == Mode::StaleSynchronous {
                 self.state[class].pulled_version[i] = self.shards[p.shard as usize].version[i];
             }
-            self.send(flow, bytes, Tag::Pull { class, part: i });
+            let step = self.state[class].step;
+            self.transfer_started(class, "pull", i, step);
+            self.send(flow, bytes, Tag::Pull { class, part: i, step });
         }
         self.try_forward(class);
     }
 
+    /// Sends class `class`'s request for step `step` to shard `shard` (on its push connection,
+    /// after its pushes).
+    fn request(&mut self, class: usize, shard: usize, step: u64) {
+        let flow = self.classes[class].push_flow[shard];
+        self.send(flow, REQUEST_BYTES, Tag::Request { class, shard, step });
+    }
+
+    /// Shard `shard` answers class `class`'s request for step `step` with its Ready.
+    fn answer(&mut self, class: usize, shard: usize, step: u64) {
+        let flow = self.classes[class].pull_flow[shard];
+        self.send(flow, REQUEST_BYTES, Tag::Ready { class, shard, step });
+    }
+
+    /// Shard `shard` sends class `class` the values of its parts for `step`, in part order.
+    fn fetched(&mut self, class: usize, shard: usize, step: u64) {
+        let flow = self.classes[class].pull_flow[shard];
+        for i in 0..self.plan.placement.parts.len() {
+            let p = self.plan.placement.parts[i];
+            if p.shard as usize == shard {
+                let bytes = p.bytes.0 as f64 * f64::from(self.copies);
+                self.transfer_started(class, "pull", i, step);
+                self.send(flow, bytes, Tag::Pull { class, part: i, step });
+            }
+        }
+    }
+
     fn deliver(&mut self, tag: Tag) {
         match tag {
-            Tag::Pull { class, part } => {
+            Tag::Pull { class, part, step } => {
                 let bytes = self.plan.placement.parts[part].bytes.0 * u64::from(self.copies);
-                self.log(class, "pull", part, bytes);
+                self.transfer_done(class, "pull", part, step, bytes);
                 if self.local_agg {
                     let bytes = self.plan.placement.parts[part].bytes.0 as f64;
                     let g = f64::from(self.plan.gpus_per_host - 1);
-                    self.bus_op(class, part, bytes * g, true);
+                    self.bus_op(class, part, bytes * g, true, step);
                 } else {
-                    self.part_arrived(class, part);
+                    self.part_arrived(class, part, step);
                 }
             }
             Tag::Push { class, part, step } => self.push_arrived(class, part, step),
             Tag::Compute { class } => self.compute_done(class),
-            Tag::Token { class, step } => {
-                let st = &self.state[class];
-                if !st.finished && st.step == step && st.own_done_at.is_some() {
+            Tag::Request { class, shard, step } => {
+                if self.shards[shard].progress.answers(step) {
+                    self.answer(class, shard, step);
+                } else {
+                    self.shards[shard].waiting.push((class, step));
+                }
+            }
+            Tag::Fetch { class, shard, step } => {
+                debug_assert!(self.shards[shard].progress.answers(step), "a released worker's shards are ready");
+                self.fetched(class, shard, step);
+            }
+            Tag::Ready { class, step, .. } => {
+                let st = &mut self.state[class];
+                if st.finished {
+                    return;
+                }
+                let release = st.release.as_mut().expect("only synchronous modes exchange Readys");
+                if release.ready(step) {
                     self.end_step(class);
                 }
             }
         }
     }
 
-    fn bus_op(&mut self, class: usize, part: usize, bytes: f64, broadcast: bool) {
+    fn bus_op(&mut self, class: usize, part: usize, bytes: f64, broadcast: bool, step: u64) {
         let now = self.q.now();
         let dur = Time((bytes / self.bus_bytes_per_ns).ceil() as u64);
         let st = &mut self.state[class];
         let start = st.bus_free.max(now);
         st.bus_free = start + dur;
-        self.q.schedule(start + dur, Ev::BusDone { class, part, broadcast });
+        self.q.schedule(start + dur, Ev::BusDone { class, part, broadcast, step });
     }
 
-    fn part_arrived(&mut self, class: usize, part: usize) {
+    fn part_arrived(&mut self, class: usize, part: usize, step: u64) {
         let layer = self.plan.placement.parts[part].layer;
-        self.state[class].missing[layer] -= 1;
+        let st = &mut self.state[class];
+        debug_assert_eq!(step, st.step, "values arrive in the step that fetched them");
+        st.missing[layer] -= 1;
         self.try_forward(class);
     }
 
@@ -858,16 +950,25 @@ impl<'a> Sim<'a> {
 
     fn run_compute(&mut self, class: usize, ns: u64, from: usize, to: usize, pass: &str) {
         let now = self.q.now();
-        if pass == "forward" {
-            for l in from..to {
-                self.log(class, "compute-forward", l, 0);
-            }
-        } else {
-            for l in (to..from).rev() {
-                self.log(class, "compute-backward", l, 0);
+        let factor = self.state[class].jitter_factor;
+        if self.opts.op_log {
+            // Each layer of the chain in turn, at the chain's pace.
+            let step = self.state[class].step;
+            let (layers, times, op): (Vec<usize>, &[u64], _) = if pass == "forward" {
+                ((from..to).collect(), &self.fwd_ns, "compute-forward")
+            } else {
+                ((to..from).rev().collect(), &self.bwd_ns, "compute-backward")
+            };
+            let times = times.to_vec();
+            let mut done = 0u64;
+            for l in layers {
+                let start = now + Time((done as f64 * factor).round() as u64);
+                done += times[l];
+                let end = now + Time((done as f64 * factor).round() as u64);
+                self.log(class, step, op, l, 0, start, end);
             }
         }
-        let ns = (ns as f64 * self.state[class].jitter_factor).round() as u64;
+        let ns = (ns as f64 * factor).round() as u64;
         let st = &mut self.state[class];
         st.computing = true;
         st.compute_started = now;
@@ -934,7 +1035,7 @@ impl<'a> Sim<'a> {
                 if self.local_agg {
                     let bytes = self.plan.placement.parts[part].bytes.0 as f64;
                     let g = f64::from(self.plan.gpus_per_host - 1);
-                    self.bus_op(class, part, bytes * g, false);
+                    self.bus_op(class, part, bytes * g, false, step);
                 } else {
                     self.push_part(class, part, step);
                 }
@@ -943,6 +1044,14 @@ impl<'a> Sim<'a> {
         if nb == 0 || !overlap {
             self.state[class].backward_done = true;
             self.state[class].next_backward = 0;
+            if synchronous(self.s.spec.topology.mode) {
+                // Shards that hold no part: asked when backward ends.
+                for shard in 0..self.shards.len() {
+                    if self.shards[shard].last_push.is_none() {
+                        self.request(class, shard, step + 1);
+                    }
+                }
+            }
             self.maybe_own_done(class);
         } else {
             self.next_backward_chain(class);
@@ -969,15 +1078,22 @@ impl<'a> Sim<'a> {
 
     fn push_part(&mut self, class: usize, part: usize, step: u64) {
         let p = self.plan.placement.parts[part];
-        self.log(class, "push", part, p.bytes.0 * u64::from(self.copies));
+        self.transfer_started(class, "push", part, step);
         let flow = self.classes[class].push_flow[p.shard as usize];
         let bytes = p.bytes.0 as f64 * f64::from(self.copies);
         self.send(flow, bytes, Tag::Push { class, part, step });
+        let shard = p.shard as usize;
+        if synchronous(self.s.spec.topology.mode) && self.shards[shard].last_push == Some(part) {
+            // The request for the next step follows the shard's last push.
+            self.request(class, shard, step + 1);
+        }
     }
 
     fn push_arrived(&mut self, class: usize, part: usize, step: u64) {
         let shard = self.plan.placement.parts[part].shard as usize;
         let mode = self.s.spec.topology.mode;
+        let bytes = self.plan.placement.parts[part].bytes.0 * u64::from(self.copies);
+        self.transfer_done(class, "push", part, step, bytes);
         {
             let st = &mut self.state[class];
             if st.step == step {
@@ -986,16 +1102,8 @@ impl<'a> Sim<'a> {
         }
         if synchronous(mode) {
             let k = self.classes[class].workers.len() as u32;
-            let inputs = self.plan.workers - if mode == Mode::Backup { self.s.spec.topology.backup_workers } else { 0 };
-            let sh = &mut self.shards[shard];
-            if sh.agg_step[part] == step {
-                sh.agg_count[part] += k;
-                if sh.agg_count[part] >= inputs {
-                    // Aggregated: later pushes of this step are dropped.
-                    sh.agg_step[part] += 1;
-                    sh.agg_count[part] = 0;
-                    self.enqueue_apply(shard, part, step, usize::MAX);
-                }
+            if self.shards[shard].aggregation[part].push(step, k) == Pushed::Complete {
+                self.enqueue_apply(shard, part, step, usize::MAX);
             }
             self.maybe_own_done(class);
         } else {
@@ -1026,12 +1134,16 @@ impl<'a> Sim<'a> {
         self.q.schedule(start + dur, Ev::ApplyDone { shard, part, step, class });
     }
 
-    fn apply_done(&mut self, _shard: usize, _part: usize, step: u64, class: usize) {
+    fn apply_done(&mut self, shard: usize, _part: usize, _step: u64, class: usize) {
         if synchronous(self.s.spec.topology.mode) {
-            self.applied += 1;
-            if self.applied == self.plan.placement.parts.len() as u64 {
-                self.applied = 0;
-                self.release_barrier(step);
+            if let Some(ready) = self.shards[shard].progress.applied() {
+                // Ready for the next step: answer the requests that wait for it.
+                let waiting = std::mem::take(&mut self.shards[shard].waiting);
+                let (now, later): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|&(_, st)| st <= ready);
+                self.shards[shard].waiting = later;
+                for (c, st) in now {
+                    self.answer(c, shard, st);
+                }
             }
         } else {
             let st = &mut self.state[class];
@@ -1040,15 +1152,10 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// All parts of `step` are applied: send every class its token.
-    fn release_barrier(&mut self, step: u64) {
-        self.barrier_step = step + 1;
-        self.barriers_released += 1;
-        for c in 0..self.classes.len() {
-            let flow = self.classes[c].token_flow;
-            // A token is a few bytes: latency and message overhead dominate.
-            self.send(flow, 16.0, Tag::Token { class: c, step });
-        }
+    /// Sync, backup: the step every shard is ready for (training ends when it reaches the
+    /// step count).
+    fn global_step(&self) -> u64 {
+        self.shards.iter().map(|sh| sh.progress.ready_for()).min().unwrap_or(u64::MAX)
     }
 
     /// The class has done its own part of the step (backward done, pushes delivered, and in
@@ -1060,9 +1167,8 @@ impl<'a> Sim<'a> {
             return;
         }
         st.own_done_at = Some(now);
-        if !synchronous(self.s.spec.topology.mode) || self.barrier_step > st.step {
-            // Async, or the barrier of this step already passed (backup workers: a slow worker
-            // whose gradients were dropped).
+        if !synchronous(self.s.spec.topology.mode) {
+            // Sync steps end at the release (every shard's Ready).
             self.end_step(class);
         }
     }
@@ -1095,9 +1201,9 @@ impl<'a> Sim<'a> {
             });
         }
         let mode = self.s.spec.topology.mode;
+        let global_done = synchronous(mode) && self.global_step() >= self.total_steps;
         let st = &mut self.state[class];
         st.step += 1;
-        let global_done = synchronous(mode) && self.barriers_released >= self.total_steps;
         // Async: the run is `steps` updates per worker on average, shared out by speed; every
         // other mode runs `steps` steps per worker.
         let budget = self.total_steps * u64::from(self.s.spec.topology.workers);
@@ -1151,17 +1257,17 @@ impl<'a> Sim<'a> {
 
     fn trace_message(&self, tag: &Tag) -> bool {
         match *tag {
-            Tag::Pull { class, .. } | Tag::Token { class, .. } | Tag::Compute { class } => {
-                self.tracing(self.state[class].step)
-            }
-            Tag::Push { step, .. } => self.tracing(step),
+            Tag::Pull { step, .. } | Tag::Push { step, .. } => self.tracing(step),
+            Tag::Ready { step, .. } => self.tracing(step.saturating_sub(1)),
+            Tag::Compute { class } => self.tracing(self.state[class].step),
+            Tag::Request { .. } | Tag::Fetch { .. } => false,
         }
     }
 
     fn trace_transfer(&mut self, flow: usize, tag: &Tag, now: Time) {
         let start = self.net.head_started(flow);
         let (pid, tid, name) = match *tag {
-            Tag::Pull { class, part } => {
+            Tag::Pull { class, part, .. } => {
                 (format!("worker{}", self.classes[class].workers[0]), "nic-in", format!("pull {}", self.var_name(part)))
             }
             Tag::Push { class, part, .. } => (
@@ -1169,9 +1275,16 @@ impl<'a> Sim<'a> {
                 "nic-out",
                 format!("push {}", self.var_name(part)),
             ),
-            Tag::Token { class, step } => {
-                (format!("worker{}", self.classes[class].workers[0]), "nic-in", format!("token step {step}"))
-            }
+            Tag::Ready { class, shard, step } => (
+                format!("worker{}", self.classes[class].workers[0]),
+                "nic-in",
+                format!("ps{shard} ready for step {step}"),
+            ),
+            Tag::Request { class, shard, step } | Tag::Fetch { class, shard, step } => (
+                format!("worker{}", self.classes[class].workers[0]),
+                "nic-out",
+                format!("request step {step} from ps{shard}"),
+            ),
             Tag::Compute { class } => (
                 format!("worker{}", self.classes[class].workers[0]),
                 "gpu",

@@ -1,6 +1,7 @@
-//! Sim and real share one Plan: the same ops and bytes per worker and step; only times differ.
-//! One test body, two arms: the simulator's op log and the runtime's ops.csv, both checked
-//! against the ops the Plan prescribes.
+//! Sim and real share one Plan and one set of step rules (core's `plan` and `step`): the same
+//! ops and bytes per worker and step, in the same order, each after what it depends on; only
+//! times differ. One test body, two arms: the simulator's op log and the runtime's ops.csv,
+//! both checked against the Plan's ops, its dependencies and the global barrier.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,127 @@ use super::*;
 
 /// (worker, step) -> sorted (op, index, bytes).
 type Ops = BTreeMap<(u32, u64), Vec<(String, u64, u64)>>;
+
+/// One op as an engine recorded it, with its times (ns).
+#[derive(Debug, Clone)]
+struct Timed {
+    worker: u32,
+    step: u64,
+    op: String,
+    index: u64,
+    bytes: u64,
+    start: u64,
+    end: u64,
+}
+
+fn untimed(ops: &[Timed]) -> Ops {
+    let mut m = Ops::new();
+    for o in ops {
+        m.entry((o.worker, o.step)).or_default().push((o.op.clone(), o.index, o.bytes));
+    }
+    m.values_mut().for_each(|v| v.sort());
+    m
+}
+
+/// The name an engine logs a Plan op under, and its index; None for ops no worker logs.
+fn logged(op: &Op) -> Option<(&'static str, u64)> {
+    match *op {
+        Op::Pull { part, .. } => Some(("pull", part as u64)),
+        Op::Push { part, .. } => Some(("push", part as u64)),
+        Op::Compute { layer, pass: Pass::Forward, .. } => Some(("compute-forward", layer as u64)),
+        Op::Compute { layer, pass: Pass::Backward, .. } => Some(("compute-backward", layer as u64)),
+        _ => None,
+    }
+}
+
+/// Checks order and dependencies of `ops` (one engine's log) against the Plan and core's step
+/// rules; returns what is wrong.
+fn order_and_dependencies(plan: &Plan, steps: u64, ops: &[Timed]) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let find = |w: u32, k: u64, name: &str, index: u64| {
+        ops.iter().find(|o| o.worker == w && o.step == k && o.op == name && o.index == index)
+    };
+    for w in 0..plan.workers {
+        for k in 0..steps {
+            // Every Plan dependency: an op starts after each op it depends on has ended.
+            for po in &plan.worker {
+                let Some((name, index)) = logged(&po.op) else { continue };
+                let me = find(w, k, name, index).expect("the op sets are compared first");
+                for &d in &po.deps {
+                    if let Some((dn, di)) = logged(&plan.worker[d].op) {
+                        let dep = find(w, k, dn, di).expect("the op sets are compared first");
+                        if me.start < dep.end {
+                            wrong.push(format!(
+                                "worker {w} step {k}: {name} {index} starts at {} before {dn} {di} ends at {}",
+                                me.start, dep.end
+                            ));
+                        }
+                    }
+                }
+            }
+            // Order: compute in the Plan's order; per shard, pushes in the Plan's push order
+            // and pulls in part order (one connection each, first in, first out).
+            let mine = |name: &str| {
+                let mut v: Vec<&Timed> =
+                    ops.iter().filter(|o| o.worker == w && o.step == k && o.op.starts_with(name)).collect();
+                v.sort_by_key(|o| (o.start, o.end));
+                v
+            };
+            let compute: Vec<(String, u64)> = mine("compute").iter().map(|o| (o.op.clone(), o.index)).collect();
+            let planned: Vec<(String, u64)> = plan
+                .worker
+                .iter()
+                .filter_map(|po| logged(&po.op).filter(|(n, _)| n.starts_with("compute")))
+                .map(|(n, i)| (n.to_string(), i))
+                .collect();
+            if compute != planned {
+                wrong.push(format!("worker {w} step {k}: compute order {compute:?}, the Plan's {planned:?}"));
+            }
+            for shard in 0..plan.ps {
+                let on = |o: &&Timed| plan.placement.parts[o.index as usize].shard == shard;
+                let pushes: Vec<u64> = mine("push").into_iter().filter(on).map(|o| o.index).collect();
+                let planned: Vec<u64> = plan
+                    .worker
+                    .iter()
+                    .filter_map(|po| match po.op {
+                        Op::Push { part, .. } if plan.placement.parts[part].shard == shard => Some(part as u64),
+                        _ => None,
+                    })
+                    .collect();
+                if pushes != planned {
+                    wrong.push(format!("worker {w} step {k} shard {shard}: pushes {pushes:?}, the Plan's {planned:?}"));
+                }
+                let mut pulls: Vec<&Timed> = mine("pull").into_iter().filter(on).collect();
+                pulls.sort_by_key(|o| (o.end, o.index));
+                let pulls: Vec<u64> = pulls.iter().map(|o| o.index).collect();
+                let mut sorted = pulls.clone();
+                sorted.sort();
+                if pulls != sorted {
+                    wrong.push(format!(
+                        "worker {w} step {k} shard {shard}: pulls arrive as {pulls:?}, not in part order"
+                    ));
+                }
+            }
+        }
+    }
+    // The global barrier: no worker fetches step k + 1 before every worker's pushes of step k
+    // have ended (every shard must have applied step k).
+    for k in 1..steps {
+        let last_push = ops.iter().filter(|o| o.step == k - 1 && o.op == "push").map(|o| o.end).max().unwrap_or(0);
+        for o in ops.iter().filter(|o| o.step == k && o.op == "pull") {
+            if o.start < last_push {
+                wrong.push(format!(
+                    "worker {} pulls part {} of step {k} at {}, before the last push of step {} ends at {last_push}",
+                    o.worker,
+                    o.index,
+                    o.start,
+                    k - 1
+                ));
+            }
+        }
+    }
+    wrong
+}
 
 fn from_plan(s: &Scenario) -> Ops {
     let plan = Plan::new(s).unwrap();
@@ -37,26 +159,39 @@ fn from_plan(s: &Scenario) -> Ops {
     ops
 }
 
-fn from_sim(s: &Scenario) -> Ops {
+fn from_sim(s: &Scenario) -> Vec<Timed> {
     let run = topolab_sim::simulate(s, &topolab_sim::SimOptions { op_log: true, ..Default::default() }).unwrap();
-    let mut ops = Ops::new();
-    for o in run.ops {
-        ops.entry((o.worker, o.step)).or_default().push((o.op.to_string(), o.index, o.bytes));
-    }
-    ops.values_mut().for_each(|v| v.sort());
-    ops
+    run.ops
+        .into_iter()
+        .map(|o| Timed {
+            worker: o.worker,
+            step: o.step,
+            op: o.op.to_string(),
+            index: o.index,
+            bytes: o.bytes,
+            start: o.start_ns,
+            end: o.end_ns,
+        })
+        .collect()
 }
 
-fn from_replay(dir: &std::path::Path) -> Ops {
-    let mut ops = Ops::new();
+fn from_replay(dir: &std::path::Path) -> Vec<Timed> {
     let mut r = csv::Reader::from_path(dir.join("ops.csv")).unwrap();
-    for rec in r.records() {
-        let rec = rec.unwrap();
-        let (w, step): (u32, u64) = (rec[0].parse().unwrap(), rec[1].parse().unwrap());
-        ops.entry((w, step)).or_default().push((rec[2].to_string(), rec[3].parse().unwrap(), rec[4].parse().unwrap()));
-    }
-    ops.values_mut().for_each(|v| v.sort());
-    ops
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            let n = |i: usize| rec[i].parse::<u64>().unwrap();
+            Timed {
+                worker: n(0) as u32,
+                step: n(1),
+                op: rec[2].to_string(),
+                index: n(3),
+                bytes: n(4),
+                start: n(5),
+                end: n(6),
+            }
+        })
+        .collect()
 }
 
 #[test]
@@ -83,6 +218,46 @@ fn replay_and_simulator_perform_the_plans_ops_and_bytes() {
     assert!(parts > eff.model.variable_count(), "a variable is partitioned across shards");
     let sim = from_sim(&eff);
     let real = from_replay(&out);
-    assert_eq!(sim, plan, "simulator ops differ from the Plan");
-    assert_eq!(real, plan, "runtime ops differ from the Plan");
+    assert_eq!(untimed(&sim), plan, "simulator ops differ from the Plan");
+    assert_eq!(untimed(&real), plan, "runtime ops differ from the Plan");
+    let p = Plan::new(&eff).unwrap();
+    let steps = eff.spec.training.steps;
+    let wrong = order_and_dependencies(&p, steps, &sim);
+    assert!(wrong.is_empty(), "simulator:\n{}", wrong.join("\n"));
+    let wrong = order_and_dependencies(&p, steps, &real);
+    assert!(wrong.is_empty(), "runtime:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_order_check_catches_a_step_that_starts_before_the_barrier() {
+    // The check itself can fail: shift one pull of step 1 to before the last push of step 0
+    // (a worker released by the first shard's Ready, as the runtime once was), and swap two
+    // forward layers.
+    let d = super::TempDir::new("conformance-neg");
+    std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
+    let f = d.join("conf.toml");
+    std::fs::write(
+        &f,
+        "name = \"conformance\"\nbatch = 8\n[model]\nlayers = \"tiny-mlp.csv\"\n[topology]\nworkers = 2\nps = 2\n[training]\nsteps = 2\n",
+    )
+    .unwrap();
+    let s = Scenario::load(&f).unwrap();
+    let plan = Plan::new(&s).unwrap();
+    let mut ops = from_sim(&s);
+    assert!(order_and_dependencies(&plan, 2, &ops).is_empty());
+    let last_push = ops.iter().filter(|o| o.step == 0 && o.op == "push").map(|o| o.end).max().unwrap();
+    let pull = ops.iter_mut().find(|o| o.step == 1 && o.op == "pull").unwrap();
+    pull.start = last_push - 1;
+    let wrong = order_and_dependencies(&plan, 2, &ops);
+    assert!(wrong.iter().any(|w| w.contains("before the last push of step 0")), "{wrong:?}");
+    let mut ops = from_sim(&s);
+    let (a, b) = {
+        let fwd =
+            |l: u64| ops.iter().position(|o| o.worker == 0 && o.step == 0 && o.op == "compute-forward" && o.index == l);
+        (fwd(0).unwrap(), fwd(1).unwrap())
+    };
+    let (sa, sb) = (ops[a].start, ops[b].start);
+    (ops[a].start, ops[b].start) = (sb, sa);
+    let wrong = order_and_dependencies(&plan, 2, &ops);
+    assert!(wrong.iter().any(|w| w.contains("compute order")), "{wrong:?}");
 }

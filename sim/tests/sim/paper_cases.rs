@@ -1,7 +1,10 @@
 //! Cases worked out on paper. Common setting unless a test says otherwise: a GPU of exactly
 //! 1 TFLOP/s at efficiency 1, batch 1, NICs of 1 Gbit/s = 0.125 bytes/ns with goodput 1, no
 //! latency, no per-message overhead, PS memory at 37.5 GB/s, plain SGD (an apply touches
-//! 3 x the part's bytes), and a barrier token of 16 bytes.
+//! 3 x the part's bytes), and 16-byte requests, Readys and fetches (core's step rules: a
+//! worker asks each shard for the next step after its last push to it; the shard answers with
+//! a Ready once it has applied the step; the worker, released by the last Ready, fetches every
+//! shard's values).
 
 use super::*;
 use topolab_sim::SimOptions;
@@ -31,30 +34,34 @@ fn one_var() -> String {
 #[test]
 fn one_worker_one_ps_one_variable() {
     // pull 12.5e6 B / 0.125 B/ns            = 1e8 ns
+    // fetch 16 B / 0.125 B/ns               = 128 ns
     // forward 1e11 FLOP / 1e12 FLOP/s       = 1e8 ns
     // backward 2 x forward                  = 2e8 ns
     // push                                  = 1e8 ns
-    // apply 3 x 12.5e6 B / 37.5 B/ns        = 1e6 ns
-    // token 16 B / 0.125 B/ns               = 128 ns
-    // step                                  = 501_000_128 ns
+    // apply 3 x 12.5e6 B / 37.5 B/ns        = 1e6 ns (the request, 128 ns after the push,
+    //                                         arrives while it runs)
+    // Ready 16 B / 0.125 B/ns               = 128 ns (the release)
+    // step                                  = 501_000_256 ns
     let r = run(&paper("workers = 1\nps = 1", &one_var(), ""));
-    close(r.summary.step_time_s.p50, 0.501_000_128, 1e-8);
+    close(r.summary.step_time_s.p50, 0.501_000_256, 1e-8);
     close(r.summary.breakdown_s.compute, 0.3, 1e-8);
-    close(r.summary.breakdown_s.exposed_comm, 0.2, 1e-8);
+    // Waiting runs from the push's arrival to the release: 1e6 + 128 ns; the rest is
+    // communication: the fetch, the pull and the push.
+    close(r.summary.breakdown_s.exposed_comm, 0.200_000_128, 1e-8);
     close(r.summary.breakdown_s.wait, 0.001_000_128, 1e-6);
-    // 1 sample per 0.501 s.
-    close(r.summary.throughput_samples_per_s, 1.0 / 0.501_000_128, 1e-8);
+    // 1 sample per step.
+    close(r.summary.throughput_samples_per_s, 1.0 / 0.501_000_256, 1e-8);
 }
 
 #[test]
 fn incast_of_four_workers_on_one_ps_nic() {
     // 4 workers pull 12.5 MB each through one PS egress of 0.125 B/ns: each gets 1/4,
     // 4 x 12.5e6 / 0.125 = 4e8 ns; compute 3e8; the pushes share the PS ingress: 4e8;
-    // one aggregated apply 1e6; 4 tokens share the PS egress: 4 x 16 / 0.125 = 512 ns.
-    // step = 4e8 + 3e8 + 4e8 + 1e6 + 512 = 1_101_000_512 ns.
+    // one aggregated apply 1e6; 4 Readys share the PS egress: 4 x 16 / 0.125 = 512 ns, and
+    // 4 fetches its ingress: 512 ns. step = 4e8 + 3e8 + 4e8 + 1e6 + 1024 = 1_101_001_024 ns.
     let s = paper("workers = 4\nps = 1", &one_var(), "");
     let r = run(&s);
-    close(r.summary.step_time_s.p50, 1.101_000_512, 1e-8);
+    close(r.summary.step_time_s.p50, 1.101_001_024, 1e-8);
     assert_eq!(r.detail.worker_classes, 1);
     // Simulating each worker on its own gives exactly the same times (symmetry is exact).
     let each = simulate(&s, &SimOptions { no_classes: true, ..SimOptions::default() }).unwrap();
@@ -68,8 +75,8 @@ fn round_robin_makes_one_shard_the_bottleneck_and_greedy_fixes_it() {
     // Round-robin: shard 0 holds a and c (20 MB). Its egress serves 2 workers x 20 MB at
     // 0.125 B/ns = 3.2e8 ns; pushes the same into its ingress: 3.2e8. Gradients go out in
     // reverse creation order (d, c, b, a), so c's apply (3 x 10 MB / 37.5 = 0.8e6 ns) runs
-    // while a is still on the wire and only a's apply is exposed: 0.8e6. Two 16-byte tokens
-    // share shard 0's egress: 256 ns. Step = 640_800_256 ns.
+    // while a is still on the wire and only a's apply is exposed: 0.8e6. Shard 0's two 16-byte
+    // Readys share its egress, the two fetches its ingress: 2 x 256 ns. Step = 640_800_512 ns.
     // Greedy: a on shard 0, c on shard 1: each worker receives 2 x 10 MB at 0.125 total,
     // 1.6e8; push 1.6e8; the applies run on both shards at once: 0.8e6. Step ~ 3.208e8.
     let csv = format!(
@@ -77,7 +84,7 @@ fn round_robin_makes_one_shard_the_bottleneck_and_greedy_fixes_it() {
     );
     let rr = run(&paper("workers = 2\nps = 2\nplacement = \"round-robin\"", &csv, ""));
     let greedy = run(&paper("workers = 2\nps = 2\nplacement = \"greedy\"", &csv, ""));
-    close(rr.summary.step_time_s.p50, 0.640_800_256, 1e-7);
+    close(rr.summary.step_time_s.p50, 0.640_800_512, 1e-7);
     close(greedy.summary.step_time_s.p50, 0.3208, 1e-4);
     assert!(rr.summary.bottleneck.contains("PS shard 0"), "{}", rr.summary.bottleneck);
     assert!(
@@ -92,14 +99,16 @@ fn full_duplex_directions_do_not_share_capacity() {
     // Co-located PS: shard 0 (X, 12.5 MB) on worker 0, shard 1 (Y, 12.5 MB) on worker 1.
     // Worker 0 pulls Y from worker 1 while worker 1 pulls X from worker 0: opposite
     // directions of the same link, each at the full 0.125 B/ns: 1e8 ns (2e8 if they shared).
-    // Pushes likewise 1e8; applies 1e6 on both shards at once. Worker 0's token is local,
-    // worker 1's crosses the wire: 128 ns. Steps: 201_000_000 and 201_000_128 ns.
+    // Pushes likewise 1e8; applies 1e6 on both shards at once. Each worker's own shard
+    // answers in memory; the other's Ready and the fetch from it cross the wire: 2 x 128 ns.
+    // Step = 201_000_256 ns for both workers, the first step too.
     let csv = format!("{HEADER}l,dense,0,0,4,l.x,3125000,12500000\nl,dense,0,0,4,l.y,3125000,12500000\n");
     let r = run(&paper("workers = 2\nps = 2\nps_hosts = \"colocated\"", &csv, ""));
-    let w0 = r.steps.iter().find(|s| s.worker == 0).unwrap();
-    let w1 = r.steps.iter().find(|s| s.worker == 1).unwrap();
-    assert_eq!(w0.end_ns - w0.start_ns, 201_000_000);
-    assert_eq!(w1.end_ns - w1.start_ns, 201_000_128);
+    for w in 0..2 {
+        let steps: Vec<u64> = r.steps.iter().filter(|s| s.worker == w).map(|s| s.end_ns - s.start_ns).collect();
+        assert_eq!(steps[0], 201_000_256, "worker {w}");
+        assert_eq!(steps[1], 201_000_256, "worker {w}");
+    }
 }
 
 #[test]
@@ -107,16 +116,18 @@ fn an_oversubscribed_uplink_slows_cross_rack_traffic() {
     // Racks of 2 hosts: workers 0-1 in rack 0, dedicated PS hosts in rack 1. One 12.5 MB
     // variable per shard. Uplinks carry 2 x 0.125 / oversubscription B/ns.
     // 4:1 -> 0.0625 B/ns shared by 4 connections (2 shards x 2 workers): 0.015625 each;
-    //   pull 12.5e6 / 0.015625 = 8e8 ns, push 8e8, applies 1e6 in parallel, and 2 tokens
-    //   across the uplink at 0.03125 each: 512 ns. Step = 1_601_000_512 ns.
+    //   pull 12.5e6 / 0.015625 = 8e8 ns, push 8e8, applies 1e6 in parallel, and 4 Readys
+    //   (2 shards x 2 workers) down the uplink at 0.015625 each, 4 fetches up it: 2 x 1024 ns.
+    //   Step = 1_601_002_048 ns.
     // 1:1 -> 0.25 B/ns: 0.0625 each, bound equally by the worker NIC (2 x 0.0625 = 0.125);
-    //   pull 2e8, push 2e8, apply 1e6, tokens 2 x 16 / 0.125 = 256 ns: 401_000_256 ns.
+    //   pull 2e8, push 2e8, apply 1e6, Readys and fetches 2 x 16 / 0.0625 = 512 ns:
+    //   401_000_512 ns.
     let csv = format!("{HEADER}l,dense,0,0,4,l.x,3125000,12500000\nl,dense,0,0,4,l.y,3125000,12500000\n");
     let net = |o: &str| format!("switch = \"two-tier\"\nhosts_per_rack = 2\noversubscription = {o}");
     let over = run(&paper("workers = 2\nps = 2", &csv, &net("4.0")));
     let flat = run(&paper("workers = 2\nps = 2", &csv, &net("1.0")));
-    close(over.summary.step_time_s.p50, 1.601_000_512, 1e-8);
-    close(flat.summary.step_time_s.p50, 0.401_000_256, 1e-8);
+    close(over.summary.step_time_s.p50, 1.601_002_048, 1e-8);
+    close(flat.summary.step_time_s.p50, 0.401_000_512, 1e-8);
     // Both rack links are busy half the time (pulls down, pushes up): either is named.
     let b = &over.summary.bottleneck;
     assert!(b.starts_with("rack ") && b.contains("busy 50%") && b.contains("4:1 oversubscription"), "{b}");
