@@ -213,7 +213,7 @@ impl Plan {
         let t = &s.spec.topology;
         if t.kind == TopologyKind::AllReduce {
             return Err(PlanError::Unsupported(
-                "replays of an all-reduce are not built yet (the runtime runs parameter servers); `topolab run` simulates it"
+                "an all-reduce has no parameter-server plan (no shards, no pulls or pushes): its exchange is core::collective's schedule"
                     .into(),
             ));
         }

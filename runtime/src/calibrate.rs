@@ -452,19 +452,7 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
     m("layer element-wise cost", per_value, "ns/value");
     m("layer call overhead", per_call, "ns");
     // PS apply: w -= lr * g over 16 M floats touches 3 x 64 MB.
-    let n = 16 << 20;
-    let mut w = vec![1.0f32; n];
-    let g = vec![0.5f32; n];
-    let start = Instant::now();
-    let mut reps = 0;
-    while start.elapsed() < Duration::from_millis(300) {
-        for (a, b) in w.iter_mut().zip(&g) {
-            *a -= 0.01 * b;
-        }
-        std::hint::black_box(&w);
-        reps += 1;
-    }
-    let apply = reps as f64 * 12.0 * n as f64 / start.elapsed().as_secs_f64();
+    let apply = crate::proxy::apply_rate(16 << 20, Duration::from_millis(300));
     m("ps apply memory traffic", apply, "B/s");
     // User-space work per byte of a message through both ends, as the runtime does it.
     let copy = copy_cost()?;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use topolab_core::plan::Plan;
 use topolab_core::profile::GemmPrecision;
 use topolab_core::records::{self, Breakdown, ComputeInfo, ReplayInfo, Restart, RunSummary, StepRecord, Utilization};
-use topolab_core::scenario::{Backend as BackendKind, Mode, Scenario, ScenarioFile};
+use topolab_core::scenario::{AllReduceAlgorithm, Backend as BackendKind, Mode, Scenario, ScenarioFile, TopologyKind};
 
 use crate::checkpoint;
 use crate::cluster::Job;
@@ -248,12 +248,15 @@ pub fn effective_scenario(
     // The replay machine: its cores, shared by every task, each as fast as a measured GEMM.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let rate = crate::proxy::gemm_rate();
+    let all_reduce = s.spec.topology.kind == TopologyKind::AllReduce;
     f.hardware.gpu = "replay-cpu".into();
     f.hardware.gpu_spec = Some(topolab_core::scenario::GpuOverride {
         fp32: Some(topolab_core::units::FlopRate(rate)),
         fp16: None,
         tf32: None,
-        memory_bandwidth: None,
+        // Every worker of an all-reduce applies the summed gradients itself, at this rate.
+        memory_bandwidth: all_reduce
+            .then(|| topolab_core::units::BitRate(8.0 * crate::proxy::apply_rate(1 << 22, Duration::from_millis(50)))),
         memory: Some(topolab_core::units::Bytes(mem_available().unwrap_or(1 << 34))),
         source: Some(format!("measured by topolab replay: f32 GEMM 256x256x256 on one core, {cores} cores")),
     });
@@ -262,7 +265,9 @@ pub fn effective_scenario(
     f.hardware.gpus_per_host = 1;
     // On Kubernetes each task has a core of its own (its request), on nodes assumed as fast as
     // this machine; elsewhere every task shares this machine's cores.
-    f.hardware.shared_cores = (launcher != LauncherKind::K8s).then_some(cores);
+    // (The simulator models shared cores for parameter servers only: an all-reduce's
+    // prediction gives each worker a core of its own.)
+    f.hardware.shared_cores = (launcher != LauncherKind::K8s && !all_reduce).then_some(cores);
     if let ReplayCompute::ClusterGpu = compute {
         // The scenario's GPU, one per worker pod (device 0 of the pod's own), at its precision.
         f.hardware.gpu = s.spec.hardware.gpu.clone();
@@ -465,10 +470,36 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
     }
 }
 
-/// What every launcher refuses: modes and hosts the runtime does not replay.
-fn check(s: &Scenario, opts: &ReplayOptions) -> Result<Plan, ReplayError> {
+/// What every launcher refuses: modes, algorithms and hosts the runtime does not replay.
+fn check(s: &Scenario, opts: &ReplayOptions) -> Result<(), ReplayError> {
     let refuse = |reason: String| ReplayError::Refused { scenario: s.spec.name.clone(), reason };
     let t = &s.spec.topology;
+    if t.kind == TopologyKind::AllReduce {
+        if matches!(opts.engine, Engine::Tensorflow(_)) {
+            return Err(refuse(
+                "with --engine tensorflow: the TensorFlow engine runs parameter servers (its ParameterServerStrategy); an all-reduce replays on topolab's own engine".into(),
+            ));
+        }
+        if t.algorithm != AllReduceAlgorithm::Ring {
+            return Err(refuse(format!(
+                "the runtime replays the ring all-reduce; algorithm = \"{}\" is simulated only",
+                t.algorithm.as_str()
+            )));
+        }
+        if s.spec.runtime.backend == BackendKind::Cuda {
+            return Err(refuse(
+                "runtime.backend = \"cuda\" with an all-reduce is not replayed yet (its ring runs on the cpu backend); set runtime.backend = \"cpu\"".into(),
+            ));
+        }
+        if let Some((i, k)) =
+            s.spec.faults.kills.iter().enumerate().find(|(_, k)| matches!(k.parsed(), Some(("ps", _))))
+        {
+            return Err(refuse(format!(
+                "faults.kills[{i}]: an all-reduce has no parameter servers to kill (`{}`); kill a worker",
+                k.task
+            )));
+        }
+    }
     if t.mode == Mode::StaleSynchronous {
         return Err(refuse(
             "the runtime replays sync, backup and async modes; stale-synchronous is simulated only".into(),
@@ -477,13 +508,13 @@ fn check(s: &Scenario, opts: &ReplayOptions) -> Result<Plan, ReplayError> {
     if s.spec.hardware.gpus_per_host > 1 {
         return Err(refuse("the runtime replays one replica per worker host; set hardware.gpus_per_host = 1".into()));
     }
-    let plan = Plan::new(s).map_err(|e| refuse(e.to_string()))?;
-    if matches!(opts.engine, Engine::Tensorflow(_))
-        && let Some(why) = crate::tensorflow::refusal(s, &plan, opts.resume, opts.launcher == LauncherKind::Netns)
-    {
-        return Err(refuse(format!("with --engine tensorflow: {why}")));
+    if let Engine::Tensorflow(_) = opts.engine {
+        let plan = Plan::new(s).map_err(|e| refuse(e.to_string()))?;
+        if let Some(why) = crate::tensorflow::refusal(s, &plan, opts.resume, opts.launcher == LauncherKind::Netns) {
+            return Err(refuse(format!("with --engine tensorflow: {why}")));
+        }
     }
-    Ok(plan)
+    Ok(())
 }
 
 /// Replays `s` on `launcher`: checks, the effective scenario, the job, then attempts until
@@ -825,6 +856,7 @@ fn collect(s: &Scenario, out: &Path, start_step: u64, mut info: ReplayInfo) -> R
         latency("step", steps.iter().map(|r| r.end_ns.saturating_sub(r.start_ns))),
         latency("pull", op_durations("pull").into_iter()),
         latency("push", op_durations("push").into_iter()),
+        latency("all-reduce", op_durations("all-reduce").into_iter()),
     ]
     .into_iter()
     .flatten()
@@ -836,7 +868,7 @@ fn collect(s: &Scenario, out: &Path, start_step: u64, mut info: ReplayInfo) -> R
         version: records::VERSION.into(),
         source: "replay".into(),
         workers: s.spec.topology.workers,
-        ps: s.spec.topology.ps,
+        ps: if s.spec.topology.kind == TopologyKind::AllReduce { 0 } else { s.spec.topology.ps },
         steps: s.spec.training.steps - start_step,
         step_time_s: step_time,
         throughput_samples_per_s: if span > 0.0 { steps.len() as f64 * s.spec.batch as f64 / span } else { 0.0 },

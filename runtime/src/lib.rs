@@ -33,6 +33,7 @@ pub mod pods;
 pub mod processes;
 pub mod proxy;
 pub mod ps;
+pub mod ring;
 pub mod tensorflow;
 pub mod tracelog;
 pub mod wire;
@@ -65,9 +66,9 @@ pub struct OpRecord {
     pub worker: u32,
     /// Step.
     pub step: u64,
-    /// "compute-forward", "compute-backward", "pull" or "push".
+    /// "compute-forward", "compute-backward", "pull", "push" or "all-reduce".
     pub op: &'static str,
-    /// Layer (compute) or part (pull, push).
+    /// Layer (compute), part (pull, push) or fusion bucket (all-reduce).
     pub index: u64,
     /// Payload bytes (pull, push).
     pub bytes: u64,
@@ -82,7 +83,16 @@ pub fn run_node() -> Result<(), NodeError> {
     let spec = cluster::ClusterSpec::from_env().map_err(NodeError::Setup)?;
     match spec.task.kind.as_str() {
         "ps" => ps::run(&spec),
-        "worker" => worker::run(&spec),
+        "worker" => {
+            // Workers of an all-reduce have no shards: they sum among themselves (a ring).
+            let s = topolab_core::scenario::Scenario::load(&spec.job.scenario)
+                .map_err(|e| NodeError::Setup(e.to_string()))?;
+            if s.spec.topology.kind == topolab_core::scenario::TopologyKind::AllReduce {
+                ring::run(&spec)
+            } else {
+                worker::run(&spec)
+            }
+        }
         other => Err(NodeError::Setup(format!("unknown task type `{other}` (ps or worker)"))),
     }
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, WatchEvent, WatchParams};
-use topolab_core::scenario::Scenario;
+use topolab_core::scenario::{Scenario, TopologyKind};
 
 use crate::checkpoint;
 use crate::cluster::Job;
@@ -165,7 +165,9 @@ impl Launcher for Pods {
     }
 
     fn refusal(&self, s: &Scenario, opts: &ReplayOptions) -> Option<String> {
-        let why = if !s.spec.faults.kills.is_empty() {
+        let why = if s.spec.topology.kind == TopologyKind::AllReduce {
+            "an all-reduce on Kubernetes: the manifests describe parameter-server jobs (a ring needs every worker's address before it starts), which is not built yet; replay it with --launcher local or netns"
+        } else if !s.spec.faults.kills.is_empty() {
             "faults.kills on Kubernetes: a restart starts from the last checkpoint on the cluster's volume, which the launcher does not read yet; replay kills with --launcher local or netns"
         } else if opts.resume {
             "--resume on Kubernetes: the checkpoints are on the cluster's volume, which the launcher does not read yet"

@@ -3,7 +3,8 @@
 //!
 //! Each topolab shard binds port 0 (on loopback) or its host's address and reports the port it
 //! got on stdout (no race for free ports); then the workers start with the shards' addresses.
-//! TensorFlow's tasks get reserved ports (loopback) or fixed ones per host. The tasks write
+//! TensorFlow's tasks and the workers of a ring all-reduce get reserved ports (loopback) or
+//! fixed ones per host. The tasks write
 //! their traces into the run directory themselves, so collecting them is nothing to do. Only
 //! processes this launcher started are ever stopped, by PID.
 
@@ -12,16 +13,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use topolab_core::scenario::{PsHosts, Scenario};
+use topolab_core::scenario::{PsHosts, Scenario, TopologyKind};
 
 use crate::checkpoint;
 use crate::cluster::{ClusterSpec, ENV, Job, Task};
 use crate::launcher::{Engine, Launcher, LauncherKind, NetworkInfo, Pids, ReplayError, TF_JOB, TF_PROGRAM, TaskCounts};
 use crate::netns::VirtualCluster;
 
-/// First port of the TensorFlow tasks on a virtual cluster (each host has its own address;
-/// a co-located shard and its worker differ by port).
-const TF_BASE_PORT: u16 = 20_000;
+/// First port of the tasks with reserved addresses on a virtual cluster (each host has its own
+/// address; a co-located shard and its worker differ by port).
+const BASE_PORT: u16 = 20_000;
 
 fn io(e: impl std::fmt::Display) -> ReplayError {
     ReplayError::Io(e.to_string())
@@ -97,7 +98,7 @@ impl Launcher for Processes {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let t = &s.spec.topology;
         let id = format!("{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
-        let hosts = t.workers as usize + if t.ps_hosts == PsHosts::Dedicated { t.ps as usize } else { 0 };
+        let hosts = (t.workers + s.ps_hosts()) as usize;
         let c = VirtualCluster::create(&id, hosts, s.nic, s.spec.network.latency).map_err(|e| {
             if crate::netns::is_root() {
                 ReplayError::Io(e)
@@ -152,7 +153,7 @@ impl Launcher for Processes {
         let logs = self.out.join("logs");
         if let Engine::Tensorflow(tf) = &self.engine {
             let hosts: Vec<usize> = (0..t.ps).map(ps_host).chain((0..t.workers).map(|i| i as usize)).collect();
-            let all = tf_addresses(&hosts, cluster)?;
+            let all = reserved_addresses(&hosts, cluster)?;
             let (ps, workers) = all.split_at(t.ps as usize);
             for (k, &h) in hosts.iter().enumerate() {
                 let (kind, index) =
@@ -166,6 +167,24 @@ impl Launcher for Processes {
                     pids.worker.push(child.id())
                 }
                 self.children.push((format!("{kind} {index}"), log, child));
+            }
+        } else if t.kind == TopologyKind::AllReduce {
+            // A ring: each worker listens at its own address (reserved, as TensorFlow's) and
+            // connects to the next; no shards.
+            let hosts: Vec<usize> = (0..t.workers as usize).collect();
+            let ring = reserved_addresses(&hosts, cluster)?;
+            for i in 0..t.workers {
+                let log = logs.join(format!("worker-{i}.log"));
+                let host = cluster.map(|c| (c, i as usize));
+                let spec = ClusterSpec {
+                    ps: Vec::new(),
+                    worker: ring.clone(),
+                    task: Task { kind: "worker".into(), index: i },
+                    job: Job { bind: ring[i as usize].clone(), ..job.clone() },
+                };
+                let child = spawn(&self.exe, &spec, &log, false, host)?;
+                pids.worker.push(child.id());
+                self.children.push((format!("worker {i}"), log, child));
             }
         } else {
             for i in 0..t.ps {
@@ -286,13 +305,13 @@ fn spawn_tf(
     cmd.spawn().map_err(|e| ReplayError::Io(format!("cannot start {}: {e}", tf.python.display())))
 }
 
-/// Addresses of the TensorFlow tasks, shards then workers: on loopback, ports reserved by
-/// binding port 0 (released just before the tasks start); on a virtual cluster, each host's
-/// address.
-fn tf_addresses(hosts: &[usize], cluster: Option<&VirtualCluster>) -> Result<Vec<String>, ReplayError> {
+/// Addresses of tasks that must know each other's before they start (TensorFlow's, shards
+/// then workers; a ring's workers): on loopback, ports reserved by binding port 0 (released
+/// just before the tasks start); on a virtual cluster, each host's address and a fixed port.
+fn reserved_addresses(hosts: &[usize], cluster: Option<&VirtualCluster>) -> Result<Vec<String>, ReplayError> {
     match cluster {
         Some(c) => {
-            Ok(hosts.iter().enumerate().map(|(k, &h)| format!("{}:{}", c.addrs[h], TF_BASE_PORT + k as u16)).collect())
+            Ok(hosts.iter().enumerate().map(|(k, &h)| format!("{}:{}", c.addrs[h], BASE_PORT + k as u16)).collect())
         }
         None => {
             let listeners: Vec<std::net::TcpListener> = hosts

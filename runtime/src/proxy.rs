@@ -154,6 +154,18 @@ impl Proxy {
         self.layers.iter().flat_map(|l| l.vars.iter().map(|(_, s)| s.iter().product::<u64>() as usize)).collect()
     }
 
+    /// Index of each layer's first variable in creation order.
+    pub fn var_offsets(&self) -> Vec<usize> {
+        self.layers
+            .iter()
+            .scan(0usize, |acc, l| {
+                let o = *acc;
+                *acc += l.vars.len();
+                Some(o)
+            })
+            .collect()
+    }
+
     /// Initial parameters (deterministic in `seed`), per variable in creation order.
     pub fn init(&self, seed: u64) -> Vec<Vec<f32>> {
         let mut out = Vec::new();
@@ -234,6 +246,23 @@ pub fn gemm_rate() -> f64 {
         n += 1;
     }
     n as f64 * 2.0 * 256f64.powi(3) / start.elapsed().as_secs_f64()
+}
+
+/// Memory traffic of an SGD update `w -= lr * g` over `values` floats on one core, B/s
+/// (reads w and g, writes w: 12 bytes a value), measured for `time`.
+pub fn apply_rate(values: usize, time: std::time::Duration) -> f64 {
+    let mut w = vec![1.0f32; values];
+    let g = vec![0.5f32; values];
+    let start = std::time::Instant::now();
+    let mut reps = 0u64;
+    while start.elapsed() < time {
+        for (a, b) in w.iter_mut().zip(&g) {
+            *a -= 0.01 * b;
+        }
+        std::hint::black_box(&w);
+        reps += 1;
+    }
+    reps as f64 * 12.0 * values as f64 / start.elapsed().as_secs_f64()
 }
 
 /// What the forward pass of a layer keeps for its backward pass.

@@ -101,24 +101,14 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         parts_of_layer[p.layer].push(i);
     }
     let mut vars: Vec<Vec<f32>> = proxy.var_sizes().into_iter().map(|n| vec![0.0; n]).collect();
-    let var_offset: Vec<usize> = proxy
-        .layers
-        .iter()
-        .scan(0usize, |acc, l| {
-            let o = *acc;
-            *acc += l.vars.len();
-            Some(o)
-        })
-        .collect();
+    let var_offset = proxy.var_offsets();
     let mut values: HashMap<(u64, usize), (Vec<f32>, u64, u64)> = HashMap::new();
     let shards = spec.ps.len();
     // Released into a step when every shard's Ready of it is here; when that was.
     let mut release = Release::new(shards as u32, spec.job.start_step + 1);
     let mut released_at: HashMap<u64, u64> = HashMap::new();
     let mut acks: HashMap<u64, usize> = HashMap::new();
-    let mut ops: Vec<OpRecord> = Vec::new();
-    let mut steps_out: Vec<StepRecord> = Vec::new();
-    let mut losses: Vec<(u64, f32)> = Vec::new();
+    let mut out = Outputs::default();
     let send =
         |outs: &Vec<mpsc::UnboundedSender<Out>>, shard: usize, kind: Kind, var: u32, step: u64, payload: Vec<u8>| {
             outs[shard]
@@ -166,12 +156,6 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
     }
 
     let wall = Instant::now();
-    // Steps done so far, for the launcher's progress bar (a few bytes rewritten per step).
-    let progress = spec.job.out.join("trace").join(format!("worker-{index}.progress"));
-    std::fs::create_dir_all(spec.job.out.join("trace")).map_err(NodeError::Io)?;
-    // Progress and traces on stdout too, where the launcher reads the task's log instead of
-    // its files (pods).
-    let to_stdout = std::env::var_os(crate::tracelog::ENV).is_some();
     for step in start..total {
         let mut compute_ns = 0u64;
         let mut received = 0u64;
@@ -197,15 +181,16 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
                 let (off, len) = ps::part_range(&plan, p);
                 vars[plan.placement.parts[p].var][off..off + len].copy_from_slice(&v[..len]);
                 received += bytes;
-                ops.push(OpRecord {
-                    worker: index,
+                out.op(
+                    index,
                     step,
-                    op: "pull",
-                    index: p as u64,
+                    "pull",
+                    p as u64,
                     bytes,
-                    start_ns: requested[plan.placement.parts[p].shard as usize] - epoch,
-                    end_ns: at - epoch,
-                });
+                    requested[plan.placement.parts[p].shard as usize],
+                    at,
+                    epoch,
+                );
             }
             let t0 = monotonic_ns();
             let views = layer_views(&vars, var_offset[l], proxy.layers[l].vars.len());
@@ -213,15 +198,7 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
             backend.forward(l, step)?;
             let t1 = monotonic_ns();
             compute_ns += t1 - t0;
-            ops.push(OpRecord {
-                worker: index,
-                step,
-                op: "compute-forward",
-                index: l as u64,
-                bytes: 0,
-                start_ns: t0 - epoch,
-                end_ns: t1 - epoch,
-            });
+            out.op(index, step, "compute-forward", l as u64, 0, t0, t1, epoch);
         }
         // Backward in reverse; each layer's gradients leave at once.
         let mut pushes = 0usize;
@@ -231,15 +208,7 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
             loss += layer_loss;
             let t1 = monotonic_ns();
             compute_ns += t1 - t0;
-            ops.push(OpRecord {
-                worker: index,
-                step,
-                op: "compute-backward",
-                index: l as u64,
-                bytes: 0,
-                start_ns: t0 - epoch,
-                end_ns: t1 - epoch,
-            });
+            out.op(index, step, "compute-backward", l as u64, 0, t0, t1, epoch);
             for &p in parts_of_layer[l].iter().rev() {
                 let part = plan.placement.parts[p];
                 let (off, len) = ps::part_range(&plan, p);
@@ -260,22 +229,14 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
                 send(&outs, sh, Kind::Pull, BARRIER_ONLY, step + 1, Vec::new())?;
             }
         }
-        losses.push((step, loss));
+        out.losses.push((step, loss));
         // Own part done: every push written (sync), or applied (async).
         let mut written = 0;
         while written < pushes {
             let r =
                 sent.blocking_recv().ok_or_else(|| NodeError::Protocol("a connection closed while pushing".into()))?;
             if r.kind == Kind::Push {
-                ops.push(OpRecord {
-                    worker: index,
-                    step: r.step,
-                    op: "push",
-                    index: u64::from(r.var),
-                    bytes: r.bytes,
-                    start_ns: r.start - epoch,
-                    end_ns: r.end - epoch,
-                });
+                out.op(index, r.step, "push", u64::from(r.var), r.bytes, r.start, r.end, epoch);
                 written += 1;
             }
         }
@@ -304,7 +265,7 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         };
         let wait = end.saturating_sub(own_done);
         let dur = end.saturating_sub(step_start);
-        steps_out.push(StepRecord {
+        out.steps.push(StepRecord {
             run: "replay".into(),
             worker: index,
             step,
@@ -320,10 +281,7 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
             version: records::VERSION.into(),
         });
         step_start = end;
-        let _ = std::fs::write(&progress, (step + 1).to_string());
-        if to_stdout {
-            crate::tracelog::progress(&mut std::io::stdout().lock(), step + 1).map_err(NodeError::Io)?;
-        }
+        out.progress(spec, step + 1)?;
     }
     for sh in 0..shards {
         send(&outs, sh, Kind::Done, 0, total, Vec::new())?;
@@ -334,41 +292,86 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
             let _ = w.await;
         }
     });
-    // Traces of this worker; the launcher merges them.
-    let dir = spec.job.out.join("trace");
-    std::fs::create_dir_all(&dir).map_err(NodeError::Io)?;
-    let mut buf = Vec::new();
-    records::write_steps_csv(&steps_out, &mut buf).map_err(|e| NodeError::Setup(e.to_string()))?;
-    let steps_csv = String::from_utf8(buf).expect("CSV is UTF-8");
-    let mut ops_csv = String::from("worker,step,op,index,bytes,start_ns,end_ns\n");
-    for o in &ops {
-        ops_csv.push_str(&format!(
-            "{},{},{},{},{},{},{}\n",
-            o.worker, o.step, o.op, o.index, o.bytes, o.start_ns, o.end_ns
-        ));
-    }
-    let mut loss_csv = String::from("worker,step,loss\n");
-    for (st, l) in &losses {
-        loss_csv.push_str(&format!("{index},{st},{l}\n"));
-    }
-    for (kind, text) in [("steps", &steps_csv), ("ops", &ops_csv), ("loss", &loss_csv)] {
-        let name = format!("worker-{index}.{kind}.csv");
-        std::fs::write(dir.join(&name), text).map_err(NodeError::Io)?;
-        if to_stdout {
-            crate::tracelog::file(&mut std::io::BufWriter::new(std::io::stdout().lock()), &name, text)
-                .map_err(NodeError::Io)?;
-        }
-    }
+    out.write(spec, index)?;
     eprintln!("worker{index}: {} steps in {:.2} s", total - start, wall.elapsed().as_secs_f64());
     Ok(())
 }
 
+/// What a worker records and writes for the launcher: its steps, its timed ops and its
+/// losses (files in the run's trace directory, and on stdout where the launcher reads the
+/// task's log instead: pods), and its progress after every step.
+#[derive(Default)]
+pub(crate) struct Outputs {
+    pub(crate) steps: Vec<StepRecord>,
+    pub(crate) ops: Vec<OpRecord>,
+    pub(crate) losses: Vec<(u64, f32)>,
+}
+
+impl Outputs {
+    /// Records an op from `start` to `end` (monotonic ns), relative to the job's `epoch`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn op(
+        &mut self,
+        worker: u32,
+        step: u64,
+        op: &'static str,
+        index: u64,
+        bytes: u64,
+        start: u64,
+        end: u64,
+        epoch: u64,
+    ) {
+        self.ops.push(OpRecord { worker, step, op, index, bytes, start_ns: start - epoch, end_ns: end - epoch });
+    }
+
+    /// Steps done so far, for the launcher's progress bar (a few bytes rewritten per step).
+    pub(crate) fn progress(&self, spec: &ClusterSpec, done: u64) -> Result<(), NodeError> {
+        let dir = spec.job.out.join("trace");
+        std::fs::create_dir_all(&dir).map_err(NodeError::Io)?;
+        let _ = std::fs::write(dir.join(format!("worker-{}.progress", spec.task.index)), done.to_string());
+        if std::env::var_os(crate::tracelog::ENV).is_some() {
+            crate::tracelog::progress(&mut std::io::stdout().lock(), done).map_err(NodeError::Io)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the worker's steps, ops and losses; the launcher merges them.
+    pub(crate) fn write(&self, spec: &ClusterSpec, index: u32) -> Result<(), NodeError> {
+        let dir = spec.job.out.join("trace");
+        std::fs::create_dir_all(&dir).map_err(NodeError::Io)?;
+        let to_stdout = std::env::var_os(crate::tracelog::ENV).is_some();
+        let mut buf = Vec::new();
+        records::write_steps_csv(&self.steps, &mut buf).map_err(|e| NodeError::Setup(e.to_string()))?;
+        let steps_csv = String::from_utf8(buf).expect("CSV is UTF-8");
+        let mut ops_csv = String::from("worker,step,op,index,bytes,start_ns,end_ns\n");
+        for o in &self.ops {
+            ops_csv.push_str(&format!(
+                "{},{},{},{},{},{},{}\n",
+                o.worker, o.step, o.op, o.index, o.bytes, o.start_ns, o.end_ns
+            ));
+        }
+        let mut loss_csv = String::from("worker,step,loss\n");
+        for (st, l) in &self.losses {
+            loss_csv.push_str(&format!("{index},{st},{l}\n"));
+        }
+        for (kind, text) in [("steps", &steps_csv), ("ops", &ops_csv), ("loss", &loss_csv)] {
+            let name = format!("worker-{index}.{kind}.csv");
+            std::fs::write(dir.join(&name), text).map_err(NodeError::Io)?;
+            if to_stdout {
+                crate::tracelog::file(&mut std::io::BufWriter::new(std::io::stdout().lock()), &name, text)
+                    .map_err(NodeError::Io)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The `count` variables of a layer starting at `offset`, W first.
-fn layer_views(vars: &[Vec<f32>], offset: usize, count: usize) -> Vec<&[f32]> {
+pub(crate) fn layer_views(vars: &[Vec<f32>], offset: usize, count: usize) -> Vec<&[f32]> {
     vars[offset..offset + count].iter().map(Vec::as_slice).collect()
 }
 
-async fn connect(addr: &str, token: &Token, index: u32, timeout: Duration) -> Result<TcpStream, NodeError> {
+pub(crate) async fn connect(addr: &str, token: &Token, index: u32, timeout: Duration) -> Result<TcpStream, NodeError> {
     let deadline = Instant::now() + timeout;
     let mut backoff = Duration::from_millis(20);
     loop {

@@ -129,6 +129,13 @@ fn manifests(a: ManifestArgs) -> anyhow::Result<ExitCode> {
     k8s::check_label("namespace", &a.namespace, 63).map_err(|e| BadInput(format!("error: --namespace: {e}")))?;
     k8s::check_image(&image).map_err(|e| BadInput(format!("error: --image: {e}")))?;
     // What the replay runs: refused here, before anything is written, as `replay` refuses it.
+    if s.spec.topology.kind == topolab_core::scenario::TopologyKind::AllReduce {
+        return Err(BadInput(format!(
+            "error: {}: Kubernetes manifests of an all-reduce are not built yet (the pods run parameter-server jobs); `topolab replay --launcher local` or `--launcher netns` replays its ring",
+            s.origin
+        ))
+        .into());
+    }
     let plan = topolab_core::plan::Plan::new(&s).map_err(|e| BadInput(format!("error: {}: {e}", s.origin)))?;
     if tensorflow {
         if s.spec.network.latency.0 > 0 {

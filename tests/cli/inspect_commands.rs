@@ -350,9 +350,9 @@ fn run_out_on_a_sweep_writes_each_configuration_and_the_assumptions() {
 }
 
 /// An all-reduce scenario: `run` prints the collective's bottleneck in words, `plan` its rounds
-/// and bytes; a replay (not built yet) is refused before anything starts or is written.
+/// and bytes; Kubernetes manifests (not built yet) are refused before anything is written.
 #[test]
-fn an_all_reduce_simulates_plans_and_is_refused_by_replays() {
+fn an_all_reduce_simulates_plans_and_is_refused_by_kubernetes_manifests() {
     let f = "scenarios/examples/ring-allreduce.toml";
     let out = topolab(&["run", f]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -370,13 +370,8 @@ fn an_all_reduce_simulates_plans_and_is_refused_by_replays() {
     let egress = hosts[0]["egress_bytes"].as_f64().unwrap();
     assert!((egress / model_bytes - 1.75).abs() < 0.001, "{egress}");
     let d = super::TempDir::new("ring-replay");
-    for args in [
-        vec!["replay", f, "--launcher", "local", "--out", d.join("r").to_str().unwrap()],
-        vec!["k8s", "manifests", f, "--out", d.join("k").to_str().unwrap()],
-    ] {
-        let out = topolab(&args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains("replays of an all-reduce are not built yet"), "{}", stderr(&out));
-        assert!(!d.join("k").exists());
-    }
+    let out = topolab(&["k8s", "manifests", f, "--out", d.join("k").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Kubernetes manifests of an all-reduce are not built yet"), "{}", stderr(&out));
+    assert!(!d.join("k").exists());
 }

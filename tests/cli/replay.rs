@@ -692,3 +692,118 @@ fn what_tensorflow_cannot_express_is_refused_before_anything_starts() {
         assert!(!out.join("pids.json").exists(), "{why}: nothing started");
     }
 }
+
+/// The tiny MLP in `dir` as a three-worker ring all-reduce (`kind = "all-reduce"`) or as one
+/// synchronous parameter server (otherwise), 30 steps, checkpoints every 5.
+fn tiny_three(dir: &std::path::Path, topology: &str) -> String {
+    std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), dir.join("tiny-mlp.csv")).unwrap();
+    let text = format!(
+        "name = \"tiny3\"\nbatch = 32\nseed = 5\n[model]\nlayers = \"tiny-mlp.csv\"\n[optimizer]\nlearning_rate = 0.1\n\
+         [network]\nnic = \"1 Gbit/s\"\nlatency = \"1 ms\"\n[topology]\nworkers = 3\n{topology}\n\
+         [training]\nsteps = 30\n[runtime]\ncheckpoint_every = 5\n"
+    );
+    let f = dir.join(format!("tiny-{}.toml", topology.len()));
+    std::fs::write(&f, text).unwrap();
+    f.to_str().unwrap().to_string()
+}
+
+fn f32s(path: &std::path::Path) -> Vec<f32> {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+#[test]
+fn a_ring_all_reduce_trains_as_a_synchronous_parameter_server_and_resumes_after_a_kill() {
+    let d = tmp("ring");
+    let ring = tiny_three(&d, "kind = \"all-reduce\"\nalgorithm = \"ring\"\nfusion_buffer = \"600 KiB\"");
+    let clean = d.join("clean");
+    let o = replay(&[&ring, "--out", clean.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let steps =
+        topolab_core::records::read_steps_csv(std::fs::File::open(clean.join("steps.csv")).unwrap(), "steps").unwrap();
+    assert_eq!(steps.len(), 90);
+    assert!(steps.iter().all(|r| r.end_ns > r.start_ns && r.compute_ns > 0 && r.wait_ns == 0));
+    let loss = std::fs::read_to_string(clean.join("loss.csv")).unwrap();
+    let vals: Vec<f64> = loss.lines().skip(1).map(|l| l.split(',').nth(1).unwrap().parse().unwrap()).collect();
+    assert!(vals.last().unwrap() < &(vals[0] * 0.95), "loss must fall: {} -> {}", vals[0], vals.last().unwrap());
+    // Fusion buckets of at most 600 KiB in backward order, as core forms them (out, then
+    // fc2 alone: larger than the buffer, then fc1), each all-reduced once per step by every
+    // worker with its bytes.
+    let ops = std::fs::read_to_string(clean.join("ops.csv")).unwrap();
+    let reduces: Vec<Vec<&str>> =
+        ops.lines().map(|l| l.split(',').collect::<Vec<_>>()).filter(|f| f[2] == "all-reduce").collect();
+    let eff = topolab_core::scenario::Scenario::load(&clean.join("effective.toml")).unwrap();
+    let grads = topolab_core::collective::backward_gradients(&eff.model);
+    let buckets = topolab_core::collective::fusion_buckets(&grads, eff.spec.topology.fusion_buffer);
+    assert!(buckets.len() >= 2, "{buckets:?}");
+    assert_eq!(reduces.len(), 90 * buckets.len());
+    for (b, range) in buckets.iter().enumerate() {
+        let bytes: u64 = grads[range.clone()].iter().map(|g| g.1).sum();
+        assert!(reduces.iter().filter(|f| f[3] == b.to_string()).all(|f| f[4] == bytes.to_string()), "bucket {b}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(clean.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["ps"], 0, "{summary}");
+    let lat: Vec<&str> =
+        summary["replay"]["latencies"].as_array().unwrap().iter().map(|l| l["what"].as_str().unwrap()).collect();
+    assert_eq!(lat, ["step", "all-reduce"]);
+
+    // The same training through one synchronous shard: every worker applies the average of
+    // the three gradients, as the shard does, so the parameters agree to rounding (the sums
+    // are added in another order).
+    let ps = tiny_three(&d, "ps = 1\nmode = \"sync\"");
+    let through_ps = d.join("ps");
+    let o = replay(&[&ps, "--out", through_ps.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (a, b) = (f32s(&clean.join("final/shard-0.bin")), f32s(&through_ps.join("final/shard-0.bin")));
+    assert_eq!(a.len(), b.len());
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "the ring's parameters differ from the shard's by {diff}");
+    let init = f32s(&clean.join("checkpoints/step-5/shard-0.bin"));
+    assert!(a.iter().zip(&init).any(|(x, y)| (x - y).abs() > 1e-4), "training moved the parameters");
+
+    // Killed once rank 0 has checkpointed step 10, resumed: the same parameters, bit for bit.
+    let crash = d.join("crash");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_topolab"))
+        .args(["replay", &ring, "--out", crash.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !crash.join("checkpoints/step-10/shard-0.json").exists() {
+        assert!(Instant::now() < deadline, "no checkpoint at step 10");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before the kill");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pids: topolab_runtime::launcher::Pids =
+        serde_json::from_str(&std::fs::read_to_string(crash.join("pids.json")).unwrap()).unwrap();
+    assert!(pids.ps.is_empty());
+    // SAFETY: SIGKILL to a task of the replay this test started.
+    unsafe { libc::kill(pids.worker[1] as i32, libc::SIGKILL) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = replay(&[&ring, "--out", crash.to_str().unwrap(), "--resume"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("from step 10:"), "{}", stdout(&o));
+    assert_eq!(f32s(&crash.join("final/shard-0.bin")), a, "resumed parameters differ from the uninterrupted run");
+}
+
+#[test]
+fn ring_replays_refuse_what_they_do_not_run() {
+    let d = tmp("ring-refusals");
+    for (topology, why) in [
+        ("kind = \"all-reduce\"\nalgorithm = \"tree\"", "algorithm = \"tree\" is simulated only"),
+        (
+            "kind = \"all-reduce\"\n[faults]\nkills = [{ task = \"ps 0\", at = \"1 s\" }]",
+            "no parameter servers to kill",
+        ),
+    ] {
+        let f = tiny_three(&d, topology);
+        let out = d.join("r");
+        let o = replay(&[&f, "--out", out.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{topology}: {}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{}", stderr(&o));
+        assert!(!out.join("pids.json").exists(), "{topology}: nothing starts");
+    }
+}
