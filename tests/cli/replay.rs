@@ -353,6 +353,47 @@ fn a_netns_replay_of_2_ps_and_4_workers_leaves_nothing_behind() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces, veth, tc): as root, cargo test -- --ignored"]
+fn a_netns_ring_of_4_workers_on_shaped_links_trains_and_leaves_nothing_behind() {
+    assert!(topolab_runtime::netns::is_root(), "this test needs root (the netns launcher)");
+    let _guard = netns_lock();
+    let d = tmp("netns-ring");
+    std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
+    let f = d.join("ring.toml");
+    std::fs::write(
+        &f,
+        "name = \"ring\"\nbatch = 16\n[model]\nlayers = \"tiny-mlp.csv\"\n[network]\nnic = \"100 Mbit/s\"\nlatency = \"100 us\"\n\
+         [topology]\nkind = \"all-reduce\"\nworkers = 4\n[training]\nsteps = 3\n",
+    )
+    .unwrap();
+    let netns_before = ip_lines(&["netns", "list"]);
+    let links_before = ip_lines(&["-o", "link"]);
+    let out = d.join("run");
+    let o = replay(&[f.to_str().unwrap(), "--launcher", "netns", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    // One host per worker, none for shards.
+    let hosts: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("netns.json")).unwrap()).unwrap();
+    assert_eq!(hosts.len(), 4);
+    let steps =
+        topolab_core::records::read_steps_csv(std::fs::File::open(out.join("steps.csv")).unwrap(), "steps").unwrap();
+    assert_eq!(steps.len(), 4 * 3);
+    // 2 (n - 1) / n of the 5.3 MB of gradients each way, through 100 Mbit/s links: at least
+    // 0.63 s a step, which loopback would do in a few milliseconds.
+    let bytes = 5_292_320u64;
+    assert!(steps.iter().all(|r| r.bytes_sent == bytes * 3 / 2), "{:?}", steps[0]);
+    assert!(steps.iter().all(|r| r.end_ns - r.start_ns > 600_000_000), "{steps:?}");
+    assert_eq!(ip_lines(&["netns", "list"]), netns_before, "a namespace was left behind");
+    assert_eq!(ip_lines(&["-o", "link"]), links_before, "a link was left behind");
+    let pids: topolab_runtime::launcher::Pids =
+        serde_json::from_str(&std::fs::read_to_string(out.join("pids.json")).unwrap()).unwrap();
+    assert_eq!((pids.ps.len(), pids.worker.len()), (0, 4));
+    for pid in &pids.worker {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "task {pid} still running");
+    }
+}
+
+#[test]
 fn calibrate_writes_a_profile_and_validate_compares_each_configuration() {
     let d = tmp("validate");
     let profile = d.join("profile.toml");
