@@ -4,9 +4,13 @@
 //! and whether the receiver adds it or keeps it), then applies the average locally.
 //!
 //! Overlap: gradients leave in fusion buckets ([`fusion_buckets`] of the layers in backward
-//! order, up to `topology.fusion_buffer`), each launched at the first fusion-cycle tick after
-//! its last gradient is computed ([`launch_time`]), on a thread of its own while backward goes
-//! on. Every rank forms the same buckets from the scenario, so no negotiation is needed.
+//! order, up to `topology.fusion_buffer`), one at a time on a thread of its own while backward
+//! goes on, each at the fusion cycle's tick by the simulator's coordinator rule
+//! ([`launch_time`]: the first tick after its gradients are ready, and not before the previous
+//! bucket's tick plus a cycle or its end). With `training.overlap = false` every bucket waits
+//! for the end of backward. Every rank forms the same buckets from the scenario, so no
+//! negotiation is needed (the simulator, with overlap, fuses what is ready at each tick, which
+//! moves the same bytes in more, smaller buckets; without overlap both form these).
 //! A bucket's buffer is padded to a multiple of the ranks and cut into equal chunks; in each
 //! of `2 (ranks - 1)` rounds a rank writes one chunk to its successor while it reads one from
 //! its predecessor.
@@ -31,11 +35,11 @@ use crate::wire::{self, Kind, Token, monotonic_ns};
 use crate::worker::{Outputs, layer_views};
 use crate::{NodeError, checkpoint};
 
-/// A bucket for the ring thread: its index, its launch time (monotonic ns), and the summed
-/// gradients of its layers, flattened.
+/// A bucket for the ring thread: its index, when its gradients were all ready here
+/// (monotonic ns), and the gradients of its layers, flattened.
 struct Bucket {
     index: usize,
-    launch_ns: u64,
+    ready_ns: u64,
     data: Vec<f32>,
 }
 
@@ -83,6 +87,7 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         .map(|range| grads[range].iter().map(|&(l, _)| l).collect())
         .collect();
     let cycle = s.spec.topology.fusion_cycle;
+    let overlap = s.spec.training.overlap;
 
     // The ring's connections, then its thread.
     let (to_ring, ring_in) = mpsc::channel::<Bucket>();
@@ -99,7 +104,7 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         };
         let run = rt.block_on(async {
             let (next, prev) = connect_ring(&job, &token, timeout).await?;
-            all_reduce_buckets(ring, index, next, prev, latency, ring_in, &ring_out).await
+            all_reduce_buckets(ring, index, (next, prev), latency, cycle, ring_in, &ring_out).await
         });
         if let Err(e) = run {
             let _ = ring_out.send(Err(e));
@@ -123,6 +128,7 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         let mut layer_grads: Vec<Option<Vec<Vec<f32>>>> = vec![None; layers];
         let mut next_bucket = 0;
         let mut sent_bytes = 0u64;
+        let mut held = Vec::new();
         for l in (0..layers).rev() {
             let t0 = monotonic_ns();
             let (layer_loss, g) = backend.backward(l, step)?;
@@ -137,14 +143,16 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
                     .flat_map(|&b| layer_grads[b].as_ref().expect("checked").iter().flatten().copied())
                     .collect();
                 sent_bytes += data.len() as u64 * 4;
-                let now = monotonic_ns();
-                let launch = launch_time(Time(now - step_start), Time::ZERO, cycle).0 + step_start;
-                to_ring
-                    .send(Bucket { index: next_bucket, launch_ns: launch, data })
-                    .map_err(|_| NodeError::Protocol("the ring stopped".into()))?;
+                held.push(Bucket { index: next_bucket, ready_ns: monotonic_ns(), data });
+                if overlap {
+                    hand_over(&to_ring, &mut held)?;
+                }
                 next_bucket += 1;
             }
         }
+        let backward_end = monotonic_ns();
+        held.iter_mut().for_each(|b| b.ready_ns = backward_end);
+        hand_over(&to_ring, &mut held)?;
         // The sums, then the average applied locally.
         for _ in 0..buckets.len() {
             let done = from_ring.recv().map_err(|_| NodeError::Protocol("the ring stopped".into()))??;
@@ -238,13 +246,22 @@ async fn connect_ring(
     Ok((next_stream, prev_stream))
 }
 
-/// Runs the ring on every bucket that comes in, in order, until the sender hangs up.
+/// Hands the buckets held so far to the ring thread.
+fn hand_over(to_ring: &mpsc::Sender<Bucket>, held: &mut Vec<Bucket>) -> Result<(), NodeError> {
+    for b in held.drain(..) {
+        to_ring.send(b).map_err(|_| NodeError::Protocol("the ring stopped".into()))?;
+    }
+    Ok(())
+}
+
+/// Runs the ring on every bucket that comes in, in order, until the sender hangs up; each at
+/// its fusion-cycle tick.
 async fn all_reduce_buckets(
     ring: Ring,
     rank: u32,
-    next: TcpStream,
-    prev: TcpStream,
+    (next, prev): (TcpStream, TcpStream),
     latency: u64,
+    cycle: Time,
     buckets: mpsc::Receiver<Bucket>,
     done: &mpsc::Sender<Result<Reduced, NodeError>>,
 ) -> Result<(), NodeError> {
@@ -253,10 +270,13 @@ async fn all_reduce_buckets(
     let n = ring.ranks;
     let from = (rank + n - 1) % n;
     // Blocking receive on the ring's own thread: nothing else runs on this runtime meanwhile.
-    while let Ok(Bucket { index, launch_ns, mut data }) = buckets.recv() {
+    // The coordinator's clock: the first tick is at the job's start, as the simulator's at 0.
+    let mut earliest = Time(monotonic_ns());
+    while let Ok(Bucket { index, ready_ns, mut data }) = buckets.recv() {
+        let launch = launch_time(Time(ready_ns), earliest, cycle);
         let now = monotonic_ns();
-        if launch_ns > now {
-            tokio::time::sleep(Duration::from_nanos(launch_ns - now)).await;
+        if launch.0 > now {
+            tokio::time::sleep(Duration::from_nanos(launch.0 - now)).await;
         }
         let start = monotonic_ns();
         let len = data.len();
@@ -300,7 +320,9 @@ async fn all_reduce_buckets(
             }
         }
         data.truncate(len);
-        if done.send(Ok(Reduced { index, data, start, end: monotonic_ns() })).is_err() {
+        let end = monotonic_ns();
+        earliest = Time((launch + cycle).0.max(end));
+        if done.send(Ok(Reduced { index, data, start, end })).is_err() {
             break;
         }
     }

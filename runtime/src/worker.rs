@@ -95,6 +95,7 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
 
     let t = &s.spec.topology;
     let synchronous = matches!(t.mode, Mode::Sync | Mode::Backup);
+    let overlap = s.spec.training.overlap;
     let layers = proxy.layers.len();
     let mut parts_of_layer: Vec<Vec<usize>> = vec![Vec::new(); layers];
     for (i, p) in plan.placement.parts.iter().enumerate() {
@@ -200,8 +201,10 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
             compute_ns += t1 - t0;
             out.op(index, step, "compute-forward", l as u64, 0, t0, t1, epoch);
         }
-        // Backward in reverse; each layer's gradients leave at once.
+        // Backward in reverse; each layer's gradients leave at once (with overlap; else when
+        // backward ends, in the same order).
         let mut pushes = 0usize;
+        let mut held: Vec<(usize, Kind, u32, Vec<u8>)> = Vec::new();
         for l in (0..layers).rev() {
             let t0 = monotonic_ns();
             let (layer_loss, grads) = backend.backward(l, step)?;
@@ -215,11 +218,17 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
                 let g = &grads[part.var - var_offset[l]][off..off + len];
                 let payload = wire::f32_bytes(g);
                 sent_bytes += payload.len() as u64;
-                send(&outs, part.shard as usize, Kind::Push, p as u32, step, payload)?;
+                held.push((part.shard as usize, Kind::Push, p as u32, payload));
                 pushes += 1;
                 if synchronous && last_push[part.shard as usize] == Some(p) {
                     // The request for the next step follows the shard's last push.
-                    send(&outs, part.shard as usize, Kind::Pull, BARRIER_ONLY, step + 1, Vec::new())?;
+                    held.push((part.shard as usize, Kind::Pull, BARRIER_ONLY, Vec::new()));
+                }
+            }
+            if overlap || l == 0 {
+                for (sh, kind, var, payload) in held.drain(..) {
+                    let at = if kind == Kind::Push { step } else { step + 1 };
+                    send(&outs, sh, kind, var, at, payload)?;
                 }
             }
         }

@@ -148,6 +148,10 @@ struct Sim<'a> {
     /// NIC, both ways, added to what the network carried).
     ring_at_once: Option<f64>,
     ring_bytes: f64,
+    /// Per-layer forward and backward times (the op log's compute ops), and the op log.
+    fwd_ns: Vec<u64>,
+    bwd_ns: Vec<u64>,
+    ops: Vec<crate::SimOp>,
 }
 
 /// Simulates an all-reduce scenario.
@@ -252,6 +256,9 @@ impl<'a> Sim<'a> {
             ready_ns,
             fwd_total: fwd_ns.iter().sum(),
             bwd_total: bwd_ns.iter().sum(),
+            fwd_ns,
+            bwd_ns,
+            ops: Vec::new(),
             apply_ns,
             latency: net_spec.latency,
             overhead_bytes: s.message_overhead().0 as f64 * nic,
@@ -358,7 +365,7 @@ impl<'a> Sim<'a> {
             staleness: Default::default(),
             trace: self.trace,
             classes: self.ranks.len(),
-            ops: Vec::new(),
+            ops: self.ops,
         })
     }
 
@@ -394,6 +401,9 @@ impl<'a> Sim<'a> {
         let r = &mut self.ranks[i];
         (r.in_step, r.step_start, r.fwd, r.compute_ns) = (true, now, fwd, fwd + bwd);
         (r.backward_done, r.applying) = (false, false);
+        if self.opts.op_log {
+            self.log_compute(rank, now);
+        }
         if self.opts.trace && step < u64::from(self.s.spec.training.trace_steps) && rank.is_multiple_of(self.gpus) {
             let pid = format!("worker{host}");
             let (f, b) = (now + Time(fwd), now + Time(fwd + bwd));
@@ -401,6 +411,46 @@ impl<'a> Sim<'a> {
             self.trace.push(Span { pid, tid: "gpu", name: "backward".into(), start: f, end: b });
         }
         self.plan_tick();
+    }
+
+    /// With `op_log`: every layer's forward then backward compute of `rank`'s step starting at
+    /// `now`, one after another (scaled by the step's compute factor), for each worker the
+    /// rank stands for.
+    fn log_compute(&mut self, rank: u32, now: Time) {
+        let i = rank as usize;
+        let step = self.ranks[i].step;
+        let layers = self.fwd_ns.len();
+        let order = (0..layers).map(|l| ("compute-forward", l, self.fwd_ns[l]));
+        let order = order.chain((0..layers).rev().map(|l| ("compute-backward", l, self.bwd_ns[l])));
+        let mut at = now.0;
+        let mut ops = Vec::new();
+        for (op, l, ns) in order {
+            let end = at + self.scaled(i, ns);
+            ops.push((op, l as u64, at, end));
+            at = end;
+        }
+        for worker in self.workers_of(rank) {
+            self.ops.extend(ops.iter().map(|&(op, index, start_ns, end_ns)| crate::SimOp {
+                worker,
+                step,
+                op,
+                index,
+                bytes: 0,
+                start_ns,
+                end_ns,
+            }));
+        }
+    }
+
+    /// The workers (hosts) `rank` stands for: every host in lock-step, else its own (its
+    /// first GPU; none for the host's other GPUs).
+    fn workers_of(&self, rank: u32) -> std::ops::Range<u32> {
+        let host = self.ranks[rank as usize].host;
+        match (self.lock_step(), rank.is_multiple_of(self.gpus)) {
+            (true, _) => 0..self.s.spec.topology.workers,
+            (false, true) => host..host + 1,
+            (false, false) => 0..0,
+        }
     }
 
     /// When gradient `g` of the coordinator's step is ready on `rank` (which is in that step).
@@ -551,6 +601,22 @@ impl<'a> Sim<'a> {
     /// (first GPU, traced steps); the coordinator's next cycle once every rank has.
     fn bucket_done(&mut self, rank: u32, gb: u64) {
         let now = self.q.now();
+        let r = &self.ranks[rank as usize];
+        if self.opts.op_log {
+            let (step, start) = (r.step, r.bucket_started);
+            let index = gb - self.step_buckets[step as usize].start;
+            for worker in self.workers_of(rank) {
+                self.ops.push(crate::SimOp {
+                    worker,
+                    step,
+                    op: "all-reduce",
+                    index,
+                    bytes: self.buckets[gb as usize],
+                    start_ns: start.0,
+                    end_ns: now.0,
+                });
+            }
+        }
         let r = &self.ranks[rank as usize];
         if self.opts.trace && rank.is_multiple_of(self.gpus) && r.step < u64::from(self.s.spec.training.trace_steps) {
             let first = self.step_buckets[r.step as usize].start;

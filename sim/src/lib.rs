@@ -130,11 +130,11 @@ pub struct SimOp {
     pub worker: u32,
     /// Step.
     pub step: u64,
-    /// "compute-forward", "compute-backward", "pull" or "push".
+    /// "compute-forward", "compute-backward", "pull", "push" or "all-reduce".
     pub op: &'static str,
-    /// Layer (compute) or part (pull, push).
+    /// Layer (compute), part (pull, push) or the step's fusion bucket (all-reduce).
     pub index: u64,
-    /// Payload bytes (pull, push).
+    /// Payload bytes (pull, push; all-reduce: the bucket's gradients).
     pub bytes: u64,
     /// Simulated start and end, ns: a transfer from when it was queued to its arrival, a
     /// layer's compute within its chain.

@@ -194,16 +194,18 @@ fn from_replay(dir: &std::path::Path) -> Vec<Timed> {
         .collect()
 }
 
-#[test]
-fn replay_and_simulator_perform_the_plans_ops_and_bytes() {
+/// Two workers, two shards, a variable split across shards (every kind of part), with the
+/// training settings `training` (TOML lines of [training]).
+fn ps_conformance(training: &str) {
     let d = super::TempDir::new("conformance");
     std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
     let f = d.join("conf.toml");
-    // Two workers, two shards, a variable split across shards: every kind of part.
     std::fs::write(
         &f,
-        "name = \"conformance\"\nbatch = 8\n[model]\nlayers = \"tiny-mlp.csv\"\n[topology]\nworkers = 2\nps = 2\n\
-         placement = \"partitioned\"\npartition_threshold = \"1 MiB\"\n[training]\nsteps = 3\n",
+        format!(
+            "name = \"conformance\"\nbatch = 8\n[model]\nlayers = \"tiny-mlp.csv\"\n[topology]\nworkers = 2\nps = 2\n\
+             placement = \"partitioned\"\npartition_threshold = \"1 MiB\"\n[training]\nsteps = 3\n{training}\n"
+        ),
     )
     .unwrap();
     let out = d.join("run");
@@ -226,6 +228,165 @@ fn replay_and_simulator_perform_the_plans_ops_and_bytes() {
     assert!(wrong.is_empty(), "simulator:\n{}", wrong.join("\n"));
     let wrong = order_and_dependencies(&p, steps, &real);
     assert!(wrong.is_empty(), "runtime:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn replay_and_simulator_perform_the_plans_ops_and_bytes() {
+    ps_conformance("");
+}
+
+#[test]
+fn without_overlap_both_engines_push_after_backward_as_the_plan_says() {
+    // The Plan makes every push wait for the whole backward pass; the order check holds both
+    // engines to it (the runtime once pushed each layer at once regardless).
+    ps_conformance("overlap = false");
+}
+
+/// A ring step's rules, checked on one engine's log: compute in layer order; per worker and
+/// step, the fusion buckets core forms (index, bytes), one after another, each after its last
+/// gradient's backward (after the whole backward without overlap); the next step's compute
+/// after the last bucket; and a bucket ends on no worker before every worker has begun it (a
+/// ring needs all). Returns what is wrong.
+fn ring_order(s: &Scenario, ops: &[Timed]) -> Vec<String> {
+    use topolab_core::collective::{backward_gradients, fusion_buckets};
+    let mut wrong = Vec::new();
+    let grads = backward_gradients(&s.model);
+    let buckets: Vec<(u64, usize)> = fusion_buckets(&grads, s.spec.topology.fusion_buffer)
+        .into_iter()
+        .map(|r| (grads[r.clone()].iter().map(|g| g.1).sum(), grads[r.end - 1].0))
+        .collect();
+    let layers = s.model.layers.len() as u64;
+    let planned: Vec<(String, u64)> = (0..layers)
+        .map(|l| ("compute-forward".to_string(), l))
+        .chain((0..layers).rev().map(|l| ("compute-backward".to_string(), l)))
+        .collect();
+    let overlap = s.spec.training.overlap;
+    let steps = s.spec.training.steps;
+    let mine = |w: u32, k: u64, name: &str| {
+        let mut v: Vec<&Timed> =
+            ops.iter().filter(|o| o.worker == w && o.step == k && o.op.starts_with(name)).collect();
+        v.sort_by_key(|o| (o.start, o.end));
+        v
+    };
+    for w in 0..s.spec.topology.workers {
+        for k in 0..steps {
+            let compute = mine(w, k, "compute");
+            let order: Vec<(String, u64)> = compute.iter().map(|o| (o.op.clone(), o.index)).collect();
+            if order != planned {
+                wrong.push(format!("worker {w} step {k}: compute order {order:?}"));
+            }
+            let reduces = mine(w, k, "all-reduce");
+            let got: Vec<(u64, u64)> = reduces.iter().map(|o| (o.index, o.bytes)).collect();
+            let want: Vec<(u64, u64)> = buckets.iter().enumerate().map(|(b, x)| (b as u64, x.0)).collect();
+            if got != want {
+                wrong.push(format!("worker {w} step {k}: buckets (index, bytes) {got:?}, core forms {want:?}"));
+                continue;
+            }
+            let backward_end = compute.iter().map(|o| o.end).max().unwrap_or(0);
+            for (b, r) in reduces.iter().enumerate() {
+                let last_layer = buckets[b].1 as u64;
+                let ready = if overlap {
+                    compute.iter().find(|o| o.op == "compute-backward" && o.index == last_layer).map_or(0, |o| o.end)
+                } else {
+                    backward_end
+                };
+                if r.start < ready {
+                    wrong.push(format!(
+                        "worker {w} step {k}: bucket {b} starts at {} before its gradients are ready at {ready}",
+                        r.start
+                    ));
+                }
+                if b > 0 && r.start < reduces[b - 1].end {
+                    wrong.push(format!("worker {w} step {k}: bucket {b} starts before bucket {} ends", b - 1));
+                }
+                let begun = ops
+                    .iter()
+                    .filter(|o| o.step == k && o.op == "all-reduce" && o.index == b as u64)
+                    .map(|o| o.start)
+                    .max()
+                    .unwrap_or(0);
+                if r.end < begun {
+                    wrong.push(format!(
+                        "worker {w} step {k}: bucket {b} ends at {} before every worker began it",
+                        r.end
+                    ));
+                }
+            }
+            let last = reduces.last().map_or(0, |o| o.end);
+            if let Some(next) = mine(w, k + 1, "compute").first()
+                && next.start < last
+            {
+                wrong.push(format!(
+                    "worker {w}: step {} computes at {} before step {k}'s last bucket ends",
+                    k + 1,
+                    next.start
+                ));
+            }
+        }
+    }
+    wrong
+}
+
+/// A ring of three workers on the tiny MLP (three fusion buckets of it), replayed; the
+/// effective scenario and the replay's ops.
+fn ring_run(d: &super::TempDir, training: &str) -> (Scenario, Vec<Timed>) {
+    std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
+    let f = d.join("ring.toml");
+    std::fs::write(
+        &f,
+        format!(
+            "name = \"ring-conformance\"\nbatch = 8\n[model]\nlayers = \"tiny-mlp.csv\"\n[topology]\nkind = \"all-reduce\"\n\
+             workers = 3\nfusion_buffer = \"600 KiB\"\n[training]\nsteps = 3\n{training}\n"
+        ),
+    )
+    .unwrap();
+    let out = d.join("run");
+    let o = topolab(&["replay", f.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    (Scenario::load(&out.join("effective.toml")).unwrap(), from_replay(&out))
+}
+
+#[test]
+fn a_ring_step_follows_cores_buckets_in_both_engines() {
+    // Without overlap both engines form core's buckets from the whole backward pass: the same
+    // ops (compute per layer, all-reduce per bucket with its bytes) and the same rules.
+    let d = super::TempDir::new("conformance-ring");
+    let (eff, real) = ring_run(&d, "overlap = false");
+    let sim = from_sim(&eff);
+    assert_eq!(untimed(&sim), untimed(&real), "the engines' ops differ");
+    assert_eq!(untimed(&real).len(), 3 * 3);
+    assert!(real.iter().filter(|o| o.op == "all-reduce").count() >= 2 * 9, "several buckets a step");
+    let wrong = ring_order(&eff, &sim);
+    assert!(wrong.is_empty(), "simulator:\n{}", wrong.join("\n"));
+    let wrong = ring_order(&eff, &real);
+    assert!(wrong.is_empty(), "runtime:\n{}", wrong.join("\n"));
+    // The check can fail: a bucket that starts before backward ends.
+    let mut bad = sim.clone();
+    let b = bad.iter().position(|o| o.op == "all-reduce" && o.step == 1 && o.index == 0).unwrap();
+    bad[b].start -= 1_000_000;
+    let wrong = ring_order(&eff, &bad);
+    assert!(wrong.iter().any(|w| w.contains("before its gradients are ready")), "{wrong:?}");
+}
+
+#[test]
+fn with_overlap_the_replayed_ring_launches_each_bucket_after_its_own_gradients() {
+    // With overlap the runtime keeps core's buckets (the simulator fuses what is ready at each
+    // cycle tick, which can differ): each still leaves after its last gradient, in order.
+    let d = super::TempDir::new("conformance-ring-overlap");
+    let (eff, real) = ring_run(&d, "");
+    let wrong = ring_order(&eff, &real);
+    assert!(wrong.is_empty(), "runtime:\n{}", wrong.join("\n"));
+    // And overlap is real: some bucket starts before backward ends.
+    let early = real.iter().filter(|o| o.op == "all-reduce" && o.index == 0).any(|r| {
+        let end = real
+            .iter()
+            .filter(|o| o.worker == r.worker && o.step == r.step && o.op == "compute-backward")
+            .map(|o| o.end)
+            .max()
+            .unwrap();
+        r.start < end
+    });
+    assert!(early, "no bucket overlapped backward");
 }
 
 #[test]
