@@ -88,6 +88,11 @@ pub fn refusal(s: &Scenario, plan: &Plan, resume: bool, latency_in_kernel: bool)
             t.placement.as_str()
         ));
     }
+    if !s.spec.training.overlap {
+        return Some(
+            "training.overlap = false: TensorFlow's dataflow sends each gradient as soon as it is computed; the engine cannot hold them until backward ends".into(),
+        );
+    }
     if s.spec.runtime.backend == Backend::Cuda {
         return Some("the engine runs tensorflow-cpu; runtime.backend = \"cuda\" is the topolab engine's".into());
     }
@@ -164,4 +169,24 @@ pub fn tf_config(ps: &[String], workers: &[String], kind: &str, index: u32) -> S
 pub fn placement(trace_dir: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(trace_dir.join("placement.json")).ok()?;
     serde_json::from_str(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_the_engine_cannot_hold_is_refused() {
+        let text = |training: &str| {
+            format!(
+                "name = \"t\"\nbatch = 8\n[model]\nname = \"alexnet\"\n[topology]\nworkers = 2\nps = 1\n[training]\nsteps = 2\n{training}\n"
+            )
+        };
+        let s = Scenario::parse(&text(""), "t.toml", "t", None).unwrap();
+        let plan = Plan::new(&s).unwrap();
+        assert_eq!(refusal(&s, &plan, false, true), None);
+        let s = Scenario::parse(&text("overlap = false"), "t.toml", "t", None).unwrap();
+        let why = refusal(&s, &plan, false, true).unwrap();
+        assert!(why.contains("training.overlap = false"), "{why}");
+    }
 }
