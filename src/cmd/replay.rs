@@ -316,11 +316,11 @@ fn print_replay(outcome: &launcher::ReplayOutcome, predicted: &[(u64, f64)]) {
             r.task, r.at_s, r.steps_done, r.checkpoint_step, r.lost_steps, p.0, r.restart_s, p.1
         );
     }
+    let exchange = if sum.ps == 0 { "ring all-reduce".to_string() } else { format!("{} PS", sum.ps) };
     println!(
-        "Replayed {} ({} workers, {} PS) from step {}: {} step records",
+        "Replayed {} ({} workers, {exchange}) from step {}: {} step records",
         sum.scenario,
         sum.workers,
-        sum.ps,
         outcome.start_step,
         outcome.steps.len()
     );

@@ -826,7 +826,7 @@ fn a_ring_all_reduce_trains_as_a_synchronous_parameter_server_and_resumes_after_
     assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
     let o = replay(&[&ring, "--out", crash.to_str().unwrap(), "--resume"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stdout(&o).contains("from step 10:"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("(3 workers, ring all-reduce) from step 10:"), "{}", stdout(&o));
     assert_eq!(f32s(&crash.join("final/shard-0.bin")), a, "resumed parameters differ from the uninterrupted run");
 }
 
