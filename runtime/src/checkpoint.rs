@@ -43,6 +43,18 @@ pub fn write(dir: &Path, step: u64, shard: u32, params: &[f32]) -> std::io::Resu
     write_atomic(&d.join(format!("shard-{shard}.json")), serde_json::to_string_pretty(&m).expect("JSON").as_bytes())
 }
 
+/// Reads the checkpoint of `shard` at `step` into `values`, in order (each filled to its length).
+pub fn read_into(dir: &Path, step: u64, shard: u32, values: &mut [Vec<f32>]) -> Result<(), String> {
+    let flat = read(dir, step, shard)?;
+    let mut off = 0;
+    for v in values {
+        let n = v.len();
+        v.copy_from_slice(flat.get(off..off + n).ok_or("checkpoint has too few values")?);
+        off += n;
+    }
+    Ok(())
+}
+
 /// Reads and verifies shard `shard` at `step`.
 pub fn read(dir: &Path, step: u64, shard: u32) -> Result<Vec<f32>, String> {
     let d = step_dir(dir, step);

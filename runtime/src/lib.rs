@@ -81,18 +81,13 @@ pub struct OpRecord {
 /// Runs the task described by the cluster spec in the environment (`topolab node`).
 pub fn run_node() -> Result<(), NodeError> {
     let spec = cluster::ClusterSpec::from_env().map_err(NodeError::Setup)?;
+    let s = topolab_core::scenario::Scenario::load(&spec.job.scenario).map_err(|e| NodeError::Setup(e.to_string()))?;
+    // Workers of an all-reduce have no shards: they sum among themselves (a ring).
+    let ring = s.spec.topology.kind == topolab_core::scenario::TopologyKind::AllReduce;
     match spec.task.kind.as_str() {
-        "ps" => ps::run(&spec),
-        "worker" => {
-            // Workers of an all-reduce have no shards: they sum among themselves (a ring).
-            let s = topolab_core::scenario::Scenario::load(&spec.job.scenario)
-                .map_err(|e| NodeError::Setup(e.to_string()))?;
-            if s.spec.topology.kind == topolab_core::scenario::TopologyKind::AllReduce {
-                ring::run(&spec)
-            } else {
-                worker::run(&spec)
-            }
-        }
+        "ps" => ps::run(&spec, &s),
+        "worker" if ring => ring::run(&spec, &s),
+        "worker" => worker::run(&spec, &s),
         other => Err(NodeError::Setup(format!("unknown task type `{other}` (ps or worker)"))),
     }
 }

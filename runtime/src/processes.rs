@@ -4,9 +4,9 @@
 //! Each topolab shard binds port 0 (on loopback) or its host's address and reports the port it
 //! got on stdout (no race for free ports); then the workers start with the shards' addresses.
 //! TensorFlow's tasks and the workers of a ring all-reduce get reserved ports (loopback) or
-//! fixed ones per host. The tasks write
-//! their traces into the run directory themselves, so collecting them is nothing to do. Only
-//! processes this launcher started are ever stopped, by PID.
+//! fixed ones per host. The tasks write their traces into the run directory themselves, so
+//! collecting them is nothing to do. Only processes this launcher started are ever stopped, by
+//! PID.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -62,10 +62,9 @@ impl Shard {
 }
 
 /// Runs a shard until every worker is done.
-pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
-    let s = Scenario::load(&spec.job.scenario).map_err(|e| NodeError::Setup(e.to_string()))?;
-    let plan = Plan::new(&s).map_err(|e| NodeError::Setup(e.to_string()))?;
-    let proxy = Proxy::from_effective(&s);
+pub fn run(spec: &ClusterSpec, s: &Scenario) -> Result<(), NodeError> {
+    let plan = Plan::new(s).map_err(|e| NodeError::Setup(e.to_string()))?;
+    let proxy = Proxy::from_effective(s);
     let index = spec.task.index;
     let t = &s.spec.topology;
     let init = proxy.init(s.spec.seed);
@@ -73,16 +72,10 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         (0..plan.placement.parts.len()).filter(|&i| plan.placement.parts[i].shard == index).collect();
     let mut values: Vec<Vec<f32>> = parts.iter().map(|&p| part_slice(&plan, &init, p)).collect();
     if spec.job.start_step > 0 {
-        let flat = checkpoint::read(&spec.job.checkpoint_dir, spec.job.start_step, index).map_err(NodeError::Setup)?;
-        let mut off = 0;
-        for v in &mut values {
-            let n = v.len();
-            v.copy_from_slice(
-                flat.get(off..off + n).ok_or_else(|| NodeError::Setup("checkpoint has too few values".into()))?,
-            );
-            off += n;
-        }
+        checkpoint::read_into(&spec.job.checkpoint_dir, spec.job.start_step, index, &mut values)
+            .map_err(NodeError::Setup)?;
     }
+    let settings = crate::launcher::ReplaySettings::of(s);
     let synchronous = matches!(t.mode, Mode::Sync | Mode::Backup);
     let inputs = t.workers - if t.mode == Mode::Backup { t.backup_workers } else { 0 };
     let shard = Shard {
@@ -92,12 +85,12 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         pending: parts.iter().map(|_| vec![None; t.workers as usize]).collect(),
         parts,
         values,
-        lr: crate::launcher::ReplaySettings::of(&s).learning_rate,
+        lr: settings.learning_rate,
         workers: t.workers,
         inputs,
         synchronous,
         done: 0,
-        checkpoint_every: crate::launcher::ReplaySettings::of(&s).checkpoint_every,
+        checkpoint_every: settings.checkpoint_every,
         checkpoint_dir: spec.job.checkpoint_dir.clone(),
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(NodeError::Io)?;

@@ -52,31 +52,22 @@ struct Reduced {
 }
 
 /// Runs one rank of a ring all-reduce job to the end of training.
-pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
-    let s = Scenario::load(&spec.job.scenario).map_err(|e| NodeError::Setup(e.to_string()))?;
-    let proxy = Proxy::from_effective(&s);
+pub fn run(spec: &ClusterSpec, s: &Scenario) -> Result<(), NodeError> {
+    let proxy = Proxy::from_effective(s);
     let index = spec.task.index;
     let ranks = spec.worker.len() as u32;
     let token = Token::from_hex(&spec.job.token).ok_or_else(|| NodeError::Setup("bad token".into()))?;
     let r = &s.spec.runtime;
     let mut backend = compute::open(r.backend, &proxy, s.spec.seed, index, r.device, s.spec.hardware.precision)?;
     let timeout = Duration::from_secs(spec.job.timeout_s);
-    let settings = crate::launcher::ReplaySettings::of(&s);
+    let settings = crate::launcher::ReplaySettings::of(s);
     let start = spec.job.start_step;
     let total = s.spec.training.steps;
 
     // The parameters, the same on every rank: the seed's, or the checkpoint's.
     let mut vars = proxy.init(s.spec.seed);
     if start > 0 {
-        let flat = checkpoint::read(&spec.job.checkpoint_dir, start, 0).map_err(NodeError::Setup)?;
-        let mut off = 0;
-        for v in &mut vars {
-            let n = v.len();
-            v.copy_from_slice(
-                flat.get(off..off + n).ok_or_else(|| NodeError::Setup("checkpoint has too few values".into()))?,
-            );
-            off += n;
-        }
+        checkpoint::read_into(&spec.job.checkpoint_dir, start, 0, &mut vars).map_err(NodeError::Setup)?;
     }
     let var_offset = proxy.var_offsets();
     let layers = proxy.layers.len();
@@ -154,6 +145,7 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         held.iter_mut().for_each(|b| b.ready_ns = backward_end);
         hand_over(&to_ring, &mut held)?;
         // The sums, then the average applied locally.
+        let scale = settings.learning_rate / ranks as f32;
         for _ in 0..buckets.len() {
             let done = from_ring.recv().map_err(|_| NodeError::Protocol("the ring stopped".into()))??;
             out.op(
@@ -171,7 +163,6 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
                 for v in 0..proxy.layers[l].vars.len() {
                     let w = &mut vars[var_offset[l] + v];
                     let g = &done.data[off..off + w.len()];
-                    let scale = settings.learning_rate / ranks as f32;
                     for (x, d) in w.iter_mut().zip(g) {
                         *x -= scale * d;
                     }

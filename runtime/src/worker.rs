@@ -47,10 +47,9 @@ struct Sent {
 }
 
 /// Runs a worker to the end of training.
-pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
-    let s = Scenario::load(&spec.job.scenario).map_err(|e| NodeError::Setup(e.to_string()))?;
-    let plan = Plan::new(&s).map_err(|e| NodeError::Setup(e.to_string()))?;
-    let proxy = Proxy::from_effective(&s);
+pub fn run(spec: &ClusterSpec, s: &Scenario) -> Result<(), NodeError> {
+    let plan = Plan::new(s).map_err(|e| NodeError::Setup(e.to_string()))?;
+    let proxy = Proxy::from_effective(s);
     let index = spec.task.index;
     let token = Token::from_hex(&spec.job.token).ok_or_else(|| NodeError::Setup("bad token".into()))?;
     let r = &s.spec.runtime;
@@ -204,7 +203,7 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
         // Backward in reverse; each layer's gradients leave at once (with overlap; else when
         // backward ends, in the same order).
         let mut pushes = 0usize;
-        let mut held: Vec<(usize, Kind, u32, Vec<u8>)> = Vec::new();
+        let mut held: Vec<(usize, Kind, u32, u64, Vec<u8>)> = Vec::new();
         for l in (0..layers).rev() {
             let t0 = monotonic_ns();
             let (layer_loss, grads) = backend.backward(l, step)?;
@@ -218,16 +217,15 @@ pub fn run(spec: &ClusterSpec) -> Result<(), NodeError> {
                 let g = &grads[part.var - var_offset[l]][off..off + len];
                 let payload = wire::f32_bytes(g);
                 sent_bytes += payload.len() as u64;
-                held.push((part.shard as usize, Kind::Push, p as u32, payload));
+                held.push((part.shard as usize, Kind::Push, p as u32, step, payload));
                 pushes += 1;
                 if synchronous && last_push[part.shard as usize] == Some(p) {
                     // The request for the next step follows the shard's last push.
-                    held.push((part.shard as usize, Kind::Pull, BARRIER_ONLY, Vec::new()));
+                    held.push((part.shard as usize, Kind::Pull, BARRIER_ONLY, step + 1, Vec::new()));
                 }
             }
             if overlap || l == 0 {
-                for (sh, kind, var, payload) in held.drain(..) {
-                    let at = if kind == Kind::Push { step } else { step + 1 };
+                for (sh, kind, var, at, payload) in held.drain(..) {
                     send(&outs, sh, kind, var, at, payload)?;
                 }
             }

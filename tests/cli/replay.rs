@@ -303,22 +303,8 @@ fn ip_lines(args: &[&str]) -> Vec<String> {
 #[test]
 #[ignore = "needs root (network namespaces, veth, tc): as root, cargo test -- --ignored"]
 fn a_netns_replay_of_2_ps_and_4_workers_leaves_nothing_behind() {
-    assert!(topolab_runtime::netns::is_root(), "this test needs root (the netns launcher)");
-    let _guard = netns_lock();
     let d = tmp("netns");
-    std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
-    let f = d.join("ns.toml");
-    std::fs::write(
-        &f,
-        "name = \"ns\"\nbatch = 16\n[model]\nlayers = \"tiny-mlp.csv\"\n[network]\nnic = \"100 Mbit/s\"\nlatency = \"100 us\"\n\
-         [topology]\nworkers = 4\nps = 2\n[training]\nsteps = 3\n",
-    )
-    .unwrap();
-    let netns_before = ip_lines(&["netns", "list"]);
-    let links_before = ip_lines(&["-o", "link"]);
-    let out = d.join("run");
-    let o = replay(&[f.to_str().unwrap(), "--launcher", "netns", "--out", out.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let (out, o) = netns_replay(&d, "workers = 4\nps = 2", (2, 4));
     assert!(
         stdout(&o).contains("Latency       emulated in the transport") || stdout(&o).contains("Latency       netem")
     );
@@ -342,28 +328,26 @@ fn a_netns_replay_of_2_ps_and_4_workers_leaves_nothing_behind() {
     assert!(eff.contains("drop-tail queue of 50 ms"), "{eff}");
     let steps = std::fs::read_to_string(out.join("steps.csv")).unwrap();
     assert_eq!(steps.lines().count(), 1 + 4 * 3);
-    assert_eq!(ip_lines(&["netns", "list"]), netns_before, "a namespace was left behind");
-    assert_eq!(ip_lines(&["-o", "link"]), links_before, "a link was left behind");
-    let pids: topolab_runtime::launcher::Pids =
-        serde_json::from_str(&std::fs::read_to_string(out.join("pids.json")).unwrap()).unwrap();
-    assert_eq!((pids.ps.len(), pids.worker.len()), (2, 4));
-    for pid in pids.ps.iter().chain(&pids.worker) {
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "task {pid} still running");
-    }
 }
 
-#[test]
-#[ignore = "needs root (network namespaces, veth, tc): as root, cargo test -- --ignored"]
-fn a_netns_ring_of_4_workers_on_shaped_links_trains_and_leaves_nothing_behind() {
+/// Replays the tiny MLP (batch 16, 3 steps) with `topology` (lines of [topology]) on 100 Mbit/s
+/// links in network namespaces (root); checks it succeeded with (shards, workers) tasks and
+/// left no namespace, link or task behind. Returns the run directory and the output.
+fn netns_replay(
+    d: &super::TempDir,
+    topology: &str,
+    tasks: (usize, usize),
+) -> (std::path::PathBuf, std::process::Output) {
     assert!(topolab_runtime::netns::is_root(), "this test needs root (the netns launcher)");
     let _guard = netns_lock();
-    let d = tmp("netns-ring");
     std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
-    let f = d.join("ring.toml");
+    let f = d.join("ns.toml");
     std::fs::write(
         &f,
-        "name = \"ring\"\nbatch = 16\n[model]\nlayers = \"tiny-mlp.csv\"\n[network]\nnic = \"100 Mbit/s\"\nlatency = \"100 us\"\n\
-         [topology]\nkind = \"all-reduce\"\nworkers = 4\n[training]\nsteps = 3\n",
+        format!(
+            "name = \"ns\"\nbatch = 16\n[model]\nlayers = \"tiny-mlp.csv\"\n[network]\nnic = \"100 Mbit/s\"\nlatency = \"100 us\"\n\
+             [topology]\n{topology}\n[training]\nsteps = 3\n"
+        ),
     )
     .unwrap();
     let netns_before = ip_lines(&["netns", "list"]);
@@ -371,6 +355,22 @@ fn a_netns_ring_of_4_workers_on_shaped_links_trains_and_leaves_nothing_behind() 
     let out = d.join("run");
     let o = replay(&[f.to_str().unwrap(), "--launcher", "netns", "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(ip_lines(&["netns", "list"]), netns_before, "a namespace was left behind");
+    assert_eq!(ip_lines(&["-o", "link"]), links_before, "a link was left behind");
+    let pids: topolab_runtime::launcher::Pids =
+        serde_json::from_str(&std::fs::read_to_string(out.join("pids.json")).unwrap()).unwrap();
+    assert_eq!((pids.ps.len(), pids.worker.len()), tasks);
+    for pid in pids.ps.iter().chain(&pids.worker) {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "task {pid} still running");
+    }
+    (out, o)
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, veth, tc): as root, cargo test -- --ignored"]
+fn a_netns_ring_of_4_workers_on_shaped_links_trains_and_leaves_nothing_behind() {
+    let d = tmp("netns-ring");
+    let (out, _) = netns_replay(&d, "kind = \"all-reduce\"\nworkers = 4", (0, 4));
     // One host per worker, none for shards.
     let hosts: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(out.join("netns.json")).unwrap()).unwrap();
@@ -383,14 +383,6 @@ fn a_netns_ring_of_4_workers_on_shaped_links_trains_and_leaves_nothing_behind() 
     let bytes = 5_292_320u64;
     assert!(steps.iter().all(|r| r.bytes_sent == bytes * 3 / 2), "{:?}", steps[0]);
     assert!(steps.iter().all(|r| r.end_ns - r.start_ns > 600_000_000), "{steps:?}");
-    assert_eq!(ip_lines(&["netns", "list"]), netns_before, "a namespace was left behind");
-    assert_eq!(ip_lines(&["-o", "link"]), links_before, "a link was left behind");
-    let pids: topolab_runtime::launcher::Pids =
-        serde_json::from_str(&std::fs::read_to_string(out.join("pids.json")).unwrap()).unwrap();
-    assert_eq!((pids.ps.len(), pids.worker.len()), (0, 4));
-    for pid in &pids.worker {
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "task {pid} still running");
-    }
 }
 
 #[test]
