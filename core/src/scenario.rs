@@ -1725,18 +1725,13 @@ fn no_effect(s: &ScenarioFile, gpu: Option<&Gpu>, v: &mut Problems) {
                 Some("remove `mode` (or set kind = \"parameter-server\")".into()),
             );
         }
-        for (path, set) in [
-            ("hardware.shared_cores", s.hardware.shared_cores.is_some()),
-            ("hardware.shared_gpus", s.hardware.shared_gpus.is_some()),
-        ] {
-            if set {
-                not_yet(
-                    v,
-                    path,
-                    "sharing one machine's cores or GPUs in an all-reduce",
-                    "it is modelled for parameter servers only",
-                );
-            }
+        if s.hardware.shared_gpus.is_some() {
+            not_yet(
+                v,
+                "hardware.shared_gpus",
+                "sharing one machine's GPUs in an all-reduce",
+                "it is modelled for parameter servers only (shared cores are modelled for both)",
+            );
         }
         if t.workers == 1 {
             v.push(

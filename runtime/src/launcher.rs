@@ -265,9 +265,7 @@ pub fn effective_scenario(
     f.hardware.gpus_per_host = 1;
     // On Kubernetes each task has a core of its own (its request), on nodes assumed as fast as
     // this machine; elsewhere every task shares this machine's cores.
-    // (The simulator models shared cores for parameter servers only: an all-reduce's
-    // prediction gives each worker a core of its own.)
-    f.hardware.shared_cores = (launcher != LauncherKind::K8s && !all_reduce).then_some(cores);
+    f.hardware.shared_cores = (launcher != LauncherKind::K8s).then_some(cores);
     if let ReplayCompute::ClusterGpu = compute {
         // The scenario's GPU, one per worker pod (device 0 of the pod's own), at its precision.
         f.hardware.gpu = s.spec.hardware.gpu.clone();

@@ -38,10 +38,20 @@ use crate::engine::EventQueue;
 use crate::maxmin::Use;
 use crate::network::{Message, Network, Timer};
 use crate::training::{
-    Outcome, ResourceOwner, Span, add_racks, compute_factor, layer_times, network_noise, nic_bytes_per_ns,
-    resource_uses, sharing_network,
+    NETWORK_PRIORITY, Outcome, ResourceOwner, Span, add_racks, compute_factor, layer_times, network_noise,
+    nic_bytes_per_ns, resource_uses, sharing_network,
 };
 use crate::{SimError, SimOptions};
+
+/// What a flow's message carries.
+#[derive(Debug, Clone, Copy)]
+enum Tag {
+    /// A chunk from rank `from` over its link `slot`, arriving on the next rank's `in_slot`.
+    Chunk { from: u32, slot: usize, in_slot: usize },
+    /// Shared cores: core-nanoseconds of the rank's current compute item (a layer's forward
+    /// or backward, or the update).
+    Compute { rank: u32 },
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Ev {
@@ -104,6 +114,14 @@ struct Rank {
     /// When the bucket being reduced started here (its first send).
     bucket_started: Time,
     finished: bool,
+    /// Shared cores: the flow that carries the rank's compute, the compute item in progress
+    /// (forward layers in order, then backward layers in reverse) and when it began, when
+    /// forward ended, and when each gradient (in backward order) became ready this step.
+    compute_flow: Option<usize>,
+    item: usize,
+    item_start: Time,
+    fwd_end: Time,
+    ready: Vec<Time>,
 }
 
 struct Sim<'a> {
@@ -111,7 +129,7 @@ struct Sim<'a> {
     opts: &'a SimOptions,
     q: EventQueue<Ev>,
     /// Messages carry their sender and link.
-    net: Network<(u32, usize, usize)>,
+    net: Network<Tag>,
     sched: Schedule,
     gpus: u32,
     ranks: Vec<Rank>,
@@ -169,11 +187,21 @@ impl<'a> Sim<'a> {
         let gpus = spec.hardware.gpus_per_host;
         let sched = Schedule::of(t.algorithm, hosts, gpus);
 
-        let mut net: Network<(u32, usize, usize)> = sharing_network(s);
+        let mut net: Network<Tag> = sharing_network(s);
         let mut resources = Vec::new();
         let two_tier = net_spec.switch == SwitchKind::TwoTier;
         let rack_of = |h: u32| if two_tier { h / net_spec.hosts_per_rack } else { 0 };
         let (up, down) = add_racks(s, &mut net, hosts, &mut resources);
+        // A ring's rounds do not pipeline: a chunk is encoded, sent, received whole, decoded
+        // and reduced before the next round's chunk leaves, so the user-space copies add to
+        // the wire time (`copy_factor`, extra bytes), unlike a PS whose other parts keep the
+        // wire busy while one is copied.
+        let copy_factor = 1.0 + s.copy_ns_per_byte() * nic;
+        // Shared cores: one machine's cores, max-min shared by the ranks' compute (each rank's
+        // process on at most one core at a time) and, first, by the CPU that moving bytes
+        // costs (the kernel's and the copies'), per wire byte of the stretched message.
+        let machine = s.shared_cores().map(|cores| net.add_resource(f64::from(cores)));
+        let cpu_per_byte = (s.network_cpu_ns_per_byte() + s.copy_ns_per_byte()) / copy_factor;
         // Identical ranks in identical places run in lock-step: every round takes each of
         // them the same time (equal chunks, a link of its own each way), so one stands for all
         // (its records are copied to every host), exactly, as identical PS workers form a class.
@@ -191,6 +219,7 @@ impl<'a> Sim<'a> {
             && s.unfairness() == 0.0
             && !(s.ramp().0.0 > 0 && s.ramp().1 < 1.0)
             && s.fifo().0 == 0
+            && machine.is_none()
             && !opts.no_classes;
         let bus = s.host_bus.bandwidth.bytes_per_sec() / 1e9;
         let mut nics = Vec::new();
@@ -230,9 +259,22 @@ impl<'a> Sim<'a> {
                 } else {
                     vec![Use { resource: nics[h as usize].2.expect("a multi-GPU host has a bus"), weight: stands_for }]
                 };
-                *link = Some((net.add_flow(path), over_nic));
+                let cpu = machine.filter(|_| over_nic && cpu_per_byte > 0.0);
+                let mut path = path;
+                path.extend(cpu.map(|m| Use { resource: m, weight: cpu_per_byte }));
+                let f = net.add_flow(path);
+                if cpu.is_some() {
+                    net.set_priority(f, NETWORK_PRIORITY);
+                }
+                *link = Some((f, over_nic));
             }
-            ranks.push(Rank { host: r / gpus, links, factor: 1.0, ..Rank::default() });
+            let compute_flow = machine.map(|m| {
+                let own = net.add_resource(1.0);
+                let f = net.add_flow(vec![Use { resource: own, weight: 1.0 }, Use { resource: m, weight: 1.0 }]);
+                net.set_fair(f);
+                f
+            });
+            ranks.push(Rank { host: r / gpus, links, factor: 1.0, compute_flow, ..Rank::default() });
         }
 
         let (fwd_ns, bwd_ns) = layer_times(s);
@@ -262,7 +304,7 @@ impl<'a> Sim<'a> {
             apply_ns,
             latency: net_spec.latency,
             overhead_bytes: s.message_overhead().0 as f64 * nic,
-            copy_factor: 1.0 + s.copy_ns_per_byte() * nic,
+            copy_factor,
             c_step: 0,
             c_next: 0,
             buckets: Vec::new(),
@@ -310,11 +352,15 @@ impl<'a> Sim<'a> {
                 Ev::Net(t) => {
                     let (msg, timers) = self.net.on_timer(now, t);
                     self.schedule(timers);
-                    if let Some(msg) = msg {
-                        let (from, slot, in_slot) = msg.tag;
-                        let over_nic = self.ranks[from as usize].links[slot].is_some_and(|l| l.1);
-                        let at = if over_nic { now + self.latency } else { now };
-                        self.q.schedule(at, Ev::Deliver { from, slot, in_slot });
+                    match msg.map(|m| m.tag) {
+                        Some(Tag::Chunk { from, slot, in_slot }) => {
+                            let over_nic = self.ranks[from as usize].links[slot].is_some_and(|l| l.1);
+                            let at = if over_nic { now + self.latency } else { now };
+                            self.q.schedule(at, Ev::Deliver { from, slot, in_slot });
+                        }
+                        Some(Tag::Compute { rank }) if self.ranks[rank as usize].applying => self.end_step(rank),
+                        Some(Tag::Compute { rank }) => self.compute_item_done(rank),
+                        None => {}
                     }
                 }
                 Ev::Deliver { from, slot, in_slot } => {
@@ -327,10 +373,7 @@ impl<'a> Sim<'a> {
                     self.progress(to);
                 }
                 Ev::Tick => self.tick(),
-                Ev::BackwardDone { rank } => {
-                    self.ranks[rank as usize].backward_done = true;
-                    self.progress(rank);
-                }
+                Ev::BackwardDone { rank } => self.backward_done(rank),
                 Ev::ApplyDone { rank } => self.end_step(rank),
                 Ev::RingDone { rank } => {
                     let rounds = self.sched.stream_len(rank, 0, 0);
@@ -392,7 +435,10 @@ impl<'a> Sim<'a> {
         let jitter = self.s.jitter() > 0.0 || self.s.spec.faults.tail.is_some();
         self.ranks[i].factor = compute_factor(self.s, host, slowdown, jitter, step, now);
         let (fwd, bwd) = (self.scaled(i, self.fwd_total), self.scaled(i, self.bwd_total));
-        self.q.schedule(now + Time(fwd + bwd), Ev::BackwardDone { rank });
+        let shared = self.ranks[i].compute_flow.is_some();
+        if !shared {
+            self.q.schedule(now + Time(fwd + bwd), Ev::BackwardDone { rank });
+        }
         // GPU-busy time per host (its GPUs compute in parallel), as the PS simulation counts it.
         if rank.is_multiple_of(self.gpus) {
             let hosts = if self.lock_step() { u128::from(self.s.spec.topology.workers) } else { 1 };
@@ -401,16 +447,97 @@ impl<'a> Sim<'a> {
         let r = &mut self.ranks[i];
         (r.in_step, r.step_start, r.fwd, r.compute_ns) = (true, now, fwd, fwd + bwd);
         (r.backward_done, r.applying) = (false, false);
+        if shared {
+            // Layer by layer through the shared cores; gradients become ready as they go.
+            (r.item, r.item_start, r.fwd_end) = (0, now, now);
+            r.ready.clear();
+            self.next_compute_item(rank);
+            return;
+        }
+        r.fwd_end = now + Time(fwd);
         if self.opts.op_log {
             self.log_compute(rank, now);
         }
+        self.plan_tick();
+    }
+
+    /// Shared cores: sends the rank's next compute item with work (each layer's forward in
+    /// order, then each layer's backward in reverse), or ends backward after the last.
+    fn next_compute_item(&mut self, rank: u32) {
+        let now = self.q.now();
+        let i = rank as usize;
+        let layers = self.fwd_ns.len();
+        loop {
+            let k = self.ranks[i].item;
+            if k == 2 * layers {
+                self.ranks[i].compute_ns = now.0 - self.ranks[i].step_start.0;
+                self.backward_done(rank);
+                return;
+            }
+            let ns = if k < layers { self.fwd_ns[k] } else { self.bwd_ns[2 * layers - 1 - k] };
+            let ns = self.scaled(i, ns);
+            self.ranks[i].item_start = now;
+            if ns > 0 {
+                let flow = self.ranks[i].compute_flow.expect("shared cores give each rank a compute flow");
+                let timers = self.net.send(now, flow, Message { bytes: ns as f64, tag: Tag::Compute { rank } });
+                self.schedule(timers);
+                return;
+            }
+            self.item_done(rank);
+        }
+    }
+
+    fn compute_item_done(&mut self, rank: u32) {
+        self.item_done(rank);
+        self.next_compute_item(rank);
+    }
+
+    /// Shared cores: the rank's compute item ended now: its op, the end of forward, and the
+    /// gradients of a backward layer (every layer from it up is done) when they overlap.
+    fn item_done(&mut self, rank: u32) {
+        let now = self.q.now();
+        let i = rank as usize;
+        let layers = self.fwd_ns.len();
+        let (k, start, step) = (self.ranks[i].item, self.ranks[i].item_start, self.ranks[i].step);
+        let (op, layer) = if k < layers { ("compute-forward", k) } else { ("compute-backward", 2 * layers - 1 - k) };
+        if self.opts.op_log {
+            for worker in self.workers_of(rank) {
+                let index = layer as u64;
+                let (start_ns, end_ns) = (start.0, now.0);
+                self.ops.push(crate::SimOp { worker, step, op, index, bytes: 0, start_ns, end_ns });
+            }
+        }
+        let r = &mut self.ranks[i];
+        r.item += 1;
+        if k + 1 == layers {
+            r.fwd_end = now;
+        }
+        if k >= layers && self.s.spec.training.overlap {
+            while r.ready.len() < self.grads.len() && self.grads[r.ready.len()].0 >= layer {
+                r.ready.push(now);
+            }
+            self.plan_tick();
+        }
+    }
+
+    /// Backward has ended on `rank`: its trace spans; the update once the gradients are summed.
+    fn backward_done(&mut self, rank: u32) {
+        let now = self.q.now();
+        let i = rank as usize;
+        let r = &mut self.ranks[i];
+        r.backward_done = true;
+        let (host, step, start, fwd_end) = (r.host, r.step, r.step_start, r.fwd_end);
+        if r.compute_flow.is_some() {
+            // Without overlap every gradient is ready when backward ends.
+            r.ready.resize(self.grads.len(), now);
+            self.plan_tick();
+        }
         if self.opts.trace && step < u64::from(self.s.spec.training.trace_steps) && rank.is_multiple_of(self.gpus) {
             let pid = format!("worker{host}");
-            let (f, b) = (now + Time(fwd), now + Time(fwd + bwd));
-            self.trace.push(Span { pid: pid.clone(), tid: "gpu", name: "forward".into(), start: now, end: f });
-            self.trace.push(Span { pid, tid: "gpu", name: "backward".into(), start: f, end: b });
+            self.trace.push(Span { pid: pid.clone(), tid: "gpu", name: "forward".into(), start, end: fwd_end });
+            self.trace.push(Span { pid, tid: "gpu", name: "backward".into(), start: fwd_end, end: now });
         }
-        self.plan_tick();
+        self.progress(rank);
     }
 
     /// With `op_log`: every layer's forward then backward compute of `rank`'s step starting at
@@ -453,11 +580,15 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// When gradient `g` of the coordinator's step is ready on `rank` (which is in that step).
-    fn ready_at(&self, rank: usize, g: usize) -> Time {
+    /// When gradient `g` of the coordinator's step is ready on `rank` (which is in that step);
+    /// on shared cores, none until it is.
+    fn ready_at(&self, rank: usize, g: usize) -> Option<Time> {
         let r = &self.ranks[rank];
+        if r.compute_flow.is_some() {
+            return r.ready.get(g).copied();
+        }
         let after = if self.s.spec.training.overlap { self.ready_ns[g] } else { self.bwd_total };
-        r.step_start + Time(r.fwd + self.scaled(rank, after))
+        Some(r.step_start + Time(r.fwd + self.scaled(rank, after)))
     }
 
     /// Schedules the coordinator's next tick, once the bucket in flight is done everywhere and
@@ -470,7 +601,13 @@ impl<'a> Sim<'a> {
         if !self.ranks.iter().all(|r| r.in_step && r.step == self.c_step) {
             return;
         }
-        let ready = (0..self.ranks.len()).map(|r| self.ready_at(r, self.c_next)).max().unwrap_or(Time::ZERO);
+        let mut ready = Time::ZERO;
+        for r in 0..self.ranks.len() {
+            match self.ready_at(r, self.c_next) {
+                Some(t) => ready = ready.max(t),
+                None => return,
+            }
+        }
         let at = launch_time(ready, self.earliest, self.s.spec.topology.fusion_cycle);
         self.tick_pending = true;
         self.q.schedule(at, Ev::Tick);
@@ -482,7 +619,7 @@ impl<'a> Sim<'a> {
         let now = self.q.now();
         self.tick_pending = false;
         let ranks = self.ranks.len();
-        let ready = |g: usize| (0..ranks).all(|r| self.ready_at(r, g) <= now);
+        let ready = |g: usize| (0..ranks).all(|r| self.ready_at(r, g).is_some_and(|t| t <= now));
         let b = next_bucket(&self.grads, self.c_next, self.s.spec.topology.fusion_buffer, ready);
         debug_assert!(!b.is_empty(), "a tick is planned when a gradient is ready");
         let bytes: u64 = self.grads[b.clone()].iter().map(|g| g.1).sum();
@@ -494,7 +631,8 @@ impl<'a> Sim<'a> {
         self.step_buckets[self.c_step as usize].end = gb + 1;
         self.c_next = b.end;
         if self.c_next == self.grads.len() {
-            let slowest = (0..ranks).map(|r| self.ready_at(r, self.grads.len() - 1)).max().unwrap_or(now);
+            let slowest =
+                (0..ranks).map(|r| self.ready_at(r, self.grads.len() - 1).unwrap_or(now)).max().unwrap_or(now);
             self.slowest_backward.push(slowest);
             self.c_step += 1;
             self.c_next = 0;
@@ -560,7 +698,8 @@ impl<'a> Sim<'a> {
                     (r.begun, r.bucket_started) = (gb + 1, now);
                 }
                 r.sent[st] += 1;
-                let timers = self.net.send(now, flow, Message { bytes, tag: (rank, msg.slot, msg.in_slot) });
+                let tag = Tag::Chunk { from: rank, slot: msg.slot, in_slot: msg.in_slot };
+                let timers = self.net.send(now, flow, Message { bytes, tag });
                 self.schedule(timers);
             }
         }
@@ -570,7 +709,15 @@ impl<'a> Sim<'a> {
             || self.step_buckets.get(r.step as usize).is_some_and(|b| self.c_step > r.step && r.completed >= b.end);
         if r.in_step && r.backward_done && !r.applying && summed {
             self.ranks[i].applying = true;
-            self.q.schedule(now + Time(self.apply_ns), Ev::ApplyDone { rank });
+            match self.ranks[i].compute_flow {
+                // The update is CPU work on shared cores too (its end ends the step).
+                Some(flow) if self.apply_ns > 0 => {
+                    let msg = Message { bytes: self.apply_ns as f64, tag: Tag::Compute { rank } };
+                    let timers = self.net.send(now, flow, msg);
+                    self.schedule(timers);
+                }
+                _ => self.q.schedule(now + Time(self.apply_ns), Ev::ApplyDone { rank }),
+            }
         }
     }
 

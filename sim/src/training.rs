@@ -35,7 +35,7 @@ const REQUEST_BYTES: f64 = 16.0;
 
 /// Share of a network flow against compute on shared cores: the kernel moves packets before
 /// user processes compute, so flows take their CPU first (any large factor does).
-const NETWORK_PRIORITY: f64 = 1e4;
+pub(crate) const NETWORK_PRIORITY: f64 = 1e4;
 
 /// What a message carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

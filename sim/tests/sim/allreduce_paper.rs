@@ -217,3 +217,44 @@ fn a_double_binary_tree_moves_about_the_ring_s_bytes() {
     let (a, b) = (total(&tree8), total(&ring8));
     assert!((a / b - 1.0).abs() < 1e-4, "tree {a} B, ring {b} B");
 }
+
+#[test]
+fn ranks_sharing_two_cores_compute_and_update_at_half_speed() {
+    // 4 ranks share 2 cores: each gets half a core, so forward (1e8) and backward (2e8) take
+    // 6e8, and the update (1e6) 2e6; the ring's bytes cost no CPU here: 1.5e8 as on its own.
+    // Step: 6e8 + 1.5e8 + 2e6 = 752_000_000 ns.
+    let t = "fusion_cycle = \"0 ms\"";
+    let r = run(&ring(4, &one_var(), "0 us", t, "shared_cores = 2"));
+    close(r.summary.step_time_s.p50, 0.752, 1e-9);
+    close(r.summary.breakdown_s.compute, 0.6, 1e-9);
+    assert!(r.summary.bottleneck.to_lowercase().contains("compute"), "{}", r.summary.bottleneck);
+    // With a core each, sharing changes nothing: 3e8 + 1.5e8 + 1e6, the ring on its own.
+    let own = run(&ring(4, &one_var(), "0 us", t, ""));
+    let four = run(&ring(4, &one_var(), "0 us", t, "shared_cores = 4"));
+    close(own.summary.step_time_s.p50, 0.451, 1e-9);
+    let times = |r: &SimRun| r.steps.iter().map(|x| (x.worker, x.start_ns, x.end_ns, x.compute_ns)).collect::<Vec<_>>();
+    assert_eq!(times(&own), times(&four));
+}
+
+#[test]
+fn moving_ring_bytes_on_one_shared_core_slows_the_ring() {
+    // 2 ranks on 1 core. Compute: 2 x 3e8 of core time, 6e8; update 2 x 1e6, 2e6. The ring of
+    // 2 sends one 6.25 MB chunk each way per round, 2 rounds. Free CPU: 6.25e6 / 0.125 = 5e7
+    // a round, 1e8 in all. At 16 CPU ns per byte both chunks together would need 2 x 16 x
+    // 0.125 = 4 cores: they move at 1 / 32 B/ns, 2e8 a round, 4e8 in all: 3e8 more per step.
+    let t = "fusion_cycle = \"0 ms\"";
+    let free = run(&ring(2, &one_var(), "0 us", t, "shared_cores = 1")).summary.step_time_s.p50;
+    close(free, 0.702, 1e-9);
+    let text = |cpu: &str| {
+        format!(
+            "batch = 1\n[model]\nlayers = \"model.csv\"\n\
+             [hardware]\ngpu = \"paper-gpu\"\nefficiency = 1.0\nshared_cores = 1\n\
+             [hardware.gpu_spec]\nfp32 = \"1 TFLOP/s\"\nmemory = \"64 GiB\"\nmemory_bandwidth = \"37.5 GB/s\"\nsource = \"test\"\n\
+             [network]\nnic = \"1 Gbit/s\"\nlatency = \"0 us\"\ngoodput = 1.0\nmessage_overhead = \"0 ns\"\n{cpu}\n\
+             [topology]\nkind = \"all-reduce\"\nworkers = 2\nfusion_cycle = \"0 ms\"\n[training]\nsteps = 4\n"
+        )
+    };
+    let costly = run(&scenario(&text("cpu_ns_per_byte = 16.0"), Some(&one_var()))).summary.step_time_s.p50;
+    close(costly, 1.002, 1e-9);
+    close(run(&scenario(&text(""), Some(&one_var()))).summary.step_time_s.p50, free, 1e-12);
+}
