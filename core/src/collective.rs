@@ -14,7 +14,8 @@
 //! 2. **The collective's schedule** ([`Ring`]): who sends which chunk to whom in which round,
 //!    and what each send waits for.
 //!
-//! The simulator times these rules; a test walks them for every rank.
+//! The simulator times these rules, the runtime's ring performs them (rank 0 negotiating
+//! the buckets over the network); a test walks them for every rank.
 
 use std::ops::Range;
 

@@ -18,7 +18,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Protocol version; peers with another version are refused.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Header size in bytes.
 pub const HEADER: usize = 26;
 /// Default cap on a frame's payload (256 MiB).
@@ -48,6 +48,12 @@ pub enum Kind {
     Ready = 9,
     /// Worker -> shard (sync modes): released into `step`, send me your parts' values (no Ready).
     Fetch = 10,
+    /// All-reduce rank -> coordinator: `var` gradients of `step` (in backward order) are ready
+    /// here.
+    Report = 11,
+    /// All-reduce coordinator -> rank: reduce the gradients `var..end` of `step` as one bucket
+    /// (`end` a little-endian u32 payload).
+    Bucket = 12,
 }
 
 /// `var` of a `Pull` that asks only for the `Ready` of a step (the barrier after the last step).
@@ -75,6 +81,8 @@ impl Kind {
             8 => Kind::Applied,
             9 => Kind::Ready,
             10 => Kind::Fetch,
+            11 => Kind::Report,
+            12 => Kind::Bucket,
             _ => return None,
         })
     }
@@ -102,11 +110,55 @@ impl Frame {
         if latency_ns == 0 {
             return;
         }
-        let due = self.sent_ns + latency_ns;
-        let now = monotonic_ns();
-        if due > now {
-            tokio::time::sleep(Duration::from_nanos(due - now)).await;
+        sleep_until_monotonic(self.sent_ns + latency_ns).await;
+    }
+}
+
+/// Sleeps until CLOCK_MONOTONIC reads `due_ns`, to the microsecond: tokio's timer ticks in
+/// whole milliseconds, so a 200 us latency slept with it takes 1-2 ms (a ring pays it in
+/// every round). A timerfd armed at the absolute time wakes the task through the reactor;
+/// where one cannot be made, tokio's timer does.
+pub async fn sleep_until_monotonic(due_ns: u64) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let now = monotonic_ns();
+    if due_ns <= now {
+        return;
+    }
+    // SAFETY: timerfd_create takes no pointers; a negative result is handled.
+    let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+    let armed = (fd >= 0).then(|| {
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_value: libc::timespec {
+                tv_sec: (due_ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (due_ns % 1_000_000_000) as libc::c_long,
+            },
+        };
+        // SAFETY: `spec` lives across the call; the old value is not asked for (null).
+        let rc = unsafe { libc::timerfd_settime(fd.as_raw_fd(), libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut()) };
+        (rc == 0).then_some(fd)
+    });
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same until it is dropped.
+    let registered = armed
+        .flatten()
+        .map(|fd| unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) });
+    if let Some(Ok(afd)) = registered {
+        loop {
+            let Ok(mut guard) = afd.readable().await else { break };
+            let mut expirations = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into the 8-byte buffer.
+            let n = unsafe { libc::read(afd.as_raw_fd(), expirations.as_mut_ptr().cast(), 8) };
+            if n == 8 {
+                return;
+            }
+            guard.clear_ready();
         }
+    }
+    let now = monotonic_ns();
+    if due_ns > now {
+        tokio::time::sleep(Duration::from_nanos(due_ns - now)).await;
     }
 }
 
@@ -327,6 +379,24 @@ mod tests {
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn emulated_latency_is_kept_to_the_microsecond_not_the_millisecond() {
+        // tokio's timer would round 300 us up to the next millisecond tick (1-2 ms): the
+        // median of 21 waits stays below 1 ms, and no wait ends early.
+        rt().block_on(async {
+            let mut late: Vec<u64> = Vec::new();
+            for _ in 0..21 {
+                let due = monotonic_ns() + 300_000;
+                sleep_until_monotonic(due).await;
+                let now = monotonic_ns();
+                assert!(now >= due, "woke {} ns early", due - now);
+                late.push(now - due);
+            }
+            late.sort_unstable();
+            assert!(late[10] < 700_000, "median lateness {} ns", late[10]);
+        });
     }
 
     #[test]

@@ -242,19 +242,18 @@ fn without_overlap_both_engines_push_after_backward_as_the_plan_says() {
     ps_conformance("overlap = false");
 }
 
-/// A ring step's rules, checked on one engine's log: compute in layer order; per worker and
-/// step, the fusion buckets core forms (index, bytes), one after another, each after its last
-/// gradient's backward (after the whole backward without overlap); the next step's compute
-/// after the last bucket; and a bucket ends on no worker before every worker has begun it (a
-/// ring needs all). Returns what is wrong.
+/// The ring's rules, checked on every worker and step: compute in the plan's layer order;
+/// buckets that cover the gradients in backward order, each a run of whole gradients within
+/// the fusion threshold (one larger gradient alone), the same on every worker; without
+/// overlap exactly core's buckets; each bucket starting after its last gradient is ready on
+/// every worker (the coordinator fuses only what every rank has reported), after the bucket
+/// before it, and ending nowhere before every worker began it; the next step after the last.
+/// Returns what is wrong.
 fn ring_order(s: &Scenario, ops: &[Timed]) -> Vec<String> {
     use topolab_core::collective::{backward_gradients, fusion_buckets};
     let mut wrong = Vec::new();
     let grads = backward_gradients(&s.model);
-    let buckets: Vec<(u64, usize)> = fusion_buckets(&grads, s.spec.topology.fusion_buffer)
-        .into_iter()
-        .map(|r| (grads[r.clone()].iter().map(|g| g.1).sum(), grads[r.end - 1].0))
-        .collect();
+    let threshold = s.spec.topology.fusion_buffer.0;
     let layers = s.model.layers.len() as u64;
     let planned: Vec<(String, u64)> = (0..layers)
         .map(|l| ("compute-forward".to_string(), l))
@@ -262,34 +261,85 @@ fn ring_order(s: &Scenario, ops: &[Timed]) -> Vec<String> {
         .collect();
     let overlap = s.spec.training.overlap;
     let steps = s.spec.training.steps;
+    let workers = s.spec.topology.workers;
     let mine = |w: u32, k: u64, name: &str| {
         let mut v: Vec<&Timed> =
             ops.iter().filter(|o| o.worker == w && o.step == k && o.op.starts_with(name)).collect();
         v.sort_by_key(|o| (o.start, o.end));
         v
     };
-    for w in 0..s.spec.topology.workers {
-        for k in 0..steps {
+    let static_buckets: Vec<std::ops::Range<usize>> = fusion_buckets(&grads, s.spec.topology.fusion_buffer);
+    for k in 0..steps {
+        // When each gradient was ready on the last worker to make it.
+        let ready_everywhere = |g: usize| {
+            (0..workers)
+                .map(|w| {
+                    let compute = mine(w, k, "compute");
+                    let backward_end = compute.iter().map(|o| o.end).max().unwrap_or(0);
+                    if overlap {
+                        compute
+                            .iter()
+                            .find(|o| o.op == "compute-backward" && o.index == grads[g].0 as u64)
+                            .map_or(backward_end, |o| o.end)
+                    } else {
+                        backward_end
+                    }
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        let mut first: Option<Vec<std::ops::Range<usize>>> = None;
+        for w in 0..workers {
             let compute = mine(w, k, "compute");
             let order: Vec<(String, u64)> = compute.iter().map(|o| (o.op.clone(), o.index)).collect();
             if order != planned {
                 wrong.push(format!("worker {w} step {k}: compute order {order:?}"));
             }
             let reduces = mine(w, k, "all-reduce");
-            let got: Vec<(u64, u64)> = reduces.iter().map(|o| (o.index, o.bytes)).collect();
-            let want: Vec<(u64, u64)> = buckets.iter().enumerate().map(|(b, x)| (b as u64, x.0)).collect();
-            if got != want {
-                wrong.push(format!("worker {w} step {k}: buckets (index, bytes) {got:?}, core forms {want:?}"));
+            // Each bucket's gradients, from the bytes in order.
+            let mut ranges = Vec::new();
+            let mut next = 0;
+            for r in &reduces {
+                let mut end = next;
+                let mut bytes = 0;
+                while end < grads.len() && bytes < r.bytes {
+                    bytes += grads[end].1;
+                    end += 1;
+                }
+                if bytes != r.bytes || end == next {
+                    wrong.push(format!(
+                        "worker {w} step {k}: a bucket of {} B is not a run of whole gradients",
+                        r.bytes
+                    ));
+                    break;
+                }
+                if end - next > 1 && bytes > threshold {
+                    wrong.push(format!(
+                        "worker {w} step {k}: a bucket of {bytes} B fuses past the {threshold} B threshold"
+                    ));
+                }
+                ranges.push(next..end);
+                next = end;
+            }
+            let indices: Vec<u64> = reduces.iter().map(|o| o.index).collect();
+            if next != grads.len() || indices != (0..reduces.len() as u64).collect::<Vec<_>>() {
+                wrong.push(format!(
+                    "worker {w} step {k}: buckets {ranges:?} (indices {indices:?}) do not cover the gradients in order"
+                ));
                 continue;
             }
-            let backward_end = compute.iter().map(|o| o.end).max().unwrap_or(0);
+            if !overlap && ranges != static_buckets {
+                wrong.push(format!("worker {w} step {k}: buckets {ranges:?}, core forms {static_buckets:?}"));
+            }
+            match &first {
+                Some(f) if *f != ranges => {
+                    wrong.push(format!("worker {w} step {k}: buckets {ranges:?}, worker 0 reduced {f:?}"))
+                }
+                Some(_) => {}
+                None => first = Some(ranges.clone()),
+            }
             for (b, r) in reduces.iter().enumerate() {
-                let last_layer = buckets[b].1 as u64;
-                let ready = if overlap {
-                    compute.iter().find(|o| o.op == "compute-backward" && o.index == last_layer).map_or(0, |o| o.end)
-                } else {
-                    backward_end
-                };
+                let ready = ready_everywhere(ranges[b].end - 1);
                 if r.start < ready {
                     wrong.push(format!(
                         "worker {w} step {k}: bucket {b} starts at {} before its gradients are ready at {ready}",
@@ -369,11 +419,17 @@ fn a_ring_step_follows_cores_buckets_in_both_engines() {
 }
 
 #[test]
-fn with_overlap_the_replayed_ring_launches_each_bucket_after_its_own_gradients() {
-    // With overlap the runtime keeps core's buckets (the simulator fuses what is ready at each
-    // cycle tick, which can differ): each still leaves after its last gradient, in order.
+fn with_overlap_both_engines_fuse_what_every_rank_has_ready() {
+    // With overlap the buckets are negotiated (the simulator's coordinator, the runtime's rank
+    // 0 over the control links), so they may differ between the engines and between steps;
+    // both follow the same rules.
     let d = super::TempDir::new("conformance-ring-overlap");
     let (eff, real) = ring_run(&d, "");
+    let sim = from_sim(&eff);
+    let compute = |ops: &[Timed]| ops.iter().filter(|o| o.op.starts_with("compute")).count();
+    assert_eq!(compute(&sim), compute(&real));
+    let wrong = ring_order(&eff, &sim);
+    assert!(wrong.is_empty(), "simulator:\n{}", wrong.join("\n"));
     let wrong = ring_order(&eff, &real);
     assert!(wrong.is_empty(), "runtime:\n{}", wrong.join("\n"));
     // And overlap is real: some bucket starts before backward ends.
@@ -387,6 +443,25 @@ fn with_overlap_the_replayed_ring_launches_each_bucket_after_its_own_gradients()
         r.start < end
     });
     assert!(early, "no bucket overlapped backward");
+    // The check can fail: worker 1 makes the first bucket's last gradient after worker 0
+    // began reducing it (a bucket formed from one rank's readiness alone).
+    use topolab_core::collective::backward_gradients;
+    let mut bad = real.clone();
+    let b0 = bad.iter().find(|o| o.worker == 0 && o.step == 1 && o.op == "all-reduce" && o.index == 0).unwrap().clone();
+    let grads = backward_gradients(&eff.model);
+    let (mut bytes, mut last) = (0, 0);
+    while bytes < b0.bytes {
+        bytes += grads[last].1;
+        last += 1;
+    }
+    let layer = grads[last - 1].0 as u64;
+    let op = bad
+        .iter_mut()
+        .find(|o| o.worker == 1 && o.step == 1 && o.op == "compute-backward" && o.index == layer)
+        .unwrap();
+    op.end = op.end.max(b0.start + 1);
+    let wrong = ring_order(&eff, &bad);
+    assert!(wrong.iter().any(|w| w.contains("before its gradients are ready")), "{wrong:?}");
 }
 
 #[test]
