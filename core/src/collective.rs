@@ -248,6 +248,9 @@ pub enum Schedule {
     Tree {
         /// Ranks.
         ranks: u32,
+        /// A pipelined chunk, in the unit of the buckets' sizes ([`TREE_CHUNK`] bytes; see
+        /// [`Schedule::in_values`]).
+        chunk: u64,
     },
 }
 
@@ -270,6 +273,10 @@ pub struct Message {
     pub in_slot: usize,
     /// Payload bytes.
     pub bytes: u64,
+    /// Where the payload sits in the bucket's buffer, padded to [`Schedule::padded`] (bytes
+    /// from its start): the sender sends that piece of its buffer, the receiver adds it to or
+    /// puts it in the same piece of its own.
+    pub offset: u64,
     /// Messages the sender must have received first in this bucket, per incoming link.
     pub needs: [u64; LINKS],
     /// The receiver adds it to its own (reduce) rather than keeping it (gather, broadcast).
@@ -282,8 +289,38 @@ impl Schedule {
         match algorithm {
             crate::scenario::AllReduceAlgorithm::Ring => Schedule::Ring(Ring { ranks: hosts * gpus }),
             crate::scenario::AllReduceAlgorithm::Hierarchical => Schedule::Hierarchical { hosts, gpus },
-            crate::scenario::AllReduceAlgorithm::Tree => Schedule::Tree { ranks: hosts * gpus },
+            crate::scenario::AllReduceAlgorithm::Tree => Schedule::Tree { ranks: hosts * gpus, chunk: TREE_CHUNK },
         }
+    }
+
+    /// The same schedule over buckets sized in 4-byte values rather than bytes (as a runtime
+    /// that reduces f32 gradients cuts them: no piece splits a value).
+    pub fn in_values(self) -> Schedule {
+        match self {
+            Schedule::Tree { ranks, chunk } => Schedule::Tree { ranks, chunk: (chunk / 4).max(1) },
+            s => s,
+        }
+    }
+
+    /// Size of the buffer a bucket of `total` is padded to, so that its pieces split it
+    /// evenly (at most a few units per rank).
+    pub fn padded(&self, total: u64) -> u64 {
+        match *self {
+            Schedule::Ring(r) => r.chunk_bytes(total) * u64::from(r.ranks),
+            Schedule::Hierarchical { hosts, gpus } => Self::local(hosts, gpus, total) * u64::from(gpus),
+            Schedule::Tree { .. } => 2 * self.chunks(total) * self.tree_piece(total),
+        }
+    }
+
+    /// Hierarchical: the piece of the bucket each GPU of a host reduces (padded so that it
+    /// splits evenly across the hosts).
+    fn local(hosts: u32, gpus: u32, total: u64) -> u64 {
+        total.div_ceil(u64::from(gpus)).div_ceil(u64::from(hosts)) * u64::from(hosts)
+    }
+
+    /// Tree: one pipelined piece of a half.
+    fn tree_piece(&self, total: u64) -> u64 {
+        total.div_ceil(2).div_ceil(self.chunks(total))
     }
 
     /// Ranks.
@@ -291,7 +328,7 @@ impl Schedule {
         match *self {
             Schedule::Ring(r) => r.ranks,
             Schedule::Hierarchical { hosts, gpus } => hosts * gpus,
-            Schedule::Tree { ranks } => ranks,
+            Schedule::Tree { ranks, .. } => ranks,
         }
     }
 
@@ -306,7 +343,7 @@ impl Schedule {
     /// Chunks per tree of a `total`-byte bucket (1 for the rings).
     pub fn chunks(&self, total: u64) -> u64 {
         match self {
-            Schedule::Tree { .. } => total.div_ceil(2).div_ceil(TREE_CHUNK).max(1),
+            Schedule::Tree { chunk, .. } => total.div_ceil(2).div_ceil(*chunk).max(1),
             _ => 1,
         }
     }
@@ -328,7 +365,7 @@ impl Schedule {
                     _ => None,
                 }
             }
-            Schedule::Tree { ranks: n } => {
+            Schedule::Tree { ranks: n, .. } => {
                 let (t, k) = (slot / 3, slot % 3);
                 let p = Self::pos(n, t, rank);
                 let other = match k {
@@ -384,28 +421,37 @@ impl Schedule {
             Schedule::Ring(r) => {
                 let send = r.send(rank, m as u32, total);
                 needs[0] = m;
-                Message { to: send.to, slot: 0, in_slot: 0, bytes: send.bytes, needs, reduce: send.reduce }
+                let offset = u64::from(send.chunk) * send.bytes;
+                Message { to: send.to, slot: 0, in_slot: 0, bytes: send.bytes, offset, needs, reduce: send.reduce }
             }
             Schedule::Hierarchical { hosts, gpus } => {
                 let (g1, n1) = (u64::from(gpus - 1), u64::from(hosts - 1));
-                let local = total.div_ceil(u64::from(gpus));
-                let cross = local.div_ceil(u64::from(hosts));
-                let (slot, bytes, reduce) = if m < g1 {
+                let local = Self::local(hosts, gpus, total);
+                let cross = local / u64::from(hosts);
+                // The host's GPUs run a ring over its pieces (reduce-scatter: rounds 0..G-1,
+                // all-gather: rounds G-1..2G-2 of a ring of G); between the phases the GPUs of
+                // index g ring across the hosts over the piece g holds summed, (g + 1) mod G.
+                let host_ring = Ring { ranks: gpus };
+                let (h, g) = (rank / gpus, rank % gpus);
+                let (slot, bytes, offset, reduce) = if m < g1 {
                     needs[0] = m;
-                    (0, local, true)
+                    (0, local, u64::from(host_ring.send(g, m as u32, 0).chunk) * local, true)
                 } else if m < g1 + 2 * n1 {
                     (needs[0], needs[1]) = (g1, m - g1);
-                    (1, cross, m - g1 < n1)
+                    let sub = Ring { ranks: hosts }.send(h, (m - g1) as u32, 0).chunk;
+                    let own = u64::from((g + 1) % gpus);
+                    (1, cross, own * local + u64::from(sub) * cross, m - g1 < n1)
                 } else {
                     (needs[0], needs[1]) = (m - 2 * n1, 2 * n1);
-                    (0, local, false)
+                    let round = (g1 + m - g1 - 2 * n1) as u32;
+                    (0, local, u64::from(host_ring.send(g, round, 0).chunk) * local, false)
                 };
                 let to = self.next(rank, slot).expect("the schedule uses only links that exist");
-                Message { to, slot, in_slot: slot, bytes, needs, reduce }
+                Message { to, slot, in_slot: slot, bytes, offset, needs, reduce }
             }
-            Schedule::Tree { ranks: n } => {
+            Schedule::Tree { ranks: n, .. } => {
                 let (t, down) = (stream / 2, stream % 2 == 1);
-                let bytes = total.div_ceil(2).div_ceil(self.chunks(total));
+                let bytes = self.tree_piece(total);
                 let children: Vec<usize> =
                     (1..3).map(|c| 3 * t + c).filter(|&sl| self.next(rank, sl).is_some()).collect();
                 let root = self.next(rank, 3 * t).is_none();
@@ -426,7 +472,9 @@ impl Schedule {
                 // Up, the parent hears it on its link to this child; down, the child on its
                 // link to its parent.
                 let in_slot = if down { 3 * t } else { 3 * t + if Self::pos(n, t, rank) % 2 == 1 { 1 } else { 2 } };
-                Message { to, slot, in_slot, bytes, needs, reduce: !down }
+                // Tree t reduces half t, its chunk c at piece t k + c.
+                let offset = (t as u64 * self.chunks(total) + c) * bytes;
+                Message { to, slot, in_slot, bytes, offset, needs, reduce: !down }
             }
         }
     }
@@ -525,7 +573,7 @@ mod tests {
     #[test]
     fn a_double_binary_tree_sums_everything_everywhere() {
         for n in [2u32, 5, 7, 8] {
-            let sch = Schedule::Tree { ranks: n };
+            let sch = Schedule::Tree { ranks: n, chunk: TREE_CHUNK };
             let total = 3 * 2 * TREE_CHUNK; // 3 chunks per tree
             let k = sch.chunks(total);
             assert_eq!(k, 3);
@@ -575,6 +623,67 @@ mod tests {
                 let inside =
                     (0..2).filter(|&t| sch.next(r, 3 * t).is_some() && sch.next(r, 3 * t + 1).is_some()).count();
                 assert!(inside <= 1, "n {n} rank {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_schedule_sums_every_value_everywhere_by_its_messages_offsets() {
+        // Each rank starts with 1 << rank in every unit of a bucket of `total` units (0 in the
+        // padding); sending each message's piece [offset, offset + bytes) of the sender's
+        // buffer, added or put into the receiver's, in dependency order, leaves the full sum in
+        // every unit everywhere: the offsets are what a runtime needs to move real values.
+        let schedules = [
+            Schedule::Ring(Ring { ranks: 3 }),
+            Schedule::Ring(Ring { ranks: 5 }),
+            Schedule::Hierarchical { hosts: 3, gpus: 4 },
+            Schedule::Hierarchical { hosts: 2, gpus: 3 },
+            Schedule::Hierarchical { hosts: 4, gpus: 1 },
+            Schedule::Tree { ranks: 5, chunk: 7 },
+            Schedule::Tree { ranks: 2, chunk: 4 },
+            Schedule::Tree { ranks: 8, chunk: 1000 },
+        ];
+        for sch in schedules {
+            for total in [1u64, 37, 100, 121] {
+                let n = sch.ranks() as usize;
+                let full = (1u64 << n) - 1;
+                let padded = sch.padded(total);
+                assert!(padded >= total && padded < total + 2 * n as u64 * 8, "{sch:?} {total}: padded {padded}");
+                let mut held: Vec<Vec<u64>> =
+                    (0..n).map(|r| (0..padded).map(|i| if i < total { 1 << r } else { 0 }).collect()).collect();
+                let streams = sch.streams();
+                let mut sent = vec![vec![0u64; streams]; n];
+                let mut recv = vec![[0u64; LINKS]; n];
+                let mut progress = true;
+                while progress {
+                    progress = false;
+                    for r in 0..n {
+                        #[allow(clippy::needless_range_loop)] // `st` is a stream, not only an index
+                        for st in 0..streams {
+                            let m = sent[r][st];
+                            if m >= sch.stream_len(r as u32, st, total) {
+                                continue;
+                            }
+                            let msg = sch.message(r as u32, st, m, total);
+                            if (0..LINKS).any(|x| recv[r][x] < msg.needs[x]) {
+                                continue;
+                            }
+                            let piece = msg.offset as usize..(msg.offset + msg.bytes) as usize;
+                            assert!(piece.end as u64 <= padded, "{sch:?} {total}: {msg:?} past {padded}");
+                            let values = held[r][piece.clone()].to_vec();
+                            for (dst, v) in held[msg.to as usize][piece].iter_mut().zip(values) {
+                                *dst = if msg.reduce { *dst | v } else { v };
+                            }
+                            sent[r][st] += 1;
+                            recv[msg.to as usize][msg.in_slot] += 1;
+                            progress = true;
+                        }
+                    }
+                }
+                for r in 0..n {
+                    assert_eq!(recv[r], sch.receives(r as u32, total), "{sch:?} {total} rank {r}");
+                    assert!(held[r][..total as usize].iter().all(|&v| v == full), "{sch:?} {total} rank {r}");
+                }
             }
         }
     }

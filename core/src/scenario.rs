@@ -943,6 +943,9 @@ pub struct SweepSpec {
     /// All-reduce fusion buffer sizes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fusion_buffer: Vec<Bytes>,
+    /// All-reduce algorithms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub algorithm: Vec<AllReduceAlgorithm>,
     /// Explicit configurations (e.g. paired workers and PS), each combined with the axes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub points: Vec<SweepPoint>,
@@ -982,6 +985,9 @@ pub struct SweepPoint {
     /// All-reduce fusion buffer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fusion_buffer: Option<Bytes>,
+    /// All-reduce algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<AllReduceAlgorithm>,
 }
 
 impl SweepPoint {
@@ -1002,6 +1008,7 @@ impl SweepPoint {
         set(&mut self.model, &other.model);
         set(&mut self.kind, &other.kind);
         set(&mut self.fusion_buffer, &other.fusion_buffer);
+        set(&mut self.algorithm, &other.algorithm);
     }
 
     /// Applies this point to `spec`.
@@ -1045,6 +1052,9 @@ impl SweepPoint {
         if let Some(x) = self.fusion_buffer {
             spec.topology.fusion_buffer = x;
         }
+        if let Some(x) = self.algorithm {
+            spec.topology.algorithm = x;
+        }
     }
 
     /// The axis values this point sets, as (axis, value) text.
@@ -1080,6 +1090,9 @@ impl SweepPoint {
         if let Some(x) = self.fusion_buffer {
             v.push(("fusion_buffer", x.to_string()));
         }
+        if let Some(x) = self.algorithm {
+            v.push(("algorithm", x.as_str().to_string()));
+        }
         v
     }
 }
@@ -1087,7 +1100,7 @@ impl SweepPoint {
 impl SweepSpec {
     /// Every configuration of the sweep: the cartesian product of the axes times the explicit
     /// points (the points vary fastest, then workers, ps, placement, mode, batch, nic, gpu,
-    /// model, kind, fusion_buffer).
+    /// model, kind, fusion_buffer, algorithm).
     pub fn expand(&self) -> Vec<SweepPoint> {
         let mut out = vec![SweepPoint::default()];
         macro_rules! axis {
@@ -1106,6 +1119,7 @@ impl SweepSpec {
                 }
             };
         }
+        axis!(algorithm, |x: &AllReduceAlgorithm| *x);
         axis!(fusion_buffer, |x: &Bytes| *x);
         axis!(kind, |x: &TopologyKind| *x);
         axis!(model, |x: &String| x.clone());
@@ -1171,6 +1185,7 @@ impl SweepSpec {
             self.model.len(),
             self.kind.len(),
             self.fusion_buffer.len(),
+            self.algorithm.len(),
         ];
         if lens.iter().all(|&l| l == 0) { 0 } else { lens.iter().filter(|&&l| l > 0).product() }
     }
@@ -1382,6 +1397,13 @@ impl Scenario {
             v.push(
                 "sweep.fusion_buffer",
                 "`sweep.fusion_buffer` has no effect without an all-reduce configuration (it sizes all-reduce fusion buckets)",
+                Some("add `kind = [\"parameter-server\", \"all-reduce\"]` to [sweep], or remove the axis".into()),
+            );
+        }
+        if (!sw.algorithm.is_empty() || sw.points.iter().any(|p| p.algorithm.is_some())) && !any_all_reduce {
+            v.push(
+                "sweep.algorithm",
+                "`sweep.algorithm` has no effect without an all-reduce configuration (it picks the collective)",
                 Some("add `kind = [\"parameter-server\", \"all-reduce\"]` to [sweep], or remove the axis".into()),
             );
         }

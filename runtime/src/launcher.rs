@@ -478,11 +478,10 @@ fn check(s: &Scenario, opts: &ReplayOptions) -> Result<(), ReplayError> {
                 "with --engine tensorflow: the TensorFlow engine runs parameter servers (its ParameterServerStrategy); an all-reduce replays on topolab's own engine".into(),
             ));
         }
-        if t.algorithm != AllReduceAlgorithm::Ring {
-            return Err(refuse(format!(
-                "the runtime replays the ring all-reduce; algorithm = \"{}\" is simulated only",
-                t.algorithm.as_str()
-            )));
+        if t.algorithm == AllReduceAlgorithm::Hierarchical {
+            return Err(refuse(
+                "algorithm = \"hierarchical\" reduces inside multi-GPU hosts, and a replay runs one worker per host (gpus_per_host = 1); it is simulated only (the ring and the tree replay)".into(),
+            ));
         }
         if s.spec.runtime.backend == BackendKind::Cuda {
             return Err(refuse(

@@ -1,7 +1,10 @@
-//! The all-reduce worker (ring): no parameter servers; every worker holds the parameters,
-//! listens for its ring predecessor, connects to its successor, and sums the gradients with
-//! them following core's ring schedule ([`Ring::send`]: who sends which chunk in which round,
-//! and whether the receiver adds it or keeps it), then applies the average locally.
+//! The all-reduce worker: no parameter servers; every worker holds the parameters, connects
+//! to the ranks at the other end of its links in core's [`Schedule`] (the ring's next rank;
+//! a tree's parents and children) and accepts those whose links end here, and sums the
+//! gradients with them by that schedule (per message: the piece of the bucket, the link,
+//! what it waits for, and whether the receiver adds it or keeps it), then applies the average
+//! locally. What arrives is applied when a send reads its piece, by link, so that a parent
+//! adds its children's pieces in the same order whichever came first.
 //!
 //! **Negotiation** (Horovod's coordinator): ranks must reduce the same buckets in the same
 //! order, but their gradients become ready at different times. Rank 0 coordinates: every
@@ -14,9 +17,9 @@
 //! simulator's coordinator rule, with the reports' real latency. With `training.overlap =
 //! false` a rank reports its gradients when backward ends.
 //!
-//! A bucket's buffer is padded to a multiple of the ranks and cut into equal chunks; in each
-//! of `2 (ranks - 1)` rounds a rank writes one chunk to its successor while it reads one from
-//! its predecessor.
+//! A bucket's buffer is padded to the schedule's size ([`Schedule::padded`], in values, so
+//! that no piece splits a value); a ring moves one chunk per round, a tree pipelines pieces up
+//! and down each of its two trees.
 //!
 //! Checkpoints: every rank holds the same parameters; rank 0 writes them (as shard 0 of the
 //! step's checkpoint) and every rank reads them back on resume.
@@ -29,7 +32,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use topolab_core::collective::{Ring, backward_gradients, launch_time, next_bucket};
+use topolab_core::collective::{LINKS, Schedule, backward_gradients, launch_time, next_bucket};
 use topolab_core::records::{self, StepRecord};
 use topolab_core::scenario::Scenario;
 use topolab_core::units::{Bytes, Time};
@@ -85,10 +88,10 @@ pub fn run(spec: &ClusterSpec, s: &Scenario) -> Result<(), NodeError> {
     let overlap = s.spec.training.overlap;
 
     // The ring's connections, then its thread.
-    let (to_ring, ring_in) = mpsc::unbounded_channel::<Gradient>();
+    let (to_ring, ring_in) = mpsc::unbounded_channel::<Vec<Gradient>>();
     let (ring_out, from_ring) = std::sync::mpsc::channel::<Result<Reduced, NodeError>>();
     let node = RingNode {
-        ring: Ring { ranks },
+        sched: Schedule::of(s.spec.topology.algorithm, ranks, 1).in_values(),
         rank: index,
         latency: spec.job.latency_ns,
         cycle: s.spec.topology.fusion_cycle,
@@ -107,7 +110,7 @@ pub fn run(spec: &ClusterSpec, s: &Scenario) -> Result<(), NodeError> {
             }
         };
         let run = rt.block_on(async {
-            let links = connect_ring(&job, &token, timeout).await?;
+            let links = connect_ring(&job, &token, timeout, node.sched).await?;
             node.run(links, ring_in, &ring_out).await
         });
         if let Err(e) = run {
@@ -208,10 +211,11 @@ pub fn run(spec: &ClusterSpec, s: &Scenario) -> Result<(), NodeError> {
     out.write(spec, index)
 }
 
-/// Hands the gradients held so far to the ring thread.
-fn hand_over(to_ring: &mpsc::UnboundedSender<Gradient>, held: &mut Vec<Gradient>) -> Result<(), NodeError> {
-    for g in held.drain(..) {
-        to_ring.send(g).map_err(|_| NodeError::Protocol("the ring stopped".into()))?;
+/// Hands the gradients held so far to the ring thread, at once (reported together: without
+/// overlap every run cuts the same buckets).
+fn hand_over(to_ring: &mpsc::UnboundedSender<Vec<Gradient>>, held: &mut Vec<Gradient>) -> Result<(), NodeError> {
+    if !held.is_empty() {
+        to_ring.send(std::mem::take(held)).map_err(|_| NodeError::Protocol("the ring stopped".into()))?;
     }
     Ok(())
 }
@@ -219,14 +223,19 @@ fn hand_over(to_ring: &mpsc::UnboundedSender<Gradient>, held: &mut Vec<Gradient>
 /// A rank's connections: to the next rank, from the previous, and the control channel (rank
 /// 0: from every other rank, by rank; the others: to rank 0).
 struct Links {
-    next: TcpStream,
-    prev: TcpStream,
+    /// Per outgoing link slot of the schedule: the connection to the rank at its other end.
+    out: Vec<Option<OwnedWriteHalf>>,
+    /// Connections from the ranks whose links end here, with the link each arrives on.
+    inc: Vec<(usize, OwnedReadHalf)>,
     control: Vec<(u32, TcpStream)>,
 }
 
+/// A collective's connections while it reduces buckets.
+type Wires = (Vec<Option<OwnedWriteHalf>>, Vec<(usize, Option<OwnedReadHalf>)>);
+
 /// What the ring thread needs to know.
 struct RingNode {
-    ring: Ring,
+    sched: Schedule,
     rank: u32,
     latency: u64,
     cycle: Time,
@@ -253,12 +262,10 @@ impl RingNode {
     async fn run(
         self,
         links: Links,
-        mut local: mpsc::UnboundedReceiver<Gradient>,
+        mut local: mpsc::UnboundedReceiver<Vec<Gradient>>,
         done: &std::sync::mpsc::Sender<Result<Reduced, NodeError>>,
     ) -> Result<(), NodeError> {
-        let (_, tx) = links.next.into_split();
-        let (rx, _) = links.prev.into_split();
-        let mut ring = (tx, rx);
+        let mut ring: Wires = (links.out, links.inc.into_iter().map(|(link, r)| (link, Some(r))).collect());
         let store = Arc::new(Mutex::new(Store { step: self.steps.start, grads: Vec::new() }));
         let (report_tx, mut reports) = mpsc::unbounded_channel::<Result<Report, NodeError>>();
         let mut orders_rx = None;
@@ -283,27 +290,29 @@ impl RingNode {
             let own = (self.rank == 0).then(|| report_tx.clone());
             tokio::spawn(async move {
                 let mut to = to_coordinator;
-                while let Some(g) = local.recv().await {
-                    let count = {
+                while let Some(batch) = local.recv().await {
+                    let (step, count) = {
                         let mut st = store.lock().expect("the store's lock is not poisoned");
-                        if g.step != st.step || g.index != st.grads.len() {
-                            return Err(NodeError::Protocol(format!(
-                                "gradient {} of step {} out of order (expected {} of step {})",
-                                g.index,
-                                g.step,
-                                st.grads.len(),
-                                st.step
-                            )));
+                        for g in batch {
+                            if g.step != st.step || g.index != st.grads.len() {
+                                return Err(NodeError::Protocol(format!(
+                                    "gradient {} of step {} out of order (expected {} of step {})",
+                                    g.index,
+                                    g.step,
+                                    st.grads.len(),
+                                    st.step
+                                )));
+                            }
+                            st.grads.push(g.data);
                         }
-                        st.grads.push(g.data);
-                        st.grads.len()
+                        (st.step, st.grads.len())
                     };
                     match (&own, &mut to) {
                         (Some(own), _) => {
-                            let _ = own.send(Ok((0, g.step, count, monotonic_ns())));
+                            let _ = own.send(Ok((0, step, count, monotonic_ns())));
                         }
                         (None, Some(w)) => {
-                            wire::write_frame(w, Kind::Report, count as u32, g.step, &[]).await?;
+                            wire::write_frame(w, Kind::Report, count as u32, step, &[]).await?;
                             w.flush().await.map_err(NodeError::Io)?;
                         }
                         (None, None) => unreachable!("a rank other than 0 has a control link to the coordinator"),
@@ -338,13 +347,13 @@ impl RingNode {
     /// Rank 0: forms every bucket by the coordinator rule, orders it, and reduces it.
     async fn coordinate(
         &self,
-        ring: &mut (OwnedWriteHalf, OwnedReadHalf),
+        ring: &mut Wires,
         store: &Mutex<Store>,
         reports: &mut mpsc::UnboundedReceiver<Result<Report, NodeError>>,
         members: &mut [OwnedWriteHalf],
         done: &std::sync::mpsc::Sender<Result<Reduced, NodeError>>,
     ) -> Result<(), NodeError> {
-        let n = self.ring.ranks as usize;
+        let n = self.sched.ranks() as usize;
         // Per rank, when each of the current step's gradients was first reported.
         let mut reported: Vec<Vec<u64>> = vec![Vec::new(); n];
         let (mut step, mut next, mut bucket) = (self.steps.start, 0usize, 0u64);
@@ -403,7 +412,7 @@ impl RingNode {
     /// last.
     async fn follow(
         &self,
-        ring: &mut (OwnedWriteHalf, OwnedReadHalf),
+        ring: &mut Wires,
         store: &Mutex<Store>,
         orders: &mut mpsc::UnboundedReceiver<Result<(u64, Range<usize>), NodeError>>,
         done: &std::sync::mpsc::Sender<Result<Reduced, NodeError>>,
@@ -434,7 +443,7 @@ impl RingNode {
     /// the ring ended here.
     async fn reduce(
         &self,
-        (tx, rx): &mut (OwnedWriteHalf, OwnedReadHalf),
+        wires: &mut Wires,
         store: &Mutex<Store>,
         step: u64,
         bucket: u64,
@@ -454,50 +463,8 @@ impl RingNode {
             st.grads[grads.clone()].iter().flatten().copied().collect()
         };
         let start = monotonic_ns();
-        let n = self.ring.ranks;
-        let from = (self.rank + n - 1) % n;
         let len = data.len();
-        let chunk = len.div_ceil(n as usize);
-        data.resize(chunk * n as usize, 0.0);
-        let cap = (chunk * 4).max(64) as u32;
-        let tag = bucket as u32;
-        for round in 0..self.ring.rounds() {
-            let send = self.ring.send(self.rank, round, data.len() as u64);
-            let recv = self.ring.send(from, round, data.len() as u64);
-            let out = wire::f32_bytes(&data[send.chunk as usize * chunk..(send.chunk as usize + 1) * chunk]);
-            let write = async {
-                wire::write_frame(tx, Kind::Push, tag, u64::from(round), &out).await?;
-                tx.flush().await.map_err(NodeError::Io)
-            };
-            let read = async {
-                let f = wire::read_frame(rx, cap, self.timeout).await?;
-                f.release(self.latency).await;
-                Ok::<_, NodeError>(f)
-            };
-            let ((), f) = tokio::try_join!(write, read)?;
-            if f.var != tag || f.step != u64::from(round) {
-                return Err(NodeError::Protocol(format!(
-                    "rank {}: expected bucket {tag} round {round}, got bucket {} round {}",
-                    self.rank, f.var, f.step
-                )));
-            }
-            let values =
-                wire::bytes_f32(&f.payload).ok_or_else(|| NodeError::Protocol("chunk payload is not f32".into()))?;
-            let mine = &mut data[recv.chunk as usize * chunk..(recv.chunk as usize + 1) * chunk];
-            if values.len() != mine.len() {
-                return Err(NodeError::Protocol(format!(
-                    "rank {}: a chunk of {} values, expected {}",
-                    self.rank,
-                    values.len(),
-                    mine.len()
-                )));
-            }
-            if recv.reduce {
-                mine.iter_mut().zip(&values).for_each(|(a, b)| *a += b);
-            } else {
-                mine.copy_from_slice(&values);
-            }
-        }
+        self.exchange(wires, bucket as u32, &mut data).await?;
         data.truncate(len);
         let end = monotonic_ns();
         if grads.end == self.grads.len() {
@@ -508,6 +475,135 @@ impl RingNode {
         done.send(Ok(Reduced { bucket, grads, data, start, end }))
             .map_err(|_| NodeError::Protocol("the worker stopped".into()))?;
         Ok(end)
+    }
+}
+
+impl RingNode {
+    /// Runs the schedule on one bucket: every message of this rank's streams, each once it
+    /// has received what the message needs, its piece of `data` (padded to the schedule's
+    /// size) out over its link; every message that comes in added to or put into its piece.
+    /// Frames carry the bucket's tag and the receiving link in `var` (tag x 8 + link), the
+    /// piece's offset in values in `step`, and add (`Push`) or put (`Value`) as their kind.
+    async fn exchange(&self, (out, inc): &mut Wires, tag: u32, data: &mut Vec<f32>) -> Result<(), NodeError> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        enum Done {
+            Sent(usize, OwnedWriteHalf),
+            Got(usize, OwnedReadHalf, wire::Frame),
+        }
+        let total = data.len() as u64;
+        data.resize(self.sched.padded(total) as usize, 0.0);
+        let rank = self.rank;
+        let streams = self.sched.streams();
+        let len: Vec<u64> = (0..streams).map(|st| self.sched.stream_len(rank, st, total)).collect();
+        let expect = self.sched.receives(rank, total);
+        let mut sent = vec![0u64; streams];
+        let mut busy = vec![false; streams];
+        let mut received = [0u64; LINKS];
+        // What came in and is not in `data` yet: (link, add or put, offset, values), applied
+        // when a send reads its piece (or at the end), by link, so that the sums are added in
+        // the same order whichever child's piece came first.
+        let mut arrived: Vec<(usize, bool, usize, Vec<f32>)> = Vec::new();
+        let mut pending = FuturesUnordered::new();
+        // A read on each incoming connection while its link has frames due (in order).
+        for (i, (link, r)) in inc.iter_mut().enumerate() {
+            if expect[*link] > 0 {
+                let mut rx = r.take().expect("an incoming connection is idle between buckets");
+                let (cap, timeout, latency) = (u32::MAX, self.timeout, self.latency);
+                pending.push(Box::pin(async move {
+                    let f = wire::read_frame(&mut rx, cap, timeout).await?;
+                    f.release(latency).await;
+                    Ok::<_, NodeError>(Done::Got(i, rx, f))
+                })
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, NodeError>>>>);
+            }
+        }
+        loop {
+            for st in 0..streams {
+                if busy[st] || sent[st] == len[st] {
+                    continue;
+                }
+                let msg = self.sched.message(rank, st, sent[st], total);
+                if (0..LINKS).any(|x| received[x] < msg.needs[x]) {
+                    continue;
+                }
+                let piece = msg.offset as usize..(msg.offset + msg.bytes) as usize;
+                apply_arrived(data, &mut arrived, Some(piece.clone()));
+                let payload = wire::f32_bytes(&data[piece]);
+                let kind = if msg.reduce { Kind::Push } else { Kind::Value };
+                let var = tag * 8 + msg.in_slot as u32;
+                let mut tx = out[msg.slot].take().expect("a stream's link is idle when it sends");
+                busy[st] = true;
+                pending.push(Box::pin(async move {
+                    wire::write_frame(&mut tx, kind, var, msg.offset, &payload).await?;
+                    tx.flush().await.map_err(NodeError::Io)?;
+                    Ok(Done::Sent(st, tx))
+                }));
+            }
+            if received == expect && sent == len && !busy.contains(&true) {
+                apply_arrived(data, &mut arrived, None);
+                break;
+            }
+            let Some(next) = pending.next().await else {
+                return Err(NodeError::Protocol(format!("rank {rank}: the collective stalled (bucket {tag})")));
+            };
+            match next? {
+                Done::Sent(st, tx) => {
+                    let slot = self.sched.message(rank, st, sent[st], total).slot;
+                    out[slot] = Some(tx);
+                    busy[st] = false;
+                    sent[st] += 1;
+                }
+                Done::Got(i, mut rx, f) => {
+                    let (link, offset) = ((f.var % 8) as usize, f.step as usize);
+                    let values = wire::bytes_f32(&f.payload)
+                        .ok_or_else(|| NodeError::Protocol("a collective payload is not f32".into()))?;
+                    if f.var / 8 != tag || link != inc[i].0 || offset + values.len() > data.len() {
+                        return Err(NodeError::Protocol(format!(
+                            "rank {rank}: a frame for bucket {} link {link} at {offset}+{} (expected bucket {tag}, {} values)",
+                            f.var / 8,
+                            values.len(),
+                            data.len()
+                        )));
+                    }
+                    let add = match f.kind {
+                        Kind::Push => true,
+                        Kind::Value => false,
+                        k => return Err(NodeError::Protocol(format!("rank {rank}: a {k:?} frame in a collective"))),
+                    };
+                    arrived.push((link, add, offset, values));
+                    received[link] += 1;
+                    if received[link] < expect[link] {
+                        let (timeout, latency) = (self.timeout, self.latency);
+                        pending.push(Box::pin(async move {
+                            let f = wire::read_frame(&mut rx, u32::MAX, timeout).await?;
+                            f.release(latency).await;
+                            Ok(Done::Got(i, rx, f))
+                        }));
+                    } else {
+                        inc[i].1 = Some(rx);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies what arrived (into `piece` only, or everything), by link and in arrival order
+/// within a link: added (a reduction) or put (a gather or broadcast).
+fn apply_arrived(data: &mut [f32], arrived: &mut Vec<(usize, bool, usize, Vec<f32>)>, piece: Option<Range<usize>>) {
+    let overlaps =
+        |a: &(usize, bool, usize, Vec<f32>)| piece.as_ref().is_none_or(|p| a.2 < p.end && p.start < a.2 + a.3.len());
+    let (mut now, later): (Vec<_>, Vec<_>) = std::mem::take(arrived).into_iter().partition(|a| overlaps(a));
+    *arrived = later;
+    now.sort_by_key(|a| a.0);
+    for (_, add, offset, values) in now {
+        let mine = &mut data[offset..offset + values.len()];
+        if add {
+            mine.iter_mut().zip(&values).for_each(|(a, b)| *a += b);
+        } else {
+            mine.copy_from_slice(&values);
+        }
     }
 }
 
@@ -590,25 +686,40 @@ async fn read_orders(
     }
 }
 
-/// Listens on this rank's address, connects to the next rank and accepts the previous one
-/// (both through the job's handshake), and opens the control links: every rank but 0
-/// connects to rank 0 announcing `ranks + rank` (rank `ranks - 1` connects to rank 0 twice, as
-/// its ring successor and as a member).
-async fn connect_ring(spec: &ClusterSpec, token: &Token, timeout: Duration) -> Result<Links, NodeError> {
+/// Listens on this rank's address, opens a connection over each of its links in the
+/// schedule (to the rank at the other end, announcing `2 ranks + rank x LINKS + slot`) and
+/// accepts those of the ranks whose links end here, all through the job's handshake; and opens
+/// the control links: every rank but 0 connects to rank 0 announcing `ranks + rank`.
+async fn connect_ring(
+    spec: &ClusterSpec,
+    token: &Token,
+    timeout: Duration,
+    sched: Schedule,
+) -> Result<Links, NodeError> {
     let ranks = spec.worker.len() as u32;
     let index = spec.task.index;
     let listener = TcpListener::bind(&spec.worker[index as usize]).await.map_err(NodeError::Io)?;
-    let next_addr = spec.worker[((index + 1) % ranks) as usize].clone();
-    let prev = (index + ranks - 1) % ranks;
+    let link_id = |rank: u32, slot: usize| 2 * ranks + rank * LINKS as u32 + slot as u32;
+    // The links that end here: announced id -> the link their messages arrive on.
+    let mut incoming = std::collections::BTreeMap::new();
+    for peer in 0..ranks {
+        for slot in 0..LINKS {
+            if sched.next(peer, slot) == Some(index) {
+                incoming.insert(link_id(peer, slot), arrival_link(&sched, peer, slot));
+            }
+        }
+    }
     let members = if index == 0 { ranks - 1 } else { 0 };
     let accept = async {
-        let mut prev_stream = None;
+        let mut inc = Vec::new();
         let mut control = Vec::new();
-        while prev_stream.is_none() || control.len() < members as usize {
+        while inc.len() < incoming.len() || control.len() < members as usize {
             let (mut stream, peer) = listener.accept().await.map_err(NodeError::Io)?;
             stream.set_nodelay(true).map_err(NodeError::Io)?;
             match wire::accept(&mut stream, token, timeout).await {
-                Ok(r) if r == prev && prev_stream.is_none() => prev_stream = Some(stream),
+                Ok(r) if incoming.contains_key(&r) && !inc.iter().any(|c: &(u32, usize, TcpStream)| c.0 == r) => {
+                    inc.push((r, incoming[&r], stream))
+                }
                 Ok(r)
                     if members > 0
                         && r > ranks
@@ -621,17 +732,34 @@ async fn connect_ring(spec: &ClusterSpec, token: &Token, timeout: Duration) -> R
                 Err(e) => eprintln!("rank {index}: refused a peer from {peer}: {e}"),
             }
         }
-        Ok::<_, NodeError>((prev_stream.expect("the loop ends with the previous rank"), control))
+        Ok::<_, NodeError>((inc, control))
     };
     let connect = async {
-        let next = crate::worker::connect(&next_addr, token, index, timeout).await?;
+        let mut out: Vec<Option<OwnedWriteHalf>> = (0..LINKS).map(|_| None).collect();
+        for (slot, o) in out.iter_mut().enumerate() {
+            if let Some(peer) = sched.next(index, slot) {
+                let s =
+                    crate::worker::connect(&spec.worker[peer as usize], token, link_id(index, slot), timeout).await?;
+                *o = Some(s.into_split().1);
+            }
+        }
         let coordinator = match index {
             0 => None,
             _ => Some(crate::worker::connect(&spec.worker[0], token, ranks + index, timeout).await?),
         };
-        Ok::<_, NodeError>((next, coordinator))
+        Ok::<_, NodeError>((out, coordinator))
     };
-    let ((prev, mut control), (next, coordinator)) = tokio::try_join!(accept, connect)?;
+    let ((inc, mut control), (out, coordinator)) = tokio::try_join!(accept, connect)?;
     control.extend(coordinator.map(|c| (0, c)));
-    Ok(Links { next, prev, control })
+    let inc = inc.into_iter().map(|(_, link, s)| (link, s.into_split().0)).collect();
+    Ok(Links { out, inc, control })
+}
+
+/// The link on which messages that `rank` sends over its link `slot` arrive.
+fn arrival_link(sched: &Schedule, rank: u32, slot: usize) -> usize {
+    (0..sched.streams())
+        .flat_map(|st| (0..sched.stream_len(rank, st, 1)).map(move |m| (st, m)))
+        .map(|(st, m)| sched.message(rank, st, m, 1))
+        .find(|msg| msg.slot == slot)
+        .map_or(slot, |msg| msg.in_slot)
 }

@@ -380,13 +380,18 @@ fn ring_order(s: &Scenario, ops: &[Timed]) -> Vec<String> {
 /// A ring of three workers on the tiny MLP (three fusion buckets of it), replayed; the
 /// effective scenario and the replay's ops.
 fn ring_run(d: &super::TempDir, training: &str) -> (Scenario, Vec<Timed>) {
+    collective_run(d, "ring", training)
+}
+
+/// `ring_run` with another algorithm.
+fn collective_run(d: &super::TempDir, algorithm: &str, training: &str) -> (Scenario, Vec<Timed>) {
     std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
     let f = d.join("ring.toml");
     std::fs::write(
         &f,
         format!(
             "name = \"ring-conformance\"\nbatch = 8\n[model]\nlayers = \"tiny-mlp.csv\"\n[topology]\nkind = \"all-reduce\"\n\
-             workers = 3\nfusion_buffer = \"600 KiB\"\n[training]\nsteps = 3\n{training}\n"
+             workers = 3\nalgorithm = \"{algorithm}\"\nfusion_buffer = \"600 KiB\"\n[training]\nsteps = 3\n{training}\n"
         ),
     )
     .unwrap();
@@ -416,6 +421,24 @@ fn a_ring_step_follows_cores_buckets_in_both_engines() {
     bad[b].start -= 1_000_000;
     let wrong = ring_order(&eff, &bad);
     assert!(wrong.iter().any(|w| w.contains("before its gradients are ready")), "{wrong:?}");
+}
+
+#[test]
+fn a_tree_step_follows_the_same_rules_in_both_engines() {
+    // The double binary tree replays core's tree schedule: the same ops and the same rules
+    // as the ring, without overlap (core's buckets) and with it (negotiated buckets).
+    for (name, training) in [("conformance-tree", "overlap = false"), ("conformance-tree-overlap", "")] {
+        let d = super::TempDir::new(name);
+        let (eff, real) = collective_run(&d, "tree", training);
+        let sim = from_sim(&eff);
+        if !training.is_empty() {
+            assert_eq!(untimed(&sim), untimed(&real), "the engines' ops differ");
+        }
+        let wrong = ring_order(&eff, &sim);
+        assert!(wrong.is_empty(), "simulator:\n{}", wrong.join("\n"));
+        let wrong = ring_order(&eff, &real);
+        assert!(wrong.is_empty(), "runtime:\n{}", wrong.join("\n"));
+    }
 }
 
 #[test]

@@ -295,6 +295,14 @@ const PROBES: &[Probe] = &[
     ("sweep.kind", &[], &[("sweep.kind", "[\"parameter-server\", \"all-reduce\"]")], Effect),
     ("sweep.fusion_buffer", AR, &[("sweep.fusion_buffer", "[\"1 MiB\", \"64 MiB\"]")], Effect),
     ("sweep.fusion_buffer", &[], &[("sweep.fusion_buffer", "[\"1 MiB\"]")], Refused(None)),
+    ("sweep.algorithm", AR, &[("sweep.algorithm", "[\"ring\", \"tree\"]")], Effect),
+    ("sweep.algorithm", &[], &[("sweep.algorithm", "[\"tree\"]")], Refused(None)),
+    (
+        "sweep.points[].algorithm",
+        &[AR[0], AR[1], ("sweep.points", "[{ workers = 2 }]")],
+        &[("sweep.points", "[{ workers = 2, algorithm = \"tree\" }]")],
+        Effect,
+    ),
     (
         "sweep.points[].kind",
         &[("sweep.points", "[{ workers = 2 }]")],
