@@ -409,7 +409,7 @@ fn bottleneck(
 }
 
 /// The bottleneck of an all-reduce step in words: compute, waiting for the slowest worker,
-/// the ring's slowest link, or the latency of its many rounds.
+/// the collective's slowest link, or the latency of its many rounds.
 fn collective_bottleneck(
     s: &Scenario,
     b: &Breakdown,
@@ -448,20 +448,27 @@ fn collective_bottleneck(
         );
     };
     let pct = busy * 100.0;
+    use topolab_core::scenario::AllReduceAlgorithm as A;
+    let (whose, carry) = match t.algorithm {
+        A::Ring => ("the ring's", "NICs carry 2(n-1)/n of the gradients each way per step"),
+        A::Hierarchical => {
+            ("the hierarchical all-reduce's", "NICs carry 2(n-1)/n of the gradients each way per step, n hosts")
+        }
+        A::Tree => ("the trees'", "NICs carry each half of the gradients up one tree and down it"),
+    };
     match r.owner {
         ResourceOwner::Rack(k) => format!(
-            "the ring's slowest link, rack {k}'s {}, is busy {pct:.0}% of the run at {}:1 oversubscription; {tail}; \
+            "{whose} slowest link, rack {k}'s {}, is busy {pct:.0}% of the run at {}:1 oversubscription; {tail}; \
              a less oversubscribed fabric or placing the ring's hosts in fewer racks would help",
             if r.outbound { "uplink" } else { "downlink" },
             s.spec.network.oversubscription
         ),
         ResourceOwner::HostBus(h) => format!(
-            "the ring's slowest link, host {h}'s bus between its GPUs, is busy {pct:.0}% of the run; {tail}; a faster host bus \
+            "{whose} slowest link, host {h}'s bus between its GPUs, is busy {pct:.0}% of the run; {tail}; a faster host bus \
              (NVLink) would help"
         ),
         ResourceOwner::Worker(h) | ResourceOwner::Ps(h) => format!(
-            "the ring's slowest link, host {h} {}, is busy {pct:.0}% of the run ({} NICs carry 2(n-1)/n of the gradients each way per step); \
-             {tail}; faster NICs would help",
+            "{whose} slowest link, host {h} {}, is busy {pct:.0}% of the run ({} {carry}); {tail}; faster NICs would help",
             if r.outbound { "egress" } else { "ingress" },
             s.nic
         ),
