@@ -2,7 +2,8 @@
 //!
 //! The binary wires the library crates together; each subcommand lives in `src/cmd/`.
 //! Exit codes are decided here only: 0 success, 1 failure (or a regression found by `compare`),
-//! 2 bad input (invalid scenario, unknown name, bad flag), 130 interrupted by Ctrl-C; a replay
+//! 2 bad input (invalid scenario, unknown name, bad flag), 130 interrupted by Ctrl-C (143 by
+//! SIGTERM, as a scheduler or `kill` stops a job); a replay
 //! task (`topolab node`, started by `replay`) exits 3 when it fails.
 
 mod cmd;
@@ -14,8 +15,9 @@ use clap::{Parser, Subcommand};
 
 /// Exit code for bad input.
 const EXIT_BAD_INPUT: u8 = 2;
-/// Exit code after Ctrl-C (128 + SIGINT, as shells report it).
-const EXIT_INTERRUPTED: u8 = 130;
+/// The signal that interrupted a replay (0: none): the exit code is 128 + it, as shells
+/// report a command stopped by a signal (130 after Ctrl-C, 143 after SIGTERM).
+static INTERRUPTED_BY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +39,8 @@ Examples:
   topolab compare runs/main runs/pr --max-regression 5%   # exit 1 when the PR is slower
 
 Exit status: 0 success; 1 failure, or a regression beyond the threshold (compare);
-2 bad input (an invalid scenario, an unknown name, a bad flag); 130 interrupted (Ctrl-C).
+2 bad input (an invalid scenario, an unknown name, a bad flag); 130 interrupted (Ctrl-C),
+143 stopped by SIGTERM (a replay or validation first stops its tasks and removes its network).
 The replay's own tasks (`topolab node`) exit 3 when they fail."
 )]
 struct Cli {
@@ -68,7 +71,8 @@ enum Command {
     Scenarios(cmd::scenarios::Args),
 }
 
-extern "C" fn on_sigint(_: libc::c_int) {
+extern "C" fn on_signal(signal: libc::c_int) {
+    INTERRUPTED_BY.store(signal, std::sync::atomic::Ordering::SeqCst);
     topolab_runtime::launcher::interrupt();
 }
 
@@ -76,9 +80,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or_else(|| Command::Run(cmd::run::Args::default()));
     if matches!(command, Command::Replay(_) | Command::Validate(_)) {
-        // Ctrl-C stops the replay's tasks and removes its namespaces before the exit (130).
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+        // Ctrl-C (or a SIGTERM, as `kill`, a CI timeout or a scheduler sends) stops the
+        // replay's tasks and removes its namespaces before the exit (130, 143).
+        // SAFETY: the handler only stores to atomics.
+        unsafe {
+            libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+            libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        }
     }
     if !matches!(command, Command::Replay(_) | Command::Node(_) | Command::Calibrate(_) | Command::Validate(_)) {
         // Commands that only print die quietly when their reader goes away (`topolab schema |
@@ -121,7 +129,8 @@ fn main() -> ExitCode {
                 Some(topolab_runtime::launcher::ReplayError::Interrupted)
             ) {
                 eprintln!("error: {e:#}");
-                return ExitCode::from(EXIT_INTERRUPTED);
+                let signal = INTERRUPTED_BY.load(std::sync::atomic::Ordering::SeqCst).clamp(1, 127);
+                return ExitCode::from(128 + signal as u8);
             }
             // A closed stdout (e.g. `| head`) is not an error worth a message.
             if e.chain().any(|c| {

@@ -502,24 +502,27 @@ fn gone(pid: u32) -> bool {
 }
 
 #[test]
-fn ctrl_c_stops_every_task_and_tears_the_cluster_down() {
+fn ctrl_c_or_sigterm_stops_every_task_and_tears_the_cluster_down() {
     let launcher = if topolab_runtime::netns::is_root() { "netns" } else { "local" };
     let _guard = netns_lock();
-    let d = tmp("sigint");
-    let netns_before = ip_lines(&["netns", "list"]);
-    let (child, out) = start_long_replay(&d, launcher);
-    let pids = task_pids(&out);
-    assert!(pids.iter().all(|&p| !gone(p)), "tasks run");
-    // SAFETY: SIGINT to the replay this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let o = child.wait_with_output().unwrap();
-    // 130 = 128 + SIGINT, as a shell reports a command stopped by Ctrl-C.
-    assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"), "{}", String::from_utf8_lossy(&o.stderr));
-    for p in pids {
-        assert!(gone(p), "task {p} still running after Ctrl-C");
+    // 130 = 128 + SIGINT, as a shell reports a command stopped by Ctrl-C; 143 = 128 + SIGTERM,
+    // as `kill`, a CI timeout or a scheduler stops it (it once left the namespaces behind).
+    for (signal, name, code) in [(libc::SIGINT, "sigint", 130), (libc::SIGTERM, "sigterm", 143)] {
+        let d = tmp(name);
+        let netns_before = ip_lines(&["netns", "list"]);
+        let (child, out) = start_long_replay(&d, launcher);
+        let pids = task_pids(&out);
+        assert!(pids.iter().all(|&p| !gone(p)), "tasks run");
+        // SAFETY: a signal to the replay this test started.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(code), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"), "{}", String::from_utf8_lossy(&o.stderr));
+        for p in pids {
+            assert!(gone(p), "{name}: task {p} still running");
+        }
+        assert_eq!(ip_lines(&["netns", "list"]), netns_before, "{name}: namespaces left");
     }
-    assert_eq!(ip_lines(&["netns", "list"]), netns_before, "namespaces left after Ctrl-C");
 }
 
 #[test]
