@@ -551,6 +551,99 @@ pub struct TopologySpec {
     pub fusion_cycle: Time,
 }
 
+/// The topology of a validated scenario, each kind with only the fields that belong to it
+/// (the file's [`TopologySpec`] holds every field, and validation refuses those of the other
+/// kind with their location). The engines take it apart by kind ([`Scenario::topology`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Topology {
+    /// Workers and parameter-server shards.
+    ParameterServer(ParameterServers),
+    /// Workers that sum their gradients among themselves.
+    AllReduce(AllReduce),
+}
+
+/// A parameter-server topology.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ParameterServers {
+    /// Worker hosts.
+    pub workers: u32,
+    /// Parameter-server shards.
+    pub ps: u32,
+    /// Synchronisation mode.
+    pub mode: Mode,
+    /// Backup workers whose gradients are dropped each step (mode = "backup").
+    pub backup_workers: u32,
+    /// Steps a worker may run ahead (mode = "stale-synchronous").
+    pub staleness: u32,
+    /// Placement of variables on shards.
+    pub placement: PlacementKind,
+    /// Variables larger than this are split across shards (placement = "partitioned").
+    pub partition_threshold: Bytes,
+    /// Dedicated or co-located parameter servers.
+    pub ps_hosts: PsHosts,
+}
+
+/// An all-reduce topology.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AllReduce {
+    /// Worker hosts.
+    pub workers: u32,
+    /// The collective.
+    pub algorithm: AllReduceAlgorithm,
+    /// Tensor fusion threshold (bytes of one bucket at most; 0: no fusion).
+    pub fusion_buffer: Bytes,
+    /// The coordinator's fusion cycle.
+    pub fusion_cycle: Time,
+}
+
+impl Topology {
+    /// The resolved topology of a file's `[topology]` (its fields of the other kind dropped).
+    pub fn of(t: &TopologySpec) -> Topology {
+        match t.kind {
+            TopologyKind::ParameterServer => Topology::ParameterServer(ParameterServers {
+                workers: t.workers,
+                ps: t.ps,
+                mode: t.mode,
+                backup_workers: t.backup_workers,
+                staleness: t.staleness,
+                placement: t.placement,
+                partition_threshold: t.partition_threshold,
+                ps_hosts: t.ps_hosts,
+            }),
+            TopologyKind::AllReduce => Topology::AllReduce(AllReduce {
+                workers: t.workers,
+                algorithm: t.algorithm,
+                fusion_buffer: t.fusion_buffer,
+                fusion_cycle: t.fusion_cycle,
+            }),
+        }
+    }
+
+    /// Worker hosts.
+    pub fn workers(&self) -> u32 {
+        match self {
+            Topology::ParameterServer(t) => t.workers,
+            Topology::AllReduce(t) => t.workers,
+        }
+    }
+
+    /// Parameter-server shards (none in an all-reduce).
+    pub fn ps(&self) -> u32 {
+        match self {
+            Topology::ParameterServer(t) => t.ps,
+            Topology::AllReduce(_) => 0,
+        }
+    }
+
+    /// The synchronisation mode (an all-reduce is synchronous).
+    pub fn mode(&self) -> Mode {
+        match self {
+            Topology::ParameterServer(t) => t.mode,
+            Topology::AllReduce(_) => Mode::Sync,
+        }
+    }
+}
+
 fn default_threshold() -> Bytes {
     Bytes(16 << 20)
 }
@@ -1308,6 +1401,11 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// The topology, each kind with its own fields.
+    pub fn topology(&self) -> Topology {
+        Topology::of(&self.spec.topology)
+    }
+
     /// Reads and validates a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
         let text = std::fs::read_to_string(path)
@@ -1650,32 +1748,23 @@ impl Scenario {
 
     /// Hosts that run only a parameter server (none with all-reduce or co-located shards).
     pub fn ps_hosts(&self) -> u32 {
-        let t = &self.spec.topology;
-        if t.kind == TopologyKind::AllReduce || t.ps_hosts == PsHosts::Colocated { 0 } else { t.ps }
+        match self.topology() {
+            Topology::ParameterServer(t) if t.ps_hosts == PsHosts::Dedicated => t.ps,
+            _ => 0,
+        }
     }
 
     /// A one-line description for tables.
     pub fn label(&self) -> String {
-        let t = &self.spec.topology;
-        if t.kind == TopologyKind::AllReduce {
-            return format!(
-                "{} x{} {} / {}w {} all-reduce",
-                self.model.name,
-                self.spec.batch,
-                self.gpu.name,
-                t.workers,
-                t.algorithm.as_str()
-            );
+        let (model, batch, gpu) = (&self.model.name, self.spec.batch, &self.gpu.name);
+        match self.topology() {
+            Topology::AllReduce(t) => {
+                format!("{model} x{batch} {gpu} / {}w {} all-reduce", t.workers, t.algorithm.as_str())
+            }
+            Topology::ParameterServer(t) => {
+                format!("{model} x{batch} {gpu} / {}w {}ps {}", t.workers, t.ps, t.mode.as_str())
+            }
         }
-        format!(
-            "{} x{} {} / {}w {}ps {}",
-            self.model.name,
-            self.spec.batch,
-            self.gpu.name,
-            t.workers,
-            t.ps,
-            t.mode.as_str()
-        )
     }
 }
 
@@ -2403,6 +2492,26 @@ mod tests {
         assert_eq!(s.nic.0, 10e9);
         assert_eq!(s.spec.topology.workers, 1);
         assert_eq!(s.model.variable_count(), 190);
+    }
+
+    #[test]
+    fn the_topology_holds_only_the_fields_of_its_kind() {
+        let ps = parse(&format!("{MINIMAL}[topology]\nworkers = 4\nps = 2\nmode = \"async\"\n")).unwrap();
+        match ps.topology() {
+            Topology::ParameterServer(t) => assert_eq!((t.workers, t.ps, t.mode), (4, 2, Mode::Async)),
+            t => panic!("{t:?}"),
+        }
+        assert_eq!((ps.topology().ps(), ps.ps_hosts()), (2, 2));
+        let ar =
+            parse(&format!("{MINIMAL}[topology]\nkind = \"all-reduce\"\nworkers = 8\nalgorithm = \"tree\"\n")).unwrap();
+        match ar.topology() {
+            Topology::AllReduce(t) => {
+                assert_eq!((t.workers, t.algorithm, t.fusion_buffer), (8, AllReduceAlgorithm::Tree, default_fusion()))
+            }
+            t => panic!("{t:?}"),
+        }
+        // The file's defaults of the other kind (ps = 1) are not the all-reduce's.
+        assert_eq!((ar.topology().ps(), ar.topology().mode(), ar.ps_hosts()), (0, Mode::Sync, 0));
     }
 
     #[test]

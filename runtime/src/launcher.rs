@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use topolab_core::plan::Plan;
 use topolab_core::profile::GemmPrecision;
 use topolab_core::records::{self, Breakdown, ComputeInfo, ReplayInfo, Restart, RunSummary, StepRecord, Utilization};
-use topolab_core::scenario::{AllReduceAlgorithm, Backend as BackendKind, Mode, Scenario, ScenarioFile, TopologyKind};
+use topolab_core::scenario::{AllReduceAlgorithm, Backend as BackendKind, Mode, Scenario, ScenarioFile, Topology};
 
 use crate::checkpoint;
 use crate::cluster::Job;
@@ -248,7 +248,7 @@ pub fn effective_scenario(
     // The replay machine: its cores, shared by every task, each as fast as a measured GEMM.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let rate = crate::proxy::gemm_rate();
-    let all_reduce = s.spec.topology.kind == TopologyKind::AllReduce;
+    let all_reduce = matches!(s.topology(), Topology::AllReduce(_));
     f.hardware.gpu = "replay-cpu".into();
     f.hardware.gpu_spec = Some(topolab_core::scenario::GpuOverride {
         fp32: Some(topolab_core::units::FlopRate(rate)),
@@ -471,8 +471,7 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
 /// What every launcher refuses: modes, algorithms and hosts the runtime does not replay.
 fn check(s: &Scenario, opts: &ReplayOptions) -> Result<(), ReplayError> {
     let refuse = |reason: String| ReplayError::Refused { scenario: s.spec.name.clone(), reason };
-    let t = &s.spec.topology;
-    if t.kind == TopologyKind::AllReduce {
+    if let Topology::AllReduce(t) = s.topology() {
         if matches!(opts.engine, Engine::Tensorflow(_)) {
             return Err(refuse(
                 "with --engine tensorflow: the TensorFlow engine runs parameter servers (its ParameterServerStrategy); an all-reduce replays on topolab's own engine".into(),
@@ -497,7 +496,7 @@ fn check(s: &Scenario, opts: &ReplayOptions) -> Result<(), ReplayError> {
             )));
         }
     }
-    if t.mode == Mode::StaleSynchronous {
+    if s.topology().mode() == Mode::StaleSynchronous {
         return Err(refuse(
             "the runtime replays sync, backup and async modes; stale-synchronous is simulated only".into(),
         ));
@@ -798,7 +797,7 @@ fn collect(s: &Scenario, out: &Path, start_step: u64, mut info: ReplayInfo) -> R
     let mut steps = Vec::new();
     let mut ops = String::from("worker,step,op,index,bytes,start_ns,end_ns\n");
     let mut loss: std::collections::BTreeMap<u64, (f64, u32)> = Default::default();
-    for i in 0..s.spec.topology.workers {
+    for i in 0..s.topology().workers() {
         let p = trace.join(format!("worker-{i}.steps.csv"));
         let f = std::fs::File::open(&p).map_err(|e| ReplayError::Io(format!("{}: {e}", p.display())))?;
         steps.extend(records::read_steps_csv(f, &p.display().to_string()).map_err(io)?);
@@ -864,8 +863,8 @@ fn collect(s: &Scenario, out: &Path, start_step: u64, mut info: ReplayInfo) -> R
         seed: s.spec.seed,
         version: records::VERSION.into(),
         source: "replay".into(),
-        workers: s.spec.topology.workers,
-        ps: if s.spec.topology.kind == TopologyKind::AllReduce { 0 } else { s.spec.topology.ps },
+        workers: s.topology().workers(),
+        ps: s.topology().ps(),
         steps: s.spec.training.steps - start_step,
         step_time_s: step_time,
         throughput_samples_per_s: if span > 0.0 { steps.len() as f64 * s.spec.batch as f64 / span } else { 0.0 },
@@ -874,7 +873,7 @@ fn collect(s: &Scenario, out: &Path, start_step: u64, mut info: ReplayInfo) -> R
             gpu: if span > 0.0 {
                 steps.iter().map(|r| r.compute_ns as f64).sum::<f64>()
                     / 1e9
-                    / (span * f64::from(s.spec.topology.workers))
+                    / (span * f64::from(s.topology().workers()))
             } else {
                 0.0
             },

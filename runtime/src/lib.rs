@@ -82,12 +82,13 @@ pub struct OpRecord {
 pub fn run_node() -> Result<(), NodeError> {
     let spec = cluster::ClusterSpec::from_env().map_err(NodeError::Setup)?;
     let s = topolab_core::scenario::Scenario::load(&spec.job.scenario).map_err(|e| NodeError::Setup(e.to_string()))?;
-    // Workers of an all-reduce have no shards: they sum among themselves (a ring).
-    let ring = s.spec.topology.kind == topolab_core::scenario::TopologyKind::AllReduce;
-    match spec.task.kind.as_str() {
-        "ps" => ps::run(&spec, &s),
-        "worker" if ring => ring::run(&spec, &s),
-        "worker" => worker::run(&spec, &s),
-        other => Err(NodeError::Setup(format!("unknown task type `{other}` (ps or worker)"))),
+    // Workers of an all-reduce have no shards: they sum among themselves (a collective).
+    use topolab_core::scenario::Topology;
+    match (spec.task.kind.as_str(), s.topology()) {
+        ("ps", Topology::ParameterServer(t)) => ps::run(&spec, &s, t),
+        ("worker", Topology::AllReduce(t)) => ring::run(&spec, &s, t),
+        ("worker", Topology::ParameterServer(t)) => worker::run(&spec, &s, t),
+        ("ps", Topology::AllReduce(_)) => Err(NodeError::Setup("an all-reduce has no parameter servers".into())),
+        (other, _) => Err(NodeError::Setup(format!("unknown task type `{other}` (ps or worker)"))),
     }
 }

@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use topolab_core::plan::Plan;
-use topolab_core::scenario::{Mode, Scenario};
+use topolab_core::scenario::{Mode, ParameterServers, Scenario};
 use topolab_core::step::{Aggregation, Pushed, ShardProgress};
 
 use crate::cluster::ClusterSpec;
@@ -62,11 +62,10 @@ impl Shard {
 }
 
 /// Runs a shard until every worker is done.
-pub fn run(spec: &ClusterSpec, s: &Scenario) -> Result<(), NodeError> {
+pub fn run(spec: &ClusterSpec, s: &Scenario, t: ParameterServers) -> Result<(), NodeError> {
     let plan = Plan::new(s).map_err(|e| NodeError::Setup(e.to_string()))?;
     let proxy = Proxy::from_effective(s);
     let index = spec.task.index;
-    let t = &s.spec.topology;
     let init = proxy.init(s.spec.seed);
     let parts: Vec<usize> =
         (0..plan.placement.parts.len()).filter(|&i| plan.placement.parts[i].shard == index).collect();

@@ -34,7 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use topolab_core::collective::{LINKS, Schedule, backward_gradients, launch_time, next_bucket};
 use topolab_core::records::{self, StepRecord};
-use topolab_core::scenario::Scenario;
+use topolab_core::scenario::{AllReduce, Scenario};
 use topolab_core::units::{Bytes, Time};
 
 use crate::cluster::ClusterSpec;
@@ -63,7 +63,7 @@ struct Reduced {
 }
 
 /// Runs one rank of a ring all-reduce job to the end of training.
-pub fn run(spec: &ClusterSpec, s: &Scenario) -> Result<(), NodeError> {
+pub fn run(spec: &ClusterSpec, s: &Scenario, t: AllReduce) -> Result<(), NodeError> {
     let proxy = Proxy::from_effective(s);
     let index = spec.task.index;
     let ranks = spec.worker.len() as u32;
@@ -91,11 +91,11 @@ pub fn run(spec: &ClusterSpec, s: &Scenario) -> Result<(), NodeError> {
     let (to_ring, ring_in) = mpsc::unbounded_channel::<Vec<Gradient>>();
     let (ring_out, from_ring) = std::sync::mpsc::channel::<Result<Reduced, NodeError>>();
     let node = RingNode {
-        sched: Schedule::of(s.spec.topology.algorithm, ranks, 1).in_values(),
+        sched: Schedule::of(t.algorithm, ranks, 1).in_values(),
         rank: index,
         latency: spec.job.latency_ns,
-        cycle: s.spec.topology.fusion_cycle,
-        threshold: s.spec.topology.fusion_buffer,
+        cycle: t.fusion_cycle,
+        threshold: t.fusion_buffer,
         grads: grads.clone(),
         steps: start..total,
         timeout,

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use topolab_core::plan::Plan;
 use topolab_core::records::{self, StepRecord};
-use topolab_core::scenario::{Mode, Scenario};
+use topolab_core::scenario::{Mode, ParameterServers, Scenario};
 use topolab_core::step::Release;
 
 use crate::cluster::ClusterSpec;
@@ -47,7 +47,7 @@ struct Sent {
 }
 
 /// Runs a worker to the end of training.
-pub fn run(spec: &ClusterSpec, s: &Scenario) -> Result<(), NodeError> {
+pub fn run(spec: &ClusterSpec, s: &Scenario, t: ParameterServers) -> Result<(), NodeError> {
     let plan = Plan::new(s).map_err(|e| NodeError::Setup(e.to_string()))?;
     let proxy = Proxy::from_effective(s);
     let index = spec.task.index;
@@ -92,7 +92,6 @@ pub fn run(spec: &ClusterSpec, s: &Scenario) -> Result<(), NodeError> {
     }
     drop(sent_tx);
 
-    let t = &s.spec.topology;
     let synchronous = matches!(t.mode, Mode::Sync | Mode::Backup);
     let overlap = s.spec.training.overlap;
     let layers = proxy.layers.len();

@@ -31,7 +31,7 @@ use std::ops::Range;
 
 use topolab_core::collective::{LINKS, Schedule, backward_gradients, launch_time, next_bucket};
 use topolab_core::records::{StepRecord, VERSION};
-use topolab_core::scenario::{Scenario, SwitchKind};
+use topolab_core::scenario::{AllReduce, Scenario, SwitchKind};
 use topolab_core::units::{Bytes, Time};
 
 use crate::engine::EventQueue;
@@ -126,6 +126,8 @@ struct Rank {
 
 struct Sim<'a> {
     s: &'a Scenario,
+    /// The topology.
+    t: AllReduce,
     opts: &'a SimOptions,
     q: EventQueue<Ev>,
     /// Messages carry their sender and link.
@@ -173,14 +175,13 @@ struct Sim<'a> {
 }
 
 /// Simulates an all-reduce scenario.
-pub(crate) fn run(s: &Scenario, opts: &SimOptions) -> Result<Outcome, SimError> {
-    Sim::new(s, opts).run()
+pub(crate) fn run(s: &Scenario, t: AllReduce, opts: &SimOptions) -> Result<Outcome, SimError> {
+    Sim::new(s, t, opts).run()
 }
 
 impl<'a> Sim<'a> {
-    fn new(s: &'a Scenario, opts: &'a SimOptions) -> Self {
+    fn new(s: &'a Scenario, t: AllReduce, opts: &'a SimOptions) -> Self {
         let spec = &s.spec;
-        let t = &spec.topology;
         let net_spec = &spec.network;
         let nic = nic_bytes_per_ns(s);
         let hosts = t.workers;
@@ -288,6 +289,7 @@ impl<'a> Sim<'a> {
         let apply_ns = (mem / (s.gpu.memory_bandwidth.bytes_per_sec() / 1e9)).ceil() as u64;
         Sim {
             s,
+            t,
             opts,
             q: EventQueue::new(),
             net,
@@ -427,7 +429,7 @@ impl<'a> Sim<'a> {
         let now = self.q.now();
         let i = rank as usize;
         let (host, step) = (self.ranks[i].host, self.ranks[i].step);
-        let workers = self.s.spec.topology.workers;
+        let workers = self.t.workers;
         let slowdown = match self.s.spec.faults.stragglers.as_ref() {
             Some(st) if host >= workers - st.count.min(workers) => st.slowdown,
             _ => 1.0,
@@ -441,7 +443,7 @@ impl<'a> Sim<'a> {
         }
         // GPU-busy time per host (its GPUs compute in parallel), as the PS simulation counts it.
         if rank.is_multiple_of(self.gpus) {
-            let hosts = if self.lock_step() { u128::from(self.s.spec.topology.workers) } else { 1 };
+            let hosts = if self.lock_step() { u128::from(self.t.workers) } else { 1 };
             self.gpu_busy_ns += u128::from(fwd + bwd) * hosts;
         }
         let r = &mut self.ranks[i];
@@ -574,7 +576,7 @@ impl<'a> Sim<'a> {
     fn workers_of(&self, rank: u32) -> std::ops::Range<u32> {
         let host = self.ranks[rank as usize].host;
         match (self.lock_step(), rank.is_multiple_of(self.gpus)) {
-            (true, _) => 0..self.s.spec.topology.workers,
+            (true, _) => 0..self.t.workers,
             (false, true) => host..host + 1,
             (false, false) => 0..0,
         }
@@ -608,7 +610,7 @@ impl<'a> Sim<'a> {
                 None => return,
             }
         }
-        let at = launch_time(ready, self.earliest, self.s.spec.topology.fusion_cycle);
+        let at = launch_time(ready, self.earliest, self.t.fusion_cycle);
         self.tick_pending = true;
         self.q.schedule(at, Ev::Tick);
     }
@@ -620,7 +622,7 @@ impl<'a> Sim<'a> {
         self.tick_pending = false;
         let ranks = self.ranks.len();
         let ready = |g: usize| (0..ranks).all(|r| self.ready_at(r, g).is_some_and(|t| t <= now));
-        let b = next_bucket(&self.grads, self.c_next, self.s.spec.topology.fusion_buffer, ready);
+        let b = next_bucket(&self.grads, self.c_next, self.t.fusion_buffer, ready);
         debug_assert!(!b.is_empty(), "a tick is planned when a gradient is ready");
         let bytes: u64 = self.grads[b.clone()].iter().map(|g| g.1).sum();
         let gb = self.buckets.len() as u64;
@@ -638,7 +640,7 @@ impl<'a> Sim<'a> {
             self.c_next = 0;
         }
         self.in_flight = Some(0);
-        self.earliest = now + self.s.spec.topology.fusion_cycle;
+        self.earliest = now + self.t.fusion_cycle;
         for r in 0..ranks as u32 {
             self.progress(r);
         }
@@ -800,7 +802,7 @@ impl<'a> Sim<'a> {
                 .map_or(0, |t| t.0.saturating_sub(own.0))
                 .min(dur.saturating_sub(compute));
             let (sent, received) = self.host_bytes(step)[host as usize];
-            let hosts = if self.lock_step() { 0..self.s.spec.topology.workers } else { host..host + 1 };
+            let hosts = if self.lock_step() { 0..self.t.workers } else { host..host + 1 };
             for host in hosts {
                 self.records.push(StepRecord {
                     run: "sim".into(),
@@ -839,7 +841,7 @@ impl<'a> Sim<'a> {
     /// from other hosts), computed on the step's first record.
     fn host_bytes(&mut self, step: u64) -> &[(u64, u64)] {
         if !self.step_bytes.contains_key(&step) {
-            let hosts = self.s.spec.topology.workers as usize;
+            let hosts = self.t.workers as usize;
             let host = |r: u32| (r / self.gpus) as usize;
             // Rings and hierarchical rings are symmetric: every host sends and receives what
             // host 0's GPUs send; a tree is walked whole.

@@ -39,7 +39,7 @@ use std::time::Instant;
 use serde::Serialize;
 use topolab_core::plan::{Plan, PlanError};
 use topolab_core::records::{self, Breakdown, RunSummary, StepRecord, Utilization, VERSION};
-use topolab_core::scenario::{PsHosts, Scenario, TopologyKind};
+use topolab_core::scenario::{AllReduce, PsHosts, Scenario, Topology};
 use topolab_core::units::{Bytes, Time};
 
 pub use topolab_core::atomic::write_atomic;
@@ -168,7 +168,7 @@ pub fn gpu_memory_needed(s: &Scenario) -> Bytes {
 }
 
 fn all_reduce(s: &Scenario) -> bool {
-    s.spec.topology.kind == TopologyKind::AllReduce
+    matches!(s.topology(), Topology::AllReduce(_))
 }
 
 /// The next event of a run, or [`SimError::TooLong`] once the run has taken more events than
@@ -204,20 +204,23 @@ pub fn simulate(s: &Scenario, opts: &SimOptions) -> Result<SimRun, SimError> {
             ),
         });
     }
-    let (outcome, summary) = if all_reduce(s) {
-        let outcome = allreduce::run(s, opts)?;
-        let summary = summarize(s, None, &outcome);
-        (outcome, summary)
-    } else {
-        let plan = Plan::new(s)?;
-        let outcome = training::Sim::new(s, &plan, opts)?.run()?;
-        let summary = summarize(s, Some(&plan), &outcome);
-        (outcome, summary)
+    let (outcome, summary) = match s.topology() {
+        Topology::AllReduce(t) => {
+            let outcome = allreduce::run(s, t, opts)?;
+            let summary = summarize(s, None, &outcome);
+            (outcome, summary)
+        }
+        Topology::ParameterServer(t) => {
+            let plan = Plan::new(s)?;
+            let outcome = training::Sim::new(s, t, &plan, opts)?.run()?;
+            let summary = summarize(s, Some(&plan), &outcome);
+            (outcome, summary)
+        }
     };
     let compute_per_step_s = outcome
         .steps
         .iter()
-        .filter(|r| r.worker == s.spec.topology.workers - 1)
+        .filter(|r| r.worker == s.topology().workers() - 1)
         .map(|r| r.compute_ns)
         .min()
         .unwrap_or(0) as f64
@@ -263,7 +266,7 @@ fn busy(r: &ResourceUse, makespan: Time) -> f64 {
 }
 
 fn summarize(s: &Scenario, plan: Option<&Plan>, o: &Outcome) -> RunSummary {
-    let t = &s.spec.topology;
+    let topology = s.topology();
     let n = o.steps.len().max(1) as f64;
     let mean = |f: fn(&StepRecord) -> u64| o.steps.iter().map(|r| f(r) as f64).sum::<f64>() / n / 1e9;
     let breakdown =
@@ -281,10 +284,10 @@ fn summarize(s: &Scenario, plan: Option<&Plan>, o: &Outcome) -> RunSummary {
         }
         best
     };
-    let hosts_shard = |r: &ResourceUse| match r.owner {
-        ResourceOwner::Ps(_) => true,
-        ResourceOwner::Worker(w) => t.ps_hosts == PsHosts::Colocated && w < t.ps,
-        ResourceOwner::Rack(_) | ResourceOwner::HostBus(_) => false,
+    let hosts_shard = |r: &ResourceUse| match (r.owner, topology) {
+        (ResourceOwner::Ps(_), _) => true,
+        (ResourceOwner::Worker(w), Topology::ParameterServer(t)) => t.ps_hosts == PsHosts::Colocated && w < t.ps,
+        _ => false,
     };
     let ps_in = max_busy(&|r| hosts_shard(r) && !r.outbound);
     let ps_out = max_busy(&|r| hosts_shard(r) && r.outbound);
@@ -292,7 +295,8 @@ fn summarize(s: &Scenario, plan: Option<&Plan>, o: &Outcome) -> RunSummary {
     let w_out = max_busy(&|r| matches!(r.owner, ResourceOwner::Worker(_)) && !hosts_shard(r) && r.outbound);
     let rack = max_busy(&|r| matches!(r.owner, ResourceOwner::Rack(_)));
     let host_bus = max_busy(&|r| matches!(r.owner, ResourceOwner::HostBus(_)));
-    let gpu = if makespan.0 > 0 { o.gpu_busy_ns as f64 / (f64::from(t.workers) * makespan.0 as f64) } else { 0.0 };
+    let workers = topology.workers();
+    let gpu = if makespan.0 > 0 { o.gpu_busy_ns as f64 / (f64::from(workers) * makespan.0 as f64) } else { 0.0 };
     let ps = plan.is_some();
     let utilization = Utilization {
         gpu,
@@ -302,9 +306,12 @@ fn summarize(s: &Scenario, plan: Option<&Plan>, o: &Outcome) -> RunSummary {
         worker_nic_out_max: Some(w_out.0),
     };
     let step_time = records::step_time_stats(&o.steps);
-    let bottleneck = match plan {
-        Some(plan) => bottleneck(s, plan, &breakdown, step_time.mean, [ps_in, ps_out, w_in, w_out, rack], gpu),
-        None => collective_bottleneck(s, &breakdown, step_time.mean, [w_in, w_out, rack, host_bus], gpu),
+    let bottleneck = match (plan, topology) {
+        (Some(plan), _) => bottleneck(s, plan, &breakdown, step_time.mean, [ps_in, ps_out, w_in, w_out, rack], gpu),
+        (None, Topology::AllReduce(t)) => {
+            collective_bottleneck(s, &t, &breakdown, step_time.mean, [w_in, w_out, rack, host_bus], gpu)
+        }
+        (None, Topology::ParameterServer(_)) => unreachable!("a parameter-server run has a plan"),
     };
     RunSummary {
         scenario: s.spec.name.clone(),
@@ -312,8 +319,8 @@ fn summarize(s: &Scenario, plan: Option<&Plan>, o: &Outcome) -> RunSummary {
         seed: s.spec.seed,
         version: VERSION.into(),
         source: "sim".into(),
-        workers: t.workers,
-        ps: if ps { t.ps } else { 0 },
+        workers,
+        ps: topology.ps(),
         steps: s.spec.training.steps,
         step_time_s: step_time,
         throughput_samples_per_s: throughput,
@@ -412,12 +419,12 @@ fn bottleneck(
 /// the collective's slowest link, or the latency of its many rounds.
 fn collective_bottleneck(
     s: &Scenario,
+    t: &AllReduce,
     b: &Breakdown,
     step_mean: f64,
     nets: [(f64, Option<&ResourceUse>); 4],
     gpu: f64,
 ) -> String {
-    let t = &s.spec.topology;
     let step = step_mean.max(1e-12);
     let (c, e, w) = (b.compute / step * 100.0, b.exposed_comm / step * 100.0, b.wait / step * 100.0);
     let ring = format!("the {} all-reduce", t.algorithm.as_str());

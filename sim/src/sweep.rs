@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 use topolab_core::records::{RunSummary, SweepRecord};
-use topolab_core::scenario::{PsHosts, Scenario, SweepPoint, TopologyKind};
+use topolab_core::scenario::{PsHosts, Scenario, SweepPoint, Topology};
 
 use crate::target::{self, TargetError, TimeToTarget};
 use crate::{SimError, SimOptions};
@@ -104,26 +104,22 @@ pub fn run_one(s: &Scenario, opts: &SimOptions) -> Result<(RunSummary, Option<Ti
 /// The sweep.csv record of a row.
 pub fn record(r: &Row) -> SweepRecord {
     let s = &r.scenario;
-    let all_reduce = s.spec.topology.kind == TopologyKind::AllReduce;
+    let t = s.topology();
+    let (placement, ps_hosts) = match t {
+        Topology::AllReduce(a) => (format!("{} all-reduce", a.algorithm.as_str()), "none"),
+        Topology::ParameterServer(p) => {
+            (p.placement.as_str().into(), if p.ps_hosts == PsHosts::Dedicated { "dedicated" } else { "colocated" })
+        }
+    };
     SweepRecord {
-        workers: s.spec.topology.workers,
-        ps: if all_reduce { 0 } else { s.spec.topology.ps },
+        workers: t.workers(),
+        ps: t.ps(),
         nic: s.spec.network.nic.clone(),
         batch: s.spec.batch,
         gpu: s.gpu.name.clone(),
-        placement: if all_reduce {
-            format!("{} all-reduce", s.spec.topology.algorithm.as_str())
-        } else {
-            s.spec.topology.placement.as_str().into()
-        },
-        mode: s.spec.topology.mode.as_str().into(),
-        ps_hosts: if all_reduce {
-            "none".into()
-        } else if s.spec.topology.ps_hosts == PsHosts::Dedicated {
-            "dedicated".into()
-        } else {
-            "colocated".into()
-        },
+        placement,
+        mode: t.mode().as_str().into(),
+        ps_hosts: ps_hosts.into(),
         summary: r.summary.clone(),
         target: r.target.as_ref().map(TimeToTarget::record),
     }

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 use topolab_core::convergence::{self, ConvergenceError};
-use topolab_core::scenario::{CheckpointInterval, Mode, Scenario};
+use topolab_core::scenario::{CheckpointInterval, Mode, Scenario, Topology};
 
 use crate::{SimError, SimOptions, SimRun, failures, simulate};
 
@@ -153,18 +153,22 @@ pub fn time_to_target(s: &Scenario, opts: &SimOptions) -> Result<(SimRun, TimeTo
         let mut probe = s.clone();
         probe.spec.training.steps = steps;
         let run = simulate(&probe, opts)?;
-        let (mean, ci) = step_statistics(&run, s.spec.topology.mode);
+        let (mean, ci) = step_statistics(&run, s.topology().mode());
         if ci <= PRECISION || steps >= MAX_STEPS {
             break (run, mean, ci);
         }
         steps *= 2;
     };
-    let t = &s.spec.topology;
+    let t = s.topology();
     let g = f64::from(s.spec.hardware.gpus_per_host);
     let b = s.spec.batch as f64;
-    let (global_batch, staleness) = match t.mode {
-        Mode::Sync => (f64::from(t.workers) * g * b, 0.0),
-        Mode::Backup => (f64::from(t.workers - t.backup_workers) * g * b, 0.0),
+    let backup = match t {
+        Topology::ParameterServer(p) => p.backup_workers,
+        Topology::AllReduce(_) => 0,
+    };
+    let (global_batch, staleness) = match t.mode() {
+        Mode::Sync => (f64::from(t.workers()) * g * b, 0.0),
+        Mode::Backup => (f64::from(t.workers() - backup) * g * b, 0.0),
         Mode::Async | Mode::StaleSynchronous => {
             let hist = &run.detail.staleness;
             let n: u64 = hist.iter().map(|x| x.1).sum();
@@ -176,14 +180,14 @@ pub fn time_to_target(s: &Scenario, opts: &SimOptions) -> Result<(SimRun, TimeTo
     let examples = profile.examples(target.value, global_batch)? * penalty;
     // Sync and backup: one update of `global_batch` useful examples per global step. Async:
     // every worker's step is an update; all processed samples count.
-    let useful = match t.mode {
+    let useful = match t.mode() {
         Mode::Sync | Mode::Backup => global_batch / mean,
         Mode::Async | Mode::StaleSynchronous => run.summary.throughput_samples_per_s,
     };
     let useful_time = examples / useful;
-    let gpus = f64::from(t.workers) * g;
+    let gpus = f64::from(t.workers()) * g;
     let ps_hosts = f64::from(s.ps_hosts());
-    let failures = failure_cost(s, useful_time, f64::from(t.workers) + ps_hosts, gpus);
+    let failures = failure_cost(s, useful_time, f64::from(t.workers()) + ps_hosts, gpus);
     let time = failures.as_ref().map_or(useful_time, |f| f.useful_s + f.overhead_s);
     let hours = time / 3600.0;
     let cost = hours * (gpus * s.spec.cost.gpu_hour + ps_hosts * s.spec.cost.ps_hour);

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use topolab_core::plan::{Host, Op, Plan};
 use topolab_core::records::{StepRecord, VERSION};
-use topolab_core::scenario::{Mode, Noise, PsHosts, Scenario, SwitchKind};
+use topolab_core::scenario::{Mode, Noise, ParameterServers, PsHosts, Scenario, SwitchKind};
 use topolab_core::step::{Aggregation, Pushed, Release, ShardProgress};
 use topolab_core::units::Time;
 
@@ -190,6 +190,8 @@ struct Shard {
 
 pub(crate) struct Sim<'a> {
     s: &'a Scenario,
+    /// The topology.
+    t: ParameterServers,
     plan: &'a Plan,
     opts: &'a SimOptions,
     q: EventQueue<Ev>,
@@ -386,9 +388,13 @@ fn synchronous(m: Mode) -> bool {
 }
 
 impl<'a> Sim<'a> {
-    pub(crate) fn new(s: &'a Scenario, plan: &'a Plan, opts: &'a SimOptions) -> Result<Self, SimError> {
+    pub(crate) fn new(
+        s: &'a Scenario,
+        t: ParameterServers,
+        plan: &'a Plan,
+        opts: &'a SimOptions,
+    ) -> Result<Self, SimError> {
         let spec = &s.spec;
-        let t = &spec.topology;
         let net_spec = &spec.network;
         // NIC capacity in bytes per ns after TCP/IP framing.
         let nic = s.nic.bytes_per_sec() * s.goodput() / 1e9;
@@ -603,6 +609,7 @@ impl<'a> Sim<'a> {
         let bus = s.host_bus.bandwidth.bytes_per_sec() / 1e9;
         Ok(Sim {
             s,
+            t,
             plan,
             opts,
             q: EventQueue::new(),
@@ -825,7 +832,7 @@ impl<'a> Sim<'a> {
             st.applies_in_flight = 0;
             st.jitter_factor = factor;
         }
-        if synchronous(self.s.spec.topology.mode) {
+        if synchronous(self.t.mode) {
             // Released into this step (or the first): fetch every shard's values.
             let step = self.state[class].step;
             for shard in 0..self.shards.len() {
@@ -838,7 +845,7 @@ impl<'a> Sim<'a> {
         for (i, p) in self.plan.placement.parts.iter().enumerate() {
             let flow = self.classes[class].pull_flow[p.shard as usize];
             let bytes = p.bytes.0 as f64 * f64::from(self.copies);
-            if self.s.spec.topology.mode == Mode::Async || self.s.spec.topology.mode == Mode::StaleSynchronous {
+            if self.t.mode == Mode::Async || self.t.mode == Mode::StaleSynchronous {
                 self.state[class].pulled_version[i] = self.shards[p.shard as usize].version[i];
             }
             let step = self.state[class].step;
@@ -1044,7 +1051,7 @@ impl<'a> Sim<'a> {
         if nb == 0 || !overlap {
             self.state[class].backward_done = true;
             self.state[class].next_backward = 0;
-            if synchronous(self.s.spec.topology.mode) {
+            if synchronous(self.t.mode) {
                 // Shards that hold no part: asked when backward ends.
                 for shard in 0..self.shards.len() {
                     if self.shards[shard].last_push.is_none() {
@@ -1083,7 +1090,7 @@ impl<'a> Sim<'a> {
         let bytes = p.bytes.0 as f64 * f64::from(self.copies);
         self.send(flow, bytes, Tag::Push { class, part, step });
         let shard = p.shard as usize;
-        if synchronous(self.s.spec.topology.mode) && self.shards[shard].last_push == Some(part) {
+        if synchronous(self.t.mode) && self.shards[shard].last_push == Some(part) {
             // The request for the next step follows the shard's last push.
             self.request(class, shard, step + 1);
         }
@@ -1091,7 +1098,7 @@ impl<'a> Sim<'a> {
 
     fn push_arrived(&mut self, class: usize, part: usize, step: u64) {
         let shard = self.plan.placement.parts[part].shard as usize;
-        let mode = self.s.spec.topology.mode;
+        let mode = self.t.mode;
         let bytes = self.plan.placement.parts[part].bytes.0 * u64::from(self.copies);
         self.transfer_done(class, "push", part, step, bytes);
         {
@@ -1135,7 +1142,7 @@ impl<'a> Sim<'a> {
     }
 
     fn apply_done(&mut self, shard: usize, _part: usize, _step: u64, class: usize) {
-        if synchronous(self.s.spec.topology.mode) {
+        if synchronous(self.t.mode) {
             if let Some(ready) = self.shards[shard].progress.applied() {
                 // Ready for the next step: answer the requests that wait for it.
                 let waiting = std::mem::take(&mut self.shards[shard].waiting);
@@ -1167,7 +1174,7 @@ impl<'a> Sim<'a> {
             return;
         }
         st.own_done_at = Some(now);
-        if !synchronous(self.s.spec.topology.mode) {
+        if !synchronous(self.t.mode) {
             // Sync steps end at the release (every shard's Ready).
             self.end_step(class);
         }
@@ -1200,13 +1207,13 @@ impl<'a> Sim<'a> {
                 version: VERSION.into(),
             });
         }
-        let mode = self.s.spec.topology.mode;
+        let mode = self.t.mode;
         let global_done = synchronous(mode) && self.global_step() >= self.total_steps;
         let st = &mut self.state[class];
         st.step += 1;
         // Async: the run is `steps` updates per worker on average, shared out by speed; every
         // other mode runs `steps` steps per worker.
-        let budget = self.total_steps * u64::from(self.s.spec.topology.workers);
+        let budget = self.total_steps * u64::from(self.t.workers);
         let own_done =
             if mode == Mode::Async { self.started_worker_steps >= budget } else { st.step >= self.total_steps };
         if own_done || global_done {
@@ -1240,11 +1247,11 @@ impl<'a> Sim<'a> {
 
     /// Stale-synchronous: a worker may start step k while k - (slowest step) <= staleness.
     fn unblock_ssp(&mut self) {
-        if self.s.spec.topology.mode != Mode::StaleSynchronous {
+        if self.t.mode != Mode::StaleSynchronous {
             return;
         }
         let slowest = self.state.iter().filter(|s| !s.finished).map(|s| s.step).min().unwrap_or(u64::MAX);
-        let bound = u64::from(self.s.spec.topology.staleness);
+        let bound = u64::from(self.t.staleness);
         let now = self.q.now();
         for c in 0..self.state.len() {
             let st = &mut self.state[c];
