@@ -124,24 +124,18 @@ pub fn run(spec: &ClusterSpec, s: &Scenario, t: AllReduce) -> Result<(), NodeErr
     for step in start..total {
         let mut compute_ns = 0u64;
         let mut loss = 0.0f32;
+        let at = (index, step, spec.job.epoch_ns);
         for (l, &offset) in var_offset.iter().enumerate() {
-            let t0 = monotonic_ns();
-            backend.load(l, &layer_views(&vars, offset, proxy.layers[l].vars.len()))?;
-            backend.forward(l, step)?;
-            let t1 = monotonic_ns();
-            compute_ns += t1 - t0;
-            out.op(index, step, "compute-forward", l as u64, 0, t0, t1, spec.job.epoch_ns);
+            let views = layer_views(&vars, offset, proxy.layers[l].vars.len());
+            compute_ns += out.forward(backend.as_mut(), l, &views, at)?;
         }
         // Backward; each gradient goes to the ring thread (which reports it) as it is made,
         // or all of them when backward ends.
         let mut held = Vec::new();
         for l in (0..layers).rev() {
-            let t0 = monotonic_ns();
-            let (layer_loss, g) = backend.backward(l, step)?;
+            let (ns, layer_loss, g) = out.backward(backend.as_mut(), l, at)?;
+            compute_ns += ns;
             loss += layer_loss;
-            let t1 = monotonic_ns();
-            compute_ns += t1 - t0;
-            out.op(index, step, "compute-backward", l as u64, 0, t0, t1, spec.job.epoch_ns);
             if let Some(gi) = grad_of_layer[l] {
                 held.push(Gradient { step, index: gi, data: g.into_iter().flatten().collect() });
                 if overlap {
@@ -487,7 +481,7 @@ impl RingNode {
     async fn exchange(&self, (out, inc): &mut Wires, tag: u32, data: &mut Vec<f32>) -> Result<(), NodeError> {
         use futures::stream::{FuturesUnordered, StreamExt};
         enum Done {
-            Sent(usize, OwnedWriteHalf),
+            Sent(usize, usize, OwnedWriteHalf),
             Got(usize, OwnedReadHalf, wire::Frame),
         }
         let total = data.len() as u64;
@@ -531,12 +525,13 @@ impl RingNode {
                 let payload = wire::f32_bytes(&data[piece]);
                 let kind = if msg.reduce { Kind::Push } else { Kind::Value };
                 let var = tag * 8 + msg.in_slot as u32;
-                let mut tx = out[msg.slot].take().expect("a stream's link is idle when it sends");
+                let slot = msg.slot;
+                let mut tx = out[slot].take().expect("a stream's link is idle when it sends");
                 busy[st] = true;
                 pending.push(Box::pin(async move {
                     wire::write_frame(&mut tx, kind, var, msg.offset, &payload).await?;
                     tx.flush().await.map_err(NodeError::Io)?;
-                    Ok(Done::Sent(st, tx))
+                    Ok(Done::Sent(st, slot, tx))
                 }));
             }
             if received == expect && sent == len && !busy.contains(&true) {
@@ -547,8 +542,7 @@ impl RingNode {
                 return Err(NodeError::Protocol(format!("rank {rank}: the collective stalled (bucket {tag})")));
             };
             match next? {
-                Done::Sent(st, tx) => {
-                    let slot = self.sched.message(rank, st, sent[st], total).slot;
+                Done::Sent(st, slot, tx) => {
                     out[slot] = Some(tx);
                     busy[st] = false;
                     sent[st] += 1;

@@ -191,25 +191,17 @@ pub fn run(spec: &ClusterSpec, s: &Scenario, t: ParameterServers) -> Result<(), 
                     epoch,
                 );
             }
-            let t0 = monotonic_ns();
             let views = layer_views(&vars, var_offset[l], proxy.layers[l].vars.len());
-            backend.load(l, &views)?;
-            backend.forward(l, step)?;
-            let t1 = monotonic_ns();
-            compute_ns += t1 - t0;
-            out.op(index, step, "compute-forward", l as u64, 0, t0, t1, epoch);
+            compute_ns += out.forward(backend.as_mut(), l, &views, (index, step, epoch))?;
         }
         // Backward in reverse; each layer's gradients leave at once (with overlap; else when
         // backward ends, in the same order).
         let mut pushes = 0usize;
         let mut held: Vec<(usize, Kind, u32, u64, Vec<u8>)> = Vec::new();
         for l in (0..layers).rev() {
-            let t0 = monotonic_ns();
-            let (layer_loss, grads) = backend.backward(l, step)?;
+            let (ns, layer_loss, grads) = out.backward(backend.as_mut(), l, (index, step, epoch))?;
+            compute_ns += ns;
             loss += layer_loss;
-            let t1 = monotonic_ns();
-            compute_ns += t1 - t0;
-            out.op(index, step, "compute-backward", l as u64, 0, t0, t1, epoch);
             for &p in parts_of_layer[l].iter().rev() {
                 let part = plan.placement.parts[p];
                 let (off, len) = ps::part_range(&plan, p);
@@ -328,6 +320,38 @@ impl Outputs {
         epoch: u64,
     ) {
         self.ops.push(OpRecord { worker, step, op, index, bytes, start_ns: start - epoch, end_ns: end - epoch });
+    }
+
+    /// Loads layer `l`'s variables (`views`) into `backend` and runs its forward pass of
+    /// `step`, recorded as `worker`'s compute-forward op; returns how long it took (ns).
+    pub(crate) fn forward(
+        &mut self,
+        backend: &mut dyn compute::Backend,
+        l: usize,
+        views: &[&[f32]],
+        (worker, step, epoch): (u32, u64, u64),
+    ) -> Result<u64, NodeError> {
+        let t0 = monotonic_ns();
+        backend.load(l, views)?;
+        backend.forward(l, step)?;
+        let t1 = monotonic_ns();
+        self.op(worker, step, "compute-forward", l as u64, 0, t0, t1, epoch);
+        Ok(t1 - t0)
+    }
+
+    /// Layer `l`'s backward pass of `step`, recorded as `worker`'s compute-backward op:
+    /// how long it took (ns), its loss and its gradients per variable.
+    pub(crate) fn backward(
+        &mut self,
+        backend: &mut dyn compute::Backend,
+        l: usize,
+        (worker, step, epoch): (u32, u64, u64),
+    ) -> Result<(u64, f32, Vec<Vec<f32>>), NodeError> {
+        let t0 = monotonic_ns();
+        let (loss, grads) = backend.backward(l, step)?;
+        let t1 = monotonic_ns();
+        self.op(worker, step, "compute-backward", l as u64, 0, t0, t1, epoch);
+        Ok((t1 - t0, loss, grads))
     }
 
     /// Steps done so far, for the launcher's progress bar (a few bytes rewritten per step).

@@ -90,6 +90,24 @@ fn a_local_replay_writes_the_simulator_columns_and_the_loss_falls() {
     }
 }
 
+/// Starts a replay of `scenario` into `out` and returns it running once `out/manifest` exists
+/// (within a minute; the test fails if the run ends first).
+fn replay_until(scenario: &str, out: &std::path::Path, manifest: &str) -> std::process::Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_topolab"))
+        .args(["replay", scenario, "--out", out.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.join(manifest).exists() {
+        assert!(Instant::now() < deadline, "no {manifest}");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before {manifest} appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
 /// Runs the scenario uninterrupted, then again killing `victim` ("worker" or "ps") once the
 /// checkpoint of step 10 exists, resumes, and compares the final parameters.
 fn kill_and_resume(victim: &str) {
@@ -99,19 +117,7 @@ fn kill_and_resume(victim: &str) {
     let o = replay(&[&f, "--out", clean.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let crash = d.join("crash");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_topolab"))
-        .args(["replay", &f, "--out", crash.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let manifest = crash.join("checkpoints/step-10/shard-1.json");
-    while !manifest.exists() {
-        assert!(Instant::now() < deadline, "no checkpoint at step 10");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before the kill");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let child = replay_until(&f, &crash, "checkpoints/step-10/shard-1.json");
     let pids: topolab_runtime::launcher::Pids =
         serde_json::from_str(&std::fs::read_to_string(crash.join("pids.json")).unwrap()).unwrap();
     let pid = if victim == "worker" { pids.worker[1] } else { pids.ps[0] };
@@ -828,18 +834,7 @@ fn a_ring_all_reduce_trains_as_a_synchronous_parameter_server_and_resumes_after_
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let a = f32s(&whole.join("final/shard-0.bin"));
     let crash = d.join("crash");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_topolab"))
-        .args(["replay", &ring, "--out", crash.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !crash.join("checkpoints/step-10/shard-0.json").exists() {
-        assert!(Instant::now() < deadline, "no checkpoint at step 10");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before the kill");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let child = replay_until(&ring, &crash, "checkpoints/step-10/shard-0.json");
     let pids: topolab_runtime::launcher::Pids =
         serde_json::from_str(&std::fs::read_to_string(crash.join("pids.json")).unwrap()).unwrap();
     assert!(pids.ps.is_empty());
