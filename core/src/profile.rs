@@ -80,6 +80,18 @@ pub struct Fitted {
     /// cores while earlier bytes are on the wire (on dedicated hosts, serial with the transfer).
     #[serde(default)]
     pub copy_ns_per_byte: f64,
+    /// Of `copy_ns_per_byte`, what the sender does before a message leaves (encoding the
+    /// values), ns per payload byte. With `decode_ns_per_byte`, the part of the copies that
+    /// cannot overlap the wire when the next message needs this one (a ring's rounds); the
+    /// rest (the kernel's copies into and out of the socket) moves with the bytes. Absent: the
+    /// whole of `copy_ns_per_byte` counts as serial, half before and half after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encode_ns_per_byte: Option<f64>,
+    /// Of `copy_ns_per_byte`, what the receiver does once a message has arrived whole
+    /// (decoding it and adding or copying it into place), ns per payload byte (see
+    /// `encode_ns_per_byte`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_ns_per_byte: Option<f64>,
     /// Coefficient of variation of a step's compute, as measured runs showed it (the
     /// simulator's `faults.jitter` when the scenario sets none; 0: none).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -371,6 +383,8 @@ impl Fitted {
             elementwise_ns_per_value: 0.0,
             layer_overhead: Time::ZERO,
             copy_ns_per_byte: 0.0,
+            encode_ns_per_byte: None,
+            decode_ns_per_byte: None,
             compute_jitter: 0.0,
             links: Vec::new(),
             gpu: None,

@@ -1693,6 +1693,16 @@ impl Scenario {
         self.profile.as_ref().map_or(0.0, |p| p.fitted.copy_ns_per_byte)
     }
 
+    /// Of [`Scenario::copy_ns_per_byte`], what a sender does before a message leaves and a
+    /// receiver once it has arrived whole, ns per payload byte: the profile's measured split,
+    /// else half and half (a profile from before the split was measured).
+    pub fn serial_copy_ns_per_byte(&self) -> (f64, f64) {
+        let Some(p) = &self.profile else { return (0.0, 0.0) };
+        let f = &p.fitted;
+        let half = f.copy_ns_per_byte / 2.0;
+        (f.encode_ns_per_byte.unwrap_or(half), f.decode_ns_per_byte.unwrap_or(half))
+    }
+
     /// TCP unfairness spread at this scenario's NIC rate: the profile's, else the scenario's.
     pub fn unfairness(&self) -> f64 {
         self.profile.as_ref().and_then(|p| p.fitted.unfairness_at(self.nic)).unwrap_or(self.spec.network.unfairness)

@@ -23,9 +23,18 @@
 //! done the rank applies the summed gradients to its copy (memory-bound, at the GPU's memory
 //! bandwidth) and starts the next step.
 //!
+//! **Negotiation** goes over the network too: a rank's report that a gradient is ready reaches
+//! the coordinator (rank 0) a latency and a message's overhead later, and so does the order of
+//! a bucket reach every rank on another host, as Horovod's (and the runtime's) control messages
+//! do. A tick waits for the last report it needs.
+//!
 //! Chunks cross the network like the parameter-server messages do: at max-min fair rates
-//! (with the scenario's unfairness, ramp-up and queue order), plus the network latency and the
-//! per-message overhead on each NIC hop.
+//! (with the scenario's unfairness, drawn per sending host, ramp-up and queue order), plus the
+//! network latency and the per-message overhead on each NIC hop. Between hosts, the sender
+//! encodes a chunk before it leaves and the receiver decodes it and adds it into place once it
+//! has arrived whole (the profile's `encode_ns_per_byte` and `decode_ns_per_byte`), one message
+//! at a time on the rank's copy flow: a ring's next round waits for both, a tree's next chunk
+//! is on the wire meanwhile. The kernel's share of the copies moves with the bytes.
 
 use std::ops::Range;
 
@@ -46,8 +55,14 @@ use crate::{SimError, SimOptions};
 /// What a flow's message carries.
 #[derive(Debug, Clone, Copy)]
 enum Tag {
-    /// A chunk from rank `from` over its link `slot`, arriving on the next rank's `in_slot`.
-    Chunk { from: u32, slot: usize, in_slot: usize },
+    /// A chunk from rank `from` over its link `slot`, arriving on the next rank's `in_slot`;
+    /// the receiver decodes it for `decode` core-ns once it has arrived whole.
+    Chunk { from: u32, slot: usize, in_slot: usize, decode: u64 },
+    /// Rank `from` encoding that chunk (core-ns on its copy flow) before it goes onto the
+    /// wire as `bytes`.
+    Encode { from: u32, slot: usize, in_slot: usize, bytes: f64, decode: u64 },
+    /// The receiver decoding that chunk: it is delivered when this ends.
+    Decode { from: u32, slot: usize, in_slot: usize },
     /// Shared cores: core-nanoseconds of the rank's current compute item (a layer's forward
     /// or backward, or the update).
     Compute { rank: u32 },
@@ -56,6 +71,14 @@ enum Tag {
 #[derive(Debug, Clone, Copy)]
 enum Ev {
     Net(Timer),
+    /// A chunk from rank `from` has crossed the network (wire and latency): the receiver
+    /// decodes it for `decode` core-ns, then it is delivered.
+    Arrive {
+        from: u32,
+        slot: usize,
+        in_slot: usize,
+        decode: u64,
+    },
     /// A message from rank `from` over its link `slot` reaches the rank at its other end, on
     /// that rank's link `in_slot`.
     Deliver {
@@ -65,6 +88,10 @@ enum Ev {
     },
     /// The coordinator's cycle: the next bucket is handed to the collective.
     Tick,
+    /// The coordinator's order of the latest bucket reaches a rank on another host.
+    Order {
+        rank: u32,
+    },
     BackwardDone {
         rank: u32,
     },
@@ -118,6 +145,9 @@ struct Rank {
     /// (forward layers in order, then backward layers in reverse) and when it began, when
     /// forward ended, and when each gradient (in backward order) became ready this step.
     compute_flow: Option<usize>,
+    /// The flow that does the rank's encoding and decoding, one message at a time (the
+    /// process's task that runs the collective), when copies cost anything.
+    copy_flow: Option<usize>,
     item: usize,
     item_start: Time,
     fwd_end: Time,
@@ -143,8 +173,14 @@ struct Sim<'a> {
     bwd_total: u64,
     apply_ns: u64,
     latency: Time,
+    /// How long a control message (a rank's report, the coordinator's order) takes between
+    /// hosts: a latency and a message's overhead (0 on one host).
+    notice: Time,
     overhead_bytes: f64,
-    copy_factor: f64,
+    /// User-space copies a message between hosts waits for, ns per payload byte: the
+    /// sender's before it leaves, the receiver's once it has arrived whole.
+    encode_ns: f64,
+    decode_ns: f64,
     /// The coordinator: the step whose gradients it is bucketing and the next gradient; the
     /// buckets handed over so far (bytes) and, per step, the buckets up to its last; whether a
     /// bucket is being reduced (ranks done with it) or a tick is scheduled; when the next cycle
@@ -152,6 +188,8 @@ struct Sim<'a> {
     c_step: u64,
     c_next: usize,
     buckets: Vec<u64>,
+    /// Per bucket, when its order reaches the ranks on other hosts than the coordinator's.
+    ordered: Vec<Time>,
     step_buckets: Vec<Range<u64>>,
     in_flight: Option<u32>,
     tick_pending: bool,
@@ -193,16 +231,18 @@ impl<'a> Sim<'a> {
         let two_tier = net_spec.switch == SwitchKind::TwoTier;
         let rack_of = |h: u32| if two_tier { h / net_spec.hosts_per_rack } else { 0 };
         let (up, down) = add_racks(s, &mut net, hosts, &mut resources);
-        // A ring's rounds do not pipeline: a chunk is encoded, sent, received whole, decoded
-        // and reduced before the next round's chunk leaves, so the user-space copies add to
-        // the wire time (`copy_factor`, extra bytes), unlike a PS whose other parts keep the
-        // wire busy while one is copied.
-        let copy_factor = 1.0 + s.copy_ns_per_byte() * nic;
-        // Shared cores: one machine's cores, max-min shared by the ranks' compute (each rank's
-        // process on at most one core at a time) and, first, by the CPU that moving bytes
-        // costs (the kernel's and the copies'), per wire byte of the stretched message.
+        // User-space copies: the sender encodes a message before it leaves and the receiver
+        // decodes it and adds it into place once it has arrived whole, so those copies delay
+        // the message without holding the wire (a ring's next round, which needs this one,
+        // waits for all of them; a tree's next chunk goes on the wire meanwhile). The rest of
+        // the copies (the kernel's, into and out of the socket) move with the bytes.
+        let (encode_ns, decode_ns) = s.serial_copy_ns_per_byte();
+        // Shared cores: one machine's cores, max-min shared by the ranks' compute and copies
+        // (each on at most one core at a time) and, first, by the CPU that moving bytes costs
+        // in the kernel (its packet work and its copies into and out of the socket), per wire
+        // byte.
         let machine = s.shared_cores().map(|cores| net.add_resource(f64::from(cores)));
-        let cpu_per_byte = (s.network_cpu_ns_per_byte() + s.copy_ns_per_byte()) / copy_factor;
+        let cpu_per_byte = s.network_cpu_ns_per_byte() + (s.copy_ns_per_byte() - encode_ns - decode_ns).max(0.0);
         // Identical ranks in identical places run in lock-step: every round takes each of
         // them the same time (equal chunks, a link of its own each way), so one stands for all
         // (its records are copied to every host), exactly, as identical PS workers form a class.
@@ -260,10 +300,13 @@ impl<'a> Sim<'a> {
                 } else {
                     vec![Use { resource: nics[h as usize].2.expect("a multi-GPU host has a bus"), weight: stands_for }]
                 };
+                let path_sender = path[0].resource;
                 let cpu = machine.filter(|_| over_nic && cpu_per_byte > 0.0);
                 let mut path = path;
                 path.extend(cpu.map(|m| Use { resource: m, weight: cpu_per_byte }));
                 let f = net.add_flow(path);
+                // A host's connections share one luck: named by the NIC (or bus) they leave by.
+                net.set_sender(f, path_sender);
                 if cpu.is_some() {
                     net.set_priority(f, NETWORK_PRIORITY);
                 }
@@ -275,7 +318,15 @@ impl<'a> Sim<'a> {
                 net.set_fair(f);
                 f
             });
-            ranks.push(Rank { host: r / gpus, links, factor: 1.0, compute_flow, ..Rank::default() });
+            let copy_flow = (encode_ns + decode_ns > 0.0).then(|| {
+                let task = net.add_resource(1.0);
+                let mut path = vec![Use { resource: task, weight: 1.0 }];
+                path.extend(machine.map(|m| Use { resource: m, weight: 1.0 }));
+                let f = net.add_flow(path);
+                net.set_fair(f);
+                f
+            });
+            ranks.push(Rank { host: r / gpus, links, factor: 1.0, compute_flow, copy_flow, ..Rank::default() });
         }
 
         let (fwd_ns, bwd_ns) = layer_times(s);
@@ -305,11 +356,14 @@ impl<'a> Sim<'a> {
             ops: Vec::new(),
             apply_ns,
             latency: net_spec.latency,
+            notice: if hosts > 1 { net_spec.latency + s.message_overhead() } else { Time::ZERO },
             overhead_bytes: s.message_overhead().0 as f64 * nic,
-            copy_factor,
+            encode_ns,
+            decode_ns,
             c_step: 0,
             c_next: 0,
             buckets: Vec::new(),
+            ordered: Vec::new(),
             step_buckets: Vec::new(),
             in_flight: None,
             tick_pending: false,
@@ -355,26 +409,40 @@ impl<'a> Sim<'a> {
                     let (msg, timers) = self.net.on_timer(now, t);
                     self.schedule(timers);
                     match msg.map(|m| m.tag) {
-                        Some(Tag::Chunk { from, slot, in_slot }) => {
+                        Some(Tag::Chunk { from, slot, in_slot, decode }) => {
                             let over_nic = self.ranks[from as usize].links[slot].is_some_and(|l| l.1);
-                            let at = if over_nic { now + self.latency } else { now };
-                            self.q.schedule(at, Ev::Deliver { from, slot, in_slot });
+                            if over_nic {
+                                self.q.schedule(now + self.latency, Ev::Arrive { from, slot, in_slot, decode });
+                            } else {
+                                self.q.schedule(now, Ev::Deliver { from, slot, in_slot });
+                            }
                         }
+                        Some(Tag::Encode { from, slot, in_slot, bytes, decode }) => {
+                            let (flow, _) = self.ranks[from as usize].links[slot].expect("a chunk leaves by its link");
+                            let tag = Tag::Chunk { from, slot, in_slot, decode };
+                            let timers = self.net.send(now, flow, Message { bytes, tag });
+                            self.schedule(timers);
+                        }
+                        Some(Tag::Decode { from, slot, in_slot }) => self.deliver(from, slot, in_slot),
                         Some(Tag::Compute { rank }) if self.ranks[rank as usize].applying => self.end_step(rank),
                         Some(Tag::Compute { rank }) => self.compute_item_done(rank),
                         None => {}
                     }
                 }
-                Ev::Deliver { from, slot, in_slot } => {
-                    let to = if self.lock_step() {
-                        from
-                    } else {
-                        self.sched.next(from, slot).expect("a message leaves by a link that exists")
-                    };
-                    self.ranks[to as usize].received[in_slot] += 1;
-                    self.progress(to);
+                Ev::Deliver { from, slot, in_slot } => self.deliver(from, slot, in_slot),
+                Ev::Arrive { from, slot, in_slot, decode } => {
+                    let to = self.receiver(from, slot);
+                    match self.ranks[to as usize].copy_flow.filter(|_| decode > 0) {
+                        Some(cf) => {
+                            let tag = Tag::Decode { from, slot, in_slot };
+                            let timers = self.net.send(now, cf, Message { bytes: decode as f64, tag });
+                            self.schedule(timers);
+                        }
+                        None => self.deliver(from, slot, in_slot),
+                    }
                 }
                 Ev::Tick => self.tick(),
+                Ev::Order { rank } => self.progress(rank),
                 Ev::BackwardDone { rank } => self.backward_done(rank),
                 Ev::ApplyDone { rank } => self.end_step(rank),
                 Ev::RingDone { rank } => {
@@ -412,6 +480,23 @@ impl<'a> Sim<'a> {
             classes: self.ranks.len(),
             ops: self.ops,
         })
+    }
+
+    /// The rank at the other end of `from`'s link `slot` (in lock-step, `from` itself stands
+    /// for it).
+    fn receiver(&self, from: u32, slot: usize) -> u32 {
+        if self.lock_step() {
+            from
+        } else {
+            self.sched.next(from, slot).expect("a message leaves by a link that exists")
+        }
+    }
+
+    /// A message from `from` over its link `slot` is in the receiver's hands.
+    fn deliver(&mut self, from: u32, slot: usize, in_slot: usize) {
+        let to = self.receiver(from, slot);
+        self.ranks[to as usize].received[in_slot] += 1;
+        self.progress(to);
     }
 
     fn schedule(&mut self, timers: Vec<Timer>) {
@@ -603,14 +688,16 @@ impl<'a> Sim<'a> {
         if !self.ranks.iter().all(|r| r.in_step && r.step == self.c_step) {
             return;
         }
-        let mut ready = Time::ZERO;
+        // The tick is due when the gradient is ready everywhere (the ranks report when it
+        // became ready), and cannot come before the last report has arrived.
+        let (mut ready, mut heard) = (Time::ZERO, Time::ZERO);
         for r in 0..self.ranks.len() {
             match self.ready_at(r, self.c_next) {
-                Some(t) => ready = ready.max(t),
+                Some(t) => (ready, heard) = (ready.max(t), heard.max(t + self.notice_of(r))),
                 None => return,
             }
         }
-        let at = launch_time(ready, self.earliest, self.t.fusion_cycle);
+        let at = launch_time(ready, self.earliest, self.t.fusion_cycle).max(heard);
         self.tick_pending = true;
         self.q.schedule(at, Ev::Tick);
     }
@@ -621,7 +708,7 @@ impl<'a> Sim<'a> {
         let now = self.q.now();
         self.tick_pending = false;
         let ranks = self.ranks.len();
-        let ready = |g: usize| (0..ranks).all(|r| self.ready_at(r, g).is_some_and(|t| t <= now));
+        let ready = |g: usize| (0..ranks).all(|r| self.ready_at(r, g).is_some_and(|t| t + self.notice_of(r) <= now));
         let b = next_bucket(&self.grads, self.c_next, self.t.fusion_buffer, ready);
         debug_assert!(!b.is_empty(), "a tick is planned when a gradient is ready");
         let bytes: u64 = self.grads[b.clone()].iter().map(|g| g.1).sum();
@@ -641,9 +728,23 @@ impl<'a> Sim<'a> {
         }
         self.in_flight = Some(0);
         self.earliest = now + self.t.fusion_cycle;
+        // The collective starts when the order has reached every rank: the coordinator's own
+        // rank starts with the others (its first message is on its way a notice early in a
+        // real run, but what it sends next needs theirs).
+        self.ordered.push(now + self.notice);
         for r in 0..ranks as u32 {
-            self.progress(r);
+            match self.notice {
+                Time::ZERO => self.progress(r),
+                n => self.q.schedule(now + n, Ev::Order { rank: r }),
+            }
         }
+    }
+
+    /// How long `rank`'s reports take to reach the coordinator (rank 0): nothing on the
+    /// coordinator's host, else [`Sim::notice`] (in lock-step the one rank stands for every
+    /// host, and the tick waits for the last of them).
+    fn notice_of(&self, rank: usize) -> Time {
+        if self.ranks[rank].host == 0 && !self.lock_step() { Time::ZERO } else { self.notice }
     }
 
     /// Sends what the rank may send now, notes the buckets it has finished, and applies once
@@ -656,6 +757,10 @@ impl<'a> Sim<'a> {
             loop {
                 let gb = self.ranks[i].stream_bucket[st];
                 if gb >= self.buckets.len() as u64 {
+                    break;
+                }
+                if now < self.ordered[gb as usize] {
+                    // Its order has not reached this rank yet (an Order event comes then).
                     break;
                 }
                 let bytes = self.buckets[gb as usize];
@@ -674,8 +779,9 @@ impl<'a> Sim<'a> {
                     }
                     let rounds = self.sched.stream_len(rank, 0, bytes);
                     let chunk = self.sched.message(rank, 0, 0, bytes).bytes;
-                    let wire = chunk as f64 * self.copy_factor + self.overhead_bytes;
-                    let round = Time((wire / nic).ceil() as u64) + self.latency;
+                    let wire = chunk as f64 + self.overhead_bytes;
+                    let copies = Time((chunk as f64 * (self.encode_ns + self.decode_ns)).round() as u64);
+                    let round = Time((wire / nic).ceil() as u64) + self.latency + copies;
                     self.ring_bytes += wire * rounds as f64;
                     let r = &mut self.ranks[i];
                     (r.in_ring, r.begun, r.bucket_started) = (true, gb + 1, now);
@@ -690,18 +796,31 @@ impl<'a> Sim<'a> {
                 let r = &self.ranks[i];
                 let (flow, over_nic) = r.links[msg.slot].expect("a message goes over a link of its rank");
                 let (host, step) = (r.host, r.step);
-                let bytes = if over_nic {
-                    msg.bytes as f64 * network_noise(self.s, host, step) * self.copy_factor + self.overhead_bytes
-                } else {
-                    msg.bytes as f64
-                };
                 let r = &mut self.ranks[i];
                 if gb >= r.begun {
                     (r.begun, r.bucket_started) = (gb + 1, now);
                 }
                 r.sent[st] += 1;
-                let tag = Tag::Chunk { from: rank, slot: msg.slot, in_slot: msg.in_slot };
-                let timers = self.net.send(now, flow, Message { bytes, tag });
+                let (from, slot, in_slot) = (rank, msg.slot, msg.in_slot);
+                if !over_nic {
+                    let tag = Tag::Chunk { from, slot, in_slot, decode: 0 };
+                    let timers = self.net.send(now, flow, Message { bytes: msg.bytes as f64, tag });
+                    self.schedule(timers);
+                    continue;
+                }
+                let bytes = msg.bytes as f64 * network_noise(self.s, host, step) + self.overhead_bytes;
+                let payload = msg.bytes as f64;
+                let (encode, decode) =
+                    ((payload * self.encode_ns).round() as u64, (payload * self.decode_ns).round() as u64);
+                let timers = match self.ranks[i].copy_flow.filter(|_| encode > 0) {
+                    Some(cf) => {
+                        let tag = Tag::Encode { from, slot, in_slot, bytes, decode };
+                        self.net.send(now, cf, Message { bytes: encode as f64, tag })
+                    }
+                    None => {
+                        self.net.send(now, flow, Message { bytes, tag: Tag::Chunk { from, slot, in_slot, decode } })
+                    }
+                };
                 self.schedule(timers);
             }
         }

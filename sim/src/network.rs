@@ -8,7 +8,9 @@
 //! (their old pending completion is made stale by a version bump: lazy cancellation).
 //!
 //! Real TCP is not exactly fair, and the simulator can say so (all off by default): a
-//! connection draws a log-normal *luck* for each busy period ([`Network::set_unfairness`]), a
+//! connection draws a log-normal *luck* for each busy period ([`Network::set_unfairness`]; the
+//! connections one host sends share one luck, [`Network::set_sender`], since a host's kernel
+//! shares its own link fairly and the unequal shares arise between hosts at a queue), a
 //! new connection ramps up from a fraction of its share ([`Network::set_ramp`]), and a flow can
 //! have a fixed *priority* ([`Network::set_priority`]: the kernel's packet work before user
 //! compute on shared cores), and bursts can be served first come, first served, as a drop-tail
@@ -89,6 +91,19 @@ struct Flow<T> {
     base: f64,
     /// Always exactly its share: a CPU, not a TCP connection (no luck, no ramp).
     fair: bool,
+    /// The sender it shares its luck with ([`Network::set_sender`]).
+    sender: Option<usize>,
+}
+
+/// Connections leaving one host: they draw one luck per busy period of the host.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sender {
+    /// Its connections that are busy now.
+    busy: usize,
+    /// Busy periods so far (keys the luck).
+    activations: u64,
+    /// The luck of the current busy period.
+    luck: f64,
 }
 
 /// Connections over capacitated resources.
@@ -105,6 +120,8 @@ pub struct Network<T> {
     /// TCP unfairness: (sigma, seed) of the log-normal share each connection draws when it
     /// turns active; `None` is exact max-min fairness.
     unfairness: Option<(f64, u64)>,
+    /// Hosts whose connections share one luck ([`Network::set_sender`]).
+    senders: Vec<Sender>,
     /// Window ramp-up: (deficit, ramp ns). A connection that has been busy for `a` ns gets
     /// `exp(-deficit x (1 - a / ramp))` of its share until `a = ramp`, in [`RAMP_STEPS`] steps;
     /// `None`: every connection has its full share at once.
@@ -178,6 +195,7 @@ impl<T: Copy> Default for Network<T> {
             carried: Vec::new(),
             resolves: 0,
             unfairness: None,
+            senders: Vec::new(),
             ramp: None,
             fifo: None,
             load: Vec::new(),
@@ -264,6 +282,7 @@ impl<T: Copy> Network<T> {
             luck: 1.0,
             base: 1.0,
             fair: false,
+            sender: None,
         });
         self.local.in_f.push(false);
         self.flows.len() - 1
@@ -277,6 +296,18 @@ impl<T: Copy> Network<T> {
         flow.base = priority;
         flow.share = priority * flow.luck;
         flow.scaled = flow.path.iter().map(|u| Use { resource: u.resource, weight: u.weight * flow.share }).collect();
+    }
+
+    /// Says that flow `f` leaves host `sender`: the connections a host sends share one luck,
+    /// drawn when the first of them turns busy and kept while any is ([`Network::set_unfairness`]).
+    /// One host's kernel shares its own link fairly among its own connections (TCP small
+    /// queues keep each to a few packets in the qdisc, so none is starved by another's
+    /// window); the unequal shares a drop-tail queue hands out are between hosts.
+    pub fn set_sender(&mut self, f: usize, sender: usize) {
+        if self.senders.len() <= sender {
+            self.senders.resize(sender + 1, Sender::default());
+        }
+        self.flows[f].sender = Some(sender);
     }
 
     /// Marks flow `f` as always getting exactly its share: a process on a CPU, not a TCP
@@ -324,8 +355,25 @@ impl<T: Copy> Network<T> {
         flow.activations += 1;
         flow.active_since = now;
         if let Some((sigma, seed)) = self.unfairness.filter(|_| !flow.fair) {
-            let key = seed ^ ((f as u64) << 40) ^ flow.activations.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            flow.luck = (sigma * crate::rng::normal(crate::rng::splitmix64(key))).exp();
+            let draw = |id: u64, busy: u64| {
+                let key = seed ^ (id << 40) ^ busy.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                (sigma * crate::rng::normal(crate::rng::splitmix64(key))).exp()
+            };
+            flow.luck = match flow.sender {
+                Some(h) => {
+                    let host = &mut self.senders[h];
+                    if host.busy == 0 {
+                        host.activations += 1;
+                        // Keyed apart from the flows' own draws.
+                        host.luck = draw(h as u64 | 1 << 23, host.activations);
+                    }
+                    host.luck
+                }
+                None => draw(f as u64, flow.activations),
+            };
+        }
+        if let Some(h) = flow.sender {
+            self.senders[h].busy += 1;
         }
         for u in &self.flows[f].path {
             self.users[u.resource].push(f);
@@ -412,6 +460,9 @@ impl<T: Copy> Network<T> {
             return Completion::Done(msg, vec![Timer { flow: f, version: flow.version, at, reshare: false }]);
         }
         // Idle: leave the resources and re-share among the rest.
+        if let Some(h) = flow.sender {
+            self.senders[h].busy -= 1;
+        }
         let old = flow.rate;
         flow.rate = 0.0;
         flow.version += 1;
@@ -748,7 +799,7 @@ mod tests {
 
     fn one_link(net: &mut Network<u32>, flows: usize) -> Vec<usize> {
         let r = net.add_resource(1.0);
-        (0..flows).map(|_| net.add_flow(vec![Use { resource: r, weight: 1.0 }])).collect()
+        one_link_from(net, r, flows)
     }
 
     #[test]
@@ -768,6 +819,53 @@ mod tests {
         again.send(Time::ZERO, g[0], Message { bytes: 1e6, tag: 0 });
         again.send(Time::ZERO, g[1], Message { bytes: 1e6, tag: 1 });
         assert_eq!((again.rate(g[0]), again.rate(g[1])), (a, b));
+    }
+
+    #[test]
+    fn one_hosts_connections_share_its_link_equally_and_draw_one_luck_per_busy_period() {
+        // Two hosts' connections into one link: their lucks differ.
+        let mut net = Network::new();
+        net.set_unfairness(0.8, 5);
+        let (out0, out3, into1) = (net.add_resource(1.0), net.add_resource(1.0), net.add_resource(1.0));
+        let a = net.add_flow(vec![Use { resource: out0, weight: 1.0 }, Use { resource: into1, weight: 1.0 }]);
+        let c = net.add_flow(vec![Use { resource: out3, weight: 1.0 }, Use { resource: into1, weight: 1.0 }]);
+        net.set_sender(a, out0);
+        net.set_sender(c, out3);
+        let mut timers = net.send(Time::ZERO, a, Message { bytes: 1e3, tag: 0 });
+        timers.extend(net.send(Time::ZERO, c, Message { bytes: 1e3, tag: 2 }));
+        let (ra, rc) = (net.rate(a), net.rate(c));
+        assert!((ra + rc - 1.0).abs() < 1e-12, "host 1's link stays full: {ra} + {rc}");
+        assert!((ra - rc).abs() > 1e-3, "hosts 0 and 3 draw different lucks: {ra} vs {rc}");
+        // A new busy period of each host draws a new luck: the split changes.
+        drain(&mut net, timers);
+        net.send(Time(10_000), a, Message { bytes: 1e3, tag: 3 });
+        net.send(Time(10_000), c, Message { bytes: 1e3, tag: 4 });
+        assert!((net.rate(a) - ra).abs() > 1e-6, "the second busy period has its own luck: {ra}");
+        assert!((net.rate(a) + net.rate(c) - 1.0).abs() < 1e-12);
+        // One host's connections out of its own link, however unlucky: an exact split, the
+        // second joining while the first is busy.
+        let mut solo = Network::new();
+        solo.set_unfairness(0.8, 5);
+        let out = solo.add_resource(1.0);
+        let f = one_link_from(&mut solo, out, 2);
+        for &g in &f {
+            solo.set_sender(g, out);
+        }
+        solo.send(Time::ZERO, f[0], Message { bytes: 1e3, tag: 0 });
+        solo.send(Time(100), f[1], Message { bytes: 1e3, tag: 1 });
+        assert_eq!((solo.rate(f[0]), solo.rate(f[1])), (0.5, 0.5));
+        // Without senders the same two connections draw their own lucks.
+        let mut apart = Network::new();
+        apart.set_unfairness(0.8, 5);
+        let out = apart.add_resource(1.0);
+        let f = one_link_from(&mut apart, out, 2);
+        apart.send(Time::ZERO, f[0], Message { bytes: 1e3, tag: 0 });
+        apart.send(Time(100), f[1], Message { bytes: 1e3, tag: 1 });
+        assert!((apart.rate(f[0]) - 0.5).abs() > 1e-3, "{}", apart.rate(f[0]));
+    }
+
+    fn one_link_from(net: &mut Network<u32>, r: usize, flows: usize) -> Vec<usize> {
+        (0..flows).map(|_| net.add_flow(vec![Use { resource: r, weight: 1.0 }])).collect()
     }
 
     #[test]

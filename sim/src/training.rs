@@ -545,6 +545,9 @@ impl<'a> Sim<'a> {
                 pull.extend(cpu);
                 push.extend(cpu);
                 let (pf, uf) = (net.add_flow(pull), net.add_flow(push));
+                // A host's connections share one luck: named by the NIC they leave by.
+                net.set_sender(pf, se);
+                net.set_sender(uf, class.egress);
                 if cpu.is_some() {
                     net.set_priority(pf, NETWORK_PRIORITY);
                     net.set_priority(uf, NETWORK_PRIORITY);

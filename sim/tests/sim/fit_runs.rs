@@ -1,25 +1,14 @@
 //! `topolab fit` on runs whose truth is known: runs simulated with a profile are fitted back
 //! to it.
 
-use topolab_core::profile::{Fitted, Machine, Profile};
+use topolab_core::profile::{Fitted, Profile};
 use topolab_core::scenario::Scenario;
 use topolab_core::units::{BitRate, FlopRate, Time};
 use topolab_sim::measured;
 use topolab_sim::{SimOptions, simulate, write_run_dir};
 
 fn truth() -> Profile {
-    Profile {
-        machine: Machine {
-            cpu: "test".into(),
-            cores: 1,
-            memory: String::new(),
-            date: String::new(),
-            launcher: "local".into(),
-            congestion_control: String::new(),
-        },
-        fitted: Fitted::with_rates(FlopRate(2e12), 0.8, Time(50_000), BitRate(100e9 * 8.0)),
-        raw: Vec::new(),
-    }
+    super::test_profile(Fitted::with_rates(FlopRate(2e12), 0.8, Time(50_000), BitRate(100e9 * 8.0)))
 }
 
 /// A 1-worker, 1-PS run of `model` at `nic`, simulated with the true profile, as a run

@@ -30,6 +30,22 @@ pub fn scenario(text: &str, csv: Option<&str>) -> Scenario {
     Scenario::parse(text, "test.toml", "test", Some(dir)).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A profile of `fitted` figures, measured on no machine in particular.
+pub fn test_profile(fitted: topolab_core::profile::Fitted) -> topolab_core::profile::Profile {
+    topolab_core::profile::Profile {
+        machine: topolab_core::profile::Machine {
+            cpu: "test".into(),
+            cores: 1,
+            memory: String::new(),
+            date: String::new(),
+            launcher: "local".into(),
+            congestion_control: String::new(),
+        },
+        fitted,
+        raw: Vec::new(),
+    }
+}
+
 pub fn run(s: &Scenario) -> SimRun {
     simulate(s, &SimOptions::default()).unwrap_or_else(|e| panic!("{e}"))
 }
