@@ -22,17 +22,13 @@ fn gemm(m: usize, k: usize, n: usize) -> f64 {
     let a = Array2::<f32>::from_elem((m, k), 0.5);
     let b = Array2::<f32>::from_elem((k, n), 0.25);
     let _ = a.dot(&b);
-    // The median of five 60 ms windows: a burst of other work on the machine moves one window,
-    // not the figure.
-    median((0..5).map(|_| {
-        let start = Instant::now();
-        let mut reps = 0u64;
-        while start.elapsed() < Duration::from_millis(60) {
-            std::hint::black_box(a.dot(&b));
-            reps += 1;
-        }
-        reps as f64 * 2.0 * (m * k * n) as f64 / start.elapsed().as_secs_f64()
-    }))
+    let start = Instant::now();
+    let mut reps = 0u64;
+    while start.elapsed() < Duration::from_millis(150) {
+        std::hint::black_box(a.dot(&b));
+        reps += 1;
+    }
+    reps as f64 * 2.0 * (m * k * n) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// The median of measurements (the mean of the middle two of an even count).
@@ -531,21 +527,16 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
             let bytes = (rate / 8.0 * 1.5) as usize;
             let frames = bytes / (1 << 20);
             let addr = format!("{}:5401", c.addrs[1]).parse().map_err(|e| format!("{e}"))?;
-            // Three streams, each less what the machine does anyway over as long (at 100
-            // Mbit/s the stream's own CPU time is small next to it); the medians.
-            let mut runs = Vec::new();
-            for _ in 0..3 {
-                let before = cpu_busy_s();
-                let secs = stream(addr, frames, 1 << 20, Some(&c))?;
-                let busy = cpu_busy_s() - before;
-                let before = cpu_busy_s();
-                std::thread::sleep(Duration::from_secs_f64(secs));
-                let busy = (busy - (cpu_busy_s() - before)).max(0.0);
-                runs.push((secs, busy));
-            }
-            let secs = median(runs.iter().map(|r| r.0));
+            let before = cpu_busy_s();
+            let secs = stream(addr, frames, 1 << 20, Some(&c))?;
+            let busy = cpu_busy_s() - before;
+            // Less what the machine does anyway over as long (at 100 Mbit/s the stream's own
+            // CPU time is small next to it).
+            let before = cpu_busy_s();
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            let busy = (busy - (cpu_busy_s() - before)).max(0.0);
             let g = (frames - 1) as f64 * (1 << 20) as f64 * 8.0 / secs;
-            let per_byte = median(runs.iter().map(|r| r.1)) * 1e9 / (frames as f64 * (1 << 20) as f64);
+            let per_byte = busy * 1e9 / (frames as f64 * (1 << 20) as f64);
             m(
                 &format!("CPU per byte moved over a {} Mbit/s link (both ends, kernel included)", rate / 1e6),
                 per_byte,
