@@ -24,9 +24,9 @@
 //! bandwidth) and starts the next step.
 //!
 //! **Negotiation** goes over the network too: a rank's report that a gradient is ready reaches
-//! the coordinator (rank 0) a latency and a message's overhead later, and so does the order of
-//! a bucket reach every rank on another host, as Horovod's (and the runtime's) control messages
-//! do. A tick waits for the last report it needs.
+//! the coordinator (rank 0) a latency and a message's overhead later (from another host), and
+//! a bucket starts when its order has reached the ranks, as Horovod's (and the runtime's)
+//! control messages do. A tick waits for the last report it needs.
 //!
 //! Chunks cross the network like the parameter-server messages do: at max-min fair rates
 //! (with the scenario's unfairness, drawn per sending host, ramp-up and queue order), plus the
@@ -88,10 +88,8 @@ enum Ev {
     },
     /// The coordinator's cycle: the next bucket is handed to the collective.
     Tick,
-    /// The coordinator's order of the latest bucket reaches a rank on another host.
-    Order {
-        rank: u32,
-    },
+    /// The coordinator's order of the latest bucket has reached the ranks.
+    Order,
     BackwardDone {
         rank: u32,
     },
@@ -188,7 +186,7 @@ struct Sim<'a> {
     c_step: u64,
     c_next: usize,
     buckets: Vec<u64>,
-    /// Per bucket, when its order reaches the ranks on other hosts than the coordinator's.
+    /// Per bucket, when its order has reached the ranks (no rank sends of it before).
     ordered: Vec<Time>,
     step_buckets: Vec<Range<u64>>,
     in_flight: Option<u32>,
@@ -243,6 +241,16 @@ impl<'a> Sim<'a> {
         // byte.
         let machine = s.shared_cores().map(|cores| net.add_resource(f64::from(cores)));
         let cpu_per_byte = s.network_cpu_ns_per_byte() + (s.copy_ns_per_byte() - encode_ns - decode_ns).max(0.0);
+        // A thread of a rank's process: one core of its own at most, and the machine's cores
+        // when they are shared.
+        let on_one_core = |net: &mut Network<Tag>| {
+            let own = net.add_resource(1.0);
+            let mut path = vec![Use { resource: own, weight: 1.0 }];
+            path.extend(machine.map(|m| Use { resource: m, weight: 1.0 }));
+            let f = net.add_flow(path);
+            net.set_fair(f);
+            f
+        };
         // Identical ranks in identical places run in lock-step: every round takes each of
         // them the same time (equal chunks, a link of its own each way), so one stands for all
         // (its records are copied to every host), exactly, as identical PS workers form a class.
@@ -312,20 +320,8 @@ impl<'a> Sim<'a> {
                 }
                 *link = Some((f, over_nic));
             }
-            let compute_flow = machine.map(|m| {
-                let own = net.add_resource(1.0);
-                let f = net.add_flow(vec![Use { resource: own, weight: 1.0 }, Use { resource: m, weight: 1.0 }]);
-                net.set_fair(f);
-                f
-            });
-            let copy_flow = (encode_ns + decode_ns > 0.0).then(|| {
-                let task = net.add_resource(1.0);
-                let mut path = vec![Use { resource: task, weight: 1.0 }];
-                path.extend(machine.map(|m| Use { resource: m, weight: 1.0 }));
-                let f = net.add_flow(path);
-                net.set_fair(f);
-                f
-            });
+            let compute_flow = machine.is_some().then(|| on_one_core(&mut net));
+            let copy_flow = (encode_ns + decode_ns > 0.0).then(|| on_one_core(&mut net));
             ranks.push(Rank { host: r / gpus, links, factor: 1.0, compute_flow, copy_flow, ..Rank::default() });
         }
 
@@ -442,7 +438,11 @@ impl<'a> Sim<'a> {
                     }
                 }
                 Ev::Tick => self.tick(),
-                Ev::Order { rank } => self.progress(rank),
+                Ev::Order => {
+                    for r in 0..self.ranks.len() as u32 {
+                        self.progress(r);
+                    }
+                }
                 Ev::BackwardDone { rank } => self.backward_done(rank),
                 Ev::ApplyDone { rank } => self.end_step(rank),
                 Ev::RingDone { rank } => {
@@ -732,11 +732,12 @@ impl<'a> Sim<'a> {
         // rank starts with the others (its first message is on its way a notice early in a
         // real run, but what it sends next needs theirs).
         self.ordered.push(now + self.notice);
-        for r in 0..ranks as u32 {
-            match self.notice {
-                Time::ZERO => self.progress(r),
-                n => self.q.schedule(now + n, Ev::Order { rank: r }),
+        if self.notice == Time::ZERO {
+            for r in 0..ranks as u32 {
+                self.progress(r);
             }
+        } else {
+            self.q.schedule(now + self.notice, Ev::Order);
         }
     }
 
@@ -760,7 +761,7 @@ impl<'a> Sim<'a> {
                     break;
                 }
                 if now < self.ordered[gb as usize] {
-                    // Its order has not reached this rank yet (an Order event comes then).
+                    // Its order has not reached the ranks yet (an Order event comes then).
                     break;
                 }
                 let bytes = self.buckets[gb as usize];
