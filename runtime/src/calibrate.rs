@@ -534,7 +534,19 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
             // CPU time is small next to it).
             let before = cpu_busy_s();
             std::thread::sleep(Duration::from_secs_f64(secs));
-            let busy = (busy - (cpu_busy_s() - before)).max(0.0);
+            let others = cpu_busy_s() - before;
+            let busy = (busy - others).max(0.0);
+            // Other processes' load enters the goodput and the CPU per byte: say so.
+            let load = others / secs.max(1e-9);
+            m(&format!("other processes' load after the {} Mbit/s stream", rate / 1e6), load, "cores");
+            if load > 0.25 {
+                eprintln!(
+                    "warning: other processes kept {load:.1} of {} cores busy around the {} Mbit/s link's measurement; \
+                     its goodput and CPU per byte are those of a loaded machine (calibrate on an idle one)",
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    rate / 1e6
+                );
+            }
             let g = (frames - 1) as f64 * (1 << 20) as f64 * 8.0 / secs;
             let per_byte = busy * 1e9 / (frames as f64 * (1 << 20) as f64);
             m(

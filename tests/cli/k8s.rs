@@ -366,6 +366,7 @@ fn a_tfjob_has_ps_and_worker_replicas_whose_pods_all_go_when_it_ends() {
 fn manifests_pass_strict_validation_against_the_kubernetes_schemas() {
     let validator = root().join(".venv-tools/bin/kubernetes-validate");
     assert!(validator.exists(), "kubernetes-validate is not installed: run bash scripts/setup-k8s-validate.sh");
+    let _guard = super::replay::machine_lock();
     let d = tmp("validate");
     for (dir, extra) in [("pvc", vec![]), ("kind", vec!["--kind"])] {
         let out = d.join(dir);
@@ -608,7 +609,7 @@ fn traces_from_log(log: &std::path::Path) -> (std::collections::BTreeMap<String,
 #[ignore = "needs root (network namespaces): as root, cargo test -- --ignored"]
 fn the_generated_pods_run_as_processes_in_namespaces_and_train_with_a_late_dns_name() {
     assert!(topolab_runtime::netns::is_root(), "this test needs root (network namespaces)");
-    let _guard = super::replay::netns_lock();
+    let _guard = super::replay::machine_lock();
     let d = tmp("executed");
     let o = manifests(&d.join("k8s"), &["--namespace", "training"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -659,7 +660,7 @@ fn the_generated_pods_run_as_processes_in_namespaces_and_train_with_a_late_dns_n
 fn tensorflow_pods_run_as_processes_in_namespaces_and_their_logs_carry_their_traces() {
     assert!(topolab_runtime::netns::is_root(), "this test needs root (network namespaces)");
     let tf = topolab_runtime::tensorflow::find().expect("TensorFlow (bash scripts/setup-tensorflow.sh)");
-    let _guard = super::replay::netns_lock();
+    let _guard = super::replay::machine_lock();
     let d = tmp("executed-tf");
     let o = tf_manifests(&d.join("k8s"), &["--namespace", "training"]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -5,12 +5,14 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
-/// Tests that create network namespaces compare `ip netns list` and `ip link` before and after:
-/// they must not overlap.
-static NETNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Tests that create network namespaces compare `ip netns list` and `ip link` before and after,
+/// and a calibration measures what a link and the cores give: they run one at a time, and so do
+/// the tests that keep the cores busy (a browser, TensorFlow, schema validation), whose load would
+/// otherwise enter a calibration's figures (a 1 Gbit/s stream needs a core of a 2-core machine).
+static MACHINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-pub(super) fn netns_lock() -> std::sync::MutexGuard<'static, ()> {
-    NETNS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+pub(super) fn machine_lock() -> std::sync::MutexGuard<'static, ()> {
+    MACHINE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn tmp(name: &str) -> super::TempDir {
@@ -345,7 +347,7 @@ fn netns_replay(
     tasks: (usize, usize),
 ) -> (std::path::PathBuf, std::process::Output) {
     assert!(topolab_runtime::netns::is_root(), "this test needs root (the netns launcher)");
-    let _guard = netns_lock();
+    let _guard = machine_lock();
     std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
     let f = d.join("ns.toml");
     std::fs::write(
@@ -444,7 +446,7 @@ fn calibrate_writes_a_profile_and_validate_compares_each_configuration() {
 #[ignore = "needs root (network namespaces, veth, tc): as root, cargo test -- --ignored"]
 fn netns_calibration_fits_each_link_rate() {
     assert!(topolab_runtime::netns::is_root(), "this test needs root (shaped links)");
-    let _guard = netns_lock();
+    let _guard = machine_lock();
     let d = tmp("calibrate-netns");
     let profile = d.join("profile.toml");
     let o = topolab(&["calibrate", "--launcher", "netns", "--out", profile.to_str().unwrap()]);
@@ -510,7 +512,7 @@ fn gone(pid: u32) -> bool {
 #[test]
 fn ctrl_c_or_sigterm_stops_every_task_and_tears_the_cluster_down() {
     let launcher = if topolab_runtime::netns::is_root() { "netns" } else { "local" };
-    let _guard = netns_lock();
+    let _guard = machine_lock();
     // 130 = 128 + SIGINT, as a shell reports a command stopped by Ctrl-C; 143 = 128 + SIGTERM,
     // as `kill`, a CI timeout or a scheduler stops it (it once left the namespaces behind).
     for (signal, name, code) in [(libc::SIGINT, "sigint", 130), (libc::SIGTERM, "sigterm", 143)] {
@@ -534,7 +536,7 @@ fn ctrl_c_or_sigterm_stops_every_task_and_tears_the_cluster_down() {
 #[test]
 fn cleanup_removes_what_a_crashed_replay_left() {
     let launcher = if topolab_runtime::netns::is_root() { "netns" } else { "local" };
-    let _guard = netns_lock();
+    let _guard = machine_lock();
     let d = tmp("crashed");
     let netns_before = ip_lines(&["netns", "list"]);
     let (mut child, out) = start_long_replay(&d, launcher);
@@ -671,7 +673,7 @@ fn tensorflow_netns_replay(mode: &str, ps: u32) -> (super::TempDir, std::path::P
 fn tensorflow_replays_sync_and_async_in_namespaces_and_leaves_nothing_behind() {
     assert!(topolab_runtime::netns::is_root(), "this test needs root (the netns launcher)");
     assert!(tensorflow_python().exists(), "TensorFlow is not installed: run bash scripts/setup-tensorflow.sh");
-    let _guard = netns_lock();
+    let _guard = machine_lock();
     let netns_before = ip_lines(&["netns", "list"]);
     let links_before = ip_lines(&["-o", "link"]);
     for (mode, ps) in [("sync", 1), ("async", 2)] {
@@ -717,6 +719,7 @@ fn tensorflow_replays_sync_and_async_in_namespaces_and_leaves_nothing_behind() {
 #[ignore = "needs TensorFlow (scripts/setup-tensorflow.sh): cargo test -- --ignored"]
 fn what_tensorflow_cannot_express_is_refused_before_anything_starts() {
     assert!(tensorflow_python().exists(), "TensorFlow is not installed: run bash scripts/setup-tensorflow.sh");
+    let _guard = machine_lock();
     let d = tmp("tf-refuse");
     std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
     let base = std::fs::read_to_string(root().join("scenarios/examples/tiny-mlp-tensorflow.toml")).unwrap();

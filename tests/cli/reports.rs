@@ -105,6 +105,7 @@ fn chromium() -> Option<&'static str> {
 fn a_headless_browser_renders_the_html_with_every_chart() {
     let browser =
         chromium().expect("this test needs Debian's chromium (apt-get install chromium; .ci/run installs it)");
+    let _guard = super::replay::machine_lock();
     let (_scratch, rep, _) = make_reports("browser");
     let html = rep.join("report.html");
     let profile = rep.join("chromium-profile");
