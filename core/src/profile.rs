@@ -92,6 +92,12 @@ pub struct Fitted {
     /// `encode_ns_per_byte`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode_ns_per_byte: Option<f64>,
+    /// What each core keeps of one core's GEMM rate while every core of the machine runs one
+    /// (they share the memory bandwidth, the caches and the clock): a replay's processes
+    /// compute on shared cores together, so the machine's cores give `cores` x this, while one
+    /// process alone still gets a whole core. In (0, 1]; absent: 1 (the cores are independent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_efficiency: Option<f64>,
     /// Coefficient of variation of a step's compute, as measured runs showed it (the
     /// simulator's `faults.jitter` when the scenario sets none; 0: none).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -385,6 +391,7 @@ impl Fitted {
             copy_ns_per_byte: 0.0,
             encode_ns_per_byte: None,
             decode_ns_per_byte: None,
+            parallel_efficiency: None,
             compute_jitter: 0.0,
             links: Vec::new(),
             gpu: None,
@@ -460,7 +467,14 @@ impl Profile {
     /// Reads a profile.
     pub fn load(path: &Path) -> Result<Profile, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read profile {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))
+        let p: Profile = toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+        if let Some(x) = p.fitted.parallel_efficiency.filter(|x| !(*x > 0.0 && *x <= 1.0)) {
+            return Err(format!(
+                "{}: fitted.parallel_efficiency = {x}: must be in (0, 1] (each core's share of one core's rate when all compute)",
+                path.display()
+            ));
+        }
+        Ok(p)
     }
 
     /// The profile as TOML.
@@ -496,6 +510,29 @@ mod tests {
 
     fn point(precision: GemmPrecision, m: u64, k: u64, n: u64, tflops: f64) -> GemmPoint {
         GemmPoint { precision, m, k, n, rate: FlopRate(tflops * 1e12) }
+    }
+
+    #[test]
+    fn a_parallel_efficiency_outside_0_to_1_is_refused_naming_the_file_and_field() {
+        let tmp = tempfile::Builder::new().prefix("topolab-profile-test-").tempdir().unwrap();
+        let path = tmp.path().join("p.toml");
+        let machine = Machine {
+            cpu: "test".into(),
+            cores: 2,
+            memory: String::new(),
+            date: String::new(),
+            launcher: "netns".into(),
+            congestion_control: String::new(),
+        };
+        let mut p = Profile { machine, fitted: fitted(Vec::new()), raw: Vec::new() };
+        for (e, ok) in [(Some(0.7), true), (None, true), (Some(1.5), false), (Some(0.0), false)] {
+            p.fitted.parallel_efficiency = e;
+            std::fs::write(&path, p.to_toml()).unwrap();
+            match Profile::load(&path) {
+                Ok(q) => assert!(ok && q.fitted.parallel_efficiency == e, "{e:?}"),
+                Err(m) => assert!(!ok && m.contains("p.toml") && m.contains("fitted.parallel_efficiency"), "{m}"),
+            }
+        }
     }
 
     #[test]

@@ -1688,6 +1688,14 @@ impl Scenario {
         self.profile.as_ref().map_or(self.spec.network.message_overhead, |p| p.fitted.message_overhead)
     }
 
+    /// What the machine's shared cores give together, in cores: `hardware.shared_cores` times
+    /// the profile's parallel efficiency (each core's share of one core's rate when all
+    /// compute; 1 without one). `None` without shared cores.
+    pub fn shared_core_capacity(&self) -> Option<f64> {
+        let efficiency = self.profile.as_ref().and_then(|p| p.fitted.parallel_efficiency).unwrap_or(1.0);
+        self.shared_cores().map(|cores| f64::from(cores) * efficiency)
+    }
+
     /// User-space ns per payload byte of a message (both ends): the profile's, else 0.
     pub fn copy_ns_per_byte(&self) -> f64 {
         self.profile.as_ref().map_or(0.0, |p| p.fitted.copy_ns_per_byte)

@@ -31,6 +31,27 @@ fn gemm(m: usize, k: usize, n: usize) -> f64 {
     reps as f64 * 2.0 * (m * k * n) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Each core's GEMM rate (m x k x n) while `threads` threads run one at once, as a fraction of
+/// one thread's rate alone (both over the same window, alone first): what the cores keep of
+/// their rates when a replay's processes all compute (shared memory bandwidth, caches, clock).
+fn parallel_efficiency(threads: usize, m: usize, k: usize, n: usize) -> f64 {
+    let alone = gemm(m, k, n);
+    let start = std::sync::Barrier::new(threads);
+    let rates: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    gemm(m, k, n)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a GEMM thread")).collect()
+    });
+    let together = rates.iter().sum::<f64>() / rates.len() as f64;
+    (together / alone).clamp(0.05, 1.0)
+}
+
 /// The median of measurements (the mean of the middle two of an even count).
 fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.collect();
@@ -487,6 +508,10 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
     }
     rates.sort_by(f64::total_cmp);
     let compute_rate = rates[1];
+    // The same GEMMs on every core at once.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let efficiency = if cores > 1 { parallel_efficiency(cores, 256, 256, 256) } else { 1.0 };
+    m(&format!("gemm 256x256x256 on each of {cores} cores at once, of one alone"), efficiency, "");
     // Proxy layers of three shapes, forward + backward as a worker runs them: fit the
     // time not explained by the GEMM FLOPs as (per activation value) x values + (per call).
     let (per_value, per_call) = fit_layer_costs(compute_rate);
@@ -627,6 +652,7 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
             copy_ns_per_byte: copy.total,
             encode_ns_per_byte: Some(copy.encode),
             decode_ns_per_byte: Some(copy.decode),
+            parallel_efficiency: (cores > 1).then_some(efficiency),
             compute_jitter: 0.0,
             gpu: None,
             links,

@@ -239,7 +239,7 @@ impl<'a> Sim<'a> {
         // (each on at most one core at a time) and, first, by the CPU that moving bytes costs
         // in the kernel (its packet work and its copies into and out of the socket), per wire
         // byte.
-        let machine = s.shared_cores().map(|cores| net.add_resource(f64::from(cores)));
+        let machine = s.shared_core_capacity().map(|cores| net.add_resource(cores));
         let cpu_per_byte = s.network_cpu_ns_per_byte() + (s.copy_ns_per_byte() - encode_ns - decode_ns).max(0.0);
         // A thread of a rank's process: one core of its own at most, and the machine's cores
         // when they are shared.

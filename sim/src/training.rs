@@ -476,7 +476,7 @@ impl<'a> Sim<'a> {
         }
         // Shared cores: one machine's cores, max-min shared by the workers' compute (each
         // worker process runs on at most one core at a time).
-        let machine = s.shared_cores().map(|cores| net.add_resource(f64::from(cores)));
+        let machine = s.shared_core_capacity().map(|cores| net.add_resource(cores));
         // Shared GPUs: the workers' compute time-shares them (the cores keep the network's CPU
         // work); else compute shares the cores.
         let compute_pool = s.shared_gpus().map(|gpus| net.add_resource(f64::from(gpus))).or(machine);

@@ -116,6 +116,9 @@ pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     }
     println!("Wrote {} ({} cores, {})", a.out.display(), p.machine.cores, p.machine.cpu);
     println!("  compute          {:.3} per process (one core)", f.compute_rate);
+    if let Some(e) = f.parallel_efficiency {
+        println!("  all cores at once {:.2} of that rate each", e);
+    }
     println!("  link goodput     {:.3} of the line rate", f.goodput);
     println!("  message overhead {}", f.message_overhead);
     println!("  PS apply         {:.3}", topolab_core::units::ByteRate(f.ps_memory_bandwidth));

@@ -243,6 +243,35 @@ fn ranks_sharing_two_cores_compute_and_update_at_half_speed() {
 }
 
 #[test]
+fn cores_that_keep_half_their_rate_when_all_compute_halve_shared_compute_again() {
+    // A profile with the paper GPU's rate whose 2 cores keep half their rate each when both
+    // compute (parallel_efficiency 0.5): the machine gives one core's work in all. 4 ranks:
+    // forward and backward 4 x 3e8 = 1.2e9, the update 4 x 1e6; the ring as on its own, 1.5e8.
+    // Step: 1.2e9 + 1.5e8 + 4e6 = 1_354_000_000 ns.
+    let with_efficiency = |mut s: Scenario, e: Option<f64>| {
+        let mut fitted = topolab_core::profile::Fitted::with_rates(
+            topolab_core::units::FlopRate(1e12),
+            1.0,
+            topolab_core::units::Time::ZERO,
+            topolab_core::units::BitRate::from_bytes_per_sec(37.5e9),
+        );
+        fitted.parallel_efficiency = e;
+        s.profile = Some(test_profile(fitted));
+        run(&s)
+    };
+    let t = "fusion_cycle = \"0 ms\"";
+    let half = with_efficiency(ring(4, &one_var(), "0 us", t, "shared_cores = 2"), Some(0.5));
+    close(half.summary.step_time_s.p50, 1.354, 1e-9);
+    // Without the field, the cores are independent: the 752_000_000 ns of half a core each.
+    let whole = with_efficiency(ring(4, &one_var(), "0 us", t, "shared_cores = 2"), None);
+    close(whole.summary.step_time_s.p50, 0.752, 1e-9);
+    // 2 ranks on 4 such cores: the machine gives 2 cores' work, so each rank still has a core
+    // of its own, as without the field (3e8 + 5e7 + 1e6 = 401_000_000 ns).
+    let two = with_efficiency(ring(2, &one_var(), "0 us", t, "shared_cores = 4"), Some(0.5));
+    close(two.summary.step_time_s.p50, 0.401, 1e-9);
+}
+
+#[test]
 fn moving_ring_bytes_on_one_shared_core_slows_the_ring() {
     // 2 ranks on 1 core. Compute: 2 x 3e8 of core time, 6e8; update 2 x 1e6, 2e6. The ring of
     // 2 sends one 6.25 MB chunk each way per round, 2 rounds. Free CPU: 6.25e6 / 0.125 = 5e7
