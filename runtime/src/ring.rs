@@ -60,6 +60,9 @@ struct Reduced {
     data: Vec<f32>,
     start: u64,
     end: u64,
+    /// Payload bytes this rank sent and received for it (the schedule's messages: a tree's
+    /// ranks move different amounts).
+    moved: (u64, u64),
 }
 
 /// Runs one rank of a ring all-reduce job to the end of training.
@@ -120,7 +123,6 @@ pub fn run(spec: &ClusterSpec, s: &Scenario, t: AllReduce) -> Result<(), NodeErr
 
     let mut out = Outputs::default();
     let mut step_start = monotonic_ns();
-    let grad_bytes: u64 = grads.iter().map(|g| g.1).sum();
     for step in start..total {
         let mut compute_ns = 0u64;
         let mut loss = 0.0f32;
@@ -148,8 +150,10 @@ pub fn run(spec: &ClusterSpec, s: &Scenario, t: AllReduce) -> Result<(), NodeErr
         // applied locally.
         let scale = settings.learning_rate / ranks as f32;
         let mut summed = 0;
+        let (mut sent, mut received) = (0u64, 0u64);
         while summed < grads.len() {
             let done = from_ring.recv().map_err(|_| NodeError::Protocol("the ring stopped".into()))??;
+            (sent, received) = (sent + done.moved.0, received + done.moved.1);
             let bytes = done.data.len() as u64 * 4;
             out.op(index, step, "all-reduce", done.bucket, bytes, done.start, done.end, spec.job.epoch_ns);
             let mut off = 0;
@@ -167,7 +171,6 @@ pub fn run(spec: &ClusterSpec, s: &Scenario, t: AllReduce) -> Result<(), NodeErr
         }
         let end = monotonic_ns();
         let dur = end - step_start;
-        let moved = grad_bytes * 2 * u64::from(ranks - 1) / u64::from(ranks);
         out.steps.push(StepRecord {
             run: "replay".into(),
             worker: index,
@@ -177,8 +180,8 @@ pub fn run(spec: &ClusterSpec, s: &Scenario, t: AllReduce) -> Result<(), NodeErr
             compute_ns,
             comm_ns: dur.saturating_sub(compute_ns),
             wait_ns: 0,
-            bytes_sent: moved,
-            bytes_received: moved,
+            bytes_sent: sent,
+            bytes_received: received,
             scenario_hash: s.hash.clone(),
             seed: s.spec.seed,
             version: records::VERSION.into(),
@@ -458,7 +461,7 @@ impl RingNode {
         };
         let start = monotonic_ns();
         let len = data.len();
-        self.exchange(wires, bucket as u32, &mut data).await?;
+        let moved = self.exchange(wires, bucket as u32, &mut data).await?;
         data.truncate(len);
         let end = monotonic_ns();
         if grads.end == self.grads.len() {
@@ -466,7 +469,7 @@ impl RingNode {
             st.step += 1;
             st.grads.clear();
         }
-        done.send(Ok(Reduced { bucket, grads, data, start, end }))
+        done.send(Ok(Reduced { bucket, grads, data, start, end, moved }))
             .map_err(|_| NodeError::Protocol("the worker stopped".into()))?;
         Ok(end)
     }
@@ -478,7 +481,8 @@ impl RingNode {
     /// size) out over its link; every message that comes in added to or put into its piece.
     /// Frames carry the bucket's tag and the receiving link in `var` (tag x 8 + link), the
     /// piece's offset in values in `step`, and add (`Push`) or put (`Value`) as their kind.
-    async fn exchange(&self, (out, inc): &mut Wires, tag: u32, data: &mut Vec<f32>) -> Result<(), NodeError> {
+    /// Returns the payload bytes sent and received.
+    async fn exchange(&self, (out, inc): &mut Wires, tag: u32, data: &mut Vec<f32>) -> Result<(u64, u64), NodeError> {
         use futures::stream::{FuturesUnordered, StreamExt};
         enum Done {
             Sent(usize, usize, OwnedWriteHalf),
@@ -493,6 +497,7 @@ impl RingNode {
         let mut sent = vec![0u64; streams];
         let mut busy = vec![false; streams];
         let mut received = [0u64; LINKS];
+        let mut moved = (0u64, 0u64);
         // What came in and is not in `data` yet: (link, add or put, offset, values), applied
         // when a send reads its piece (or at the end), by link, so that the sums are added in
         // the same order whichever child's piece came first.
@@ -523,6 +528,7 @@ impl RingNode {
                 let piece = msg.offset as usize..(msg.offset + msg.bytes) as usize;
                 apply_arrived(data, &mut arrived, Some(piece.clone()));
                 let payload = wire::f32_bytes(&data[piece]);
+                moved.0 += payload.len() as u64;
                 let kind = if msg.reduce { Kind::Push } else { Kind::Value };
                 let var = tag * 8 + msg.in_slot as u32;
                 let slot = msg.slot;
@@ -564,6 +570,7 @@ impl RingNode {
                         Kind::Value => false,
                         k => return Err(NodeError::Protocol(format!("rank {rank}: a {k:?} frame in a collective"))),
                     };
+                    moved.1 += f.payload.len() as u64;
                     arrived.push((link, add, offset, values));
                     received[link] += 1;
                     if received[link] < expect[link] {
@@ -579,7 +586,7 @@ impl RingNode {
                 }
             }
         }
-        Ok(())
+        Ok(moved)
     }
 }
 

@@ -824,6 +824,20 @@ fn a_ring_all_reduce_trains_as_a_synchronous_parameter_server_and_resumes_after_
     let t = f32s(&through_tree.join("final/shard-0.bin"));
     let diff = t.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(diff < 1e-5, "the tree's parameters differ from the shard's by {diff}");
+    // What each rank moved is what it sent and received by the schedule: in a tree of 3, ranks
+    // 0 and 2 are each one tree's root and the other's leaf (3 half-buckets out a step), rank
+    // 1 a leaf of both (2), unlike a ring's equal 2 (n - 1) / n; and every byte sent arrives.
+    let f = std::fs::File::open(through_tree.join("steps.csv")).unwrap();
+    let steps = topolab_core::records::read_steps_csv(f, "steps.csv").unwrap();
+    for step in 0..20 {
+        let of = |w: u32| steps.iter().find(|r| r.worker == w && r.step == step).unwrap();
+        let (r0, r1, r2) = (of(0), of(1), of(2));
+        assert!(r0.bytes_sent > 0 && r0.bytes_sent * 2 == r1.bytes_sent * 3, "step {step}: {r0:?} {r1:?}");
+        assert_eq!(r0.bytes_sent, r2.bytes_sent, "step {step}");
+        let (sent, received) =
+            (r0.bytes_sent + r1.bytes_sent + r2.bytes_sent, r0.bytes_received + r1.bytes_received + r2.bytes_received);
+        assert_eq!(sent, received, "step {step}");
+    }
 
     // Killed once rank 0 has checkpointed step 10, resumed: the same parameters, bit for bit.
     // (Without overlap, so that every run cuts the same buckets: negotiated buckets follow
