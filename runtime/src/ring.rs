@@ -45,11 +45,12 @@ use crate::worker::{Outputs, layer_views};
 use crate::{NodeError, checkpoint};
 
 /// A gradient for the ring thread: its step, its index in backward order, and its values
-/// (the layer's variables, flattened).
+/// (per variable of the layer, as backward made them: the compute thread hands them over
+/// without copying, and the ring thread copies them once, into the bucket's buffer).
 struct Gradient {
     step: u64,
     index: usize,
-    data: Vec<f32>,
+    data: Vec<Vec<f32>>,
 }
 
 /// A bucket back from the ring: its place in the step, the gradients it holds, their sum
@@ -139,7 +140,7 @@ pub fn run(spec: &ClusterSpec, s: &Scenario, t: AllReduce) -> Result<(), NodeErr
             compute_ns += ns;
             loss += layer_loss;
             if let Some(gi) = grad_of_layer[l] {
-                held.push(Gradient { step, index: gi, data: g.into_iter().flatten().collect() });
+                held.push(Gradient { step, index: gi, data: g });
                 if overlap {
                     hand_over(&to_ring, &mut held)?;
                 }
@@ -246,7 +247,7 @@ struct RingNode {
 #[derive(Default)]
 struct Store {
     step: u64,
-    grads: Vec<Vec<f32>>,
+    grads: Vec<Vec<Vec<f32>>>,
 }
 
 /// A rank's report as the coordinator received it: rank, step, gradients ready, when.
@@ -457,7 +458,10 @@ impl RingNode {
                     st.step
                 )));
             }
-            st.grads[grads.clone()].iter().flatten().copied().collect()
+            let parts = || st.grads[grads.clone()].iter().flatten();
+            let mut data = Vec::with_capacity(parts().map(Vec::len).sum());
+            parts().for_each(|v| data.extend_from_slice(v));
+            data
         };
         let start = monotonic_ns();
         let len = data.len();
