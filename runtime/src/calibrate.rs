@@ -566,9 +566,8 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
             m(&format!("other processes' load after the {} Mbit/s stream", rate / 1e6), load, "cores");
             if load > 0.25 {
                 eprintln!(
-                    "warning: other processes kept {load:.1} of {} cores busy around the {} Mbit/s link's measurement; \
+                    "warning: other processes kept {load:.1} of {cores} cores busy around the {} Mbit/s link's measurement; \
                      its goodput and CPU per byte are those of a loaded machine (calibrate on an idle one)",
-                    std::thread::available_parallelism().map_or(1, |n| n.get()),
                     rate / 1e6
                 );
             }
@@ -630,7 +629,7 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
     }
     let startup = start.elapsed().as_secs_f64() / 5.0;
     m("process start-up", startup * 1e9, "ns");
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let cores = cores as u32;
     let profile = Profile {
         machine: Machine {
             cpu: cpu_model(),
