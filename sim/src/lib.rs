@@ -184,6 +184,23 @@ pub(crate) fn next_event<E: Copy>(
     Ok(next)
 }
 
+/// The parameter-server run of `s` as a workload file for SimGrid's engine
+/// (sim/tests/simgrid/ps_step.cpp replays it): the same step, messages and compute, every
+/// worker on its own. Refused for what that replay does not model (see the reason).
+pub fn simgrid_workload(s: &Scenario) -> Result<String, SimError> {
+    let Topology::ParameterServer(t) = s.topology() else {
+        return Err(SimError::Refused {
+            scenario: s.spec.name.clone(),
+            reason: "the SimGrid replay runs parameter-server scenarios".into(),
+        });
+    };
+    let plan = Plan::new(s)?;
+    let opts = SimOptions { trace: false, no_classes: true, ..SimOptions::default() };
+    training::Sim::new(s, t, &plan, &opts)?
+        .workload()
+        .map_err(|reason| SimError::Refused { scenario: s.spec.name.clone(), reason })
+}
+
 /// Simulates `s`.
 pub fn simulate(s: &Scenario, opts: &SimOptions) -> Result<SimRun, SimError> {
     let started = Instant::now();

@@ -645,6 +645,62 @@ impl<'a> Sim<'a> {
         })
     }
 
+    /// This run as the workload file that SimGrid's engine replays
+    /// (sim/tests/simgrid/ps_step.cpp): the same step, messages and compute, for the speed
+    /// comparison and cross-check. The replay covers a synchronous step over dedicated shards
+    /// on one switch, one GPU per host, fair sharing and no time-dependent noise; anything
+    /// else is refused with the reason. Every worker is listed on its own.
+    pub(crate) fn workload(&self) -> Result<String, String> {
+        use std::fmt::Write;
+        let s = self.s;
+        let f = &s.spec.faults;
+        let refuse = [
+            (self.t.mode != Mode::Sync, "mode is not sync"),
+            (self.t.ps_hosts != PsHosts::Dedicated, "shards are co-located with workers"),
+            (self.copies != 1 || self.local_agg, "hosts have more than one GPU"),
+            (s.spec.network.switch != SwitchKind::Single, "the network has racks"),
+            (s.shared_core_capacity().is_some() || s.shared_gpus().is_some(), "workers share cores or GPUs"),
+            (
+                s.unfairness() > 0.0 || s.fifo().0 > 0 || (s.ramp().0.0 > 0 && s.ramp().1 < 1.0),
+                "sharing is not fair max-min",
+            ),
+            (f.network_noise > 0.0 || f.episodes.is_some(), "noise depends on more than worker and step"),
+            (self.classes.iter().any(|c| c.workers.len() != 1), "workers are grouped in classes"),
+        ];
+        if let Some((_, why)) = refuse.iter().find(|(bad, _)| *bad) {
+            return Err(format!("the SimGrid replay does not model this scenario: {why}"));
+        }
+        let nic = self.classes.first().map_or(0.0, |c| self.net.capacity(c.egress)) * 1e9;
+        let mut out = String::from("# topolab parameter-server workload, version 1\n");
+        let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
+        let _ = write!(
+            out,
+            "nic_bytes_per_s {nic}\nlatency_ns {}\noverhead_bytes {}\ncopy_factor {}\nrequest_bytes {REQUEST_BYTES}\n\
+             overlap {}\nworkers {}\nshards {}\nsteps {}\nlayers {}\nfwd {}\nbwd {}\nparts {}\n",
+            self.latency.0,
+            self.overhead_bytes,
+            self.copy_factor,
+            u8::from(s.spec.training.overlap),
+            self.t.workers,
+            self.t.ps,
+            self.total_steps,
+            self.fwd_ns.len(),
+            list(&self.fwd_ns),
+            list(&self.bwd_ns),
+            self.plan.placement.parts.len()
+        );
+        for (i, p) in self.plan.placement.parts.iter().enumerate() {
+            let _ = writeln!(out, "part {} {} {} {}", p.layer, p.shard, p.bytes.0, self.apply_ns[i]);
+        }
+        out.push_str("factors\n");
+        for c in 0..self.classes.len() {
+            let row: Vec<String> =
+                (0..self.total_steps).map(|k| self.jitter_factor(c, k, Time::ZERO).to_string()).collect();
+            let _ = writeln!(out, "{}", row.join(" "));
+        }
+        Ok(out)
+    }
+
     fn schedule_timers(&mut self, timers: Vec<Timer>) {
         for t in timers {
             self.q.schedule(t.at, Ev::Net(t));

@@ -9,6 +9,7 @@ mod maxmin_property;
 mod paper_cases;
 mod sanity;
 mod simgrid_crosscheck;
+mod simgrid_step;
 
 use std::path::{Path, PathBuf};
 
