@@ -404,7 +404,7 @@ impl<'a> Sim<'a> {
                 Ev::Net(t) => {
                     let (msg, timers) = self.net.on_timer(now, t);
                     self.schedule(timers);
-                    match msg.map(|m| m.tag) {
+                    match msg.map(|(_, m)| m.tag) {
                         Some(Tag::Chunk { from, slot, in_slot, decode }) => {
                             let over_nic = self.ranks[from as usize].links[slot].is_some_and(|l| l.1);
                             if over_nic {

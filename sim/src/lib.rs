@@ -57,11 +57,14 @@ pub struct SimOptions {
     /// Record every pull, push and per-layer compute of every worker and step
     /// ([`SimRun::ops`]), for conformance checks against the Plan and the runtime.
     pub op_log: bool,
+    /// Time every connection with the max-min solver, without the hub fast path (tests that
+    /// check the fast path against it).
+    pub exact_network: bool,
 }
 
 impl Default for SimOptions {
     fn default() -> Self {
-        SimOptions { trace: true, max_events: 2_000_000_000, no_classes: false, op_log: false }
+        SimOptions { trace: true, max_events: 2_000_000_000, no_classes: false, op_log: false, exact_network: false }
     }
 }
 

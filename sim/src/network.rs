@@ -18,6 +18,11 @@
 //! max-min); CPU flows marked [`Network::set_fair`] get neither luck nor ramp. Symmetric workers under
 //! exact max-min stay in lock-step forever; luck lets them drift apart as real ones do.
 //!
+//! Connections that meet at a few busy hubs (the parameter servers' NICs) can be timed by
+//! one virtual clock per hub instead, with the same max-min rates ([`Network::use_hubs`], in
+//! `network/hubs.rs`): with every worker simulated on its own, the re-solves above grow with the
+//! square of the workers, a hub's clock with the log of its connections.
+//!
 //! The network does not own the clock: it returns [`Timer`]s that the caller schedules as
 //! events, and the caller hands them back with [`Network::complete`] (or, for a ramp step,
 //! [`Network::reshare`]).
@@ -27,6 +32,8 @@ use std::collections::VecDeque;
 use topolab_core::units::Time;
 
 use crate::maxmin::{self, Scratch, Use};
+
+mod hubs;
 
 /// A timer the caller must schedule and hand back at `at`: flow `flow`'s head message finishes
 /// then unless the flow's version has moved on ([`Network::complete`]), or, with `reshare`, a
@@ -41,6 +48,8 @@ pub struct Timer {
     pub at: Time,
     /// A ramp step rather than a completion.
     pub reshare: bool,
+    /// A hub's timer ([`Network::use_hubs`]): `flow` is then the hub's index.
+    pub hub: bool,
 }
 
 /// Least share a late connection keeps under first-come-first-served queueing (so that its
@@ -93,6 +102,16 @@ struct Flow<T> {
     fair: bool,
     /// The sender it shares its luck with ([`Network::set_sender`]).
     sender: Option<usize>,
+    /// Its hub and leaf when it is a hub connection ([`Network::use_hubs`]).
+    hub: Option<hubs::HubUse>,
+    /// While its hub times it: the hub's clock reading at which its head message ends.
+    mark: f64,
+    /// Timed by its hub's clock (else, busy, by its own rate: its leaf binds).
+    on_clock: bool,
+    /// Stamp of its current entry in its hub's heap (older entries are stale).
+    stamp: u64,
+    /// Its place in its hub's list of connections on the clock.
+    member: usize,
 }
 
 /// Connections leaving one host: they draw one luck per busy period of the host.
@@ -135,6 +154,8 @@ pub struct Network<T> {
     load: Vec<f64>,
     /// Working arrays of the local re-solve, one entry per resource or flow, reused.
     local: LocalScratch,
+    /// The hub fast path ([`Network::use_hubs`]), when in use.
+    hubs: Option<hubs::Hubs>,
 }
 
 /// Working arrays of [`Network::resolve_local`].
@@ -200,6 +221,7 @@ impl<T: Copy> Default for Network<T> {
             fifo: None,
             load: Vec::new(),
             local: LocalScratch::default(),
+            hubs: None,
         }
     }
 }
@@ -283,6 +305,11 @@ impl<T: Copy> Network<T> {
             base: 1.0,
             fair: false,
             sender: None,
+            hub: None,
+            mark: 0.0,
+            on_clock: false,
+            stamp: 0,
+            member: 0,
         });
         self.local.in_f.push(false);
         self.flows.len() - 1
@@ -328,7 +355,7 @@ impl<T: Copy> Network<T> {
 
     /// Current rate of flow `f` (bytes per ns per connection; 0 when idle).
     pub fn rate(&self, f: usize) -> f64 {
-        self.flows[f].rate
+        self.hub_rate(f).unwrap_or(self.flows[f].rate)
     }
 
     /// Number of component re-solves so far.
@@ -375,6 +402,11 @@ impl<T: Copy> Network<T> {
         if let Some(h) = flow.sender {
             self.senders[h].busy += 1;
         }
+        if self.flows[f].hub.is_some() {
+            let flow = &mut self.flows[f];
+            flow.share = flow.base * flow.luck;
+            return self.hub_join(now, f, msg.bytes);
+        }
         for u in &self.flows[f].path {
             self.users[u.resource].push(f);
         }
@@ -384,7 +416,7 @@ impl<T: Copy> Network<T> {
             flow.rate = f64::INFINITY;
             flow.version += 1;
             (flow.deadline, flow.timer_at, flow.pending) = (now, now, true);
-            return vec![Timer { flow: f, version: flow.version, at: now, reshare: false }];
+            return vec![Timer { flow: f, version: flow.version, at: now, reshare: false, hub: false }];
         }
         let seeds: Vec<usize> = self.flows[f].path.iter().map(|u| u.resource).collect();
         let mut timers = self.resolve(now, &seeds, Joined(f));
@@ -395,6 +427,7 @@ impl<T: Copy> Network<T> {
                 version: self.flows[f].activations,
                 at: now + Time(window.round() as u64),
                 reshare: true,
+                hub: false,
             });
         }
         if let Some((_, ramp)) = self.ramp.filter(|_| !self.flows[f].fair) {
@@ -404,6 +437,7 @@ impl<T: Copy> Network<T> {
                 version: busy,
                 at: now + Time((ramp * i as f64 / RAMP_STEPS as f64).round() as u64),
                 reshare: true,
+                hub: false,
             }));
         }
         timers
@@ -411,12 +445,15 @@ impl<T: Copy> Network<T> {
 
     /// The one entry point for a fired timer, completion or reshare: the message it finished
     /// (if any) and the timers to schedule.
-    pub fn on_timer(&mut self, now: Time, t: Timer) -> (Option<Message<T>>, Vec<Timer>) {
+    pub fn on_timer(&mut self, now: Time, t: Timer) -> (Option<(usize, Message<T>)>, Vec<Timer>) {
+        if t.hub {
+            return self.hub_timer_fired(now, t);
+        }
         if t.reshare {
             return (None, self.reshare(now, t.flow, t.version));
         }
         match self.complete(now, t.flow, t.version) {
-            Completion::Done(msg, timers) => (Some(msg), timers),
+            Completion::Done(msg, timers) => (Some((t.flow, msg)), timers),
             Completion::Later(timers) => (None, timers),
             Completion::Stale => (None, Vec::new()),
         }
@@ -442,6 +479,7 @@ impl<T: Copy> Network<T> {
                 version: flow.version,
                 at: flow.deadline,
                 reshare: false,
+                hub: false,
             }]);
         }
         flow.pending = false;
@@ -457,7 +495,10 @@ impl<T: Copy> Network<T> {
             flow.version += 1;
             let at = now + Time(ceil_ns(flow.remaining, flow.rate));
             (flow.deadline, flow.timer_at, flow.pending) = (at, at, true);
-            return Completion::Done(msg, vec![Timer { flow: f, version: flow.version, at, reshare: false }]);
+            return Completion::Done(
+                msg,
+                vec![Timer { flow: f, version: flow.version, at, reshare: false, hub: false }],
+            );
         }
         // Idle: leave the resources and re-share among the rest.
         if let Some(h) = flow.sender {
@@ -554,7 +595,7 @@ impl<T: Copy> Network<T> {
                 if !(flow.pending && flow.timer_at <= at) {
                     flow.version += 1;
                     (flow.timer_at, flow.pending) = (at, true);
-                    timers.push(Timer { flow: f, version: flow.version, at, reshare: false });
+                    timers.push(Timer { flow: f, version: flow.version, at, reshare: false, hub: false });
                 }
             }
         }

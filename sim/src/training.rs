@@ -557,6 +557,14 @@ impl<'a> Sim<'a> {
             }
         }
 
+        // The shards' dedicated NICs are the hubs every worker's connections meet at: timed
+        // by processor sharing while no worker's NIC binds (exactly max-min; the network
+        // declines when the structure does not allow it, e.g. racks or shared cores).
+        let hubs: Vec<usize> = shard_nic.iter().filter(|n| n.3.is_none()).flat_map(|&(e, i, _, _)| [e, i]).collect();
+        if !opts.exact_network {
+            net.use_hubs(&hubs);
+        }
+
         // Bytes each worker sends and receives per step (plan bytes that cross its NIC).
         let mut sent = vec![0u64; w as usize];
         let mut recv = vec![0u64; w as usize];
@@ -774,13 +782,13 @@ impl<'a> Sim<'a> {
                 Ev::Net(t) => {
                     let (msg, timers) = self.net.on_timer(now, t);
                     self.schedule_timers(timers);
-                    if let Some(msg) = msg {
+                    if let Some((flow, msg)) = msg {
                         if let Tag::Compute { class } = msg.tag {
                             self.compute_done(class);
                             continue;
                         }
                         if self.opts.trace && self.trace_message(&msg.tag) {
-                            self.trace_transfer(t.flow, &msg.tag, now);
+                            self.trace_transfer(flow, &msg.tag, now);
                         }
                         let at = now + self.latency;
                         self.q.schedule(at, Ev::Deliver(msg.tag));

@@ -5,6 +5,7 @@ mod bad_input;
 mod determinism;
 mod fit_runs;
 mod golden;
+mod hub_network;
 mod maxmin_property;
 mod paper_cases;
 mod sanity;

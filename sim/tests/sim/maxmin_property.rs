@@ -28,30 +28,100 @@ fn instance() -> impl Strategy<Value = Instance> {
 /// Workers x shards, every worker with a connection each way to every shard; NIC capacities
 /// per host from a few values (ties and distinct levels both occur).
 fn incast() -> impl Strategy<Value = Instance> {
-    (2usize..10, 1usize..5).prop_flat_map(|(workers, shards)| {
-        let hosts = workers + shards;
-        let caps = proptest::collection::vec(prop_oneof![Just(1.0f64), Just(0.5), Just(2.0), 0.1f64..3.0], 2 * hosts);
-        let nf = 2 * workers * shards;
-        let sends = proptest::collection::vec((0..nf, 1.0f64..1e3), 1..80);
-        (Just(workers), Just(shards), caps, sends).prop_map(|(workers, shards, caps, sends)| {
-            let nic = |host: usize, ingress: bool| 2 * host + usize::from(ingress);
-            let mut paths = Vec::new();
-            for w in 0..workers {
-                for p in 0..shards {
-                    let s = workers + p;
-                    paths.push(vec![
-                        Use { resource: nic(s, false), weight: 1.0 },
-                        Use { resource: nic(w, true), weight: 1.0 },
-                    ]);
-                    paths.push(vec![
-                        Use { resource: nic(w, false), weight: 1.0 },
-                        Use { resource: nic(s, true), weight: 1.0 },
-                    ]);
-                }
+    (2usize..10, 1usize..5).prop_flat_map(|(workers, shards)| incast_of(workers, shards))
+}
+
+/// [`incast`] with its shape: (instance, workers, shards).
+fn incast_shaped() -> impl Strategy<Value = (Instance, usize, usize)> {
+    (2usize..10, 1usize..5)
+        .prop_flat_map(|(workers, shards)| incast_of(workers, shards).prop_map(move |inst| (inst, workers, shards)))
+}
+
+fn incast_of(workers: usize, shards: usize) -> impl Strategy<Value = Instance> {
+    let hosts = workers + shards;
+    let caps = proptest::collection::vec(prop_oneof![Just(1.0f64), Just(0.5), Just(2.0), 0.1f64..3.0], 2 * hosts);
+    let nf = 2 * workers * shards;
+    let sends = proptest::collection::vec((0..nf, 1.0f64..1e3), 1..80);
+    (caps, sends).prop_map(move |(caps, sends)| {
+        let nic = |host: usize, ingress: bool| 2 * host + usize::from(ingress);
+        let mut paths = Vec::new();
+        for w in 0..workers {
+            for p in 0..shards {
+                let s = workers + p;
+                paths.push(vec![
+                    Use { resource: nic(s, false), weight: 1.0 },
+                    Use { resource: nic(w, true), weight: 1.0 },
+                ]);
+                paths.push(vec![
+                    Use { resource: nic(w, false), weight: 1.0 },
+                    Use { resource: nic(s, true), weight: 1.0 },
+                ]);
             }
-            (caps, paths, sends)
-        })
+        }
+        (caps, paths, sends)
     })
+}
+
+/// Drives an incast with the shards' NICs as hubs ([`Network::use_hubs`]) through its sends
+/// and completions; after every change every busy connection's rate equals the reference
+/// solver's from scratch (the hubs' clocks and the small solves are exact max-min), and no
+/// NIC carries more than its capacity. Returns the completion time of every send.
+fn drive_hubs(
+    inst: &Instance,
+    workers: usize,
+    shards: usize,
+    hubs: bool,
+    sigma: f64,
+) -> Result<Vec<Time>, TestCaseError> {
+    let (caps, paths, sends) = inst;
+    let mut net: Network<usize> = Network::new();
+    net.set_unfairness(sigma, 7);
+    for &c in caps {
+        net.add_resource(c);
+    }
+    for p in paths {
+        net.add_flow(p.clone());
+    }
+    if hubs {
+        let list: Vec<usize> = (workers..workers + shards).flat_map(|h| [2 * h, 2 * h + 1]).collect();
+        prop_assert!(net.use_hubs(&list), "an incast has the hub structure");
+    }
+    let mut done = vec![Time::ZERO; sends.len()];
+    let mut q = topolab_sim::engine::EventQueue::new();
+    let mut pending = sends.iter().copied().enumerate().peekable();
+    loop {
+        let next_send = pending.peek().map(|(i, _)| Time(*i as u64 * 100));
+        let timers = match (next_send, q.peek_time()) {
+            (None, None) => break,
+            (Some(ts), te) if te.is_none_or(|te| ts <= te) => {
+                let (i, (f, bytes)) = pending.next().unwrap();
+                net.send(ts, f, Message { bytes, tag: i })
+            }
+            _ => {
+                let (now, timer): (Time, topolab_sim::network::Timer) = q.pop().unwrap();
+                let (msg, timers) = net.on_timer(now, timer);
+                if let Some((_, m)) = msg {
+                    done[m.tag] = now;
+                }
+                timers
+            }
+        };
+        for t in timers {
+            q.schedule(t.at, t);
+        }
+        let reference = net.reference_rates();
+        for &(f, want) in &reference {
+            prop_assert!(rel_eq_within(net.rate(f), want, 1e-9), "flow {f}: hubs {} vs reference {want}", net.rate(f));
+        }
+        for (r, &c) in caps.iter().enumerate() {
+            let used: f64 = reference
+                .iter()
+                .map(|&(f, _)| paths[f].iter().filter(|u| u.resource == r).map(|u| u.weight * net.rate(f)).sum::<f64>())
+                .sum();
+            prop_assert!(used <= c * (1.0 + 1e-9), "resource {r}: {used} > {c}");
+        }
+    }
+    Ok(done)
 }
 
 /// The property tests draw the same cases on every run, so that CI is reproducible; change the
@@ -161,6 +231,28 @@ proptest! {
     #[test]
     fn incast_incremental_rates_equal_the_reference(inst in incast()) {
         drive(inst, None)?;
+    }
+
+    /// The hub fast path: shards' NICs timed by their clocks, worker NICs that bind by small
+    /// solves; rates equal the reference after every change, and every message ends within a
+    /// ns per message sent before it of the full solver's time (rounding of different sums).
+    #[test]
+    fn hub_rates_equal_the_reference((inst, workers, shards) in incast_shaped()) {
+        let fast = drive_hubs(&inst, workers, shards, true, 0.0)?;
+        let exact = drive_hubs(&inst, workers, shards, false, 0.0)?;
+        for (i, (a, b)) in fast.iter().zip(&exact).enumerate() {
+            prop_assert!(a.0.abs_diff(b.0) <= i as u64 + 1, "send {i}: hubs end it at {a:?}, the solver at {b:?}");
+        }
+    }
+
+    /// The same with unequal shares (log-normal luck per connection and busy period).
+    #[test]
+    fn lucky_hub_rates_equal_the_reference((inst, workers, shards) in incast_shaped(), sigma in 0.05f64..1.5) {
+        let fast = drive_hubs(&inst, workers, shards, true, sigma)?;
+        let exact = drive_hubs(&inst, workers, shards, false, sigma)?;
+        for (i, (a, b)) in fast.iter().zip(&exact).enumerate() {
+            prop_assert!(a.0.abs_diff(b.0) <= i as u64 + 1, "send {i}: hubs end it at {a:?}, the solver at {b:?}");
+        }
     }
 
     /// `solve` on the whole set equals the reference.
