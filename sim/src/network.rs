@@ -108,8 +108,6 @@ struct Flow<T> {
     mark: f64,
     /// Timed by its hub's clock (else, busy, by its own rate: its leaf binds).
     on_clock: bool,
-    /// Stamp of its current entry in its hub's heap (older entries are stale).
-    stamp: u64,
     /// Its place in its hub's list of connections on the clock.
     member: usize,
 }
@@ -308,7 +306,6 @@ impl<T: Copy> Network<T> {
             hub: None,
             mark: 0.0,
             on_clock: false,
-            stamp: 0,
             member: 0,
         });
         self.local.in_f.push(false);

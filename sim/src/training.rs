@@ -778,20 +778,25 @@ impl<'a> Sim<'a> {
         }
         let mut last_progress = Time::ZERO;
         while let Some((now, ev)) = crate::next_event(&mut self.q, self.opts)? {
+            // Transfers an event starts settle the network once, when it is handled.
+            self.net.hold();
             match ev {
                 Ev::Net(t) => {
                     let (msg, timers) = self.net.on_timer(now, t);
                     self.schedule_timers(timers);
-                    if let Some((flow, msg)) = msg {
-                        if let Tag::Compute { class } = msg.tag {
+                    match msg {
+                        Some((_, msg)) if matches!(msg.tag, Tag::Compute { .. }) => {
+                            let Tag::Compute { class } = msg.tag else { unreachable!() };
                             self.compute_done(class);
-                            continue;
                         }
-                        if self.opts.trace && self.trace_message(&msg.tag) {
-                            self.trace_transfer(flow, &msg.tag, now);
+                        Some((flow, msg)) => {
+                            if self.opts.trace && self.trace_message(&msg.tag) {
+                                self.trace_transfer(flow, &msg.tag, now);
+                            }
+                            let at = now + self.latency;
+                            self.q.schedule(at, Ev::Deliver(msg.tag));
                         }
-                        let at = now + self.latency;
-                        self.q.schedule(at, Ev::Deliver(msg.tag));
+                        None => {}
                     }
                 }
                 Ev::Deliver(tag) => self.deliver(tag),
@@ -806,6 +811,8 @@ impl<'a> Sim<'a> {
                 Ev::ApplyDone { shard, part, step, class } => self.apply_done(shard, part, step, class),
                 Ev::StartStep { class } => self.start_step(class),
             }
+            let timers = self.net.release(now);
+            self.schedule_timers(timers);
             last_progress = now;
             if self.done_classes == self.classes.len() {
                 break;

@@ -30,9 +30,6 @@
 //! the max-min allocation (unique). Completion times differ from the full solver's only by
 //! the rounding of a different sum, which a property test checks.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 use topolab_core::units::Time;
 
 use super::{Message, Network, Timer, ceil_ns, maxmin};
@@ -64,8 +61,8 @@ struct Hub {
     /// Virtual clock (bytes per unit of share) at `at`.
     clock: f64,
     at: Time,
-    /// End marks of the clock's connections, least first: (mark bits, flow, stamp).
-    ends: BinaryHeap<Reverse<(u64, usize, u64)>>,
+    /// End marks of the clock's connections, least first (positions in [`Hubs::end_at`]).
+    ends: Keyed,
     /// Version of the hub's timer (a newer timer makes older ones stale), and when the
     /// current one fires.
     version: u64,
@@ -105,6 +102,14 @@ pub(super) struct Hubs {
     bound: Vec<usize>,
     /// Solves of the small problem so far.
     solves: u64,
+    /// Per flow: its index in its hub's `ends`, or `usize::MAX`.
+    end_at: Vec<usize>,
+    /// While held ([`Network::hold`]): the hubs that connections joined, the leaves of those
+    /// that went on clocks, and whether one joined as bound (the small problem changed).
+    held: bool,
+    held_hubs: Vec<usize>,
+    held_leaves: Vec<usize>,
+    held_bound: bool,
     /// Working arrays of [`Network::settle`], reused.
     work: Work,
     /// Deadlines of the busy bound connections, and their one timer's version and time.
@@ -127,63 +132,61 @@ struct Work {
     slack: Vec<usize>,
 }
 
-/// Deadlines of the bound connections: a binary min-heap on (deadline, flow) that knows
-/// where each flow sits, so that a re-timed connection moves instead of leaving a stale entry
-/// (one timer serves them all).
+/// A binary min-heap of (key, flow) that knows where each flow sits (`at[flow]`, kept by
+/// the caller so that several heaps over disjoint flows can share one array), so that a
+/// re-keyed flow moves instead of leaving a stale entry behind.
 #[derive(Debug, Clone, Default)]
-struct Due {
+struct Keyed {
     heap: Vec<(u64, usize)>,
-    /// Per flow: its index in `heap`, or `usize::MAX`.
-    at: Vec<usize>,
 }
 
-impl Due {
+impl Keyed {
     fn first(&self) -> Option<(u64, usize)> {
         self.heap.first().copied()
     }
 
-    /// Sets flow `f`'s deadline.
-    fn set(&mut self, f: usize, deadline: u64) {
-        if self.at.len() <= f {
-            self.at.resize(f + 1, usize::MAX);
+    /// Sets flow `f`'s key.
+    fn set(&mut self, at: &mut Vec<usize>, f: usize, key: u64) {
+        if at.len() <= f {
+            at.resize(f + 1, usize::MAX);
         }
-        let i = self.at[f];
+        let i = at[f];
         if i == usize::MAX {
-            self.heap.push((deadline, f));
-            self.at[f] = self.heap.len() - 1;
-            self.up(self.heap.len() - 1);
+            self.heap.push((key, f));
+            at[f] = self.heap.len() - 1;
+            self.up(at, self.heap.len() - 1);
         } else {
             let old = self.heap[i].0;
-            self.heap[i].0 = deadline;
-            if deadline < old { self.up(i) } else { self.down(i) }
+            self.heap[i].0 = key;
+            if key < old { self.up(at, i) } else { self.down(at, i) }
         }
     }
 
     /// Takes flow `f` out (no-op when absent).
-    fn remove(&mut self, f: usize) {
-        let Some(&i) = self.at.get(f).filter(|&&i| i != usize::MAX) else { return };
-        self.at[f] = usize::MAX;
+    fn remove(&mut self, at: &mut [usize], f: usize) {
+        let Some(&i) = at.get(f).filter(|&&i| i != usize::MAX) else { return };
+        at[f] = usize::MAX;
         let last = self.heap.pop().expect("an entry is listed");
         if i < self.heap.len() {
             self.heap[i] = last;
-            self.at[last.1] = i;
-            self.up(i);
-            self.down(self.at[last.1]);
+            at[last.1] = i;
+            self.up(at, i);
+            self.down(at, at[last.1]);
         }
     }
 
-    fn up(&mut self, mut i: usize) {
+    fn up(&mut self, at: &mut [usize], mut i: usize) {
         while i > 0 {
             let p = (i - 1) / 2;
             if self.heap[p] <= self.heap[i] {
                 break;
             }
-            self.swap(i, p);
+            self.swap(at, i, p);
             i = p;
         }
     }
 
-    fn down(&mut self, mut i: usize) {
+    fn down(&mut self, at: &mut [usize], mut i: usize) {
         loop {
             let (l, r) = (2 * i + 1, 2 * i + 2);
             let mut m = i;
@@ -196,15 +199,37 @@ impl Due {
             if m == i {
                 break;
             }
-            self.swap(i, m);
+            self.swap(at, i, m);
             i = m;
         }
     }
 
-    fn swap(&mut self, i: usize, j: usize) {
+    fn swap(&mut self, at: &mut [usize], i: usize, j: usize) {
         self.heap.swap(i, j);
-        self.at[self.heap[i].1] = i;
-        self.at[self.heap[j].1] = j;
+        at[self.heap[i].1] = i;
+        at[self.heap[j].1] = j;
+    }
+}
+
+/// Deadlines (ns) of the bound connections; one timer serves them all.
+#[derive(Debug, Clone, Default)]
+struct Due {
+    keys: Keyed,
+    /// Per flow: its index in `keys`, or `usize::MAX`.
+    at: Vec<usize>,
+}
+
+impl Due {
+    fn first(&self) -> Option<(u64, usize)> {
+        self.keys.first()
+    }
+
+    fn set(&mut self, f: usize, deadline: u64) {
+        self.keys.set(&mut self.at, f, deadline);
+    }
+
+    fn remove(&mut self, f: usize) {
+        self.keys.remove(&mut self.at, f);
     }
 }
 
@@ -278,7 +303,7 @@ impl<T: Copy> Network<T> {
                     level: 0.0,
                     clock: 0.0,
                     at: Time::ZERO,
-                    ends: BinaryHeap::new(),
+                    ends: Keyed::default(),
                     version: 0,
                     timer_at: None,
                     bound: Vec::new(),
@@ -294,6 +319,11 @@ impl<T: Copy> Network<T> {
             most_on_leaf: 0.0,
             bound: Vec::new(),
             solves: 0,
+            end_at: vec![usize::MAX; self.flows.len()],
+            held: false,
+            held_hubs: Vec::new(),
+            held_leaves: Vec::new(),
+            held_bound: false,
             work: Work::default(),
             due: Due::default(),
             due_version: 0,
@@ -331,6 +361,19 @@ impl<T: Copy> Network<T> {
         let hs = self.hs_mut();
         hs.count_busy(u.leaf, true);
         hs.most_on_leaf = hs.most_on_leaf.max(share * u.on_leaf);
+        if hs.held {
+            // Levels and bindings wait for [`Network::release`], at the same instant.
+            hs.held_hubs.push(u.hub);
+            if hs.is_bound[u.leaf] {
+                hs.held_bound = true;
+                hs.hubs[u.hub].bound.push(f);
+                self.flows[f].on_clock = false;
+            } else {
+                hs.held_leaves.push(u.leaf);
+                self.onto_clock(now, f, bytes);
+            }
+            return Vec::new();
+        }
         if hs.is_bound[u.leaf] {
             hs.hubs[u.hub].bound.push(f);
             self.flows[f].on_clock = false;
@@ -350,18 +393,75 @@ impl<T: Copy> Network<T> {
         self.hub_timer(now, u.hub).into_iter().collect()
     }
 
+    /// Holds back the re-levelling that connections joining hubs cause until
+    /// [`Network::release`] at the same instant: an event that starts many transfers at once
+    /// (a worker pushing to every shard) settles the hubs once instead of once per transfer.
+    /// No-op without hubs.
+    pub fn hold(&mut self) {
+        if let Some(hs) = self.hubs.as_mut() {
+            hs.held = true;
+        }
+    }
+
+    /// Ends a [`Network::hold`] at `now` (the instant of the sends it held): re-levels the hubs
+    /// that connections joined, binds the leaves that now carry too much, and returns the
+    /// timers to schedule. The result is what sending one by one gives.
+    pub fn release(&mut self, now: Time) -> Vec<Timer> {
+        let Some(hs) = self.hubs.as_mut() else { return Vec::new() };
+        hs.held = false;
+        if hs.held_hubs.is_empty() {
+            return Vec::new();
+        }
+        let mut hubs = std::mem::take(&mut hs.held_hubs);
+        let mut leaves = std::mem::take(&mut hs.held_leaves);
+        let bound = std::mem::replace(&mut hs.held_bound, false);
+        hubs.sort_unstable();
+        hubs.dedup();
+        let timers = if bound || hubs.iter().any(|&h| !self.hs().hubs[h].bound.is_empty()) {
+            self.settle(now, &hubs)
+        } else {
+            for &h in &hubs {
+                self.free_level(now, h);
+            }
+            // The joined hubs' levels fell: only the joining connections' leaves can now
+            // carry too much.
+            leaves.sort_unstable();
+            leaves.dedup();
+            if !self.bound_holds() {
+                leaves.retain(|&l| !self.hs().is_bound[l] && !self.leaf_fits(l));
+            } else {
+                leaves.clear();
+            }
+            if leaves.is_empty() {
+                hubs.iter().filter_map(|&h| self.hub_timer(now, h)).collect()
+            } else {
+                for &l in &leaves {
+                    self.bind(now, l);
+                }
+                self.settle(now, &hubs)
+            }
+        };
+        // Keep the buffers.
+        let hs = self.hs_mut();
+        hubs.clear();
+        leaves.clear();
+        hs.held_hubs = hubs;
+        hs.held_leaves = leaves;
+        timers
+    }
+
     /// Puts busy connection `f` with `bytes` left on its hub's clock.
     fn onto_clock(&mut self, now: Time, f: usize, bytes: f64) {
         let u = self.flows[f].hub.expect("a hub connection");
-        let hub = &mut self.hubs.as_mut().expect("hubs in use").hubs[u.hub];
+        let hs = self.hubs.as_mut().expect("hubs in use");
+        let hub = &mut hs.hubs[u.hub];
         hub.advance(now);
         let flow = &mut self.flows[f];
         hub.on_clock += 1;
         hub.weight += u.on_hub * flow.share;
         flow.on_clock = true;
         flow.mark = hub.clock + bytes / flow.share;
-        flow.stamp += 1;
-        hub.ends.push(Reverse((key(flow.mark), f, flow.stamp)));
+        hub.ends.set(&mut hs.end_at, f, key(flow.mark));
         flow.member = hub.members.len();
         hub.members.push(f);
         // Any per-flow timer it had is stale.
@@ -372,8 +472,10 @@ impl<T: Copy> Network<T> {
     /// Takes busy connection `f` off its hub's clock; returns the bytes it has left.
     fn off_clock(&mut self, now: Time, f: usize) -> f64 {
         let u = self.flows[f].hub.expect("a hub connection");
-        let hub = &mut self.hubs.as_mut().expect("hubs in use").hubs[u.hub];
+        let hs = self.hubs.as_mut().expect("hubs in use");
+        let hub = &mut hs.hubs[u.hub];
         hub.advance(now);
+        hub.ends.remove(&mut hs.end_at, f);
         let at = self.flows[f].member;
         hub.members.swap_remove(at);
         if let Some(&moved) = hub.members.get(at) {
@@ -384,12 +486,10 @@ impl<T: Copy> Network<T> {
         hub.on_clock -= 1;
         hub.weight = if hub.on_clock == 0 { 0.0 } else { hub.weight - u.on_hub * flow.share };
         if hub.on_clock == 0 {
-            // A fresh clock keeps the sums small (its heap holds only stale entries).
+            // A fresh clock keeps the sums small.
             (hub.clock, hub.level) = (0.0, 0.0);
-            hub.ends.clear();
         }
         flow.on_clock = false;
-        flow.stamp += 1;
         left
     }
 
@@ -406,20 +506,15 @@ impl<T: Copy> Network<T> {
         if h == self.hs().hubs.len() {
             return self.due_fired(now, t);
         }
-        let hub = &mut self.hubs.as_mut().expect("hubs in use").hubs[h];
+        let hs = self.hubs.as_mut().expect("hubs in use");
+        let hub = &mut hs.hubs[h];
         if hub.version != t.version {
             return (None, Vec::new());
         }
         hub.timer_at = None;
         hub.advance(now);
-        // Drop stale entries; the least live one is next.
-        let (mark, f) = loop {
-            let Some(&Reverse((mark, f, stamp))) = hub.ends.peek() else { return (None, Vec::new()) };
-            if self.flows[f].stamp == stamp && self.flows[f].on_clock {
-                break (f64::from_bits(mark), f);
-            }
-            hub.ends.pop();
-        };
+        let Some((mark, f)) = hub.ends.first() else { return (None, Vec::new()) };
+        let mark = f64::from_bits(mark);
         if mark > hub.clock + ARRIVED * hub.clock.max(1.0) {
             // Rounding left it a hair short: again, at least a ns later.
             let mut t = self.hub_timer(now, h);
@@ -429,7 +524,6 @@ impl<T: Copy> Network<T> {
             }
             return (None, t.into_iter().collect());
         }
-        hub.ends.pop();
         let flow = &mut self.flows[f];
         let msg = flow.queue.pop_front().expect("a hub's end mark belongs to a flow with a head message");
         for u in &flow.path {
@@ -439,8 +533,7 @@ impl<T: Copy> Network<T> {
             // Same connection, same share: the next message starts at once.
             flow.head_started = now;
             flow.mark = hub.clock + next.bytes / flow.share;
-            flow.stamp += 1;
-            hub.ends.push(Reverse((key(flow.mark), f, flow.stamp)));
+            hub.ends.set(&mut hs.end_at, f, key(flow.mark));
             return (Some((f, msg)), self.hub_timer(now, h).into_iter().collect());
         }
         // Idle: it leaves the clock, and the hub's level rises for the rest.
@@ -734,17 +827,9 @@ impl<T: Copy> Network<T> {
     /// connection or its pending timer is not later (a timer that fires early re-arms, so a
     /// level that falls leaves no stale event behind).
     fn hub_timer(&mut self, now: Time, h: usize) -> Option<Timer> {
-        let flows = &self.flows;
         let hub = &mut self.hubs.as_mut().expect("hubs in use").hubs[h];
         hub.advance(now);
-        let next = loop {
-            let Some(&Reverse((mark, f, stamp))) = hub.ends.peek() else { break None };
-            if flows[f].stamp == stamp && flows[f].on_clock {
-                break Some(f64::from_bits(mark));
-            }
-            hub.ends.pop();
-        };
-        let mark = next.filter(|_| hub.on_clock > 0)?;
+        let mark = f64::from_bits(hub.ends.first()?.0);
         let at = now + Time(ceil_ns(mark - hub.clock, hub.level));
         if hub.timer_at.is_some_and(|t| t <= at) {
             return None;
