@@ -74,10 +74,16 @@ fn inception_64x8_one_step() -> Scenario {
     inception(64, 8, 1, 0.0)
 }
 
+fn inception_64x8_two_jittered_steps() -> Scenario {
+    inception(64, 8, 2, 0.05)
+}
+
 // One synchronous PS step of Inception-v3 at 64 workers x 8 PS (plan built, step simulated,
-// summary made; no trace).
+// summary made; no trace); and two steps with 5% compute jitter, every worker simulated on its
+// own (the shards' NICs as hubs, worker NICs that bind solved apart: `network/hubs.rs`).
 #[library_benchmark]
 #[bench::inception_v3_64x8(setup = inception_64x8_one_step)]
+#[bench::inception_v3_64x8_jittered(setup = inception_64x8_two_jittered_steps)]
 fn ps_step(s: Scenario) -> u64 {
     let run = simulate(&s, &SimOptions { trace: false, ..SimOptions::default() }).expect("the bench scenario runs");
     black_box(run.summary.events)
