@@ -456,6 +456,22 @@ impl<T: Copy> Network<T> {
         }
     }
 
+    /// Ends flow `f`'s head message at `now`: takes it off the queue and counts its bytes on
+    /// the flow's resources; the next message, if any, starts now. Returns the message and the
+    /// next one's bytes.
+    fn end_head(&mut self, now: Time, f: usize) -> (Message<T>, Option<f64>) {
+        let flow = &mut self.flows[f];
+        let msg = flow.queue.pop_front().expect("a finished timer belongs to a flow with a head message");
+        for u in &flow.path {
+            self.carried[u.resource] += msg.bytes * u.weight;
+        }
+        let next = flow.queue.front().map(|m| m.bytes);
+        if next.is_some() {
+            flow.head_started = now;
+        }
+        (msg, next)
+    }
+
     /// Handles a timer of flow `f`: stale, early (the flow slowed down since it was set: the
     /// timer of its new completion), or the finished message and the timers to schedule.
     pub fn complete(&mut self, now: Time, f: usize, version: u64) -> Completion<T> {
@@ -480,15 +496,12 @@ impl<T: Copy> Network<T> {
             }]);
         }
         flow.pending = false;
-        let msg = flow.queue.pop_front().expect("a current timer belongs to a flow with a head message");
-        for u in &flow.path {
-            self.carried[u.resource] += msg.bytes * u.weight;
-        }
-        if let Some(next) = flow.queue.front() {
+        let (msg, next) = self.end_head(now, f);
+        let flow = &mut self.flows[f];
+        if let Some(bytes) = next {
             // Same connection, same rate: the next message starts at once.
-            flow.remaining = next.bytes;
+            flow.remaining = bytes;
             flow.since = now;
-            flow.head_started = now;
             flow.version += 1;
             let at = now + Time(ceil_ns(flow.remaining, flow.rate));
             (flow.deadline, flow.timer_at, flow.pending) = (at, at, true);

@@ -557,9 +557,9 @@ impl<'a> Sim<'a> {
             }
         }
 
-        // The shards' dedicated NICs are the hubs every worker's connections meet at: timed
-        // by processor sharing while no worker's NIC binds (exactly max-min; the network
-        // declines when the structure does not allow it, e.g. racks or shared cores).
+        // The shards' dedicated NICs are the hubs every worker's connections meet at: timed by
+        // their clocks, with the worker NICs that bind solved apart (exactly max-min; the
+        // network declines when the structure does not allow it, e.g. racks or shared cores).
         let hubs: Vec<usize> = shard_nic.iter().filter(|n| n.3.is_none()).flat_map(|&(e, i, _, _)| [e, i]).collect();
         if !opts.exact_network {
             net.use_hubs(&hubs);
@@ -785,10 +785,7 @@ impl<'a> Sim<'a> {
                     let (msg, timers) = self.net.on_timer(now, t);
                     self.schedule_timers(timers);
                     match msg {
-                        Some((_, msg)) if matches!(msg.tag, Tag::Compute { .. }) => {
-                            let Tag::Compute { class } = msg.tag else { unreachable!() };
-                            self.compute_done(class);
-                        }
+                        Some((_, Message { tag: Tag::Compute { class }, .. })) => self.compute_done(class),
                         Some((flow, msg)) => {
                             if self.opts.trace && self.trace_message(&msg.tag) {
                                 self.trace_transfer(flow, &msg.tag, now);

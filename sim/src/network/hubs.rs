@@ -100,8 +100,6 @@ pub(super) struct Hubs {
     /// Leaves marked bound (per resource), and the list of them.
     is_bound: Vec<bool>,
     bound: Vec<usize>,
-    /// Solves of the small problem so far.
-    solves: u64,
     /// Per flow: its index in its hub's `ends`, or `usize::MAX`.
     end_at: Vec<usize>,
     /// While held ([`Network::hold`]): the hubs that connections joined, the leaves of those
@@ -318,7 +316,6 @@ impl<T: Copy> Network<T> {
             least_leaf,
             most_on_leaf: 0.0,
             bound: Vec::new(),
-            solves: 0,
             end_at: vec![usize::MAX; self.flows.len()],
             held: false,
             held_hubs: Vec::new(),
@@ -330,11 +327,6 @@ impl<T: Copy> Network<T> {
             due_timer: None,
         });
         true
-    }
-
-    /// Solves of the hubs' small max-min problem so far (0 without hubs).
-    pub fn hub_solves(&self) -> u64 {
-        self.hubs.as_ref().map_or(0, |hs| hs.solves)
     }
 
     fn hs(&self) -> &Hubs {
@@ -524,16 +516,14 @@ impl<T: Copy> Network<T> {
             }
             return (None, t.into_iter().collect());
         }
+        let clock = hub.clock;
+        let (msg, next) = self.end_head(now, f);
         let flow = &mut self.flows[f];
-        let msg = flow.queue.pop_front().expect("a hub's end mark belongs to a flow with a head message");
-        for u in &flow.path {
-            self.carried[u.resource] += msg.bytes * u.weight;
-        }
-        if let Some(next) = flow.queue.front() {
+        if let Some(bytes) = next {
             // Same connection, same share: the next message starts at once.
-            flow.head_started = now;
-            flow.mark = hub.clock + next.bytes / flow.share;
-            hub.ends.set(&mut hs.end_at, f, key(flow.mark));
+            flow.mark = clock + bytes / flow.share;
+            let hs = self.hubs.as_mut().expect("hubs in use");
+            hs.hubs[h].ends.set(&mut hs.end_at, f, key(flow.mark));
             return (Some((f, msg)), self.hub_timer(now, h).into_iter().collect());
         }
         // Idle: it leaves the clock, and the hub's level rises for the rest.
@@ -583,8 +573,8 @@ impl<T: Copy> Network<T> {
             return;
         }
         hs.bound.push(l);
-        let flows = hs.leaf_flows[l].clone();
-        for f in flows {
+        for i in 0..hs.leaf_flows[l].len() {
+            let f = self.hs().leaf_flows[l][i];
             if self.flows[f].on_clock {
                 let left = self.off_clock(now, f);
                 let flow = &mut self.flows[f];
@@ -606,7 +596,6 @@ impl<T: Copy> Network<T> {
         w.touched.extend_from_slice(changed);
         for round in 0.. {
             assert!(round < 10_000, "the hubs' levels settle (bound leaves only grow between unmarkings)");
-            self.hs_mut().solves += 1;
             // The problem: every bound connection, and one flow per hub it crosses for the
             // hub's clock.
             w.hubs_in.clear();
@@ -739,15 +728,11 @@ impl<T: Copy> Network<T> {
             return (None, self.due_timer(now).into_iter().collect());
         }
         hs.due.remove(f);
+        let (msg, next) = self.end_head(now, f);
         let flow = &mut self.flows[f];
-        let msg = flow.queue.pop_front().expect("a bound connection's deadline belongs to its head message");
-        for u in &flow.path {
-            self.carried[u.resource] += msg.bytes * u.weight;
-        }
-        if let Some(next) = flow.queue.front() {
+        if let Some(bytes) = next {
             // Same connection, same rate: the next message starts at once.
-            flow.head_started = now;
-            (flow.remaining, flow.since) = (next.bytes, now);
+            (flow.remaining, flow.since) = (bytes, now);
             let deadline = now.0 + ceil_ns(flow.remaining, flow.rate);
             self.hs_mut().due.set(f, deadline);
             return (Some((f, msg)), self.due_timer(now).into_iter().collect());
@@ -765,8 +750,8 @@ impl<T: Copy> Network<T> {
         let hs = self.hs_mut();
         hs.is_bound[l] = false;
         hs.bound.retain(|&x| x != l);
-        let flows = hs.leaf_flows[l].clone();
-        for f in flows {
+        for i in 0..hs.leaf_flows[l].len() {
+            let f = self.hs().leaf_flows[l][i];
             if self.flows[f].queue.is_empty() {
                 continue;
             }
