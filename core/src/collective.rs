@@ -414,6 +414,24 @@ impl Schedule {
         out
     }
 
+    /// What the NICs carry for one bucket of `total`: adds to `per_host[h]` the payload that
+    /// the messages of the ranks `senders` send out of host `h` and into it (ranks numbered by
+    /// host, `gpus` per host; a message between two GPUs of one host crosses its bus only).
+    pub fn nic_bytes(&self, gpus: u32, total: u64, senders: std::ops::Range<u32>, per_host: &mut [(u64, u64)]) {
+        for rank in senders {
+            for st in 0..self.streams() {
+                for m in 0..self.stream_len(rank, st, total) {
+                    let msg = self.message(rank, st, m, total);
+                    let (from, to) = ((rank / gpus) as usize, (msg.to / gpus) as usize);
+                    if from != to {
+                        per_host[from].0 += msg.bytes;
+                        per_host[to].1 += msg.bytes;
+                    }
+                }
+            }
+        }
+    }
+
     /// Message `m` (from 0) of `rank`'s `stream` in a bucket of `total` bytes.
     pub fn message(&self, rank: u32, stream: usize, m: u64, total: u64) -> Message {
         let mut needs = [0u64; LINKS];

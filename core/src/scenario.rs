@@ -189,7 +189,8 @@ pub struct HardwareSpec {
     /// GPUs per worker host (each a replica with `batch` samples).
     #[serde(default = "one")]
     pub gpus_per_host: u32,
-    /// Bus between a host's GPUs: pcie3-x16, pcie4-x16, pcie5-x16, nvlink2, nvlink3, nvlink4.
+    /// Bus between a host's GPUs: pcie3-x16, pcie4-x16, pcie5-x16, nvlink2, nvlink3, nvlink4,
+    /// or a rate per direction ("20 Gbit/s").
     #[serde(default = "default_bus")]
     pub host_bus: String,
     /// Aggregate gradients of a multi-GPU host locally before pushing (TensorFlow's
@@ -1479,14 +1480,7 @@ impl Scenario {
 
         let gpu = resolve_gpu(&spec.hardware, &mut v);
         let nic = resolve_nic(&spec.network.nic, "network.nic", &mut v);
-        let host_bus = match hardware::host_bus_by_name(&spec.hardware.host_bus) {
-            Some(b) => Some(b),
-            None => {
-                let names: Vec<&str> = hardware::host_buses().iter().map(|b| b.name).collect();
-                v.unknown("hardware.host_bus", "host bus", &spec.hardware.host_bus, &names);
-                None
-            }
-        };
+        let host_bus = resolve_host_bus(&spec.hardware.host_bus, &mut v);
         let sw = &spec.sweep;
         let any_all_reduce = spec.topology.kind == TopologyKind::AllReduce
             || sw.kind.contains(&TopologyKind::AllReduce)
@@ -2244,6 +2238,29 @@ pub fn resolve_nic_name(text: &str) -> Option<BitRate> {
     hardware::nic_by_name(text).map(|n| n.rate).or_else(|| text.parse::<BitRate>().ok().filter(|r| r.0 > 0.0))
 }
 
+/// A host bus by name, or a rate per direction ("20 Gbit/s": a bus the catalogue does not
+/// list, such as a replay's loopback between the processes of one virtual host).
+fn resolve_host_bus(text: &str, v: &mut Problems) -> Option<hardware::HostBus> {
+    if let Some(b) = hardware::host_bus_by_name(text) {
+        return Some(b);
+    }
+    if let Ok(rate) = text.parse::<BitRate>() {
+        if rate.0 > 0.0 {
+            return Some(hardware::HostBus { name: "custom", bandwidth: rate, source: "given in the scenario" });
+        }
+        v.push("hardware.host_bus", &format!("`{text}`: a host bus's rate must be > 0"), None);
+        return None;
+    }
+    let names: Vec<&str> = hardware::host_buses().iter().map(|b| b.name).collect();
+    let hint = did_you_mean(text, names.iter().copied()).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
+    v.push(
+        "hardware.host_bus",
+        &format!("`{text}` is neither a host bus nor a rate"),
+        Some(format!("{hint}host buses: {}; or a rate per direction such as \"20 Gbit/s\"", names.join(", "))),
+    );
+    None
+}
+
 fn resolve_nic(text: &str, path: &str, v: &mut Problems) -> Option<BitRate> {
     if let Some(r) = resolve_nic_name(text) {
         return Some(r);
@@ -2538,6 +2555,20 @@ mod tests {
         let again = parse(&s.normalized()).unwrap();
         assert_eq!(again.spec, s.spec);
         assert_eq!(again.hash, s.hash);
+    }
+
+    #[test]
+    fn a_host_bus_is_a_catalogue_name_or_a_rate() {
+        let base = "batch = 32\n[model]\nname = \"alexnet\"\n[topology]\nkind = \"all-reduce\"\nworkers = 2\n[hardware]\ngpus_per_host = 2\n";
+        let s = parse(&format!("{base}host_bus = \"20 Gbit/s\"\n")).unwrap();
+        assert_eq!(s.host_bus.bandwidth.bytes_per_sec(), 2.5e9);
+        assert_eq!(parse(&format!("{base}host_bus = \"nvlink2\"\n")).unwrap().host_bus.name, "nvlink2");
+        let e = parse(&format!("{base}host_bus = \"nvlnk2\"\n")).unwrap_err();
+        let d = &e.diagnostics()[0];
+        assert_eq!((d.path.as_str(), d.line), ("hardware.host_bus", 9), "{d}");
+        assert!(d.help.as_ref().unwrap().contains("did you mean `nvlink2`?"), "{d}");
+        let e = parse(&format!("{base}host_bus = \"0 Gbit/s\"\n")).unwrap_err();
+        assert!(e.diagnostics()[0].message.contains("must be > 0"), "{e}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use topolab_core::plan::Plan;
 use topolab_core::profile::GemmPrecision;
 use topolab_core::records::{self, Breakdown, ComputeInfo, ReplayInfo, Restart, RunSummary, StepRecord, Utilization};
-use topolab_core::scenario::{AllReduceAlgorithm, Backend as BackendKind, Mode, Scenario, ScenarioFile, Topology};
+use topolab_core::scenario::{Backend as BackendKind, Mode, Scenario, ScenarioFile, Topology};
 
 use crate::checkpoint;
 use crate::cluster::Job;
@@ -262,7 +262,24 @@ pub fn effective_scenario(
     });
     f.hardware.efficiency = Some(1.0);
     f.hardware.precision = topolab_core::scenario::Precision::Fp32;
-    f.hardware.gpus_per_host = 1;
+    // An all-reduce's multi-GPU host runs a process per GPU in one namespace (or on loopback):
+    // its bus is loopback, as fast as one stream measured here.
+    let bus = match s.topology() {
+        Topology::AllReduce(_) if s.spec.hardware.gpus_per_host > 1 => {
+            let rate = crate::calibrate::loopback_rate().map_err(ReplayError::Io)?;
+            f.hardware.host_bus = format!("{:.3} Gbit/s", rate / 1e9);
+            format!(
+                "# Host bus: the {} processes of a host meet over loopback ({:.3} Gbit/s, one stream, measured),\n# not the scenario's {}.\n",
+                s.spec.hardware.gpus_per_host,
+                rate / 1e9,
+                s.spec.hardware.host_bus
+            )
+        }
+        _ => {
+            f.hardware.gpus_per_host = 1;
+            String::new()
+        }
+    };
     // On Kubernetes each task has a core of its own (its request), on nodes assumed as fast as
     // this machine; elsewhere every task shares this machine's cores.
     f.hardware.shared_cores = (launcher != LauncherKind::K8s).then_some(cores);
@@ -316,7 +333,7 @@ pub fn effective_scenario(
     };
     let path = out.join("effective.toml");
     let text = format!(
-        "# The scenario this replay ran: the proxy model as built (scaled), so that the simulator can\n# be run on exactly the same thing: topolab run {}\n{links}{}",
+        "# The scenario this replay ran: the proxy model as built (scaled), so that the simulator can\n# be run on exactly the same thing: topolab run {}\n{links}{bus}{}",
         path.display(),
         topolab_core::scenario::normalized_toml(&f)
     );
@@ -468,18 +485,27 @@ pub fn replay(s: &Scenario, opts: &ReplayOptions) -> Result<ReplayOutcome, Repla
     }
 }
 
+/// The worker processes of a replay: one per worker host, and in an all-reduce one per GPU of
+/// each host (rank `host x gpus_per_host + gpu`, ordered by host as the schedule's ranks are).
+pub fn worker_tasks(s: &Scenario) -> u32 {
+    match s.topology() {
+        Topology::AllReduce(t) => t.workers * s.spec.hardware.gpus_per_host,
+        _ => s.topology().workers(),
+    }
+}
+
 /// What every launcher refuses: modes, algorithms and hosts the runtime does not replay.
 fn check(s: &Scenario, opts: &ReplayOptions) -> Result<(), ReplayError> {
     let refuse = |reason: String| ReplayError::Refused { scenario: s.spec.name.clone(), reason };
-    if let Topology::AllReduce(t) = s.topology() {
+    if let Topology::AllReduce(_) = s.topology() {
         if matches!(opts.engine, Engine::Tensorflow(_)) {
             return Err(refuse(
                 "with --engine tensorflow: the TensorFlow engine runs parameter servers (its ParameterServerStrategy); an all-reduce replays on topolab's own engine".into(),
             ));
         }
-        if t.algorithm == AllReduceAlgorithm::Hierarchical {
+        if s.spec.hardware.gpus_per_host > 1 && opts.launcher == LauncherKind::K8s {
             return Err(refuse(
-                "algorithm = \"hierarchical\" reduces inside multi-GPU hosts, and a replay runs one worker per host (gpus_per_host = 1); it is simulated only (the ring and the tree replay)".into(),
+                "hardware.gpus_per_host > 1 replays one process per GPU on the local and netns launchers; on Kubernetes a pod is one rank (set gpus_per_host = 1)".into(),
             ));
         }
         if s.spec.runtime.backend == BackendKind::Cuda {
@@ -501,8 +527,10 @@ fn check(s: &Scenario, opts: &ReplayOptions) -> Result<(), ReplayError> {
             "the runtime replays sync, backup and async modes; stale-synchronous is simulated only".into(),
         ));
     }
-    if s.spec.hardware.gpus_per_host > 1 {
-        return Err(refuse("the runtime replays one replica per worker host; set hardware.gpus_per_host = 1".into()));
+    if s.spec.hardware.gpus_per_host > 1 && !matches!(s.topology(), Topology::AllReduce(_)) {
+        return Err(refuse(
+            "a parameter-server replay runs one replica per worker host (its local aggregation is simulated only); set hardware.gpus_per_host = 1, or replay an all-reduce, whose hosts run a process per GPU".into(),
+        ));
     }
     if let Engine::Tensorflow(_) = opts.engine {
         let plan = Plan::new(s).map_err(|e| refuse(e.to_string()))?;
@@ -530,7 +558,7 @@ pub fn replay_with(
     let settings = ReplaySettings::of(s);
     let proxy = Proxy::new(s, settings.params_scale, settings.flops_scale);
     let params_bytes: u64 = proxy.var_sizes().iter().map(|&n| n as u64 * 4).sum();
-    let need = u64::from(t.workers) * (proxy.worker_memory() + 3 * params_bytes) + 3 * params_bytes;
+    let need = u64::from(worker_tasks(s)) * (proxy.worker_memory() + 3 * params_bytes) + 3 * params_bytes;
     if launcher.kind() != LauncherKind::K8s
         && let Some(avail) = mem_available()
         && need > avail / 5 * 4
@@ -680,7 +708,7 @@ pub fn replay_with(
         latencies: Vec::new(),
         startup_s,
         restarts,
-        compute: Some(compute.info(t.workers, s.spec.hardware.precision)),
+        compute: Some(compute.info(worker_tasks(s), s.spec.hardware.precision)),
         engine: opts.engine.describe(),
     };
     collect(&eff, &opts.out, start_step, info)
@@ -717,9 +745,8 @@ fn watch_attempt(
     watch: &mut Watch,
     tensorflow: bool,
 ) -> Result<Attempt, ReplayError> {
-    let t = &s.spec.topology;
     let mut workers_done: Option<Instant> = None;
-    let total = u64::from(t.workers) * (s.spec.training.steps - job.start_step);
+    let total = u64::from(worker_tasks(s)) * (s.spec.training.steps - job.start_step);
     let mut polls = 0u64;
     loop {
         let fresh = polls.is_multiple_of(10) || watch.first_step.is_none();
@@ -797,12 +824,17 @@ fn collect(s: &Scenario, out: &Path, start_step: u64, mut info: ReplayInfo) -> R
     let mut steps = Vec::new();
     let mut ops = String::from("worker,step,op,index,bytes,start_ns,end_ns\n");
     let mut loss: std::collections::BTreeMap<u64, (f64, u32)> = Default::default();
-    for i in 0..s.topology().workers() {
-        let p = trace.join(format!("worker-{i}.steps.csv"));
-        let f = std::fs::File::open(&p).map_err(|e| ReplayError::Io(format!("{}: {e}", p.display())))?;
-        steps.extend(records::read_steps_csv(f, &p.display().to_string()).map_err(io)?);
-        let o = std::fs::read_to_string(trace.join(format!("worker-{i}.ops.csv"))).map_err(io)?;
-        ops.extend(o.lines().skip(1).map(|l| format!("{l}\n")));
+    // A multi-GPU host of an all-reduce runs a process per GPU (rank host x gpus + gpu): its
+    // steps and ops are its first GPU's, as the simulator records them; the loss is every rank's.
+    let gpus = if matches!(s.topology(), Topology::AllReduce(_)) { s.spec.hardware.gpus_per_host } else { 1 };
+    for i in 0..worker_tasks(s) {
+        if i % gpus == 0 {
+            let p = trace.join(format!("worker-{i}.steps.csv"));
+            let f = std::fs::File::open(&p).map_err(|e| ReplayError::Io(format!("{}: {e}", p.display())))?;
+            steps.extend(records::read_steps_csv(f, &p.display().to_string()).map_err(io)?);
+            let o = std::fs::read_to_string(trace.join(format!("worker-{i}.ops.csv"))).map_err(io)?;
+            ops.extend(o.lines().skip(1).map(|l| format!("{l}\n")));
+        }
         let l = std::fs::read_to_string(trace.join(format!("worker-{i}.loss.csv"))).map_err(io)?;
         for line in l.lines().skip(1) {
             let f: Vec<&str> = line.split(',').collect();
@@ -867,7 +899,12 @@ fn collect(s: &Scenario, out: &Path, start_step: u64, mut info: ReplayInfo) -> R
         ps: s.topology().ps(),
         steps: s.spec.training.steps - start_step,
         step_time_s: step_time,
-        throughput_samples_per_s: if span > 0.0 { steps.len() as f64 * s.spec.batch as f64 / span } else { 0.0 },
+        // Every GPU's samples: a host's records stand for its GPUs.
+        throughput_samples_per_s: if span > 0.0 {
+            steps.len() as f64 * s.spec.batch as f64 * f64::from(gpus) / span
+        } else {
+            0.0
+        },
         breakdown_s: breakdown,
         utilization: Utilization {
             gpu: if span > 0.0 {

@@ -134,7 +134,7 @@ impl Launcher for Processes {
 
     fn start(&mut self, s: &Scenario, job: &Job) -> Result<(), ReplayError> {
         let t = &s.spec.topology;
-        self.workers = t.workers;
+        self.workers = crate::launcher::worker_tasks(s);
         self.start_step = job.start_step;
         let cluster = self.cluster.as_ref();
         let workers: Vec<String> = (0..t.workers).map(|i| format!("worker{i}")).collect();
@@ -169,13 +169,20 @@ impl Launcher for Processes {
                 self.children.push((format!("{kind} {index}"), log, child));
             }
         } else if t.kind == TopologyKind::AllReduce {
-            // A ring: each worker listens at its own address (reserved, as TensorFlow's) and
-            // connects to the next; no shards.
-            let hosts: Vec<usize> = (0..t.workers as usize).collect();
+            // A ring: each rank listens at its own address (reserved, as TensorFlow's) and
+            // connects to the next; no shards. A multi-GPU host runs a rank per GPU, in its
+            // namespace (named `worker H gpu G`: a kill of `worker H` stops the whole host).
+            let gpus = s.spec.hardware.gpus_per_host;
+            let hosts: Vec<usize> = (0..self.workers).map(|r| (r / gpus) as usize).collect();
             let ring = reserved_addresses(&hosts, cluster)?;
-            for i in 0..t.workers {
-                let log = logs.join(format!("worker-{i}.log"));
-                let host = cluster.map(|c| (c, i as usize));
+            for i in 0..self.workers {
+                let (h, g) = (i / gpus, i % gpus);
+                let (name, log) = if gpus == 1 {
+                    (format!("worker {i}"), logs.join(format!("worker-{i}.log")))
+                } else {
+                    (format!("worker {h} gpu {g}"), logs.join(format!("worker-{h}-gpu-{g}.log")))
+                };
+                let host = cluster.map(|c| (c, h as usize));
                 let spec = ClusterSpec {
                     ps: Vec::new(),
                     worker: ring.clone(),
@@ -184,7 +191,7 @@ impl Launcher for Processes {
                 };
                 let child = spawn(&self.exe, &spec, &log, false, host)?;
                 pids.worker.push(child.id());
-                self.children.push((format!("worker {i}"), log, child));
+                self.children.push((name, log, child));
             }
         } else {
             for i in 0..t.ps {
@@ -263,7 +270,10 @@ impl Launcher for Processes {
     }
 
     fn kill(&mut self, task: &str) -> Result<(), ReplayError> {
-        if let Some((_, _, c)) = self.children.iter_mut().find(|(name, _, _)| name == task) {
+        // A host's GPUs are ranks of their own: the kill of `worker H` takes them all.
+        let gpu_of_host = format!("{task} gpu ");
+        for (_, _, c) in self.children.iter_mut().filter(|(name, _, _)| name == task || name.starts_with(&gpu_of_host))
+        {
             // SIGKILL to a task this launcher started (its own child, by PID).
             let _ = c.kill();
         }

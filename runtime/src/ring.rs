@@ -71,6 +71,10 @@ pub fn run(spec: &ClusterSpec, s: &Scenario, t: AllReduce) -> Result<(), NodeErr
     let proxy = Proxy::from_effective(s);
     let index = spec.task.index;
     let ranks = spec.worker.len() as u32;
+    // Ranks are numbered by host, then GPU; a host's records and ops are its first GPU's (the
+    // simulator's), under the host's number.
+    let gpus = s.spec.hardware.gpus_per_host;
+    let host = index / gpus;
     let token = Token::from_hex(&spec.job.token).ok_or_else(|| NodeError::Setup("bad token".into()))?;
     let r = &s.spec.runtime;
     let mut backend = compute::open(r.backend, &proxy, s.spec.seed, index, r.device, s.spec.hardware.precision)?;
@@ -94,16 +98,20 @@ pub fn run(spec: &ClusterSpec, s: &Scenario, t: AllReduce) -> Result<(), NodeErr
     // The ring's connections, then its thread.
     let (to_ring, ring_in) = mpsc::unbounded_channel::<Vec<Gradient>>();
     let (ring_out, from_ring) = std::sync::mpsc::channel::<Result<Reduced, NodeError>>();
-    let node = RingNode {
-        sched: Schedule::of(t.algorithm, ranks, 1).in_values(),
+    let sched = Schedule::of(t.algorithm, ranks / gpus, gpus).in_values();
+    let mut node = RingNode {
+        sched,
         rank: index,
+        gpus,
         latency: spec.job.latency_ns,
+        link_latency: [0; LINKS],
         cycle: t.fusion_cycle,
         threshold: t.fusion_buffer,
         grads: grads.clone(),
         steps: start..total,
         timeout,
     };
+    node.link_latency = node.link_latencies();
     let job = spec.clone();
     let ring_thread = std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -127,7 +135,7 @@ pub fn run(spec: &ClusterSpec, s: &Scenario, t: AllReduce) -> Result<(), NodeErr
     for step in start..total {
         let mut compute_ns = 0u64;
         let mut loss = 0.0f32;
-        let at = (index, step, spec.job.epoch_ns);
+        let at = (host, step, spec.job.epoch_ns);
         for (l, &offset) in var_offset.iter().enumerate() {
             let views = layer_views(&vars, offset, proxy.layers[l].vars.len());
             compute_ns += out.forward(backend.as_mut(), l, &views, at)?;
@@ -154,9 +162,17 @@ pub fn run(spec: &ClusterSpec, s: &Scenario, t: AllReduce) -> Result<(), NodeErr
         let (mut sent, mut received) = (0u64, 0u64);
         while summed < grads.len() {
             let done = from_ring.recv().map_err(|_| NodeError::Protocol("the ring stopped".into()))??;
-            (sent, received) = (sent + done.moved.0, received + done.moved.1);
+            if gpus == 1 {
+                (sent, received) = (sent + done.moved.0, received + done.moved.1);
+            } else {
+                // The host's NIC: what its GPUs' messages carry to and from other hosts (by
+                // the schedule they all follow; a GPU sees only its own).
+                let mut per_host = vec![(0u64, 0u64); (ranks / gpus) as usize];
+                sched.nic_bytes(gpus, done.data.len() as u64, 0..ranks, &mut per_host);
+                (sent, received) = (sent + 4 * per_host[host as usize].0, received + 4 * per_host[host as usize].1);
+            }
             let bytes = done.data.len() as u64 * 4;
-            out.op(index, step, "all-reduce", done.bucket, bytes, done.start, done.end, spec.job.epoch_ns);
+            out.op(host, step, "all-reduce", done.bucket, bytes, done.start, done.end, spec.job.epoch_ns);
             let mut off = 0;
             for &(l, _) in &grads[done.grads.clone()] {
                 for v in 0..proxy.layers[l].vars.len() {
@@ -174,7 +190,7 @@ pub fn run(spec: &ClusterSpec, s: &Scenario, t: AllReduce) -> Result<(), NodeErr
         let dur = end - step_start;
         out.steps.push(StepRecord {
             run: "replay".into(),
-            worker: index,
+            worker: host,
             step,
             start_ns: step_start - spec.job.epoch_ns,
             end_ns: end - spec.job.epoch_ns,
@@ -235,7 +251,12 @@ type Wires = (Vec<Option<OwnedWriteHalf>>, Vec<(usize, Option<OwnedReadHalf>)>);
 struct RingNode {
     sched: Schedule,
     rank: u32,
+    /// GPUs per host: ranks `h x gpus ..` share host `h`, whose bus (loopback) has no
+    /// network latency.
+    gpus: u32,
     latency: u64,
+    /// The network latency of the messages arriving on each link (none from this host).
+    link_latency: [u64; LINKS],
     cycle: Time,
     threshold: Bytes,
     grads: Vec<(usize, u64)>,
@@ -272,11 +293,11 @@ impl RingNode {
         for (r, stream) in links.control {
             let (read, write) = stream.into_split();
             if self.rank == 0 {
-                tokio::spawn(read_reports(read, r, self.latency, report_tx.clone()));
+                tokio::spawn(read_reports(read, r, self.latency_from(r), report_tx.clone()));
                 to_members.push(write);
             } else {
                 let (order_tx, order_rx) = mpsc::unbounded_channel();
-                tokio::spawn(read_orders(read, self.latency, order_tx));
+                tokio::spawn(read_orders(read, self.latency_from(0), order_tx));
                 orders_rx = Some(order_rx);
                 to_coordinator = Some(write);
             }
@@ -480,6 +501,25 @@ impl RingNode {
 }
 
 impl RingNode {
+    /// The network latency of a message from rank `peer`: none from a GPU of this host.
+    fn latency_from(&self, peer: u32) -> u64 {
+        if peer / self.gpus == self.rank / self.gpus { 0 } else { self.latency }
+    }
+
+    /// The network latency of the messages arriving on each of this rank's links: none when
+    /// the sending rank is on this host.
+    fn link_latencies(&self) -> [u64; LINKS] {
+        let mut l = [self.latency; LINKS];
+        for peer in 0..self.sched.ranks() {
+            for slot in 0..LINKS {
+                if self.sched.next(peer, slot) == Some(self.rank) {
+                    l[arrival_link(&self.sched, peer, slot)] = self.latency_from(peer);
+                }
+            }
+        }
+        l
+    }
+
     /// Runs the schedule on one bucket: every message of this rank's streams, each once it
     /// has received what the message needs, its piece of `data` (padded to the schedule's
     /// size) out over its link; every message that comes in added to or put into its piece.
@@ -511,7 +551,7 @@ impl RingNode {
         for (i, (link, r)) in inc.iter_mut().enumerate() {
             if expect[*link] > 0 {
                 let mut rx = r.take().expect("an incoming connection is idle between buckets");
-                let (cap, timeout, latency) = (u32::MAX, self.timeout, self.latency);
+                let (cap, timeout, latency) = (u32::MAX, self.timeout, self.link_latency[*link]);
                 pending.push(Box::pin(async move {
                     let f = wire::read_frame(&mut rx, cap, timeout).await?;
                     f.release(latency).await;
@@ -578,7 +618,7 @@ impl RingNode {
                     arrived.push((link, add, offset, values));
                     received[link] += 1;
                     if received[link] < expect[link] {
-                        let (timeout, latency) = (self.timeout, self.latency);
+                        let (timeout, latency) = (self.timeout, self.link_latency[link]);
                         pending.push(Box::pin(async move {
                             let f = wire::read_frame(&mut rx, u32::MAX, timeout).await?;
                             f.release(latency).await;

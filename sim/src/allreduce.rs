@@ -962,7 +962,6 @@ impl<'a> Sim<'a> {
     fn host_bytes(&mut self, step: u64) -> &[(u64, u64)] {
         if !self.step_bytes.contains_key(&step) {
             let hosts = self.t.workers as usize;
-            let host = |r: u32| (r / self.gpus) as usize;
             // Rings and hierarchical rings are symmetric: every host sends and receives what
             // host 0's GPUs send; a tree is walked whole.
             let symmetric = !matches!(self.sched, Schedule::Tree { .. });
@@ -970,19 +969,7 @@ impl<'a> Sim<'a> {
             let mut bytes_of = vec![(0u64, 0u64); hosts];
             let range = self.step_buckets.get(step as usize).cloned().unwrap_or_default();
             for gb in range {
-                let bytes = self.buckets[gb as usize];
-                for rank in 0..senders {
-                    for st in 0..self.sched.streams() {
-                        for m in 0..self.sched.stream_len(rank, st, bytes) {
-                            let msg = self.sched.message(rank, st, m, bytes);
-                            let (from, to) = (host(rank), host(msg.to));
-                            if from != to {
-                                bytes_of[from].0 += msg.bytes;
-                                bytes_of[to].1 += msg.bytes;
-                            }
-                        }
-                    }
-                }
+                self.sched.nic_bytes(self.gpus, self.buckets[gb as usize], 0..senders, &mut bytes_of);
             }
             if symmetric {
                 bytes_of = vec![(bytes_of[0].0, bytes_of[0].0); hosts];

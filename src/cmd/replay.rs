@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::ValueEnum;
+use topolab_core::scenario::{Scenario, Topology};
 use topolab_runtime::launcher::{self, ReplayError, ReplayOptions};
 
 use super::BadInput;
@@ -258,7 +259,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             print_json(&v)?;
         }
         Format::Csv => topolab_core::records::write_summaries_csv(std::slice::from_ref(sum), std::io::stdout().lock())?,
-        Format::Table => print_replay(&outcome, &predicted),
+        Format::Table => print_replay(&s, &outcome, &predicted),
     }
     if let Some(w) = &outcome.info.congestion_warning {
         eprintln!("warning: {w}; the measured run is recorded with the congestion control really in force");
@@ -308,7 +309,7 @@ fn predict_restarts(outcome: &launcher::ReplayOutcome) -> anyhow::Result<Vec<(u6
         .collect())
 }
 
-fn print_replay(outcome: &launcher::ReplayOutcome, predicted: &[(u64, f64)]) {
+fn print_replay(s: &Scenario, outcome: &launcher::ReplayOutcome, predicted: &[(u64, f64)]) {
     let sum = &outcome.summary;
     for (r, p) in outcome.info.restarts.iter().zip(predicted) {
         println!(
@@ -316,9 +317,15 @@ fn print_replay(outcome: &launcher::ReplayOutcome, predicted: &[(u64, f64)]) {
             r.task, r.at_s, r.steps_done, r.checkpoint_step, r.lost_steps, p.0, r.restart_s, p.1
         );
     }
-    let exchange = if sum.ps == 0 { "ring all-reduce".to_string() } else { format!("{} PS", sum.ps) };
+    let (gpus, exchange) = match s.topology() {
+        Topology::AllReduce(t) => {
+            let g = s.spec.hardware.gpus_per_host;
+            (if g > 1 { format!(" x {g} GPUs") } else { String::new() }, format!("{} all-reduce", t.algorithm.as_str()))
+        }
+        _ => (String::new(), format!("{} PS", sum.ps)),
+    };
     println!(
-        "Replayed {} ({} workers, {exchange}) from step {}: {} step records",
+        "Replayed {} ({} workers{gpus}, {exchange}) from step {}: {} step records",
         sum.scenario,
         sum.workers,
         outcome.start_step,

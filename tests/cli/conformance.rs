@@ -449,6 +449,22 @@ fn a_tree_step_follows_the_same_rules_in_both_engines() {
 }
 
 #[test]
+fn a_hierarchical_step_on_multi_gpu_hosts_follows_the_same_rules_in_both_engines() {
+    // Three hosts of two GPUs, a process per GPU: each host's record is its first GPU's, in
+    // both engines; the same ops and the same rules as the ring's.
+    let d = super::TempDir::new("conformance-hierarchical");
+    let (eff, real) = collective_run(&d, "hierarchical", "overlap = false\n[hardware]\ngpus_per_host = 2");
+    assert_eq!(eff.spec.hardware.gpus_per_host, 2);
+    let sim = from_sim(&eff);
+    assert_eq!(untimed(&sim), untimed(&real), "the engines' ops differ");
+    assert_eq!(untimed(&real).len(), 3 * 3, "a host's ops once per step");
+    let wrong = ring_order(&eff, &sim);
+    assert!(wrong.is_empty(), "simulator:\n{}", wrong.join("\n"));
+    let wrong = ring_order(&eff, &real);
+    assert!(wrong.is_empty(), "runtime:\n{}", wrong.join("\n"));
+}
+
+#[test]
 fn with_overlap_both_engines_fuse_what_every_rank_has_ready() {
     // With overlap the buckets are negotiated (the simulator's coordinator, the runtime's rank
     // 0 over the control links), so they may differ between the engines and between steps;
