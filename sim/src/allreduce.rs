@@ -251,14 +251,19 @@ impl<'a> Sim<'a> {
             net.set_fair(f);
             f
         };
-        // Identical ranks in identical places run in lock-step: every round takes each of
-        // them the same time (equal chunks, a link of its own each way), so one stands for all
-        // (its records are copied to every host), exactly, as identical PS workers form a class.
+        // Identical hosts in identical places run in lock-step: every round takes each of
+        // them the same time (equal chunks, a link of its own each way), so one host's ranks
+        // stand for all (their records are copied to every host), exactly, as identical PS
+        // workers form a class. Of a flat ring over multi-GPU hosts the host's G ranks are
+        // simulated (only the last one's hop leaves the host), the last one sending to the
+        // first, which stands for the next host's; of a hierarchical ring one rank stands for
+        // its host's GPUs too (they are alike: the same hops, the same bus, the same NIC).
         let faults = &spec.faults;
         let hierarchical = matches!(sched, Schedule::Hierarchical { .. });
         // (A tree is not symmetric: its ranks hold different places in the trees.)
         let ring_of_single_gpus = matches!(sched, Schedule::Ring(_)) && gpus == 1;
-        let lock_step = (ring_of_single_gpus || hierarchical)
+        let flat_ring_of_hosts = matches!(sched, Schedule::Ring(_)) && gpus > 1;
+        let lock_step = (matches!(sched, Schedule::Ring(_)) || hierarchical)
             && !two_tier
             && s.jitter() == 0.0
             && faults.tail.is_none()
@@ -284,10 +289,14 @@ impl<'a> Sim<'a> {
             });
             nics.push((e, i, b));
         }
-        let simulated = if lock_step { 1 } else { sched.ranks() };
+        let simulated = match (lock_step, flat_ring_of_hosts) {
+            (true, true) => gpus,
+            (true, false) => 1,
+            (false, _) => sched.ranks(),
+        };
         // In lock-step the one rank's links stand for those of its host's GPUs (the same hops
         // through the same bus and NICs): that many connections on each resource.
-        let stands_for = if lock_step { f64::from(gpus) } else { 1.0 };
+        let stands_for = if lock_step && !flat_ring_of_hosts { f64::from(gpus) } else { 1.0 };
         let mut ranks = Vec::new();
         for r in 0..simulated {
             let mut links = [None; LINKS];
@@ -482,14 +491,12 @@ impl<'a> Sim<'a> {
         })
     }
 
-    /// The rank at the other end of `from`'s link `slot` (in lock-step, `from` itself stands
-    /// for it).
+    /// The rank at the other end of `from`'s link `slot` (in lock-step, the simulated rank of
+    /// the same place in its host stands for it: `from` itself, or of a flat ring over
+    /// multi-GPU hosts the next GPU, the first one for the next host's).
     fn receiver(&self, from: u32, slot: usize) -> u32 {
-        if self.lock_step() {
-            from
-        } else {
-            self.sched.next(from, slot).expect("a message leaves by a link that exists")
-        }
+        let to = self.sched.next(from, slot).expect("a message leaves by a link that exists");
+        to % self.ranks.len() as u32
     }
 
     /// A message from `from` over its link `slot` is in the receiver's hands.
@@ -661,9 +668,9 @@ impl<'a> Sim<'a> {
     fn workers_of(&self, rank: u32) -> std::ops::Range<u32> {
         let host = self.ranks[rank as usize].host;
         match (self.lock_step(), rank.is_multiple_of(self.gpus)) {
-            (true, _) => 0..self.t.workers,
+            (true, true) => 0..self.t.workers,
             (false, true) => host..host + 1,
-            (false, false) => 0..0,
+            (_, false) => 0..0,
         }
     }
 

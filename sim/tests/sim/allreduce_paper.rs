@@ -170,6 +170,26 @@ fn hierarchical_moves_fewer_nic_bytes_than_a_flat_ring_over_multi_gpu_hosts() {
 }
 
 #[test]
+fn a_flat_ring_over_multi_gpu_hosts_simulates_one_hosts_gpus_exactly() {
+    // One host's GPUs stand for every host (the last one's hop leaves the host, into the
+    // first GPU of the next, which host 0's first GPU stands for): the same records as every
+    // rank on its own, with latency, negotiation and several buckets.
+    for (hosts, gpus, latency, t) in
+        [(2, 2, "0 us", "fusion_cycle = \"0 ms\""), (4, 4, "1 ms", "fusion_buffer = \"0 B\""), (3, 2, "50 us", "")]
+    {
+        let hw = format!("gpus_per_host = {gpus}\nhost_bus = \"nvlink2\"");
+        let s = ring(hosts, &two_vars(), latency, t, &hw);
+        let once = run(&s);
+        let each = simulate(&s, &SimOptions { no_classes: true, ..SimOptions::default() }).unwrap();
+        assert_eq!(once.detail.worker_classes, gpus as usize, "{hosts} x {gpus}");
+        assert_eq!(each.detail.worker_classes, (hosts * gpus) as usize);
+        assert_eq!(once.steps, each.steps, "{hosts} x {gpus}");
+        assert_eq!(once.summary.step_time_s, each.summary.step_time_s);
+        assert_eq!(once.summary.utilization, each.summary.utilization);
+    }
+}
+
+#[test]
 fn hierarchical_pays_latency_per_host_not_per_gpu() {
     // 4 hosts x 4 GPUs with 1 ms of latency and a tiny bucket, so latency is all there is. The
     // flat ring's 30 rounds form a chain through 30 consecutive ranks, and every 4th hop
