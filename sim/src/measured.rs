@@ -43,8 +43,11 @@ pub struct Run {
     /// Compute per step, s, where steps.csv has it.
     pub compute: Option<Vec<f64>>,
     /// Median forward + backward time per layer (index in the scenario's model), s, where an
-    /// ops.csv has `compute-forward` and `compute-backward` rows.
+    /// ops.csv has `compute-forward` and `compute-backward` rows, or a Chrome trace
+    /// (`trace.json`) has ops named after the model's layers.
     pub layers: Option<Vec<Option<f64>>>,
+    /// The file the per-layer times came from.
+    pub layers_from: Option<&'static str>,
     /// How it ran, from a replay's summary.json: launcher and congestion control.
     pub replay: Option<(String, String)>,
     /// The machine's cores a replay's tasks shared (its effective scenario's).
@@ -170,8 +173,21 @@ pub fn load(dir: &Path) -> Result<Run, FitError> {
             Some((r["launcher"].as_str()?.to_string(), r["congestion_control"].as_str().unwrap_or("").to_string()))
         });
     let cores = scenario.spec.hardware.shared_cores;
-    let layers = layer_times(&dir.join("ops.csv"), scenario.model.layers.len())?;
-    Ok(Run { dir: dir.into(), scenario, steps, compute: compute_col.map(|_| compute), replay, cores, layers })
+    let mut compute = compute_col.map(|_| compute);
+    let (layers, layers_from) = match layer_times(&dir.join("ops.csv"), scenario.model.layers.len())? {
+        Some(l) => (Some(l), Some("ops.csv")),
+        None => match trace_layer_times(&dir.join("trace.json"), &scenario.model)? {
+            Some(l) => {
+                // Without a compute column, the trace's layers are the step's compute.
+                if compute.is_none() {
+                    compute = Some(vec![l.iter().flatten().sum()]);
+                }
+                (Some(l), Some("trace.json"))
+            }
+            None => (None, None),
+        },
+    };
+    Ok(Run { dir: dir.into(), scenario, steps, compute, replay, cores, layers, layers_from })
 }
 
 /// Per layer, the median over (worker, step) of forward + backward from `path` (topolab's
@@ -221,6 +237,130 @@ fn layer_times(path: &Path, layers: usize) -> Result<Option<Vec<Option<f64>>>, F
         per_layer[l].push(t);
     }
     Ok(Some(per_layer.iter().map(|v| (!v.is_empty()).then(|| median(v))).collect()))
+}
+
+/// Characters that separate the parts of an op's name (scopes, module paths, kinds).
+const NAME_DELIMITERS: &[char] = &['/', '.', ':', '|', ' ', '(', ')', '[', ']', ','];
+
+/// The model's layer whose name occurs in `op` as whole parts (bounded by the start, the end
+/// or a delimiter: `InceptionV3/Conv2d_1a_3x3` in `gradients/InceptionV3/InceptionV3/
+/// Conv2d_1a_3x3/Conv2D_grad/Conv2DBackpropFilter`, `layer1.0.conv1` in
+/// `nn.Module: layer1.0.conv1`); the longest such name when several do.
+fn layer_of(op: &str, names: &[&str]) -> Option<usize> {
+    let bounded = |name: &str| {
+        op.match_indices(name).any(|(i, _)| {
+            let before = op[..i].chars().next_back().is_none_or(|c| NAME_DELIMITERS.contains(&c));
+            let after = op[i + name.len()..].chars().next().is_none_or(|c| NAME_DELIMITERS.contains(&c));
+            before && after
+        })
+    };
+    (0..names.len()).filter(|&l| !names[l].is_empty() && bounded(names[l])).max_by_key(|&l| names[l].len())
+}
+
+/// Whether an op of a trace is a backward op: TensorFlow's `gradients/` scope and `_grad`
+/// ops, PyTorch's `...Backward` functions, cuDNN's `BackpropFilter`/`BackpropInput`.
+fn is_backward(op: &str) -> bool {
+    op.split(NAME_DELIMITERS).any(|part| {
+        let p = part.to_ascii_lowercase();
+        p == "gradients" || p.ends_with("_grad") || p.contains("backward") || p.contains("backprop")
+    })
+}
+
+/// An op of a trace named after a layer: its thread (pid, tid), start and duration (us), the
+/// layer, whether it is a backward op, and its name.
+type TraceOp = ((String, String), f64, f64, usize, bool, String);
+
+/// Per layer, forward + backward from a Chrome trace (`trace.json`: `{"traceEvents": [...]}`
+/// or a bare array, as TensorFlow's timeline and the PyTorch profiler export them): each
+/// complete event (`"ph": "X"`, `ts` and `dur` in microseconds) whose name, or `args.name`
+/// (TensorFlow's node name), names a layer of `model` ([`layer_of`]) is that layer's forward
+/// or backward op ([`is_backward`]). An op runs once per step, so a layer's time is the sum
+/// over its ops of each op's median duration; an event inside another of the same layer on
+/// the same thread (a module's range around its kernels) is not counted twice. A layer counts
+/// when both its forward and its backward ops are there. `None` without the file.
+fn trace_layer_times(path: &Path, model: &topolab_core::models::Model) -> Result<Option<Vec<Option<f64>>>, FitError> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(None) };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| input(path, format!("not JSON (a Chrome trace): {e}")))?;
+    let events = match &v {
+        serde_json::Value::Array(a) => a,
+        serde_json::Value::Object(o) => o.get("traceEvents").and_then(|e| e.as_array()).ok_or_else(|| {
+            input(path, "no `traceEvents` array (the Chrome trace event format: {\"traceEvents\": [...]})")
+        })?,
+        _ => return Err(input(path, "neither an array of events nor an object with `traceEvents`")),
+    };
+    let names: Vec<&str> = model.layers.iter().map(|l| l.name.as_str()).collect();
+    let mut matched: Vec<TraceOp> = Vec::new();
+    let mut complete = 0usize;
+    let mut examples: Vec<String> = Vec::new();
+    for e in events {
+        if e.get("ph").and_then(|p| p.as_str()) != Some("X") {
+            continue;
+        }
+        let (Some(ts), Some(dur)) = (e.get("ts").and_then(|t| t.as_f64()), e.get("dur").and_then(|d| d.as_f64()))
+        else {
+            continue;
+        };
+        if !(ts.is_finite() && dur.is_finite() && dur >= 0.0) {
+            continue;
+        }
+        complete += 1;
+        let name = e.get("name").and_then(|n| n.as_str()).unwrap_or("");
+        let node = e.get("args").and_then(|a| a.get("name")).and_then(|n| n.as_str()).unwrap_or("");
+        let op = if layer_of(node, &names).is_some() { node } else { name };
+        let Some(layer) = layer_of(op, &names) else {
+            if examples.len() < 3 && !name.is_empty() && !examples.iter().any(|x| x == name) {
+                examples.push(name.to_string());
+            }
+            continue;
+        };
+        let lane = (
+            e.get("pid").map(ToString::to_string).unwrap_or_default(),
+            e.get("tid").map(ToString::to_string).unwrap_or_default(),
+        );
+        matched.push((lane, ts, dur, layer, is_backward(op), op.to_string()));
+    }
+    if matched.is_empty() {
+        let layers: Vec<&str> = names.iter().take(3).copied().collect();
+        return Err(input(
+            path,
+            format!(
+                "no op of its {complete} complete events is named after a layer of the run's model (ops such as {}; layers such as {}): the names match no layer",
+                if examples.is_empty() {
+                    "none".to_string()
+                } else {
+                    examples.iter().map(|x| format!("`{x}`")).collect::<Vec<_>>().join(", ")
+                },
+                layers.iter().map(|x| format!("`{x}`")).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    // Outermost events only, per thread and layer; then each op's durations.
+    matched.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(b.2.total_cmp(&a.2)));
+    let mut covered: std::collections::BTreeMap<(&(String, String), usize), f64> = Default::default();
+    let mut per_op: std::collections::BTreeMap<(usize, bool, &str), Vec<f64>> = Default::default();
+    for (lane, ts, dur, layer, backward, op) in &matched {
+        let end = covered.entry((lane, *layer)).or_insert(f64::NEG_INFINITY);
+        if ts + dur <= *end {
+            continue;
+        }
+        *end = end.max(ts + dur);
+        per_op.entry((*layer, *backward, op.as_str())).or_default().push(dur / 1e6);
+    }
+    let mut fwd = vec![None::<f64>; names.len()];
+    let mut bwd = vec![None::<f64>; names.len()];
+    for ((layer, backward, _), d) in &per_op {
+        let slot = if *backward { &mut bwd[*layer] } else { &mut fwd[*layer] };
+        *slot = Some(slot.unwrap_or(0.0) + median(d));
+    }
+    let times: Vec<Option<f64>> = fwd.iter().zip(&bwd).map(|(f, b)| Some((*f)? + (*b)?)).collect();
+    if times.iter().all(Option::is_none) {
+        return Err(input(
+            path,
+            "ops are named after the model's layers, but no layer has both forward and backward ops (backward ops are named like `gradients/...`, `..._grad`, `...Backward...` or `...Backprop...`)",
+        ));
+    }
+    Ok(Some(times))
 }
 
 #[derive(Clone, Copy)]
@@ -471,8 +611,10 @@ pub fn fit(runs: &[Run], date: &str) -> Result<FitReport, FitError> {
             name: "compute_rate",
             value: fitted.compute_rate.to_string(),
             runs: from.clone(),
-            how: if timed.iter().any(|r| r.layers.is_some()) {
-                "each layer's median forward + backward (ops.csv) = 3 x FLOPs x batch / rate (+ the terms below)".into()
+            how: if let Some(from) = timed.iter().find_map(|r| r.layers_from) {
+                format!(
+                    "each layer's median forward + backward ({from}) = 3 x FLOPs x batch / rate (+ the terms below)"
+                )
             } else {
                 "median compute per step = 3 x forward FLOPs x batch / rate (+ the terms below)".into()
             },
@@ -685,4 +827,69 @@ pub fn fit(runs: &[Run], date: &str) -> Result<FitReport, FitError> {
     let mut profile = profile;
     profile.raw = raw;
     Ok(FitReport { profile, params, refused, residuals })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_map_onto_layers_by_whole_name_parts() {
+        let names = ["InceptionV3/Conv2d_1a_3x3", "conv1", "layer1.0.conv1", "features.0", "classifier.1"];
+        let tf = "gradients/InceptionV3/InceptionV3/Conv2d_1a_3x3/Conv2D_grad/Conv2DBackpropFilter";
+        assert_eq!(layer_of(tf, &names), Some(0));
+        assert!(is_backward(tf));
+        assert!(!is_backward("InceptionV3/InceptionV3/Conv2d_1a_3x3/Conv2D"));
+        // The longest name wins; parts are whole: conv1 is not inside conv10 or layer1.0.conv10.
+        assert_eq!(layer_of("nn.Module: layer1.0.conv1", &names), Some(2));
+        assert_eq!(layer_of("conv1/Relu", &names), Some(1));
+        assert_eq!(layer_of("layer1.0.conv10", &names), None);
+        assert_eq!(layer_of("classifier.10", &names), None);
+        assert!(is_backward("autograd::engine::evaluate_function: features.0 ConvolutionBackward0"));
+        assert_eq!(layer_of("autograd::engine::evaluate_function: features.0 ConvolutionBackward0", &names), Some(3));
+    }
+
+    #[test]
+    fn a_chrome_trace_gives_each_layer_its_ops_median_and_counts_nested_events_once() {
+        let dir = std::env::temp_dir().join(format!("topolab-trace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let model = topolab_core::models::builtin("alexnet").unwrap();
+        let ev = |name: &str, ts: f64, dur: f64, tid: u32| serde_json::json!({"ph": "X", "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": tid});
+        let mut events = Vec::new();
+        // Three steps; features.0: a module range (100 us) around its kernel (90 us, not
+        // counted again), backward 150, 250 and 200 us (median 200); classifier.1 through
+        // TensorFlow-style node names in args.name; an op of no layer; a counter event.
+        for (k, bwd) in [150.0, 250.0, 200.0].into_iter().enumerate() {
+            let t = k as f64 * 10_000.0;
+            events.push(ev("nn.Module: features.0", t, 100.0, 1));
+            events.push(ev("features.0/aten::conv2d", t + 5.0, 90.0, 1));
+            events.push(ev("autograd::engine::evaluate_function: features.0 ConvolutionBackward0", t + 500.0, bwd, 2));
+            let mut fc = ev("MatMul", t + 200.0, 40.0, 1);
+            fc["args"] = serde_json::json!({"name": "classifier.1/MatMul"});
+            events.push(fc);
+            let mut g = ev("MatMul", t + 300.0, 80.0, 1);
+            g["args"] = serde_json::json!({"name": "gradients/classifier.1/MatMul_grad/MatMul_1"});
+            events.push(g);
+            events.push(ev("aten::relu", t + 120.0, 7.0, 1));
+            events.push(serde_json::json!({"ph": "C", "name": "memory", "ts": t, "args": {"bytes": 1}}));
+        }
+        let path = dir.join("trace.json");
+        std::fs::write(&path, serde_json::json!({ "traceEvents": events }).to_string()).unwrap();
+        let times = trace_layer_times(&path, &model).unwrap().unwrap();
+        let at = |name: &str| times[model.layers.iter().position(|l| l.name == name).unwrap()];
+        assert!((at("features.0").unwrap() - 300e-6).abs() < 1e-12, "{:?}", at("features.0"));
+        assert!((at("classifier.1").unwrap() - 120e-6).abs() < 1e-12, "{:?}", at("classifier.1"));
+        assert_eq!(at("features.3"), None);
+        // A bare array works too; names of no layer are refused with examples.
+        std::fs::write(
+            &path,
+            serde_json::json!([ev("aten::relu", 0.0, 1.0, 1), ev("Conv2D", 2.0, 1.0, 1)]).to_string(),
+        )
+        .unwrap();
+        let e = trace_layer_times(&path, &model).unwrap_err().to_string();
+        assert!(e.contains("trace.json") && e.contains("match no layer") && e.contains("`aten::relu`"), "{e}");
+        std::fs::write(&path, "{\"events\": []}").unwrap();
+        assert!(trace_layer_times(&path, &model).unwrap_err().to_string().contains("no `traceEvents`"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

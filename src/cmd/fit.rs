@@ -14,7 +14,15 @@ use crate::output::{Format, print_json};
 Each RUN_DIR holds the run's scenario (scenario.toml, or a replay's effective.toml) and
 steps.csv: one row per worker and step with worker, step and step_time_s, or start_ns and
 end_ns (other columns are ignored); a compute_ns or compute_s column gives each step's compute.
-topolab's own run directories (topolab replay --out DIR) work as they are.
+Per-layer compute comes from an ops.csv (topolab's: compute-forward and compute-backward rows
+with the layer's index), or else from a Chrome trace, trace.json, as TensorFlow's timeline and
+the PyTorch profiler export it: each complete event whose name (or args.name, TensorFlow's node
+name) contains a layer's name as whole parts (InceptionV3/Conv2d_1a_3x3 in
+InceptionV3/InceptionV3/Conv2d_1a_3x3/Conv2D) is that layer's op, backward when named like
+gradients/..., ..._grad, ...Backward... or ...Backprop...; a layer's time is the sum of its
+ops' median durations (each op runs once a step). Without a compute column, the trace's
+layers are the step's compute. topolab's own run directories (topolab replay --out DIR) work
+as they are.
 
 Every value the runs identify is fitted and printed with the runs it came from; what they
 cannot identify is refused with the reason and keeps its default. The residual per run is the
@@ -40,14 +48,6 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let bad = |e: FitError| anyhow::Error::new(BadInput(format!("error: {e}")));
     let runs = a.runs.iter().map(|d| measured::load(d)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
-    for r in &runs {
-        if r.dir.join("trace.json").exists() && r.compute.is_none() {
-            eprintln!(
-                "note: {}: trace.json is not read (per-layer compute from Chrome traces is not fitted yet); give a compute_ns column",
-                r.dir.display()
-            );
-        }
-    }
     let report = measured::fit(&runs, &topolab_runtime::calibrate::now_utc()).map_err(bad)?;
     topolab_sim::write_atomic(&a.out, report.profile.to_toml().as_bytes())?;
     match a.format {

@@ -126,3 +126,74 @@ fn a_profile_with_compute_jitter_and_a_scenario_with_jitter_is_refused() {
     let st = &v["step_time_s"];
     assert!(st["p90"].as_f64().unwrap() > st["p10"].as_f64().unwrap(), "{st}");
 }
+
+/// A TensorFlow-timeline-style Chrome trace of `steps` steps of `s`: each layer's forward
+/// (`InceptionV3/<layer>/Conv2D`, TF-slim's doubled scope) and backward (`gradients/...`) as
+/// node names in `args.name`,
+/// forward taking `forward_flops x batch / rate` and backward twice that, plus ops of no layer.
+fn tf_trace(s: &topolab_core::scenario::Scenario, rate: f64, steps: u32) -> String {
+    let batch = s.spec.batch as f64;
+    let mut events = Vec::new();
+    let mut t = 0.0;
+    for _ in 0..steps {
+        for l in &s.model.layers {
+            let fwd = l.forward_flops * batch / rate * 1e6;
+            let node = format!("InceptionV3/{}/Conv2D", l.name);
+            events.push(serde_json::json!({"ph": "X", "name": "Conv2D", "ts": t, "dur": fwd, "pid": 0, "tid": 0, "args": {"name": node}}));
+            t += fwd;
+        }
+        for l in s.model.layers.iter().rev() {
+            let bwd = 2.0 * l.forward_flops * batch / rate * 1e6;
+            let node = format!("gradients/InceptionV3/{}/Conv2D_grad/Conv2DBackpropInput", l.name);
+            events.push(serde_json::json!({"ph": "X", "name": "Conv2DBackpropInput", "ts": t, "dur": bwd, "pid": 0, "tid": 0, "args": {"name": node}}));
+            t += bwd;
+        }
+        events.push(serde_json::json!({"ph": "X", "name": "RecvTensor", "ts": t, "dur": 500.0, "pid": 1, "tid": 0}));
+        t += 1000.0;
+    }
+    serde_json::json!({ "traceEvents": events }).to_string()
+}
+
+#[test]
+fn a_chrome_trace_gives_the_per_layer_compute_and_one_that_names_no_layer_is_refused() {
+    let d = tmp("trace");
+    let run = d.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    // A custom layer table with TensorFlow-style scope names.
+    std::fs::write(
+        run.join("model.csv"),
+        "layer,kind,macs,forward_flops,activation_bytes,variable,shape,bytes\n\
+         InceptionV3/Conv2d_1a_3x3,conv,100000000,200000000,2000000,InceptionV3/Conv2d_1a_3x3/weights,3x3x3x32,3456\n\
+         InceptionV3/Conv2d_2a_3x3,conv,300000000,600000000,1600000,InceptionV3/Conv2d_2a_3x3/weights,3x3x32x64,73728\n\
+         InceptionV3/Logits,dense,2000000,4000000,4000,InceptionV3/Logits/weights,2048x1000,8192000\n",
+    )
+    .unwrap();
+    std::fs::write(
+        run.join("scenario.toml"),
+        "name = \"t\"\nbatch = 8\n[model]\nlayers = \"model.csv\"\n[network]\nnic = \"1 Gbit/s\"\n[topology]\nworkers = 1\nps = 1\n",
+    )
+    .unwrap();
+    let s = topolab_core::scenario::Scenario::load(&run.join("scenario.toml")).unwrap();
+    let rate = 2.0e12;
+    std::fs::write(run.join("trace.json"), tf_trace(&s, rate, 5)).unwrap();
+    // No compute column: the trace's layers are the step's compute.
+    let mut steps = String::from("worker,step,step_time_s\n");
+    for i in 0..5 {
+        steps.push_str(&format!("0,{i},0.2\n"));
+    }
+    std::fs::write(run.join("steps.csv"), steps).unwrap();
+    let out = d.join("profile.toml");
+    let o = fit(&[&run], &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&o).contains("(trace.json)"), "{}", stdout(&o));
+    let profile = topolab_core::profile::Profile::load(&out).unwrap();
+    assert!((profile.fitted.compute_rate.0 / rate - 1.0).abs() < 1e-3, "{}", profile.fitted.compute_rate);
+
+    // Op names of another model: exit 2, the file and what is missing, no profile.
+    std::fs::remove_file(&out).unwrap();
+    let other = tf_trace(&s, rate, 2).replace("/Conv2d_", "/Mixed_").replace("/Logits", "/AuxLogits");
+    std::fs::write(run.join("trace.json"), other).unwrap();
+    let e = bad_input_line(&fit(&[&run], &out));
+    assert!(e.contains("trace.json") && e.contains("match no layer") && e.contains("`Conv2D`"), "{e}");
+    assert!(!out.exists(), "no profile written");
+}
