@@ -887,6 +887,23 @@ pub struct ValidationRecord {
     pub meas_wait_s: f64,
     /// The phase whose prediction is furthest off, with predicted minus measured.
     pub largest_phase_gap: String,
+    /// Predicted p10 step time, s: the low end of the band the measured p50 should fall in.
+    #[serde(default)]
+    pub pred_p10_s: f64,
+    /// Predicted p90 step time, s: the band's high end.
+    #[serde(default)]
+    pub pred_p90_s: f64,
+    /// The exchange: "sync", "async", "backup" (parameter servers) or "all-reduce".
+    #[serde(default)]
+    pub mode: String,
+    /// False for a configuration the profile was fitted on (its error is a residual, not a
+    /// prediction): the errors of a validation are those of the held-out configurations.
+    #[serde(default = "held_out_by_default")]
+    pub held_out: bool,
+}
+
+fn held_out_by_default() -> bool {
+    true
 }
 
 /// Absolute percentage error of `pred` against `meas` (0 when nothing was measured).
@@ -919,13 +936,22 @@ impl ValidationRecord {
             pred_wait_s: p.wait,
             meas_wait_s: m.wait,
             largest_phase_gap: format!("{} ({:+.4} s)", worst.0, worst.1 - worst.2),
+            pred_p10_s: pred.step_time_s.p10,
+            pred_p90_s: pred.step_time_s.p90,
+            mode: String::new(),
+            held_out: true,
         }
+    }
+
+    /// Whether the measured p50 lies inside the predicted p10-p90 band.
+    pub fn in_band(&self) -> bool {
+        self.meas_p50_s >= self.pred_p10_s && self.meas_p50_s <= self.pred_p90_s
     }
 }
 
-/// Median and maximum p50 error of a validation (NaN for none).
+/// Median and maximum p50 error of a validation's held-out configurations (NaN for none).
 pub fn validation_errors(rows: &[ValidationRecord]) -> (f64, f64) {
-    let mut e: Vec<f64> = rows.iter().map(|r| r.ape_p50_pct).filter(|x| x.is_finite()).collect();
+    let mut e: Vec<f64> = rows.iter().filter(|r| r.held_out).map(|r| r.ape_p50_pct).filter(|x| x.is_finite()).collect();
     e.sort_by(f64::total_cmp);
     let median = match e.len() {
         0 => f64::NAN,
@@ -933,6 +959,45 @@ pub fn validation_errors(rows: &[ValidationRecord]) -> (f64, f64) {
         n => (e[n / 2 - 1] + e[n / 2]) / 2.0,
     };
     (median, e.last().copied().unwrap_or(f64::NAN))
+}
+
+/// The held-out errors of one mode of a validation ([`validation_by_mode`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModeErrors {
+    /// "sync", "async", ... (empty when the records do not say).
+    pub mode: String,
+    /// Held-out configurations of the mode.
+    pub count: usize,
+    /// Median and maximum p50 error, %.
+    pub median: f64,
+    /// See `median`.
+    pub max: f64,
+    /// Configurations whose measured p50 is inside the predicted p10-p90 band.
+    pub in_band: usize,
+}
+
+/// The held-out errors per mode, in the order the modes first appear.
+pub fn validation_by_mode(rows: &[ValidationRecord]) -> Vec<ModeErrors> {
+    let mut modes: Vec<&str> = Vec::new();
+    for r in rows.iter().filter(|r| r.held_out) {
+        if !modes.contains(&r.mode.as_str()) {
+            modes.push(&r.mode);
+        }
+    }
+    modes
+        .into_iter()
+        .map(|m| {
+            let of: Vec<ValidationRecord> = rows.iter().filter(|r| r.held_out && r.mode == m).cloned().collect();
+            let (median, max) = validation_errors(&of);
+            ModeErrors {
+                mode: m.into(),
+                count: of.len(),
+                median,
+                max,
+                in_band: of.iter().filter(|r| r.in_band()).count(),
+            }
+        })
+        .collect()
 }
 
 /// Writes validation.csv.
@@ -969,6 +1034,22 @@ mod validation_tests {
         ];
         let (median, max) = validation_errors(&rows);
         assert!((median - 10.0).abs() < 1e-9 && (max - 20.0).abs() < 1e-9, "{median} {max}");
+        // A configuration the profile was fitted on is not a prediction.
+        let mut fitted = rows.clone();
+        fitted[1].held_out = false;
+        let (median, max) = validation_errors(&fitted);
+        assert!((median - 7.5).abs() < 1e-9 && (max - 10.0).abs() < 1e-9, "{median} {max}");
+        // Per mode, with the band: p10 = p50 = p90 in these summaries, so only an exact
+        // prediction is inside it.
+        fitted[0].mode = "async".into();
+        fitted[2].mode = "sync".into();
+        fitted[2].pred_p10_s = 0.9;
+        let by = validation_by_mode(&fitted);
+        assert_eq!(
+            by.iter().map(|m| (m.mode.as_str(), m.count, m.in_band)).collect::<Vec<_>>(),
+            [("async", 1, 0), ("sync", 1, 1)]
+        );
+        assert!((by[0].median - 10.0).abs() < 1e-9 && (by[1].max - 5.0).abs() < 1e-9);
         let mut buf = Vec::new();
         write_validation_csv(&rows, &mut buf).unwrap();
         assert!(String::from_utf8_lossy(&buf).starts_with("configuration,pred_p50_s,meas_p50_s,ape_p50_pct,"));

@@ -239,19 +239,26 @@ fn calibrate_gpu(
 /// Replay every configuration of a scenario's sweep and compare it with the simulator's prediction.
 #[derive(clap::Args)]
 #[command(after_help = "\
-Hold-out protocol: the profile comes from single-worker, single-PS micro-benchmarks
-(`topolab calibrate`); the configurations validated here are multi-worker and multi-PS and are
-never used for fitting.
+Hold-out protocol: with --profile, the profile comes from single-worker, single-PS
+micro-benchmarks (`topolab calibrate`), and no configuration validated here was used for
+fitting. Without it, the profile is fitted (as `topolab fit` does) on the grid's own
+1-worker, 1-PS configurations (1-worker ones for an all-reduce), written to OUT/profile.toml,
+and every other configuration is predicted with it: the errors are those of the held-out
+configurations; the fitted ones are listed with their residuals. Errors are given per mode
+(sync, async, ...), and for the asynchronous modes how many measured medians fall inside the
+predicted p10-p90 band.
 
 Examples:
   topolab calibrate --launcher netns --out profile.toml
-  topolab validate scenarios/validation/grid.toml --profile profile.toml --launcher netns --out runs/validation")]
+  topolab validate scenarios/validation/grid.toml --profile profile.toml --launcher netns --out runs/validation
+  topolab validate scenarios/validation/grid.toml --engine tensorflow --launcher netns --out runs/tf   # fitted on its 1-worker runs")]
 pub struct ValidateArgs {
     /// Scenario with a [sweep] of configurations.
     scenario: PathBuf,
-    /// Hardware profile from `topolab calibrate`.
+    /// Hardware profile from `topolab calibrate`; without it, one is fitted on the grid's
+    /// 1-worker, 1-PS configurations.
     #[arg(long, value_name = "FILE")]
-    profile: PathBuf,
+    profile: Option<PathBuf>,
     /// Where the replays run.
     #[arg(long, value_enum, default_value = "netns")]
     launcher: Launcher,
@@ -287,14 +294,30 @@ fn predict(effective: &Path, profile: &Path, launcher: LauncherKind) -> anyhow::
     Ok(topolab_sim::simulate(&s, &SimOptions { trace: false, ..SimOptions::default() })?.summary)
 }
 
+/// Whether a configuration is one a profile is fitted on when validate fits its own: one
+/// worker, and at most one parameter server.
+fn single(s: &Scenario) -> bool {
+    s.topology().workers() == 1 && s.topology().ps() <= 1
+}
+
 pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
     let base = super::load_scenario(Some(&a.scenario))?;
-    let profile = topolab_core::profile::Profile::load(&a.profile).map_err(BadInput)?;
+    let given = match &a.profile {
+        Some(p) => Some(topolab_core::profile::Profile::load(p).map_err(BadInput)?),
+        None => None,
+    };
     let configs = super::sweep::configurations(&base)?;
+    if given.is_none() && !configs.iter().any(|(_, s)| single(s)) {
+        return Err(BadInput(format!(
+            "error: {}: without --profile the profile is fitted on the grid's 1-worker, 1-PS configurations, and it has none; add one to [sweep] or give --profile",
+            a.scenario.display()
+        ))
+        .into());
+    }
     std::fs::create_dir_all(&a.out)?;
     let exe = std::env::current_exe()?;
     let engine = a.engine.engine()?;
-    let mut rows = Vec::new();
+    let mut measured_runs = Vec::new();
     for (i, (point, s)) in configs.iter().enumerate() {
         let label: Vec<String> = point.values().iter().map(|(k, v)| format!("{k}={v}")).collect();
         let label = if label.is_empty() { s.spec.name.clone() } else { label.join(" ") };
@@ -318,18 +341,45 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
             Err(e @ ReplayError::Refused { .. }) => return Err(BadInput(format!("error: {e}")).into()),
             Err(e) => return Err(e.into()),
         };
-        let cc = measured.replay.as_ref().map_or("", |r| r.congestion_control.as_str());
-        let calibrated = profile.machine.congestion_control.as_str();
-        if !calibrated.is_empty() && cc != calibrated {
-            return Err(BadInput(format!(
-                "error: {} was calibrated under {calibrated} congestion control but this replay ran under {cc}: \
-                 the link fits (unfairness, queue order) do not carry over; calibrate again with the same launcher",
-                a.profile.display()
-            ))
-            .into());
+        if let (Some(profile), Some(path)) = (&given, &a.profile) {
+            let cc = measured.replay.as_ref().map_or("", |r| r.congestion_control.as_str());
+            let calibrated = profile.machine.congestion_control.as_str();
+            if !calibrated.is_empty() && cc != calibrated {
+                return Err(BadInput(format!(
+                    "error: {} was calibrated under {calibrated} congestion control but this replay ran under {cc}: \
+                     the link fits (unfairness, queue order) do not carry over; calibrate again with the same launcher",
+                    path.display()
+                ))
+                .into());
+            }
         }
-        let predicted = predict(&dir.join("replay/effective.toml"), &a.profile, kind(a.launcher))?;
-        rows.push((label, s.clone(), predicted, measured));
+        measured_runs.push((label, s.clone(), dir.join("replay"), measured));
+    }
+    // The profile: the given one, or fitted on the single configurations' replays.
+    let profile_path = match &a.profile {
+        Some(p) => p.clone(),
+        None => {
+            let singles: Vec<_> = measured_runs
+                .iter()
+                .filter(|(_, s, _, _)| single(s))
+                .map(|(_, _, dir, _)| topolab_sim::measured::load(dir))
+                .collect::<Result<_, _>>()
+                .map_err(|e| BadInput(format!("error: {e}")))?;
+            let report = topolab_sim::measured::fit(&singles, &topolab_runtime::calibrate::now_utc())
+                .map_err(|e| BadInput(format!("error: fitting on the 1-worker configurations: {e}")))?;
+            let path = a.out.join("profile.toml");
+            topolab_sim::write_atomic(&path, report.profile.to_toml().as_bytes())?;
+            eprintln!("fitted {} on {} 1-worker configuration(s):", path.display(), singles.len());
+            for p in &report.params {
+                eprintln!("  {:<26} {}", p.name, p.value);
+            }
+            path
+        }
+    };
+    let mut rows = Vec::new();
+    for (label, s, dir, measured) in measured_runs {
+        let predicted = predict(&dir.join("effective.toml"), &profile_path, kind(a.launcher))?;
+        rows.push((label, s, predicted, measured));
     }
     // Comparison table.
     let mut t = Table::new([
@@ -349,11 +399,22 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
         "largest_phase_gap",
     ])
     .right_align(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
-    let records: Vec<ValidationRecord> =
-        rows.iter().map(|(label, _, p, m)| ValidationRecord::new(label, p, m)).collect();
+    let fitted_here = a.profile.is_none();
+    let records: Vec<ValidationRecord> = rows
+        .iter()
+        .map(|(label, s, p, m)| {
+            let mut r = ValidationRecord::new(label, p, m);
+            r.mode = match s.topology() {
+                topolab_core::scenario::Topology::AllReduce(_) => "all-reduce".into(),
+                t => t.mode().as_str().into(),
+            };
+            r.held_out = !(fitted_here && single(s));
+            r
+        })
+        .collect();
     for r in &records {
         t.row([
-            r.configuration.clone(),
+            if r.held_out { r.configuration.clone() } else { format!("{} (fitted on)", r.configuration) },
             num(r.pred_p50_s, 4),
             num(r.meas_p50_s, 4),
             num(r.ape_p50_pct, 1),
@@ -369,7 +430,6 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
             r.largest_phase_gap.clone(),
         ]);
     }
-    let apes: Vec<f64> = records.iter().map(|r| r.ape_p50_pct).collect();
     let (median, max) = records::validation_errors(&records);
     let csv_path = a.out.join("validation.csv");
     let mut buf = Vec::new();
@@ -379,16 +439,21 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
         Format::Json => print_json(&serde_json::json!({
             "scenario": base.spec.name,
             "launcher": a.launcher.name(),
-            "profile": a.profile.display().to_string(),
+            "profile": profile_path.display().to_string(),
+            "profile_fitted_on_the_grid": fitted_here,
             "median_ape_p50_pct": median,
             "max_ape_p50_pct": max,
+            "by_mode": records::validation_by_mode(&records).iter().map(|m| serde_json::json!({
+                "mode": m.mode, "configurations": m.count, "median_ape_p50_pct": m.median,
+                "max_ape_p50_pct": m.max, "measured_p50_in_predicted_p10_p90": m.in_band,
+            })).collect::<Vec<_>>(),
             "csv": csv_path.display().to_string(),
-            "configurations": rows.iter().zip(&apes).map(|((label, _, p, m), e)| serde_json::json!({
-                "configuration": label, "ape_p50_pct": e, "predicted": p, "measured": m,
+            "configurations": rows.iter().zip(&records).map(|((label, _, p, m), r)| serde_json::json!({
+                "configuration": label, "ape_p50_pct": r.ape_p50_pct, "held_out": r.held_out, "predicted": p, "measured": m,
             })).collect::<Vec<_>>(),
         }))?,
         Format::Csv => t.write_csv(std::io::stdout().lock())?,
-        Format::Table => print_validation(&a, &base, &rows, &apes, &t, median, max, &csv_path)?,
+        Format::Table => print_validation(&a, &base, &rows, &records, &profile_path, &t, (median, max), &csv_path)?,
     }
     if let Some(dir) = &a.report {
         super::report::make(std::slice::from_ref(&a.out), dir)?;
@@ -404,10 +469,10 @@ fn print_validation(
     a: &ValidateArgs,
     base: &Scenario,
     rows: &[Validated],
-    apes: &[f64],
+    records: &[ValidationRecord],
+    profile: &Path,
     t: &Table,
-    median: f64,
-    max: f64,
+    (median, max): (f64, f64),
     csv_path: &Path,
 ) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -418,15 +483,39 @@ fn print_validation(
         rows.len(),
         a.launcher.name()
     )?;
-    writeln!(
-        out,
-        "Hold-out protocol: the profile ({}) comes from single-worker, single-PS micro-benchmarks; these multi-worker, multi-PS configurations were never used for fitting.\n",
-        a.profile.display()
-    )?;
-    writeln!(out, "p50 step time error: median {median:.1}%, max {max:.1}% (absolute percentage error)\n")?;
+    let fitted: Vec<&str> = records.iter().filter(|r| !r.held_out).map(|r| r.configuration.as_str()).collect();
+    if fitted.is_empty() {
+        writeln!(
+            out,
+            "Hold-out protocol: the profile ({}) comes from single-worker, single-PS micro-benchmarks; these multi-worker, multi-PS configurations were never used for fitting.\n",
+            profile.display()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "Hold-out protocol: the profile ({}) was fitted on this grid's {} 1-worker configuration(s) ({}); the errors are those of the other {}, predicted with it.\n",
+            profile.display(),
+            fitted.len(),
+            fitted.join("; "),
+            records.len() - fitted.len()
+        )?;
+    }
+    writeln!(out, "p50 step time error: median {median:.1}%, max {max:.1}% (absolute percentage error)")?;
+    let by = records::validation_by_mode(records);
+    if by.len() > 1 || by.iter().any(|m| m.mode != "sync" && m.mode != "all-reduce") {
+        for m in &by {
+            writeln!(
+                out,
+                "  {:<10} {:>2} configurations: median {:.1}%, max {:.1}%; measured p50 inside the predicted p10-p90 band in {} of {}",
+                m.mode, m.count, m.median, m.max, m.in_band, m.count
+            )?;
+        }
+    }
+    writeln!(out)?;
     t.write_text(&mut out)?;
-    for ((label, _, p, m), e) in rows.iter().zip(apes) {
-        if *e > 25.0 {
+    for ((label, _, p, m), r) in rows.iter().zip(records) {
+        let e = r.ape_p50_pct;
+        if e > 25.0 {
             let phases = [
                 ("compute", p.breakdown_s.compute - m.breakdown_s.compute),
                 ("exposed communication", p.breakdown_s.exposed_comm - m.breakdown_s.exposed_comm),

@@ -443,6 +443,50 @@ fn calibrate_writes_a_profile_and_validate_compares_each_configuration() {
 }
 
 #[test]
+fn without_a_profile_validate_fits_one_on_the_grids_1_worker_runs_and_predicts_the_rest() {
+    let d = tmp("validate-fit");
+    std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
+    let grid = |points: &str| {
+        let f = d.join("grid.toml");
+        std::fs::write(
+            &f,
+            format!(
+                "name = \"fit-grid\"\nbatch = 8\n[model]\nlayers = \"tiny-mlp.csv\"\n[network]\nlatency = \"100 us\"\n\
+                 [training]\nsteps = 6\n[sweep]\npoints = [{points}]\n"
+            ),
+        )
+        .unwrap();
+        f
+    };
+    let out = d.join("val");
+    let validate = |f: &std::path::Path| {
+        topolab(&["validate", f.to_str().unwrap(), "--launcher", "local", "--out", out.to_str().unwrap()])
+    };
+    // Without a 1-worker configuration there is nothing to fit on: bad input, nothing runs.
+    let o = validate(&grid("{ workers = 2, ps = 1 }"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("grid.toml") && stderr(&o).contains("1-worker, 1-PS configurations"), "{}", stderr(&o));
+    assert!(!out.join("runs").exists());
+    let f = grid("{ workers = 1, ps = 1 }, { workers = 2, ps = 1 }, { workers = 2, ps = 2, mode = \"async\" }");
+    let o = validate(&f);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("was fitted on this grid's 1 1-worker configuration(s) (workers=1 ps=1)"), "{text}");
+    assert!(text.contains("(fitted on)") && text.contains("async") && text.contains("p10-p90 band in"), "{text}");
+    // The profile is what `topolab fit` writes; validation.csv says which rows are held out.
+    let p = topolab_core::profile::Profile::load(&out.join("profile.toml")).unwrap();
+    assert!(p.fitted.compute_rate.0 > 0.0);
+    let rows = topolab_core::records::read_validation_csv(
+        std::fs::File::open(out.join("validation.csv")).unwrap(),
+        "validation.csv",
+    )
+    .unwrap();
+    let held: Vec<(bool, &str)> = rows.iter().map(|r| (r.held_out, r.mode.as_str())).collect();
+    assert_eq!(held, [(false, "sync"), (true, "sync"), (true, "async")]);
+    assert!(rows.iter().all(|r| r.pred_p10_s > 0.0 && r.pred_p10_s <= r.pred_p50_s && r.pred_p50_s <= r.pred_p90_s));
+}
+
+#[test]
 #[ignore = "needs root (network namespaces, veth, tc): as root, cargo test -- --ignored"]
 fn netns_calibration_fits_each_link_rate() {
     assert!(topolab_runtime::netns::is_root(), "this test needs root (shaped links)");
