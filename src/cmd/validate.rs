@@ -294,6 +294,34 @@ fn predict(effective: &Path, profile: &Path, launcher: LauncherKind) -> anyhow::
     Ok(topolab_sim::simulate(&s, &SimOptions { trace: false, ..SimOptions::default() })?.summary)
 }
 
+/// A replayed configuration: label, scenario, run directory, measured summary.
+type Measured = (String, Scenario, PathBuf, RunSummary);
+
+/// Fits a profile (as `topolab fit`) on the 1-worker configurations among `runs`, writes it to
+/// `out`/profile.toml and returns its path; a fit that fails is bad input naming the runs.
+fn fit_on_singles<'a>(out: &Path, runs: impl Iterator<Item = &'a Measured>) -> anyhow::Result<PathBuf> {
+    let dirs: Vec<&PathBuf> = runs.filter(|(_, s, _, _)| single(s)).map(|(_, _, dir, _)| dir).collect();
+    let singles: Vec<_> = dirs
+        .iter()
+        .map(|dir| topolab_sim::measured::load(dir))
+        .collect::<Result<_, _>>()
+        .map_err(|e| BadInput(format!("error: {e}")))?;
+    let report = topolab_sim::measured::fit(&singles, &topolab_runtime::calibrate::now_utc()).map_err(|e| {
+        let names: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        BadInput(format!(
+            "error: fitting on the grid's 1-worker configurations ({}): {e}; the other configurations were not run (give a --profile, or look at these runs with topolab fit)",
+            names.join(", ")
+        ))
+    })?;
+    let path = out.join("profile.toml");
+    topolab_sim::write_atomic(&path, report.profile.to_toml().as_bytes())?;
+    eprintln!("fitted {} on {} 1-worker configuration(s):", path.display(), singles.len());
+    for p in &report.params {
+        eprintln!("  {:<26} {}", p.name, p.value);
+    }
+    Ok(path)
+}
+
 /// Whether a configuration is one a profile is fitted on when validate fits its own: one
 /// worker, and at most one parameter server.
 fn single(s: &Scenario) -> bool {
@@ -317,11 +345,20 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&a.out)?;
     let exe = std::env::current_exe()?;
     let engine = a.engine.engine()?;
-    let mut measured_runs = Vec::new();
-    for (i, (point, s)) in configs.iter().enumerate() {
+    // Without a profile the 1-worker configurations run first and the profile is fitted on
+    // them before the others run: a fit that fails stops the validation early.
+    let mut order: Vec<usize> = (0..configs.len()).collect();
+    if given.is_none() {
+        order.sort_by_key(|&i| !single(&configs[i].1));
+    }
+    let singles = configs.iter().filter(|(_, s)| single(s)).count();
+    let mut measured_runs: Vec<Option<Measured>> = vec![None; configs.len()];
+    let mut profile_path = a.profile.clone();
+    for (k, &i) in order.iter().enumerate() {
+        let (point, s) = &configs[i];
         let label: Vec<String> = point.values().iter().map(|(k, v)| format!("{k}={v}")).collect();
         let label = if label.is_empty() { s.spec.name.clone() } else { label.join(" ") };
-        eprintln!("[{}/{}] {label}", i + 1, configs.len());
+        eprintln!("[{}/{}] {label}", k + 1, configs.len());
         let dir = a.out.join("runs").join(format!("{i:02}"));
         let (progress, bar) = super::replay::progress_bar(&label);
         let opts = ReplayOptions {
@@ -353,29 +390,13 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
                 .into());
             }
         }
-        measured_runs.push((label, s.clone(), dir.join("replay"), measured));
-    }
-    // The profile: the given one, or fitted on the single configurations' replays.
-    let profile_path = match &a.profile {
-        Some(p) => p.clone(),
-        None => {
-            let singles: Vec<_> = measured_runs
-                .iter()
-                .filter(|(_, s, _, _)| single(s))
-                .map(|(_, _, dir, _)| topolab_sim::measured::load(dir))
-                .collect::<Result<_, _>>()
-                .map_err(|e| BadInput(format!("error: {e}")))?;
-            let report = topolab_sim::measured::fit(&singles, &topolab_runtime::calibrate::now_utc())
-                .map_err(|e| BadInput(format!("error: fitting on the 1-worker configurations: {e}")))?;
-            let path = a.out.join("profile.toml");
-            topolab_sim::write_atomic(&path, report.profile.to_toml().as_bytes())?;
-            eprintln!("fitted {} on {} 1-worker configuration(s):", path.display(), singles.len());
-            for p in &report.params {
-                eprintln!("  {:<26} {}", p.name, p.value);
-            }
-            path
+        measured_runs[i] = Some((label, s.clone(), dir.join("replay"), measured));
+        if profile_path.is_none() && k + 1 == singles {
+            profile_path = Some(fit_on_singles(&a.out, measured_runs.iter().flatten())?);
         }
-    };
+    }
+    let profile_path = profile_path.expect("given, or fitted once the 1-worker configurations ran");
+    let measured_runs = measured_runs.into_iter().map(|r| r.expect("every configuration ran"));
     let mut rows = Vec::new();
     for (label, s, dir, measured) in measured_runs {
         let predicted = predict(&dir.join("effective.toml"), &profile_path, kind(a.launcher))?;
