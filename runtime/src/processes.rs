@@ -316,22 +316,56 @@ fn spawn_tf(
 }
 
 /// Addresses of tasks that must know each other's before they start (TensorFlow's, shards
-/// then workers; a ring's workers): on loopback, ports reserved by binding port 0 (released
-/// just before the tasks start); on a virtual cluster, each host's address and a fixed port.
+/// then workers; a ring's workers): on loopback, free ports below the ephemeral range
+/// ([`reserve_loopback`], released just before the tasks start); on a virtual cluster, each
+/// host's address and a fixed port.
 fn reserved_addresses(hosts: &[usize], cluster: Option<&VirtualCluster>) -> Result<Vec<String>, ReplayError> {
     match cluster {
         Some(c) => {
             Ok(hosts.iter().enumerate().map(|(k, &h)| format!("{}:{}", c.addrs[h], BASE_PORT + k as u16)).collect())
         }
         None => {
-            let listeners: Vec<std::net::TcpListener> = hosts
-                .iter()
-                .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-                .collect::<Result<_, _>>()
-                .map_err(io)?;
+            let listeners = reserve_loopback(hosts.len()).map_err(io)?;
             listeners.iter().map(|l| l.local_addr().map(|a| a.to_string()).map_err(io)).collect()
         }
     }
+}
+
+/// Lowest port of the loopback reservations.
+const RESERVED_LOW: u16 = 10_000;
+
+/// `n` free loopback ports, held until the caller drops them, chosen below the kernel's
+/// ephemeral range: outgoing connections take their source ports from that range, so a port
+/// reserved there and released could be taken by any connection (another replay's, say)
+/// before its task binds it. Each replay starts its search at its own place, so that replays
+/// running at once rarely look at the same ports.
+fn reserve_loopback(n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|x| x.parse::<u16>().ok()))
+        .unwrap_or(32_768);
+    let span = u32::from(ephemeral_low.saturating_sub(RESERVED_LOW));
+    if span < 1_000 {
+        // No room below the ephemeral range: let the kernel choose.
+        return (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect();
+    }
+    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let start = (std::process::id().wrapping_mul(7_919) ^ k.wrapping_mul(104_729)) % span;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..span {
+        if out.len() == n {
+            break;
+        }
+        let port = RESERVED_LOW + ((start + i) % span) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            out.push(l);
+        }
+    }
+    if out.len() < n {
+        return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "no free loopback ports to reserve"));
+    }
+    Ok(out)
 }
 
 fn spawn(

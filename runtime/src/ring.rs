@@ -150,11 +150,11 @@ pub fn run(spec: &ClusterSpec, s: &Scenario, t: AllReduce) -> Result<(), NodeErr
             if let Some(gi) = grad_of_layer[l] {
                 held.push(Gradient { step, index: gi, data: g });
                 if overlap {
-                    hand_over(&to_ring, &mut held)?;
+                    hand_over(&to_ring, &from_ring, &mut held)?;
                 }
             }
         }
-        hand_over(&to_ring, &mut held)?;
+        hand_over(&to_ring, &from_ring, &mut held)?;
         // The sums, bucket by bucket as the coordinator formed them, then the average
         // applied locally.
         let scale = settings.learning_rate / ranks as f32;
@@ -227,11 +227,26 @@ pub fn run(spec: &ClusterSpec, s: &Scenario, t: AllReduce) -> Result<(), NodeErr
 
 /// Hands the gradients held so far to the ring thread, at once (reported together: without
 /// overlap every run cuts the same buckets).
-fn hand_over(to_ring: &mpsc::UnboundedSender<Vec<Gradient>>, held: &mut Vec<Gradient>) -> Result<(), NodeError> {
-    if !held.is_empty() {
-        to_ring.send(std::mem::take(held)).map_err(|_| NodeError::Protocol("the ring stopped".into()))?;
+fn hand_over(
+    to_ring: &mpsc::UnboundedSender<Vec<Gradient>>,
+    from_ring: &std::sync::mpsc::Receiver<Result<Reduced, NodeError>>,
+    held: &mut Vec<Gradient>,
+) -> Result<(), NodeError> {
+    if !held.is_empty() && to_ring.send(std::mem::take(held)).is_err() {
+        return Err(ring_stopped(from_ring));
     }
     Ok(())
+}
+
+/// Why the ring thread stopped: the error it sent back, if it did.
+fn ring_stopped(from_ring: &std::sync::mpsc::Receiver<Result<Reduced, NodeError>>) -> NodeError {
+    loop {
+        match from_ring.recv_timeout(Duration::from_secs(1)) {
+            Ok(Err(e)) => return e,
+            Ok(Ok(_)) => continue,
+            Err(_) => return NodeError::Protocol("the ring stopped".into()),
+        }
+    }
 }
 
 /// A rank's connections: to the next rank, from the previous, and the control channel (rank
