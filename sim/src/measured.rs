@@ -165,17 +165,20 @@ pub fn load(dir: &Path) -> Result<Run, FitError> {
     if steps.is_empty() {
         return Err(input(&steps_path, "no steps: a header and one row per worker and step"));
     }
-    let replay = std::fs::read_to_string(dir.join("summary.json"))
+    let summary = std::fs::read_to_string(dir.join("summary.json"))
         .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| {
-            let r = &v["replay"];
-            Some((r["launcher"].as_str()?.to_string(), r["congestion_control"].as_str().unwrap_or("").to_string()))
-        });
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    // `topolab run --out` writes the simulator's own drawing as trace.json: not a measurement.
+    let simulated = summary.as_ref().is_some_and(|v| v["source"] == "sim");
+    let replay = summary.and_then(|v| {
+        let r = &v["replay"];
+        Some((r["launcher"].as_str()?.to_string(), r["congestion_control"].as_str().unwrap_or("").to_string()))
+    });
     let cores = scenario.spec.hardware.shared_cores;
     let mut compute = compute_col.map(|_| compute);
     let (layers, layers_from) = match layer_times(&dir.join("ops.csv"), scenario.model.layers.len())? {
         Some(l) => (Some(l), Some("ops.csv")),
+        None if simulated => (None, None),
         None => match trace_layer_times(&dir.join("trace.json"), &scenario.model)? {
             Some(l) => {
                 // Without a compute column, the trace's layers are the step's compute.

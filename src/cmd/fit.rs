@@ -22,7 +22,8 @@ InceptionV3/InceptionV3/Conv2d_1a_3x3/Conv2D) is that layer's op, backward when 
 gradients/..., ..._grad, ...Backward... or ...Backprop...; a layer's time is the sum of its
 ops' median durations (each op runs once a step). Without a compute column, the trace's
 layers are the step's compute. topolab's own run directories (topolab replay --out DIR) work
-as they are.
+as they are; the trace.json of a simulated run (topolab run --out DIR) is the simulator's own
+drawing and is not read.
 
 Every value the runs identify is fitted and printed with the runs it came from; what they
 cannot identify is refused with the reason and keeps its default. The residual per run is the
