@@ -99,19 +99,18 @@ pub fn run(spec: &ClusterSpec, s: &Scenario, t: AllReduce) -> Result<(), NodeErr
     let (to_ring, ring_in) = mpsc::unbounded_channel::<Vec<Gradient>>();
     let (ring_out, from_ring) = std::sync::mpsc::channel::<Result<Reduced, NodeError>>();
     let sched = Schedule::of(t.algorithm, ranks / gpus, gpus).in_values();
-    let mut node = RingNode {
+    let node = RingNode {
         sched,
         rank: index,
         gpus,
         latency: spec.job.latency_ns,
-        link_latency: [0; LINKS],
+        link_latency: link_latencies(&sched, index, gpus, spec.job.latency_ns),
         cycle: t.fusion_cycle,
         threshold: t.fusion_buffer,
         grads: grads.clone(),
         steps: start..total,
         timeout,
     };
-    node.link_latency = node.link_latencies();
     let job = spec.clone();
     let ring_thread = std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -521,20 +520,6 @@ impl RingNode {
         if peer / self.gpus == self.rank / self.gpus { 0 } else { self.latency }
     }
 
-    /// The network latency of the messages arriving on each of this rank's links: none when
-    /// the sending rank is on this host.
-    fn link_latencies(&self) -> [u64; LINKS] {
-        let mut l = [self.latency; LINKS];
-        for peer in 0..self.sched.ranks() {
-            for slot in 0..LINKS {
-                if self.sched.next(peer, slot) == Some(self.rank) {
-                    l[arrival_link(&self.sched, peer, slot)] = self.latency_from(peer);
-                }
-            }
-        }
-        l
-    }
-
     /// Runs the schedule on one bucket: every message of this rank's streams, each once it
     /// has received what the message needs, its piece of `data` (padded to the schedule's
     /// size) out over its link; every message that comes in added to or put into its piece.
@@ -813,6 +798,20 @@ async fn connect_ring(
     control.extend(coordinator.map(|c| (0, c)));
     let inc = inc.into_iter().map(|(_, link, s)| (link, s.into_split().0)).collect();
     Ok(Links { out, inc, control })
+}
+
+/// The network latency of the messages arriving on each of `rank`'s links: none when the
+/// sending rank is on the same host (`gpus` ranks a host), else `latency`.
+fn link_latencies(sched: &Schedule, rank: u32, gpus: u32, latency: u64) -> [u64; LINKS] {
+    let mut l = [latency; LINKS];
+    for peer in 0..sched.ranks() {
+        for slot in 0..LINKS {
+            if sched.next(peer, slot) == Some(rank) {
+                l[arrival_link(sched, peer, slot)] = if peer / gpus == rank / gpus { 0 } else { latency };
+            }
+        }
+    }
+    l
 }
 
 /// The link on which messages that `rank` sends over its link `slot` arrive.

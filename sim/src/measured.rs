@@ -310,8 +310,8 @@ fn trace_layer_times(path: &Path, model: &topolab_core::models::Model) -> Result
         complete += 1;
         let name = e.get("name").and_then(|n| n.as_str()).unwrap_or("");
         let node = e.get("args").and_then(|a| a.get("name")).and_then(|n| n.as_str()).unwrap_or("");
-        let op = if layer_of(node, &names).is_some() { node } else { name };
-        let Some(layer) = layer_of(op, &names) else {
+        let found = layer_of(node, &names).map(|l| (node, l)).or_else(|| layer_of(name, &names).map(|l| (name, l)));
+        let Some((op, layer)) = found else {
             if examples.len() < 3 && !name.is_empty() && !examples.iter().any(|x| x == name) {
                 examples.push(name.to_string());
             }
