@@ -46,6 +46,7 @@ use topolab_core::units::{Bytes, Time};
 use crate::engine::EventQueue;
 use crate::maxmin::Use;
 use crate::network::{Message, Network, Timer};
+use crate::steady::{Period, Steady};
 use crate::training::{
     NETWORK_PRIORITY, Outcome, ResourceOwner, Span, add_racks, compute_factor, layer_times, network_noise,
     nic_bytes_per_ns, resource_uses, sharing_network,
@@ -208,6 +209,11 @@ struct Sim<'a> {
     fwd_ns: Vec<u64>,
     bwd_ns: Vec<u64>,
     ops: Vec<crate::SimOp>,
+    /// Deterministic runs: watches the steps for a period (see [`crate::steady`]); records
+    /// of each step so far, and the period once found (the run stops there).
+    steady: Option<Steady>,
+    ended: Vec<u32>,
+    period: Option<Period>,
 }
 
 /// Simulates an all-reduce scenario.
@@ -275,6 +281,17 @@ impl<'a> Sim<'a> {
             && s.fifo().0 == 0
             && machine.is_none()
             && !opts.no_classes;
+        // Nothing drawn per step or per message, nothing shared with compute: the steps settle
+        // into a period, after which they are extrapolated (see [`crate::steady`]).
+        let deterministic = s.jitter() == 0.0
+            && faults.tail.is_none()
+            && faults.episodes.is_none()
+            && faults.network_noise == 0.0
+            && s.unfairness() == 0.0
+            && s.fifo().0 == 0
+            && machine.is_none()
+            && !opts.op_log
+            && !opts.every_step;
         let bus = s.host_bus.bandwidth.bytes_per_sec() / 1e9;
         let mut nics = Vec::new();
         for h in 0..if lock_step { 1 } else { hosts } {
@@ -384,6 +401,9 @@ impl<'a> Sim<'a> {
             // moves its chunk at the NIC's rate, then waits a latency for the next one.
             ring_at_once: (lock_step && ring_of_single_gpus).then_some(nic),
             ring_bytes: 0.0,
+            steady: deterministic.then(Steady::default),
+            ended: Vec::new(),
+            period: None,
         }
     }
 
@@ -464,20 +484,34 @@ impl<'a> Sim<'a> {
                 Ev::StartStep { rank } => self.start_step(rank),
             }
             last = now;
-            if self.done == self.ranks.len() {
+            if self.done == self.ranks.len() || self.period.is_some() {
                 break;
             }
         }
-        if self.done < self.ranks.len() {
+        if self.done < self.ranks.len() && self.period.is_none() {
             return Err(self.stuck(last));
         }
         let mut steps = self.records;
-        steps.sort_by_key(|r| (r.step, r.worker));
-        let makespan = steps.iter().map(|r| Time(r.end_ns)).max().unwrap_or(Time::ZERO);
         let mut resources = resource_uses(&self.net, &self.resources);
         for r in resources.iter_mut().filter(|r| r.owner == ResourceOwner::Worker(0)) {
             r.bytes_per_host += self.ring_bytes;
         }
+        let total = self.s.spec.training.steps;
+        if let Some(p) = &self.period {
+            // The remaining steps repeat the last one; so do the bytes each resource carries
+            // and the GPUs' compute.
+            steps.retain(|r| r.step <= p.step);
+            steps.extend(p.records(total));
+            for (i, r) in resources.iter_mut().enumerate() {
+                r.bytes_per_host = p.counter(i, r.bytes_per_host, total);
+            }
+            let per_step = steps.iter().filter(|r| r.step == p.step).map(|r| u128::from(r.compute_ns)).sum::<u128>();
+            self.gpu_busy_ns =
+                steps.iter().filter(|r| r.step <= p.step).map(|r| u128::from(r.compute_ns)).sum::<u128>()
+                    + per_step * u128::from(total - 1 - p.step);
+        }
+        steps.sort_by_key(|r| (r.step, r.worker));
+        let makespan = steps.iter().map(|r| Time(r.end_ns)).max().unwrap_or(Time::ZERO);
         Ok(Outcome {
             steps,
             makespan,
@@ -488,6 +522,7 @@ impl<'a> Sim<'a> {
             trace: self.trace,
             classes: self.ranks.len(),
             ops: self.ops,
+            steady_from: self.period.map(|p| p.step),
         })
     }
 
@@ -948,6 +983,9 @@ impl<'a> Sim<'a> {
                 });
             }
         }
+        if rank.is_multiple_of(self.gpus) {
+            self.watch_period(step);
+        }
         let r = &mut self.ranks[i];
         r.step += 1;
         r.in_step = false;
@@ -957,6 +995,30 @@ impl<'a> Sim<'a> {
         } else {
             self.q.schedule(now, Ev::StartStep { rank });
         }
+    }
+
+    /// A record of `step` is in: once all are, the steady-state watch sees the step end.
+    fn watch_period(&mut self, step: u64) {
+        if self.steady.is_none() {
+            return;
+        }
+        let k = step as usize;
+        if self.ended.len() <= k {
+            self.ended.resize(k + 1, 0);
+        }
+        self.ended[k] += if self.lock_step() { self.t.workers } else { 1 };
+        let (total, trace_steps) = (self.s.spec.training.steps, u64::from(self.s.spec.training.trace_steps));
+        // The trace of the first steps is drawn whole before the rest is extrapolated.
+        if self.ended[k] < self.t.workers || step + 1 >= total || (self.opts.trace && step + 1 < trace_steps) {
+            return;
+        }
+        let first = self.records.partition_point(|r| r.step < step);
+        let mut counters: Vec<f64> = self.resources.iter().map(|&(_, _, r)| self.net.carried(r)).collect();
+        for (c, _) in counters.iter_mut().zip(&self.resources).filter(|(_, r)| r.0 == ResourceOwner::Worker(0)) {
+            *c += self.ring_bytes;
+        }
+        let steady = self.steady.as_mut().expect("checked above");
+        self.period = steady.step_ended(step, &self.records[first..], counters);
     }
 
     /// One rank stands for all (see [`Sim::new`]).

@@ -29,6 +29,7 @@ pub mod maxmin;
 pub mod measured;
 pub mod network;
 pub mod rng;
+pub(crate) mod steady;
 pub mod sweep;
 pub mod target;
 pub mod training;
@@ -60,11 +61,21 @@ pub struct SimOptions {
     /// Time every connection with the max-min solver, without the hub fast path (tests that
     /// check the fast path against it).
     pub exact_network: bool,
+    /// Simulate every step even when a deterministic run's steps have settled into a period
+    /// (tests that check the extrapolation of [`steady`] against it).
+    pub every_step: bool,
 }
 
 impl Default for SimOptions {
     fn default() -> Self {
-        SimOptions { trace: true, max_events: 2_000_000_000, no_classes: false, op_log: false, exact_network: false }
+        SimOptions {
+            trace: true,
+            max_events: 2_000_000_000,
+            no_classes: false,
+            op_log: false,
+            exact_network: false,
+            every_step: false,
+        }
     }
 }
 
@@ -155,6 +166,10 @@ pub struct SimDetail {
     pub compute_per_step_s: f64,
     /// Worker classes simulated (interchangeable workers are simulated once).
     pub worker_classes: usize,
+    /// The last step simulated when a deterministic run's later steps repeat it and were
+    /// extrapolated from its period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steady_from: Option<u64>,
     /// Busiest resource: label and busy fraction.
     pub busiest: Vec<(String, f64)>,
     /// Async staleness histogram: (staleness, count).
@@ -257,6 +272,7 @@ pub fn simulate(s: &Scenario, opts: &SimOptions) -> Result<SimRun, SimError> {
         makespan_s: outcome.makespan.secs_f64(),
         compute_per_step_s,
         worker_classes: outcome.classes,
+        steady_from: outcome.steady_from,
         busiest,
         staleness: outcome.staleness.iter().map(|(&k, &v)| (k, v)).collect(),
         gpu_memory_needed: need,

@@ -147,6 +147,8 @@ pub struct Outcome {
     pub classes: usize,
     /// Ops of every worker (with `op_log`).
     pub ops: Vec<crate::SimOp>,
+    /// The last step simulated when the later ones repeat it (see [`crate::steady`]).
+    pub steady_from: Option<u64>,
 }
 
 /// One network resource's use over the run.
@@ -835,6 +837,7 @@ impl<'a> Sim<'a> {
                 ops.sort();
                 ops
             },
+            steady_from: None,
         })
     }
 

@@ -247,6 +247,15 @@ fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Res
             (false, n) => format!("{n} worker classes"),
         }
     )?;
+    if let Some(k) = run.detail.steady_from {
+        writeln!(
+            out,
+            "Steps {}-{} extrapolated: the steps up to {k} had settled into a period (each exactly as long \
+             as the one before, on every worker), which the rest repeat",
+            k + 1,
+            sum.steps - 1,
+        )?;
+    }
     Ok(())
 }
 

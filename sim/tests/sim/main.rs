@@ -11,6 +11,7 @@ mod paper_cases;
 mod sanity;
 mod simgrid_crosscheck;
 mod simgrid_step;
+mod steady_state;
 
 use std::path::{Path, PathBuf};
 
