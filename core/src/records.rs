@@ -900,6 +900,10 @@ pub struct ValidationRecord {
     /// prediction): the errors of a validation are those of the held-out configurations.
     #[serde(default = "held_out_by_default")]
     pub held_out: bool,
+    /// With another engine measuring (TensorFlow): topolab's own runtime's p50 step time on
+    /// the same configuration, s (empty when it was not run).
+    #[serde(default)]
+    pub runtime_p50_s: Option<f64>,
 }
 
 fn held_out_by_default() -> bool {
@@ -940,7 +944,13 @@ impl ValidationRecord {
             pred_p90_s: pred.step_time_s.p90,
             mode: String::new(),
             held_out: true,
+            runtime_p50_s: None,
         }
+    }
+
+    /// topolab's runtime's p50 over the measuring engine's (TensorFlow's), when both ran.
+    pub fn runtime_ratio(&self) -> Option<f64> {
+        self.runtime_p50_s.filter(|_| self.meas_p50_s > 0.0).map(|r| r / self.meas_p50_s)
     }
 
     /// Whether the measured p50 lies inside the predicted p10-p90 band.
@@ -1000,6 +1010,37 @@ pub fn validation_by_mode(rows: &[ValidationRecord]) -> Vec<ModeErrors> {
         .collect()
 }
 
+/// topolab's own runtime against the engine that measured a validation (TensorFlow), over the
+/// configurations where both ran ([`ValidationRecord::runtime_p50_s`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeComparison {
+    /// Configurations both ran.
+    pub count: usize,
+    /// Configurations where topolab's p50 step time is at most the engine's.
+    pub not_slower: usize,
+    /// Median and largest ratio of topolab's p50 to the engine's.
+    pub median_ratio: f64,
+    /// See `median_ratio`.
+    pub max_ratio: f64,
+}
+
+/// The comparison of topolab's runtime with the measuring engine; `None` when it did not run.
+pub fn runtime_comparison(rows: &[ValidationRecord]) -> Option<RuntimeComparison> {
+    let mut r: Vec<f64> = rows.iter().filter_map(ValidationRecord::runtime_ratio).filter(|x| x.is_finite()).collect();
+    if r.is_empty() {
+        return None;
+    }
+    r.sort_by(f64::total_cmp);
+    let n = r.len();
+    let median = if n % 2 == 1 { r[n / 2] } else { (r[n / 2 - 1] + r[n / 2]) / 2.0 };
+    Some(RuntimeComparison {
+        count: n,
+        not_slower: r.iter().filter(|&&x| x <= 1.0).count(),
+        median_ratio: median,
+        max_ratio: r[n - 1],
+    })
+}
+
 /// Writes validation.csv.
 pub fn write_validation_csv<W: Write>(rows: &[ValidationRecord], out: W) -> Result<(), RecordError> {
     let err = |source: csv::Error| RecordError::Csv { origin: "validation.csv".into(), source };
@@ -1054,5 +1095,29 @@ mod validation_tests {
         write_validation_csv(&rows, &mut buf).unwrap();
         assert!(String::from_utf8_lossy(&buf).starts_with("configuration,pred_p50_s,meas_p50_s,ape_p50_pct,"));
         assert_eq!(read_validation_csv(buf.as_slice(), "v").unwrap(), rows);
+    }
+
+    #[test]
+    fn topolab_runtime_is_compared_with_the_engine_that_measured() {
+        let s = |p50: f64| RunSummary::example(1, p50, 1.0 / p50);
+        let mut rows = vec![
+            ValidationRecord::new("a", &s(1.1), &s(1.0)),
+            ValidationRecord::new("b", &s(1.1), &s(2.0)),
+            ValidationRecord::new("c", &s(1.1), &s(4.0)),
+        ];
+        assert_eq!(runtime_comparison(&rows), None, "topolab's runtime did not run");
+        // topolab at 0.5x, 1.25x and 0.75x of the engine's p50.
+        for (r, t) in rows.iter_mut().zip([0.5, 2.5, 3.0]) {
+            r.runtime_p50_s = Some(t);
+        }
+        let c = runtime_comparison(&rows).unwrap();
+        assert_eq!((c.count, c.not_slower), (3, 2));
+        assert!((c.median_ratio - 0.75).abs() < 1e-12 && (c.max_ratio - 1.25).abs() < 1e-12, "{c:?}");
+        // The column round-trips, empty where it did not run.
+        rows[0].runtime_p50_s = None;
+        let mut buf = Vec::new();
+        write_validation_csv(&rows, &mut buf).unwrap();
+        assert_eq!(read_validation_csv(buf.as_slice(), "v").unwrap(), rows);
+        assert_eq!(runtime_comparison(&rows).unwrap().count, 2);
     }
 }

@@ -410,7 +410,8 @@ impl RingNode {
                     } else {
                         tokio::select! {
                             r = reports.recv() => Some(r),
-                            () = tokio::time::sleep(Duration::from_nanos(at.0 - now)) => None,
+                            // To the microsecond: tokio's own timer would tick up to 1 ms late.
+                            () = wire::sleep_until_monotonic(at.0) => None,
                         }
                     }
                 }

@@ -246,7 +246,8 @@ fitting. Without it, the profile is fitted (as `topolab fit` does) on the grid's
 and every other configuration is predicted with it: the errors are those of the held-out
 configurations; the fitted ones are listed with their residuals. Errors are given per mode
 (sync, async, ...), and for the asynchronous modes how many measured medians fall inside the
-predicted p10-p90 band.
+predicted p10-p90 band. With --engine tensorflow, topolab's own runtime also replays every
+configuration (OUT/runs/NN/topolab) and its p50 step time is reported next to TensorFlow's.
 
 Examples:
   topolab calibrate --launcher netns --out profile.toml
@@ -353,6 +354,9 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
     }
     let singles = configs.iter().filter(|(_, s)| single(s)).count();
     let mut measured_runs: Vec<Option<Measured>> = vec![None; configs.len()];
+    // With TensorFlow measuring, topolab's own runtime replays every configuration too.
+    let mut runtime_p50: Vec<Option<f64>> = vec![None; configs.len()];
+    let tensorflow = matches!(engine, launcher::Engine::Tensorflow(_));
     let mut profile_path = a.profile.clone();
     for (k, &i) in order.iter().enumerate() {
         let (point, s) = &configs[i];
@@ -360,19 +364,24 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
         let label = if label.is_empty() { s.spec.name.clone() } else { label.join(" ") };
         eprintln!("[{}/{}] {label}", k + 1, configs.len());
         let dir = a.out.join("runs").join(format!("{i:02}"));
-        let (progress, bar) = super::replay::progress_bar(&label);
-        let opts = ReplayOptions {
-            launcher: kind(a.launcher),
-            engine: engine.clone(),
-            exe: exe.clone(),
-            out: dir.join("replay"),
-            resume: false,
-            timeout_s: 60,
-            progress: Some(progress),
+        // One replay of the configuration by `engine` into `out`, with a progress bar.
+        let replay = |engine: launcher::Engine, out: PathBuf, what: &str| {
+            let (progress, bar) = super::replay::progress_bar(what);
+            let opts = ReplayOptions {
+                launcher: kind(a.launcher),
+                engine,
+                exe: exe.clone(),
+                out,
+                resume: false,
+                timeout_s: 60,
+                progress: Some(progress),
+            };
+            let result = launcher::replay(s, &opts);
+            drop(opts);
+            let _ = bar.join();
+            result
         };
-        let measured = launcher::replay(s, &opts);
-        drop(opts);
-        let _ = bar.join();
+        let measured = replay(engine.clone(), dir.join("replay"), &label);
         let measured = match measured {
             Ok(o) => o.summary,
             Err(e @ ReplayError::Refused { .. }) => return Err(BadInput(format!("error: {e}")).into()),
@@ -389,6 +398,10 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
                 ))
                 .into());
             }
+        }
+        if tensorflow {
+            let ours = replay(launcher::Engine::Topolab, dir.join("topolab"), &format!("{label} (topolab runtime)"))?;
+            runtime_p50[i] = Some(ours.summary.step_time_s.p50);
         }
         measured_runs[i] = Some((label, s.clone(), dir.join("replay"), measured));
         if profile_path.is_none() && k + 1 == singles {
@@ -423,8 +436,10 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
     let fitted_here = a.profile.is_none();
     let records: Vec<ValidationRecord> = rows
         .iter()
-        .map(|(label, s, p, m)| {
+        .zip(&runtime_p50)
+        .map(|((label, s, p, m), ours)| {
             let mut r = ValidationRecord::new(label, p, m);
+            r.runtime_p50_s = *ours;
             r.mode = match s.topology() {
                 topolab_core::scenario::Topology::AllReduce(_) => "all-reduce".into(),
                 t => t.mode().as_str().into(),
@@ -468,9 +483,14 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
                 "mode": m.mode, "configurations": m.count, "median_ape_p50_pct": m.median,
                 "max_ape_p50_pct": m.max, "measured_p50_in_predicted_p10_p90": m.in_band,
             })).collect::<Vec<_>>(),
+            "topolab_runtime": records::runtime_comparison(&records).map(|c| serde_json::json!({
+                "configurations": c.count, "p50_at_most_the_engines": c.not_slower,
+                "median_ratio": c.median_ratio, "max_ratio": c.max_ratio,
+            })),
             "csv": csv_path.display().to_string(),
             "configurations": rows.iter().zip(&records).map(|((label, _, p, m), r)| serde_json::json!({
                 "configuration": label, "ape_p50_pct": r.ape_p50_pct, "held_out": r.held_out, "predicted": p, "measured": m,
+                "topolab_runtime_p50_s": r.runtime_p50_s,
             })).collect::<Vec<_>>(),
         }))?,
         Format::Csv => t.write_csv(std::io::stdout().lock())?,
@@ -532,6 +552,14 @@ fn print_validation(
             )?;
         }
     }
+    if let Some(c) = records::runtime_comparison(records) {
+        writeln!(
+            out,
+            "topolab's own runtime on the same configurations: p50 step time at most TensorFlow's on {} of {} \
+             (topolab / TensorFlow: median {:.2}x, max {:.2}x; column runtime_p50_s of validation.csv)",
+            c.not_slower, c.count, c.median_ratio, c.max_ratio
+        )?;
+    }
     writeln!(out)?;
     t.write_text(&mut out)?;
     for ((label, _, p, m), r) in rows.iter().zip(records) {
@@ -544,6 +572,9 @@ fn print_validation(
             ];
             let w = phases.iter().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).expect("three phases");
             writeln!(out, "  {label}: {e:.0}% off; {} differs most ({:+.4} s predicted minus measured)", w.0, w.1)?;
+        }
+        if let Some(x) = r.runtime_ratio().filter(|&x| x > 1.0) {
+            writeln!(out, "  {label}: topolab's runtime is slower than TensorFlow here ({x:.2}x its p50 step time)")?;
         }
     }
     writeln!(out, "\nwrote {}", csv_path.display())?;

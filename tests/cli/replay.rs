@@ -714,6 +714,66 @@ fn tensorflow_netns_replay(mode: &str, ps: u32) -> (super::TempDir, std::path::P
 
 #[test]
 #[ignore = "needs root (network namespaces) and TensorFlow (scripts/setup-tensorflow.sh): as root, cargo test -- --ignored"]
+fn a_tensorflow_validation_replays_topolabs_runtime_too_and_reports_both_step_times() {
+    assert!(topolab_runtime::netns::is_root(), "this test needs root (the netns launcher)");
+    assert!(tensorflow_python().exists(), "TensorFlow is not installed: run bash scripts/setup-tensorflow.sh");
+    let _guard = machine_lock();
+    let d = tmp("tf-validate");
+    let profile = d.join("profile.toml");
+    let o = topolab(&["calibrate", "--launcher", "netns", "--out", profile.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
+    let text = std::fs::read_to_string(root().join("scenarios/examples/tiny-mlp-tensorflow.toml"))
+        .unwrap()
+        .replace("steps = 20", "steps = 6")
+        + "[sweep]\npoints = [{ workers = 2, ps = 1 }, { workers = 2, ps = 2, mode = \"async\" }]\n";
+    let f = d.join("grid.toml");
+    std::fs::write(&f, text).unwrap();
+    let out = d.join("val");
+    let o = topolab(&[
+        "validate",
+        f.to_str().unwrap(),
+        "--engine",
+        "tensorflow",
+        "--profile",
+        profile.to_str().unwrap(),
+        "--launcher",
+        "netns",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("topolab's own runtime on the same configurations: p50 step time at most TensorFlow's on"),
+        "{text}"
+    );
+    // Every configuration ran twice, TensorFlow measuring and topolab's runtime beside it.
+    let rows = topolab_core::records::read_validation_csv(
+        std::fs::File::open(out.join("validation.csv")).unwrap(),
+        "validation.csv",
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    for (i, r) in rows.iter().enumerate() {
+        let ours = r.runtime_p50_s.expect("topolab's runtime ran");
+        assert!(ours > 0.0 && r.meas_p50_s > 0.0, "{r:?}");
+        let tf: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("runs/{i:02}/replay/summary.json"))).unwrap(),
+        )
+        .unwrap();
+        assert!(tf["replay"]["engine"].as_str().unwrap().starts_with("tensorflow 2."), "{tf}");
+        let mine: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("runs/{i:02}/topolab/summary.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(mine["replay"]["engine"], "topolab", "{mine}");
+        assert!((mine["step_time_s"]["p50"].as_f64().unwrap() - ours).abs() < 1e-12);
+    }
+}
+
+#[test]
+#[ignore = "needs root (network namespaces) and TensorFlow (scripts/setup-tensorflow.sh): as root, cargo test -- --ignored"]
 fn tensorflow_replays_sync_and_async_in_namespaces_and_leaves_nothing_behind() {
     assert!(topolab_runtime::netns::is_root(), "this test needs root (the netns launcher)");
     assert!(tensorflow_python().exists(), "TensorFlow is not installed: run bash scripts/setup-tensorflow.sh");
