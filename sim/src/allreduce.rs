@@ -209,8 +209,8 @@ struct Sim<'a> {
     fwd_ns: Vec<u64>,
     bwd_ns: Vec<u64>,
     ops: Vec<crate::SimOp>,
-    /// Deterministic runs: watches the steps for a period (see [`crate::steady`]); records
-    /// of each step so far, and the period once found (the run stops there).
+    /// Deterministic runs: the watch for a period (see [`crate::steady`]), how many hosts'
+    /// records of each step are in, and the period once found (the run stops there).
     steady: Option<Steady>,
     ended: Vec<u32>,
     period: Option<Period>,
@@ -269,29 +269,23 @@ impl<'a> Sim<'a> {
         // (A tree is not symmetric: its ranks hold different places in the trees.)
         let ring_of_single_gpus = matches!(sched, Schedule::Ring(_)) && gpus == 1;
         let flat_ring_of_hosts = matches!(sched, Schedule::Ring(_)) && gpus > 1;
+        // Nothing drawn per step or per message, nothing shared with compute.
+        let nothing_drawn = s.jitter() == 0.0
+            && faults.tail.is_none()
+            && faults.episodes.is_none()
+            && faults.network_noise == 0.0
+            && s.unfairness() == 0.0
+            && s.fifo().0 == 0
+            && machine.is_none();
         let lock_step = (matches!(sched, Schedule::Ring(_)) || hierarchical)
             && !two_tier
-            && s.jitter() == 0.0
-            && faults.tail.is_none()
-            && faults.episodes.is_none()
+            && nothing_drawn
             && faults.stragglers.is_none()
-            && faults.network_noise == 0.0
-            && s.unfairness() == 0.0
             && !(s.ramp().0.0 > 0 && s.ramp().1 < 1.0)
-            && s.fifo().0 == 0
-            && machine.is_none()
             && !opts.no_classes;
-        // Nothing drawn per step or per message, nothing shared with compute: the steps settle
-        // into a period, after which they are extrapolated (see [`crate::steady`]).
-        let deterministic = s.jitter() == 0.0
-            && faults.tail.is_none()
-            && faults.episodes.is_none()
-            && faults.network_noise == 0.0
-            && s.unfairness() == 0.0
-            && s.fifo().0 == 0
-            && machine.is_none()
-            && !opts.op_log
-            && !opts.every_step;
+        // Such a run settles into a period, after which its steps are extrapolated (see
+        // [`crate::steady`]).
+        let deterministic = nothing_drawn && !opts.op_log && !opts.every_step;
         let bus = s.host_bus.bandwidth.bytes_per_sec() / 1e9;
         let mut nics = Vec::new();
         for h in 0..if lock_step { 1 } else { hosts } {
@@ -491,24 +485,19 @@ impl<'a> Sim<'a> {
         if self.done < self.ranks.len() && self.period.is_none() {
             return Err(self.stuck(last));
         }
+        let mut resources = self.resource_uses();
         let mut steps = self.records;
-        let mut resources = resource_uses(&self.net, &self.resources);
-        for r in resources.iter_mut().filter(|r| r.owner == ResourceOwner::Worker(0)) {
-            r.bytes_per_host += self.ring_bytes;
-        }
         let total = self.s.spec.training.steps;
         if let Some(p) = &self.period {
             // The remaining steps repeat the last one; so do the bytes each resource carries
             // and the GPUs' compute.
-            steps.retain(|r| r.step <= p.step);
+            steps.retain(|r| r.step <= p.step());
             steps.extend(p.records(total));
             for (i, r) in resources.iter_mut().enumerate() {
-                r.bytes_per_host = p.counter(i, r.bytes_per_host, total);
+                r.bytes_per_host = p.counter(i, total);
             }
-            let per_step = steps.iter().filter(|r| r.step == p.step).map(|r| u128::from(r.compute_ns)).sum::<u128>();
-            self.gpu_busy_ns =
-                steps.iter().filter(|r| r.step <= p.step).map(|r| u128::from(r.compute_ns)).sum::<u128>()
-                    + per_step * u128::from(total - 1 - p.step);
+            // GPU-busy time: each host's compute of every step.
+            self.gpu_busy_ns = steps.iter().map(|r| u128::from(r.compute_ns)).sum();
         }
         steps.sort_by_key(|r| (r.step, r.worker));
         let makespan = steps.iter().map(|r| Time(r.end_ns)).max().unwrap_or(Time::ZERO);
@@ -522,7 +511,7 @@ impl<'a> Sim<'a> {
             trace: self.trace,
             classes: self.ranks.len(),
             ops: self.ops,
-            steady_from: self.period.map(|p| p.step),
+            steady_from: self.period.as_ref().map(Period::step),
         })
     }
 
@@ -1013,12 +1002,19 @@ impl<'a> Sim<'a> {
             return;
         }
         let first = self.records.partition_point(|r| r.step < step);
-        let mut counters: Vec<f64> = self.resources.iter().map(|&(_, _, r)| self.net.carried(r)).collect();
-        for (c, _) in counters.iter_mut().zip(&self.resources).filter(|(_, r)| r.0 == ResourceOwner::Worker(0)) {
-            *c += self.ring_bytes;
-        }
+        let counters = self.resource_uses().iter().map(|r| r.bytes_per_host).collect();
         let steady = self.steady.as_mut().expect("checked above");
         self.period = steady.step_ended(step, &self.records[first..], counters);
+    }
+
+    /// The bytes and capacity of each network resource so far (with a lock-step ring's
+    /// rounds timed at once, on host 0's NIC).
+    fn resource_uses(&self) -> Vec<crate::training::ResourceUse> {
+        let mut uses = resource_uses(&self.net, &self.resources);
+        for r in uses.iter_mut().filter(|r| r.owner == ResourceOwner::Worker(0)) {
+            r.bytes_per_host += self.ring_bytes;
+        }
+        uses
     }
 
     /// One rank stands for all (see [`Sim::new`]).

@@ -1,10 +1,13 @@
 //! Steady state: a deterministic run whose steps have begun to repeat is not simulated to the
-//! end. Once the last [`REPEATS`] steps of every worker each took exactly as long as the step
-//! before, started exactly one period after it, moved the same bytes, and the run's counters
-//! (bytes per resource, GPU time) grew by the same amounts, every later step is the last one
-//! shifted by whole periods: the simulator's state at the end of a step is then its state one
-//! step earlier moved one period on, and a deterministic engine does the same from the same
-//! state. The remaining steps' records and counters are written from the period.
+//! end. The steps repeat with a period of `p` steps (1 up to [`MAX_PERIOD`]: a two-tier
+//! network can make hosts take turns) once, for [`REPEATS`] periods in a row, every worker's
+//! step started exactly as long after its step `p` before as every other worker's did (the
+//! period's length, to the nanosecond), lasted exactly as long as that step, moved the same
+//! bytes, and the run's counters (bytes per resource) grew by the same amounts over each
+//! period. Every later step is then its step one period before, shifted by the period: the
+//! simulator's state at the end of a step is its state a period earlier moved on by the
+//! period, and a deterministic engine does the same from the same state. The remaining
+//! steps' records and counters are written from the period.
 //!
 //! Only runs without anything drawn per step or per message (jitter, noise, episodes, unfair
 //! sharing, queue order) qualify; the caller decides. The extrapolation is checked against
@@ -18,7 +21,11 @@ use topolab_core::records::StepRecord;
 /// Consecutive repeats of one period a run shows before its remaining steps are extrapolated.
 pub(crate) const REPEATS: usize = 3;
 
+/// The longest period, in steps, looked for.
+pub(crate) const MAX_PERIOD: usize = 8;
+
 /// One step's end: its records (by worker) and the run's counters when its last record came.
+#[derive(Debug, Clone)]
 struct Snapshot {
     step: u64,
     records: Vec<StepRecord>,
@@ -31,19 +38,18 @@ pub(crate) struct Steady {
     last: VecDeque<Snapshot>,
 }
 
-/// A period found: the last simulated step, its records, how far apart steps start, and how
-/// much each counter grows per step.
+/// A period found: its length in steps and in ns, and the ends of its last `steps + 1` steps
+/// (the last simulated one last).
 #[derive(Debug)]
 pub(crate) struct Period {
-    pub(crate) step: u64,
+    steps: usize,
     ns: u64,
-    records: Vec<StepRecord>,
-    growth: Vec<f64>,
+    last: Vec<Snapshot>,
 }
 
 impl Steady {
     /// Every record of `step` is in (`records`, any order); `counters` are the run's cumulative
-    /// counters now. Returns the period once the last [`REPEATS`] steps repeat it.
+    /// counters now. Returns the shortest period the last steps repeat [`REPEATS`] times.
     pub(crate) fn step_ended(&mut self, step: u64, records: &[StepRecord], counters: Vec<f64>) -> Option<Period> {
         let mut records = records.to_vec();
         records.sort_by_key(|r| r.worker);
@@ -51,42 +57,59 @@ impl Steady {
             self.last.clear();
         }
         self.last.push_back(Snapshot { step, records, counters });
-        if self.last.len() > REPEATS + 1 {
+        if self.last.len() > (REPEATS + 1) * MAX_PERIOD {
             self.last.pop_front();
         }
-        if self.last.len() <= REPEATS {
-            return None;
+        for p in 1..=MAX_PERIOD {
+            let need = (REPEATS + 1) * p;
+            if self.last.len() < need {
+                break;
+            }
+            let w: Vec<&Snapshot> = self.last.iter().skip(self.last.len() - need).collect();
+            let ns = w[p].records.first()?.start_ns.checked_sub(w[0].records.first()?.start_ns)?;
+            let growth: Vec<f64> = w[p].counters.iter().zip(&w[0].counters).map(|(y, x)| y - x).collect();
+            let repeats = (p..need).all(|j| {
+                shifted(&w[j - p].records, &w[j].records, ns)
+                    && w[j].counters.iter().zip(&w[j - p].counters).zip(&growth).all(|((y, x), g)| close(y - x, *g))
+            });
+            if repeats && ns > 0 {
+                let last = w[need - p - 1..].iter().map(|s| (*s).clone()).collect();
+                return Some(Period { steps: p, ns, last });
+            }
         }
-        let (a, b) = (&self.last[0], &self.last[1]);
-        let ns = b.records.first()?.start_ns.checked_sub(a.records.first()?.start_ns)?;
-        let growth: Vec<f64> = b.counters.iter().zip(&a.counters).map(|(y, x)| y - x).collect();
-        let repeats = self.last.iter().zip(self.last.iter().skip(1)).all(|(a, b)| {
-            shifted(&a.records, &b.records, ns)
-                && b.counters.iter().zip(&a.counters).zip(&growth).all(|((y, x), g)| close(y - x, *g))
-        });
-        let last = self.last.back()?;
-        (repeats && ns > 0).then(|| Period { step: last.step, ns, records: last.records.clone(), growth })
+        None
     }
 }
 
 impl Period {
-    /// The records of steps after the last simulated one, up to `steps`.
+    /// The last simulated step.
+    pub(crate) fn step(&self) -> u64 {
+        self.last[self.steps].step
+    }
+
+    /// The records of steps after the last simulated one, up to `steps`: each is its step a
+    /// whole number of periods before, among the last simulated ones, shifted by as many.
     pub(crate) fn records(&self, steps: u64) -> impl Iterator<Item = StepRecord> + '_ {
-        (self.step + 1..steps).flat_map(move |k| {
-            let shift = (k - self.step) * self.ns;
-            self.records.iter().map(move |r| StepRecord {
-                step: k,
-                start_ns: r.start_ns + shift,
-                end_ns: r.end_ns + shift,
+        let (k, p) = (self.step(), self.steps as u64);
+        (k + 1..steps).flat_map(move |j| {
+            let m = (j - k).div_ceil(p);
+            let base = &self.last[(j - m * p + p - k) as usize];
+            base.records.iter().map(move |r| StepRecord {
+                step: j,
+                start_ns: r.start_ns + m * self.ns,
+                end_ns: r.end_ns + m * self.ns,
                 ..r.clone()
             })
         })
     }
 
-    /// Counter `i` at the end of the run of `steps` steps, from its value at the last
-    /// simulated step's end.
-    pub(crate) fn counter(&self, i: usize, now: f64, steps: u64) -> f64 {
-        now + self.growth[i] * steps.saturating_sub(self.step + 1) as f64
+    /// Counter `i` at the end of a run of `steps` steps.
+    pub(crate) fn counter(&self, i: usize, steps: u64) -> f64 {
+        let p = self.steps;
+        let left = steps.saturating_sub(self.step() + 1) as usize;
+        let (periods, rest) = (left / p, left % p);
+        let c = |s: usize| self.last[s].counters[i];
+        c(p) + periods as f64 * (c(p) - c(0)) + (c(rest) - c(0))
     }
 }
 
@@ -144,12 +167,39 @@ mod tests {
             }
         }
         let p = found.expect("steps 1-4 repeat");
-        assert_eq!((p.step, p.ns), (4, 100));
+        assert_eq!((p.step(), p.steps, p.ns), (4, 1, 100));
         let more: Vec<_> = p.records(7).collect();
         assert_eq!(more.len(), 4);
         assert_eq!((more[0].worker, more[0].step, more[0].start_ns, more[0].end_ns), (0, 5, 490, 600));
         assert_eq!((more[3].worker, more[3].step, more[3].start_ns, more[3].end_ns), (1, 6, 593, 700));
-        assert_eq!(p.counter(0, 41.0, 7), 61.0);
+        assert_eq!(p.counter(0, 7), 61.0);
+    }
+
+    #[test]
+    fn a_period_of_several_steps_is_found_and_extended_in_turn() {
+        // Steps last 90, 110, 100 ns in turn (a period of 3 steps, 300 ns); a counter grows
+        // by 1, 2, 3 in turn.
+        let mut s = Steady::default();
+        let (mut start, mut c, mut found) = (0u64, 0.0, None);
+        for k in 0..12u64 {
+            let len = [90, 110, 100][k as usize % 3];
+            c += [1.0, 2.0, 3.0][k as usize % 3];
+            found = s.step_ended(k, &[rec(0, k, start, start + len)], vec![c]);
+            if k < 11 {
+                assert!(found.is_none(), "step {k}: three whole periods not seen yet");
+            }
+            start += len;
+        }
+        // Steps 0-11 make four periods: found at step 11, c = 24.
+        let p = found.expect("a period of 3 steps");
+        assert_eq!((p.step(), p.steps, p.ns), (11, 3, 300));
+        let more: Vec<_> = p.records(16).collect();
+        let lens: Vec<u64> = more.iter().map(|r| r.end_ns - r.start_ns).collect();
+        assert_eq!(lens, [90, 110, 100, 90]);
+        assert_eq!((more[0].step, more[0].start_ns), (12, 1200));
+        assert_eq!((more[3].step, more[3].start_ns), (15, 1500));
+        // Steps 12-15 add 1 + 2 + 3 + 1.
+        assert_eq!(p.counter(0, 16), 31.0);
     }
 
     #[test]

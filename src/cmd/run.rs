@@ -250,8 +250,8 @@ fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Res
     if let Some(k) = run.detail.steady_from {
         writeln!(
             out,
-            "Steps {}-{} extrapolated: the steps up to {k} had settled into a period (each exactly as long \
-             as the one before, on every worker), which the rest repeat",
+            "Steps {}-{} extrapolated: the steps up to {k} had settled into a period (on every worker, \
+             each step exactly as long as its step a period before, and as far apart), which the rest repeat",
             k + 1,
             sum.steps - 1,
         )?;
