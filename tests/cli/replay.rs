@@ -402,6 +402,14 @@ fn calibrate_writes_a_profile_and_validate_compares_each_configuration() {
     let p = topolab_core::profile::Profile::load(&profile).unwrap();
     assert!(p.fitted.compute_rate.0 > 1e8 && p.fitted.cores >= 1 && !p.raw.is_empty());
     assert!(!p.machine.date.is_empty() && !p.machine.cpu.is_empty());
+    if p.fitted.cores > 1 {
+        // The cores' efficiency is the median of several pairs of windows, which the profile
+        // keeps with the lowest and highest pair (how steady the machine was meanwhile).
+        let raw = |what: &str| p.raw.iter().find(|m| m.what.ends_with(what)).map(|m| m.value);
+        let (lo, hi) = (raw("lowest pair").unwrap(), raw("highest pair").unwrap());
+        let e = p.fitted.parallel_efficiency.unwrap();
+        assert!(lo <= hi && e >= lo.min(1.0) - 1e-9 && e <= hi.max(0.05) + 1e-9, "{lo} {e} {hi}");
+    }
     std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
     let f = d.join("grid.toml");
     std::fs::write(
