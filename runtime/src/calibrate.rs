@@ -64,19 +64,31 @@ fn parallel_efficiency(threads: usize, m: usize, k: usize, n: usize) -> (f64, f6
             (alone, rates.iter().sum::<f64>() / rates.len() as f64)
         })
         .collect();
-    let ratios = pairs.iter().map(|&(alone, together)| together / alone);
-    let (lo, hi) = ratios.fold((f64::INFINITY, 0.0f64), |(lo, hi), r| (lo.min(r), hi.max(r)));
-    (efficiency_of_pairs(&pairs), lo, hi)
+    efficiency_of_pairs(&pairs)
 }
 
 /// The efficiency of (alone, together) rate pairs: the median of their ratios, in
-/// [0.05, 1]. A short slow spell of the machine (another tenant of the host, a clock change)
+/// [0.05, 1], with the lowest and the highest ratio. A short slow spell of the machine (another tenant of the host, a clock change)
 /// spoils the pair it falls in, not the result. On a 2-core cloud machine one 150 ms window
 /// each way read 0.97 in one calibration and 0.74 in the next, an hour apart; of eight pairs
 /// measured back to back there, one read 0.68 and the median 0.96. (A slow spell longer than
 /// the measurement still shows: calibrate when the machine is as it will be for the runs.)
-fn efficiency_of_pairs(pairs: &[(f64, f64)]) -> f64 {
-    median(pairs.iter().map(|&(alone, together)| together / alone)).clamp(0.05, 1.0)
+fn efficiency_of_pairs(pairs: &[(f64, f64)]) -> (f64, f64, f64) {
+    let ratios: Vec<f64> = pairs.iter().map(|&(alone, together)| together / alone).collect();
+    let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    (median(ratios.into_iter()).clamp(0.05, 1.0), lo, hi)
+}
+
+/// What [`calibrate`] records (in the profile's raw measurements) after the cores' lowest and
+/// highest pair of [`parallel_efficiency`].
+const LOWEST_PAIR: &str = "of one alone: lowest pair";
+const HIGHEST_PAIR: &str = "of one alone: highest pair";
+
+/// The lowest and highest pair of the cores' efficiency that `p` was calibrated from (none
+/// for one core, or a profile from elsewhere).
+pub fn efficiency_spread(p: &Profile) -> Option<(f64, f64)> {
+    let find = |suffix: &str| p.raw.iter().find(|m| m.what.ends_with(suffix)).map(|m| m.value);
+    Some((find(LOWEST_PAIR)?, find(HIGHEST_PAIR)?))
 }
 
 /// The median of measurements (the mean of the middle two of an even count).
@@ -539,8 +551,8 @@ pub fn calibrate(kind: LauncherKind, exe: &std::path::Path) -> Result<(Profile, 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let efficiency = if cores > 1 {
         let (e, lo, hi) = parallel_efficiency(cores, 256, 256, 256);
-        m(&format!("gemm 256x256x256 on each of {cores} cores at once, of one alone: lowest pair"), lo, "");
-        m(&format!("gemm 256x256x256 on each of {cores} cores at once, of one alone: highest pair"), hi, "");
+        m(&format!("gemm 256x256x256 on each of {cores} cores at once, {LOWEST_PAIR}"), lo, "");
+        m(&format!("gemm 256x256x256 on each of {cores} cores at once, {HIGHEST_PAIR}"), hi, "");
         e
     } else {
         1.0
@@ -711,12 +723,13 @@ mod tests {
         // together). Ratios sorted: 0.667, 0.956, 0.967, 0.9778 (88/90), 0.9780, 0.9783, 1.011:
         // the median is 88/90, where the mean of the windows' rates would read 0.93.
         let pairs = [(90.0, 88.0), (90.0, 87.0), (90.0, 60.0), (92.0, 90.0), (91.0, 89.0), (90.0, 91.0), (90.0, 86.0)];
-        let e = super::efficiency_of_pairs(&pairs);
+        let (e, lo, hi) = super::efficiency_of_pairs(&pairs);
         assert!((e - 88.0 / 90.0).abs() < 1e-12, "{e}");
+        assert!((lo - 60.0 / 90.0).abs() < 1e-12 && (hi - 91.0 / 90.0).abs() < 1e-12, "{lo} {hi}");
         // A machine whose cores do not slow each other at all reads 1 (not more), and one
         // whose together rate collapses reads no less than 0.05.
-        assert_eq!(super::efficiency_of_pairs(&[(90.0, 95.0); 3]), 1.0);
-        assert_eq!(super::efficiency_of_pairs(&[(90.0, 1.0); 3]), 0.05);
+        assert_eq!(super::efficiency_of_pairs(&[(90.0, 95.0); 3]).0, 1.0);
+        assert_eq!(super::efficiency_of_pairs(&[(90.0, 1.0); 3]).0, 0.05);
     }
 
     #[test]

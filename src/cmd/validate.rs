@@ -66,6 +66,11 @@ fn kind(l: Launcher) -> LauncherKind {
     }
 }
 
+/// Pairs of the cores' efficiency further apart than this (a fifth of a core's rate, more
+/// than a steady machine's pairs differ: 0.12 on an idle 2-core cloud machine) say the
+/// machine's load changed during calibration.
+const UNSTEADY_SPREAD: f64 = 0.2;
+
 pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     if a.launcher == Launcher::K8s {
         return Err(BadInput("error: calibrate measures this machine: --launcher local or netns".into()).into());
@@ -117,7 +122,17 @@ pub fn calibrate(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     println!("Wrote {} ({} cores, {})", a.out.display(), p.machine.cores, p.machine.cpu);
     println!("  compute          {:.3} per process (one core)", f.compute_rate);
     if let Some(e) = f.parallel_efficiency {
-        println!("  all cores at once {:.2} of that rate each", e);
+        match topolab_runtime::calibrate::efficiency_spread(&p) {
+            Some((lo, hi)) => {
+                println!("  all cores at once {e:.2} of that rate each (median of pairs from {lo:.2} to {hi:.2})");
+                if hi - lo > UNSTEADY_SPREAD {
+                    println!(
+                        "  warning: the machine was not steady while the cores were measured (pairs from {lo:.2} to {hi:.2}):                          another load came or went; predictions of replays on shared cores lean on this figure, so                          calibrate again when the machine is as it will be for the runs"
+                    );
+                }
+            }
+            None => println!("  all cores at once {e:.2} of that rate each"),
+        }
     }
     println!("  link goodput     {:.3} of the line rate", f.goodput);
     println!("  message overhead {}", f.message_overhead);

@@ -404,11 +404,13 @@ fn calibrate_writes_a_profile_and_validate_compares_each_configuration() {
     assert!(!p.machine.date.is_empty() && !p.machine.cpu.is_empty());
     if p.fitted.cores > 1 {
         // The cores' efficiency is the median of several pairs of windows, which the profile
-        // keeps with the lowest and highest pair (how steady the machine was meanwhile).
-        let raw = |what: &str| p.raw.iter().find(|m| m.what.ends_with(what)).map(|m| m.value);
-        let (lo, hi) = (raw("lowest pair").unwrap(), raw("highest pair").unwrap());
+        // keeps with the lowest and highest pair (how steady the machine was meanwhile), and
+        // the report says both.
+        let (lo, hi) = topolab_runtime::calibrate::efficiency_spread(&p).expect("the pairs are recorded");
         let e = p.fitted.parallel_efficiency.unwrap();
         assert!(lo <= hi && e >= lo.min(1.0) - 1e-9 && e <= hi.max(0.05) + 1e-9, "{lo} {e} {hi}");
+        let text = stdout(&o);
+        assert!(text.contains(&format!("median of pairs from {lo:.2} to {hi:.2}")), "{text}");
     }
     std::fs::copy(root().join("scenarios/examples/tiny-mlp.csv"), d.join("tiny-mlp.csv")).unwrap();
     let f = d.join("grid.toml");
