@@ -97,17 +97,37 @@ const A100_TF32_SOURCE: &str =
     "TF32: A100 datasheet, 156 TFLOP/s TF32 tensor core dense (312 with structured sparsity)";
 const HOPPER_TF32_SOURCE: &str = "TF32: datasheet 989 TFLOP/s TF32 tensor core with structured sparsity; the NVIDIA H100 Tensor Core GPU Architecture whitepaper gives 494.7 dense (SXM5), which the H200 shares (same GH100 die and clocks)";
 
+/// FLOPs a GPU executes for one Inception-v3 training image in FP32: 3x the forward pass
+/// (forward, backward of activations, backward of weights) of the zoo's model, its 3x3
+/// stride-1 convolutions by Winograd ([`crate::models::WINOGRAD_3X3_REDUCTION`]): 25.10 GFLOP
+/// (34.41 at the direct method's count).
+pub const INCEPTION_V3_TRAIN_EXECUTED_FLOP: f64 = 25.0995e9;
+
 /// Default efficiency of the K40, from the anchor in topolab's default scenario: TensorFlow of
 /// 2016 trained Inception-v3 on one K40 at about 9.5 images/s at batch 32 (Google's
 /// "Inception in TensorFlow" README, models/inception: "~9.5 examples/sec" on a single
-/// Tesla K40). A training step costs about 3x the forward FLOPs (forward + backward of
-/// activations + backward of weights); Inception-v3's forward pass is 2 x 5.72 G MAC = 11.45
-/// GFLOP per 299x299 image, so 9.5 img/s x 34.3 GFLOP = 0.326 TFLOP/s = 7.6% of 4.29 TFLOP/s.
-pub const K40_EFFICIENCY: f64 = 0.076;
+/// Tesla K40). That is 9.5 x 25.10 GFLOP executed = 0.238 TFLOP/s = 5.6% of 4.29 TFLOP/s
+/// (7.6% counted at the direct method's FLOPs); the default scenario's single K40 keeps its
+/// 9.5 img/s either way.
+pub const K40_EFFICIENCY: f64 = 9.5 * INCEPTION_V3_TRAIN_EXECUTED_FLOP / 4.29e12;
 
-/// Default efficiency of later GPUs in FP32 training: about 40% of peak is what cuDNN-era
-/// convolutional training reaches (MLPerf Training v0.5 submissions and NVIDIA's
-/// DeepLearningExamples ResNet-50 FP32 throughput on V100 imply 35-45% of FP32 peak).
+/// TensorFlow's published single-GPU training rates on a P100 (tensorflow.org performance
+/// benchmarks, "Details for NVIDIA DGX-1 (NVIDIA Tesla P100)", May 2017, CUDA 8 / cuDNN 5.1,
+/// tf_cnn_benchmarks, synthetic data, batch 64 per GPU), images/s.
+pub const P100_PUBLISHED_IMG_S: [(&str, f64); 4] =
+    [("inception-v3", 142.0), ("resnet-50", 219.0), ("resnet-152", 91.8), ("vgg-16", 154.0)];
+
+/// Default efficiency of the P100 in FP32: the geometric mean of what
+/// [`P100_PUBLISHED_IMG_S`] implies for each model, on the arithmetic executed (3x3 stride-1
+/// convolutions by Winograd): Inception-v3 0.336, ResNet-50 0.369, ResNet-152 0.388, VGG-16
+/// 0.347. Counted at the direct method's FLOPs the same rates would need 0.46 to 1.35 of peak
+/// (VGG-16 above the peak), so one efficiency could not predict them.
+pub const P100_EFFICIENCY: f64 = 0.36;
+
+/// Default efficiency of later GPUs in FP32 training, on the arithmetic executed (3x3
+/// convolutions by Winograd): about 40% of peak is what cuDNN-era convolutional training
+/// reaches (MLPerf Training v0.5 submissions and NVIDIA's DeepLearningExamples ResNet-50 FP32
+/// throughput on V100 imply 35-45% of FP32 peak; the P100's published rates give 0.34-0.39).
 pub const MODERN_EFFICIENCY: f64 = 0.40;
 
 /// The built-in GPUs.
@@ -137,8 +157,8 @@ pub fn gpus() -> Vec<Gpu> {
             Some(21.2),
             732.0,
             16,
-            MODERN_EFFICIENCY,
-            "NVIDIA Tesla P100 datasheet (SXM2/NVLink): 10.6 TFLOP/s FP32, 21.2 TFLOP/s FP16, 732 GB/s, 16 GB",
+            P100_EFFICIENCY,
+            "NVIDIA Tesla P100 datasheet (SXM2/NVLink): 10.6 TFLOP/s FP32, 21.2 TFLOP/s FP16, 732 GB/s, 16 GB; efficiency 0.36 from TensorFlow's published single-P100 training rates (tensorflow.org benchmarks, DGX-1, May 2017)",
         ),
         gpu(
             "v100",
@@ -298,6 +318,37 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn one_p100_efficiency_predicts_its_published_rates_once_convolutions_run_by_winograd() {
+        let p100 = gpu_by_name("p100").unwrap();
+        let rate = |m: &str, winograd: bool| {
+            let flop = 3.0 * crate::models::builtin(m).unwrap().executed_forward_flops(winograd);
+            p100.fp32.0 * p100.efficiency / flop
+        };
+        let mut log_sum = 0.0;
+        for (m, published) in P100_PUBLISHED_IMG_S {
+            let predicted = rate(m, true);
+            assert!((predicted / published - 1.0).abs() < 0.08, "{m}: {predicted:.1} img/s vs {published}");
+            log_sum +=
+                (published * 3.0 * crate::models::builtin(m).unwrap().executed_forward_flops(true) / p100.fp32.0).ln();
+        }
+        let geometric_mean = (log_sum / P100_PUBLISHED_IMG_S.len() as f64).exp();
+        assert!((P100_EFFICIENCY / geometric_mean - 1.0).abs() < 0.01, "{geometric_mean}");
+        // At the direct method's count VGG-16 would be predicted 3.8x too slow.
+        let direct = rate("vgg-16", false);
+        assert!(direct < 154.0 / 3.5, "{direct}");
+    }
+
+    #[test]
+    fn the_k40_anchor_is_the_zoo_inception_v3_executed_flops() {
+        let m = crate::models::builtin("inception-v3").unwrap();
+        let flop = 3.0 * m.executed_forward_flops(true);
+        assert!((flop / INCEPTION_V3_TRAIN_EXECUTED_FLOP - 1.0).abs() < 1e-4, "{flop}");
+        let k40 = gpu_by_name("k40").unwrap();
+        let img_s = k40.fp32.0 * k40.efficiency / flop;
+        assert!((img_s - 9.5).abs() < 0.01, "{img_s}");
+    }
 
     #[test]
     fn catalogue_has_the_issue_figures() {

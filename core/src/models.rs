@@ -120,9 +120,38 @@ pub struct Layer {
     pub forward_flops: f64,
     /// Size of the layer's output activation per sample (FP32).
     pub activation_bytes: Bytes,
+    /// A 3x3 convolution of stride 1: GPU libraries run its multiply-adds by Winograd's
+    /// minimal filtering ([`WINOGRAD_3X3_REDUCTION`]). A layer table marks such layers in its
+    /// optional `winograd` column; without it they are costed at their direct multiply-adds.
+    pub winograd: bool,
 }
 
+/// How many times fewer multiplies a 3x3 stride-1 convolution does on a GPU than the direct
+/// method: Winograd's minimal filtering F(4x4, 3x3) computes a 4x4 tile of outputs with
+/// (4 + 3 - 1)^2 = 36 multiplies instead of 16 x 9 = 144 (Lavin and Gray, "Fast Algorithms for
+/// Convolutional Neural Networks", CVPR 2016). NVIDIA's cuDNN runs 3x3 convolutions this way
+/// from version 5 (2016: "Accelerate networks with 3x3 convolutions, such as VGG, GoogleNet,
+/// and ResNets", cuDNN What's New), with 2x2 and 4x4 tiles in cuDNN 5.1 (Gray and Koster,
+/// "Still not slowing down: benchmarking optimized Winograd implementations", 2016), forward
+/// and for both gradients, on CUDA cores in FP32 (tensor cores run convolutions as implicit
+/// GEMMs). The 4x4 tile's saving is the one TensorFlow's published P100 rates bear out: with it
+/// one efficiency predicts Inception-v3, ResNet-50, ResNet-152 and VGG-16 within 8%
+/// ([`crate::hardware::P100_EFFICIENCY`]); with the 2x2 tile's 2.25 the efficiencies they imply
+/// spread from 0.37 to 0.61.
+pub const WINOGRAD_3X3_REDUCTION: f64 = 144.0 / 36.0;
+
 impl Layer {
+    /// Forward FLOPs per sample as a GPU executes them: with `winograd` (FP32 on CUDA cores),
+    /// the multiply-adds of a 3x3 stride-1 convolution are [`WINOGRAD_3X3_REDUCTION`] times fewer;
+    /// the element-wise work stays. Backward is twice this, as for the direct method.
+    pub fn executed_forward_flops(&self, winograd: bool) -> f64 {
+        if winograd && self.winograd {
+            self.forward_flops - 2.0 * self.macs as f64 * (1.0 - 1.0 / WINOGRAD_3X3_REDUCTION)
+        } else {
+            self.forward_flops
+        }
+    }
+
     /// The layer's forward pass as one GEMM `(m x k) (k x n)` for `batch` samples, its first
     /// variable as the `k x n` matrix (a convolution's kernel `[.., c_out]` as its im2col GEMM:
     /// `k` the product of every dimension but the last, `n` the last) and `m` the rows its
@@ -164,6 +193,10 @@ impl Model {
     /// Forward FLOPs per sample.
     pub fn forward_flops(&self) -> f64 {
         self.layers.iter().map(|l| l.forward_flops).sum()
+    }
+    /// Forward FLOPs per sample as a GPU executes them ([`Layer::executed_forward_flops`]).
+    pub fn executed_forward_flops(&self, winograd: bool) -> f64 {
+        self.layers.iter().map(|l| l.executed_forward_flops(winograd)).sum()
     }
     /// Bytes of all variables.
     pub fn bytes(&self) -> Bytes {
@@ -318,6 +351,7 @@ impl Net {
             macs,
             forward_flops: (2 * macs + elementwise) as f64,
             activation_bytes: out.bytes(),
+            winograd: kh == 3 && kw == 3 && stride == 1,
         });
         out
     }
@@ -331,6 +365,7 @@ impl Net {
             macs: 0,
             forward_flops: (out.elems() * k * k) as f64,
             activation_bytes: out.bytes(),
+            winograd: false,
         });
         out
     }
@@ -345,6 +380,7 @@ impl Net {
             macs: 0,
             forward_flops: x.elems() as f64,
             activation_bytes: out.bytes(),
+            winograd: false,
         });
         out
     }
@@ -364,6 +400,7 @@ impl Net {
             macs,
             forward_flops: (2 * macs + nout * tokens) as f64,
             activation_bytes: Bytes(nout * tokens * 4),
+            winograd: false,
         });
     }
 }
@@ -571,6 +608,7 @@ fn norm_layer(n: &mut Net, name: &str, d: u64, tokens: u64) {
         macs: 0,
         forward_flops: (5 * d * tokens) as f64,
         activation_bytes: Bytes(d * tokens * 4),
+        winograd: false,
     });
 }
 
@@ -582,6 +620,7 @@ fn embedding_layer(n: &mut Net, name: &str, tables: &[(&str, u64)], d: u64, toke
         macs: 0,
         forward_flops: (tables.len() as u64 * d * tokens) as f64,
         activation_bytes: Bytes(d * tokens * 4),
+        winograd: false,
     });
 }
 
@@ -596,6 +635,7 @@ fn attention_layer(n: &mut Net, name: &str, vars: Vec<Variable>, d: u64, s: u64)
         macs,
         forward_flops: (2 * macs + 5 * s * s) as f64,
         activation_bytes: Bytes(s * d * 4),
+        winograd: false,
     });
 }
 
@@ -608,6 +648,7 @@ fn feed_forward_layer(n: &mut Net, name: &str, vars: Vec<Variable>, d: u64, f: u
         macs,
         forward_flops: (2 * macs + 8 * s * f) as f64,
         activation_bytes: Bytes(s * d * 4),
+        winograd: false,
     });
 }
 
@@ -685,6 +726,7 @@ pub fn gpt2_xl() -> Model {
         macs: head_macs,
         forward_flops: (2 * head_macs) as f64,
         activation_bytes: Bytes(s * vocab * 4),
+        winograd: false,
     });
     Model {
         name: "gpt-2".into(),
@@ -703,12 +745,17 @@ pub fn gpt2_xl() -> Model {
 pub const LAYER_TABLE_COLUMNS: &[&str] =
     &["layer", "kind", "macs", "forward_flops", "activation_bytes", "variable", "shape", "bytes"];
 
+/// An optional last column of a layer table: `true` for a 3x3 stride-1 convolution
+/// ([`Layer::winograd`]); empty or `false` otherwise.
+pub const LAYER_TABLE_WINOGRAD: &str = "winograd";
+
 /// Writes `model` as a layer table (one row per variable; layers without variables get one row
 /// with empty variable fields).
 pub fn write_layer_table<W: std::io::Write>(model: &Model, out: W) -> Result<(), csv::Error> {
     let mut w = csv::Writer::from_writer(out);
-    w.write_record(LAYER_TABLE_COLUMNS)?;
+    w.write_record(LAYER_TABLE_COLUMNS.iter().chain([&LAYER_TABLE_WINOGRAD]))?;
     for l in &model.layers {
+        let winograd = if l.winograd { "true" } else { "" };
         let head = [
             l.name.clone(),
             l.kind.to_string(),
@@ -717,11 +764,16 @@ pub fn write_layer_table<W: std::io::Write>(model: &Model, out: W) -> Result<(),
             l.activation_bytes.0.to_string(),
         ];
         if l.variables.is_empty() {
-            w.write_record(head.iter().map(String::as_str).chain(["", "", ""]))?;
+            w.write_record(head.iter().map(String::as_str).chain(["", "", "", winograd]))?;
         }
         for v in &l.variables {
             let shape = v.shape.iter().map(u64::to_string).collect::<Vec<_>>().join("x");
-            w.write_record(head.iter().cloned().chain([v.name.clone(), shape, v.bytes.0.to_string()]))?;
+            w.write_record(head.iter().cloned().chain([
+                v.name.clone(),
+                shape,
+                v.bytes.0.to_string(),
+                winograd.to_string(),
+            ]))?;
         }
     }
     w.flush()?;
@@ -744,10 +796,15 @@ pub fn read_layer_table_from<R: std::io::Read>(input: R, origin: &str) -> Result
     let row_err = |line: u64, message: String| ModelError::Row { path: origin.to_string(), line, message };
     let headers = r.headers().map_err(|e| row_err(1, e.to_string()))?.clone();
     let cols: Vec<&str> = headers.iter().collect();
-    if cols != LAYER_TABLE_COLUMNS {
+    let with_winograd = cols.len() == LAYER_TABLE_COLUMNS.len() + 1 && cols.last() == Some(&LAYER_TABLE_WINOGRAD);
+    if cols[..cols.len() - usize::from(with_winograd)] != *LAYER_TABLE_COLUMNS {
         return Err(row_err(
             1,
-            format!("header must be `{}`, found `{}`", LAYER_TABLE_COLUMNS.join(","), cols.join(",")),
+            format!(
+                "header must be `{}` (optionally followed by `,{LAYER_TABLE_WINOGRAD}`), found `{}`",
+                LAYER_TABLE_COLUMNS.join(","),
+                cols.join(",")
+            ),
         ));
     }
     let mut layers: Vec<Layer> = Vec::new();
@@ -780,12 +837,22 @@ pub fn read_layer_table_from<R: std::io::Read>(input: R, origin: &str) -> Result
             .filter(|v: &f64| v.is_finite() && *v >= 0.0)
             .ok_or_else(|| row_err(line, format!("column `forward_flops`: `{}` is not a number >= 0", field(3))))?;
         let activation_bytes = Bytes(num(4)?);
+        let winograd = match (with_winograd, field(8)) {
+            (false, _) | (true, "" | "false") => false,
+            (true, "true") => true,
+            (true, other) => {
+                return Err(row_err(
+                    line,
+                    format!("column `{LAYER_TABLE_WINOGRAD}`: `{other}` is not true, false or empty"),
+                ));
+            }
+        };
         let same_layer = layers.last().is_some_and(|l| l.name == name);
         if !same_layer {
             if layers.iter().any(|l| l.name == name) {
                 return Err(row_err(line, format!("rows of layer `{name}` are not consecutive")));
             }
-            layers.push(Layer { name, kind, variables: vec![], macs, forward_flops, activation_bytes });
+            layers.push(Layer { name, kind, variables: vec![], macs, forward_flops, activation_bytes, winograd });
         }
         let var = field(5);
         if !var.is_empty() {
@@ -857,6 +924,48 @@ mod tests {
         assert_eq!(builtin("bert-base").unwrap().params(), 109_482_240);
         // TF-slim Inception-v3 without aux head: 94 convs x (weights, beta) + logits (weights, biases).
         assert_eq!(inception_v3().variable_count(), 190);
+    }
+
+    #[test]
+    fn winograd_runs_only_3x3_stride_1_convolutions_4x_cheaper() {
+        let vgg = vgg16();
+        let conv = |name: &str| vgg.layers.iter().find(|l| l.name == name).unwrap();
+        let c = conv("features.3");
+        assert!(c.winograd && c.kind == LayerKind::Conv, "{c:?}");
+        let elementwise = c.forward_flops - 2.0 * c.macs as f64;
+        assert_eq!(c.executed_forward_flops(true), 2.0 * c.macs as f64 / 4.0 + elementwise);
+        assert_eq!(c.executed_forward_flops(false), c.forward_flops);
+        // Dense layers, pools and strided or larger kernels keep their count.
+        for l in vgg.layers.iter().filter(|l| l.kind != LayerKind::Conv) {
+            assert!(!l.winograd && l.executed_forward_flops(true) == l.forward_flops, "{}", l.name);
+        }
+        let alexnet = alexnet();
+        assert!(!alexnet.layers[0].winograd, "11x11 stride 4");
+        let resnet = builtin("resnet-50").unwrap();
+        assert!(!resnet.layers.iter().any(|l| l.winograd && l.variables[0].shape[..2] != [3, 3]));
+        // VGG-16 is nearly all 3x3 convolutions: a quarter of its FLOPs and a bit more.
+        let ratio = vgg.executed_forward_flops(true) / vgg.forward_flops();
+        assert!((0.25..0.27).contains(&ratio), "{ratio}");
+    }
+
+    #[test]
+    fn a_layer_table_may_mark_winograd_layers_and_refuses_other_values() {
+        let head = "layer,kind,macs,forward_flops,activation_bytes,variable,shape,bytes,winograd\n";
+        let m = read_layer_table_from(
+            format!("{head}c,conv,10,20,4,c.w,3x3x1x1,36,true\nd,dense,1,2,4,,,,\n").as_bytes(),
+            "t.csv",
+        )
+        .unwrap();
+        assert!(m.layers[0].winograd && !m.layers[1].winograd);
+        assert_eq!(m.layers[0].executed_forward_flops(true), 5.0);
+        let err = read_layer_table_from(format!("{head}c,conv,10,20,4,c.w,3x3x1x1,36,yes\n").as_bytes(), "t.csv")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("t.csv") && err.contains("t.csv:2") && err.contains("`winograd`: `yes`"), "{err}");
+        // The eight columns alone still read, without Winograd.
+        let plain =
+            "layer,kind,macs,forward_flops,activation_bytes,variable,shape,bytes\nc,conv,10,20,4,c.w,3x3x1x1,36\n";
+        assert!(!read_layer_table_from(plain.as_bytes(), "t.csv").unwrap().layers[0].winograd);
     }
 
     #[test]

@@ -157,6 +157,7 @@ mod tests {
                 macs: 0,
                 forward_flops: 0.0,
                 activation_bytes: Bytes(0),
+                winograd: false,
             }],
         }
     }

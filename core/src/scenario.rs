@@ -180,7 +180,9 @@ pub struct HardwareSpec {
     /// Overrides of the catalogue GPU's figures, or all figures of a custom GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_spec: Option<GpuOverride>,
-    /// Fraction of peak a training step reaches; default: the GPU's catalogue efficiency.
+    /// Fraction of peak a training step reaches on the arithmetic it executes (in FP32, 3x3
+    /// stride-1 convolutions by Winograd's algorithm, 4x fewer multiplies than their nominal
+    /// FLOPs); default: the GPU's catalogue efficiency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub efficiency: Option<f64>,
     /// Training precision.
@@ -1659,6 +1661,15 @@ impl Scenario {
             Precision::Tf32 => self.gpu.tf32.unwrap_or(self.gpu.fp32),
             Precision::Fp16 => self.gpu.fp16.unwrap_or(self.gpu.fp32),
         }
+    }
+
+    /// Whether the step's 3x3 stride-1 convolutions run by Winograd's minimal filtering
+    /// ([`crate::models::WINOGRAD_3X3_REDUCTION`] times fewer multiplies): on a catalogued or custom
+    /// GPU in FP32, as cuDNN runs them on CUDA cores. Not with a profile, whose rate was
+    /// measured against the direct multiply-adds (the CPU runtime's GEMMs, a fitted run), nor
+    /// on tensor cores (TF32, FP16), which run convolutions as implicit GEMMs.
+    pub fn winograd(&self) -> bool {
+        self.profile.is_none() && self.spec.hardware.precision == Precision::Fp32
     }
 
     /// Rate a training step reaches: the profile's measured rate, else peak x efficiency.

@@ -144,6 +144,7 @@ impl Proxy {
                     macs: l.macs(),
                     forward_flops: (2 * l.macs()) as f64,
                     activation_bytes: Bytes((l.rows * l.n * 4) as u64),
+                    winograd: false,
                 })
                 .collect(),
         }

@@ -235,7 +235,7 @@ pub(crate) struct Sim<'a> {
 }
 
 /// Each layer's forward and backward compute time on one GPU for the scenario's batch, ns:
-/// from the GPU's effective rate (plus, with a calibrated profile, the measured cost per
+/// from the GPU's effective rate on the FLOPs it executes ([`Scenario::winograd`]) (plus, with a calibrated profile, the measured cost per
 /// activation value and per call), or from a GPU profile's measured kernel rates.
 pub(crate) fn layer_times(s: &Scenario) -> (Vec<u64>, Vec<u64>) {
     let spec = &s.spec;
@@ -276,10 +276,10 @@ pub(crate) fn layer_times(s: &Scenario) -> (Vec<u64>, Vec<u64>) {
             .layers
             .iter()
             .map(|l| {
+                let flops = l.executed_forward_flops(s.winograd()) * spec.batch as f64;
                 (
-                    rate.compute_time(l.forward_flops * spec.batch as f64).0 + (extra(l) / 3.0).round() as u64,
-                    rate.compute_time(2.0 * l.forward_flops * spec.batch as f64).0
-                        + (extra(l) * 2.0 / 3.0).round() as u64,
+                    rate.compute_time(flops).0 + (extra(l) / 3.0).round() as u64,
+                    rate.compute_time(2.0 * flops).0 + (extra(l) * 2.0 / 3.0).round() as u64,
                 )
             })
             .unzip(),

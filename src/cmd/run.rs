@@ -181,7 +181,7 @@ fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Res
         )?,
         None => writeln!(
             out,
-            "  compute: {} {} peak x efficiency {:.3} = {:.3} per GPU ({}{})",
+            "  compute: {} {} peak x efficiency {:.3} = {:.3} per GPU ({}{}){}",
             s.gpu.name,
             s.peak(),
             s.efficiency,
@@ -190,7 +190,8 @@ fn print_text(s: &topolab_core::scenario::Scenario, run: &SimRun) -> anyhow::Res
             match (&s.gpu.fp16_efficiency_source, s.spec.hardware.precision, s.spec.hardware.efficiency) {
                 (Some(src), topolab_core::scenario::Precision::Fp16, None) => format!("; {src}"),
                 _ => String::new(),
-            }
+            },
+            winograd_note(s)
         )?,
     }
     let st = &sum.step_time_s;
@@ -322,7 +323,7 @@ pub fn assumptions(scenarios: &[Scenario], simulated_steps: u64) -> Vec<String> 
     gpus.dedup_by(|a, b| a.gpu.name == b.gpu.name && a.efficiency == b.efficiency);
     for g in gpus {
         v.push(format!(
-            "{}: {} peak x efficiency {} = {:.3} per GPU ({})",
+            "{}: {} peak x efficiency {:.4} = {:.3} per GPU ({})",
             g.gpu.name,
             g.peak(),
             g.efficiency,
@@ -415,4 +416,19 @@ fn run_table(s: &Scenario, a: &Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What Winograd's convolutions leave of the model's FLOPs, when the scenario runs them
+/// ([`Scenario::winograd`]); empty otherwise.
+fn winograd_note(s: &Scenario) -> String {
+    let (nominal, executed) = (s.model.forward_flops(), s.model.executed_forward_flops(s.winograd()));
+    if executed < nominal {
+        format!(
+            "; its 3x3 stride-1 convolutions run by Winograd's algorithm, so a sample executes {:.2} of {:.2} GFLOP forward",
+            executed / 1e9,
+            nominal / 1e9
+        )
+    } else {
+        String::new()
+    }
 }

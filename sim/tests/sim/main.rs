@@ -8,6 +8,7 @@ mod golden;
 mod hub_network;
 mod maxmin_property;
 mod paper_cases;
+mod published;
 mod sanity;
 mod simgrid_crosscheck;
 mod simgrid_step;
