@@ -145,11 +145,13 @@ impl Layer {
     /// the multiply-adds of a 3x3 stride-1 convolution are [`WINOGRAD_3X3_REDUCTION`] times fewer;
     /// the element-wise work stays. Backward is twice this, as for the direct method.
     pub fn executed_forward_flops(&self, winograd: bool) -> f64 {
-        if winograd && self.winograd {
-            self.forward_flops - 2.0 * self.macs as f64 * (1.0 - 1.0 / WINOGRAD_3X3_REDUCTION)
-        } else {
-            self.forward_flops
-        }
+        self.forward_flops - 2.0 * (self.macs as f64 - self.executed_macs(winograd))
+    }
+
+    /// Multiply-adds per sample as a GPU executes them: with `winograd`, a 3x3 stride-1
+    /// convolution's are [`WINOGRAD_3X3_REDUCTION`] times fewer.
+    pub fn executed_macs(&self, winograd: bool) -> f64 {
+        if winograd && self.winograd { self.macs as f64 / WINOGRAD_3X3_REDUCTION } else { self.macs as f64 }
     }
 
     /// The layer's forward pass as one GEMM `(m x k) (k x n)` for `batch` samples, its first
@@ -193,6 +195,10 @@ impl Model {
     /// Forward FLOPs per sample.
     pub fn forward_flops(&self) -> f64 {
         self.layers.iter().map(|l| l.forward_flops).sum()
+    }
+    /// Multiply-adds per sample as a GPU executes them ([`Layer::executed_macs`]).
+    pub fn executed_macs(&self, winograd: bool) -> f64 {
+        self.layers.iter().map(|l| l.executed_macs(winograd)).sum()
     }
     /// Forward FLOPs per sample as a GPU executes them ([`Layer::executed_forward_flops`]).
     pub fn executed_forward_flops(&self, winograd: bool) -> f64 {

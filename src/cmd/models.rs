@@ -12,7 +12,8 @@ use crate::output::{Format, Table, num, print_json};
 #[derive(clap::Args)]
 #[command(after_help = "\
 Examples:
-  topolab models                                   # params, G MACs and variables of every model
+  topolab models                                   # params, G MACs (and those a GPU executes in FP32,
+                                                   # 3x3 convolutions by Winograd) and variables of every model
   topolab models --format csv
   topolab models inception-v3 --layers             # the layer table
   topolab models vgg-16 --layers --format csv > vgg16.csv   # editable; use as [model] layers = \"vgg16.csv\"")]
@@ -47,7 +48,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .map(|m| {
                 serde_json::json!({
                     "name": m.name, "params": m.params(), "macs": m.macs(), "gmacs": m.macs() as f64 / 1e9,
-                    "forward_flops": m.forward_flops(), "variables": m.variable_count(), "layers": m.layers.len(),
+                    "forward_flops": m.forward_flops(), "gpu_fp32_forward_flops": m.executed_forward_flops(true), "variables": m.variable_count(), "layers": m.layers.len(),
                     "bytes": m.bytes().0, "sample": m.sample, "source": m.source,
                 })
             })
@@ -55,14 +56,25 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         print_json(&rows)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut t = Table::new(["model", "params", "params_m", "gmacs", "variables", "layers", "sample", "source"])
-        .right_align(&[1, 2, 3, 4, 5]);
+    let mut t = Table::new([
+        "model",
+        "params",
+        "params_m",
+        "gmacs",
+        "gpu_fp32_gmacs",
+        "variables",
+        "layers",
+        "sample",
+        "source",
+    ])
+    .right_align(&[1, 2, 3, 4, 5, 6]);
     for m in &list {
         t.row([
             m.name.clone(),
             m.params().to_string(),
             num(m.params() as f64 / 1e6, 2),
             num(m.macs() as f64 / 1e9, 3),
+            num(m.executed_macs(true) / 1e9, 3),
             m.variable_count().to_string(),
             m.layers.len().to_string(),
             m.sample.clone(),

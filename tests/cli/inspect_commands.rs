@@ -29,6 +29,14 @@ fn models_csv_lists_all_nine_with_published_totals() {
             let m: f64 = row[3].parse().unwrap();
             assert!((m - g).abs() / g <= 0.02, "{name}: {m} G MACs");
         }
+        // What a GPU executes in FP32: 3x3 stride-1 convolutions by Winograd, 4x fewer; the
+        // transformers have none.
+        let (m, gpu): (f64, f64) = (row[3].parse().unwrap(), row[4].parse().unwrap());
+        match name {
+            "vgg-16" => assert!(gpu / m > 0.25 && gpu / m < 0.27, "{name}: {gpu} of {m}"),
+            "bert-base" | "bert-large" | "gpt-2" => assert_eq!(gpu, m, "{name}"),
+            _ => assert!(gpu < 0.9 * m, "{name}: {gpu} of {m}"),
+        }
     }
 }
 
