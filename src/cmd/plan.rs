@@ -105,14 +105,32 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             plan.ps
         )?;
     }
-    write_tables(&mut out, human, "hosts", &ops, &hosts)
+    write_tables(&mut out, human, "hosts", &ops, &hosts, &s)
 }
 
 /// Writes the ops and hosts tables, for people or as CSV.
-fn write_tables<W: Write>(mut out: W, human: bool, over: &str, ops: &Table, hosts: &Table) -> anyhow::Result<ExitCode> {
+fn write_tables<W: Write>(
+    mut out: W,
+    human: bool,
+    over: &str,
+    ops: &Table,
+    hosts: &Table,
+    s: &Scenario,
+) -> anyhow::Result<ExitCode> {
     if human {
         writeln!(out, "Ops per step (all {over}):")?;
         ops.write_text(&mut out)?;
+        // The FLOPs above are the model's; say what the GPU executes of them, when less.
+        let (nominal, executed) = (s.model.forward_flops(), s.model.executed_forward_flops(s.winograd()));
+        if executed < nominal {
+            writeln!(
+                out,
+                "(compute FLOPs as the model counts them; in FP32 the {} runs 3x3 stride-1 convolutions by \
+                 Winograd's algorithm and executes {:.1}% of them)",
+                s.gpu.name,
+                100.0 * executed / nominal
+            )?;
+        }
         writeln!(out, "\nNIC bytes per host per step:")?;
         hosts.write_text(&mut out)?;
     } else {
@@ -201,5 +219,5 @@ fn all_reduce(s: &Scenario, format: Format) -> anyhow::Result<ExitCode> {
             spec.topology.fusion_buffer, spec.topology.fusion_cycle, t.buckets
         )?;
     }
-    write_tables(&mut out, human, "ranks", &ops, &hosts)
+    write_tables(&mut out, human, "ranks", &ops, &hosts, s)
 }

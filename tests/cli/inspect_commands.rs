@@ -383,3 +383,17 @@ fn an_all_reduce_simulates_plans_and_is_refused_by_kubernetes_manifests() {
     assert!(stderr(&out).contains("Kubernetes manifests of an all-reduce are not built yet"), "{}", stderr(&out));
     assert!(!d.join("k").exists());
 }
+
+/// `plan` counts the model's FLOPs and says, in its table form only, how much of them the GPU
+/// executes when convolutions run by Winograd's algorithm.
+#[test]
+fn plan_says_what_the_gpu_executes_of_the_model_flops() {
+    let f = "scenarios/examples/vgg-16-backup-partitioned.toml";
+    let text = stdout(&topolab(&["plan", f]));
+    assert!(text.contains("by Winograd's algorithm and executes 25.7% of them"), "{text}");
+    let csv = stdout(&topolab(&["plan", f, "--format", "csv"]));
+    assert!(!csv.contains("Winograd"), "{csv}");
+    // BERT has no convolutions: nothing to say.
+    let bert = stdout(&topolab(&["plan", "scenarios/examples/bert-base-8gpu-hosts.toml"]));
+    assert!(!bert.contains("Winograd"), "{bert}");
+}
