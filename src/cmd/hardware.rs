@@ -43,7 +43,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             x.fp16.map_or("-".into(), |r| r.to_string()),
             ByteRate(x.memory_bandwidth).to_string(),
             x.memory.to_string(),
-            format!("{}", x.efficiency),
+            format!("{:.4}", x.efficiency),
             x.fp16_efficiency.map_or("-".into(), |e| format!("{e:.3}")),
             x.source.clone(),
         ]);
