@@ -2531,6 +2531,18 @@ mod tests {
     const MINIMAL: &str = "batch = 32\n[model]\nname = \"inception-v3\"\n";
 
     #[test]
+    fn convolutions_run_by_winograd_only_in_fp32_on_cuda_cores() {
+        let on = |gpu: &str, precision: &str| {
+            // TF32 has no catalogued efficiency: the scenario gives one.
+            let text = format!("{MINIMAL}[hardware]\ngpu = \"{gpu}\"\nprecision = \"{precision}\"\nefficiency = 0.3\n");
+            parse(&text).unwrap_or_else(|e| panic!("{e}")).winograd()
+        };
+        assert!(on("k40", "fp32") && on("a100-80gb", "fp32"));
+        // Tensor cores run convolutions as implicit GEMMs.
+        assert!(!on("a100-80gb", "tf32") && !on("v100", "fp16"));
+    }
+
+    #[test]
     fn minimal_scenario_takes_defaults() {
         let s = parse(MINIMAL).unwrap();
         assert_eq!(s.spec.name, "t");

@@ -235,8 +235,9 @@ pub(crate) struct Sim<'a> {
 }
 
 /// Each layer's forward and backward compute time on one GPU for the scenario's batch, ns:
-/// from the GPU's effective rate on the FLOPs it executes ([`Scenario::winograd`]) (plus, with a calibrated profile, the measured cost per
-/// activation value and per call), or from a GPU profile's measured kernel rates.
+/// from the GPU's effective rate on the FLOPs it executes ([`Scenario::winograd`]) (plus,
+/// with a calibrated profile, the measured cost per activation value and per call), or from a
+/// GPU profile's measured kernel rates.
 pub(crate) fn layer_times(s: &Scenario) -> (Vec<u64>, Vec<u64>) {
     let spec = &s.spec;
     let rate = s.effective_rate();
