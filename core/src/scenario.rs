@@ -1672,6 +1672,13 @@ impl Scenario {
         self.profile.is_none() && self.spec.hardware.precision == Precision::Fp32
     }
 
+    /// A sample's forward FLOPs as the GPU executes them and as the model counts them, when
+    /// [`Scenario::winograd`] makes the first fewer; `None` otherwise.
+    pub fn winograd_flops(&self) -> Option<(f64, f64)> {
+        let (executed, nominal) = (self.model.executed_forward_flops(self.winograd()), self.model.forward_flops());
+        (executed < nominal).then_some((executed, nominal))
+    }
+
     /// Rate a training step reaches: the profile's measured rate, else peak x efficiency.
     pub fn effective_rate(&self) -> FlopRate {
         match &self.profile {

@@ -121,8 +121,7 @@ fn write_tables<W: Write>(
         writeln!(out, "Ops per step (all {over}):")?;
         ops.write_text(&mut out)?;
         // The FLOPs above are the model's; say what the GPU executes of them, when less.
-        let (nominal, executed) = (s.model.forward_flops(), s.model.executed_forward_flops(s.winograd()));
-        if executed < nominal {
+        if let Some((executed, nominal)) = s.winograd_flops() {
             writeln!(
                 out,
                 "(compute FLOPs as the model counts them; in FP32 the {} runs 3x3 stride-1 convolutions by \

@@ -421,14 +421,11 @@ fn run_table(s: &Scenario, a: &Args) -> anyhow::Result<ExitCode> {
 /// What Winograd's convolutions leave of the model's FLOPs, when the scenario runs them
 /// ([`Scenario::winograd`]); empty otherwise.
 fn winograd_note(s: &Scenario) -> String {
-    let (nominal, executed) = (s.model.forward_flops(), s.model.executed_forward_flops(s.winograd()));
-    if executed < nominal {
+    s.winograd_flops().map_or(String::new(), |(executed, nominal)| {
         format!(
             "; its 3x3 stride-1 convolutions run by Winograd's algorithm, so a sample executes {:.2} of {:.2} GFLOP forward",
             executed / 1e9,
             nominal / 1e9
         )
-    } else {
-        String::new()
-    }
+    })
 }
